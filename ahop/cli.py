@@ -1,0 +1,131 @@
+"""The `ahop` command line. Each subcommand imports what it needs when it runs, so that `ahop worker` never
+loads `app`, Litestar, SQLAlchemy or asyncpg.
+
+Exit codes: 0 ok, 1 problems found, 2 bad input, 3 a service unavailable.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import NoReturn, TypeVar
+
+import click
+
+EXIT_PROBLEMS = 1
+EXIT_BAD_INPUT = 2
+EXIT_UNAVAILABLE = 3
+
+SettingsT = TypeVar("SettingsT")
+
+
+def fail(message: str, code: int) -> NoReturn:
+    click.echo(f"ahop: {message}", err=True)
+    sys.exit(code)
+
+
+def load_settings(factory: Callable[[], SettingsT]) -> SettingsT:
+    """Build a settings object from the environment; a bad value exits 2 naming the variable."""
+    from pydantic import ValidationError
+
+    try:
+        return factory()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"AHOP_{'_'.join(str(part) for part in error['loc']).upper()}: {error['msg']}" for error in exc.errors()
+        )
+        fail(f"invalid settings: {problems}", EXIT_BAD_INPUT)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """ahop: a content-addressed store for ops task templates, with thin workers."""
+
+
+@cli.command()
+@click.option("--state-dir", type=click.Path(path_type=Path), default=Path(".ahop"), show_default=True,
+              help="Where the local servers keep their data, logs and pid files.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="API port.")
+def dev(state_dir: Path, port: int) -> None:
+    """Run the whole system locally: Postgres, Redis and S3 (unless AHOP_* URLs name them), API and a worker."""
+    import os
+
+    from app.devstack.dev import DevOptions, run_dev
+    from app.devstack.errors import StackError
+
+    try:
+        code = run_dev(DevOptions(state_dir=state_dir, port=port), os.environ, sys.stdout)
+    except StackError as exc:
+        fail(str(exc), EXIT_UNAVAILABLE)
+    sys.exit(code)
+
+
+@cli.command()
+@click.option("--host", default=None, help="Interface to bind (default: AHOP_HOST or 127.0.0.1).")
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="Port (default: AHOP_PORT or 8000).")
+def serve(host: str | None, port: int | None) -> None:
+    """Serve the HTTP API."""
+    from app.serve import serve as run_server
+    from app.settings import AppSettings
+
+    settings = load_settings(AppSettings)
+    overrides = {key: value for key, value in (("host", host), ("port", port)) if value is not None}
+    run_server(settings.model_copy(update=overrides))
+
+
+@cli.command()
+def worker() -> None:
+    """Run a worker: takes jobs of its pool from Redis, fetches templates from S3. Needs no database."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from storage.errors import StorageError
+    from worker.main import run_worker
+    from worker.settings import WorkerSettings
+
+    settings = load_settings(WorkerSettings)
+    try:
+        run_worker(settings)
+    except StorageError as exc:
+        fail(f"S3 unavailable: {exc}", EXIT_UNAVAILABLE)
+    except (RedisConnectionError, OSError) as exc:
+        fail(f"Redis unavailable at {settings.redis_url}: {exc}", EXIT_UNAVAILABLE)
+
+
+@cli.group()
+def db() -> None:
+    """Database schema migrations."""
+
+
+def _migrate(action: Callable[[str], None]) -> None:
+    from sqlalchemy.exc import DBAPIError
+
+    from app.settings import AppSettings
+
+    settings = load_settings(AppSettings)
+    try:
+        action(settings.database_url)
+    except (OSError, DBAPIError) as exc:
+        fail(f"database unavailable: {exc}", EXIT_UNAVAILABLE)
+
+
+@db.command()
+@click.argument("revision", default="head")
+def upgrade(revision: str) -> None:
+    """Upgrade the schema to REVISION (default: the latest)."""
+    from app.db import migrate
+
+    _migrate(lambda url: migrate.upgrade(url, revision))
+
+
+@db.command()
+@click.argument("revision")
+def downgrade(revision: str) -> None:
+    """Downgrade the schema to REVISION (`base` removes every table)."""
+    from app.db import migrate
+
+    _migrate(lambda url: migrate.downgrade(url, revision))
+
+
+def main() -> None:
+    cli(prog_name="ahop")

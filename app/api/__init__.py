@@ -1,0 +1,1 @@
+"""HTTP controllers and wire schemas. The only place besides `app.main` that imports Litestar."""

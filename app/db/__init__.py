@@ -1,0 +1,1 @@
+"""Postgres: the engine, the ORM rows and the schema migrations' entry points."""

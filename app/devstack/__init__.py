@@ -1,0 +1,1 @@
+"""Real PostgreSQL, Redis and S3 servers started from Python wheels, for `ahop dev` and the tests."""

@@ -1,0 +1,209 @@
+"""`ahop dev`: the whole system on one machine — services, migrations, bucket, tenant, API and one worker."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import signal
+import socket
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import TextIO
+
+from arq import create_pool
+from arq.connections import RedisSettings
+
+from app.db import migrate
+from app.db.engine import create_engine, create_session_factory
+from app.devstack.errors import StackError
+from app.devstack.processes import ManagedProcess, clear_stale
+from app.devstack.stack import LocalStack
+from app.services.tokens import ensure_admin_token
+from worker.protocol import DEFAULT_POOL, PING_JOB, deserialize, queue_name, serialize
+
+DEFAULT_TENANT = "default"
+API_HOST = "127.0.0.1"
+READY_TIMEOUT = 60.0
+# Pid files under <state dir>/run, in the order a shutdown stops them; Postgres takes SIGINT ("fast" shutdown).
+LEFTOVER_ORDER = (
+    ("worker", signal.SIGTERM), ("api", signal.SIGTERM), ("s3", signal.SIGTERM),
+    ("redis", signal.SIGTERM), ("postgres", signal.SIGINT),
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DevOptions:
+    state_dir: Path
+    port: int
+    durable: bool = True
+
+
+@contextmanager
+def _exclusive(state_dir: Path) -> Iterator[None]:
+    """One `ahop dev` per state directory: a second one would start servers on the same data."""
+    lock_file = open(state_dir / "dev.lock", "a+")  # noqa: SIM115  (held for the whole run)
+    try:
+        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock_file.close()
+        raise StackError(f"another `ahop dev` is already running on {state_dir}") from None
+    try:
+        yield
+    finally:
+        lock_file.close()
+
+
+def _stop_leftovers(run_dir: Path) -> list[str]:
+    """Stop what a crashed `ahop dev` on this state directory left running (we hold its lock, so nothing is live).
+
+    Only processes whose pid file still matches their start time are stopped; returns their names.
+    """
+    stopped = []
+    for name, stop_signal in LEFTOVER_ORDER:
+        if clear_stale(run_dir / f"{name}.pid", stop_signal) is not None:
+            stopped.append(name)
+    return stopped
+
+
+def _check_port_free(port: int) -> None:
+    with socket.socket() as sock:
+        try:
+            sock.bind((API_HOST, port))
+        except OSError as exc:
+            raise StackError(f"API: port {port} on {API_HOST} is in use ({exc.strerror}); pass --port") from exc
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file readable by its owner only (it holds secrets), replacing it atomically."""
+    staging = path.with_name(path.name + ".tmp")
+    descriptor = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as out:
+        out.write(text)
+    os.chmod(staging, 0o600)
+    staging.replace(path)
+
+
+async def _bootstrap_token(database_url: str, token_file: Path) -> str:
+    """The default tenant's admin token: the one saved by an earlier run while it is valid, else a new one."""
+    known = token_file.read_text().strip() if token_file.exists() else None
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        async with create_session_factory(engine)() as session, session.begin():
+            issued = await ensure_admin_token(session, DEFAULT_TENANT, known)
+    finally:
+        await engine.dispose()
+    if issued.secret != known:
+        _write_private(token_file, issued.secret + "\n")
+    return issued.secret
+
+
+def _api_ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url + "/health/ready", timeout=2) as response:  # noqa: S310
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+async def _worker_answers(redis_url: str, timeout: float) -> bool:
+    pool = await create_pool(
+        RedisSettings.from_dsn(redis_url), job_serializer=serialize, job_deserializer=deserialize
+    )
+    try:
+        job = await pool.enqueue_job(PING_JOB, _queue_name=queue_name(DEFAULT_POOL))
+        if job is None:
+            return False
+        result = await job.result(timeout=timeout, poll_delay=0.05)
+        return isinstance(result, dict) and result.get("pool") == DEFAULT_POOL
+    finally:
+        await pool.aclose()
+
+
+def _dev_env_text(env: Mapping[str, str], api_url: str, token: str) -> str:
+    keys = ["AHOP_DATABASE_URL", "AHOP_REDIS_URL", "AHOP_S3_ENDPOINT_URL", "AHOP_S3_BUCKET",
+            "AHOP_S3_ACCESS_KEY_ID", "AHOP_S3_SECRET_ACCESS_KEY"]  # fmt: skip
+    lines = [f"AHOP_API_URL={api_url}", f"AHOP_TOKEN={token}"]
+    lines += [f"{key}={env[key]}" for key in keys if key in env]
+    return "\n".join(lines) + "\n"
+
+
+def _interrupt(signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def run_dev(options: DevOptions, environ: Mapping[str, str], out: TextIO) -> int:
+    """Bring the system up, report where it is, and run until SIGINT/SIGTERM; then stop what we started."""
+    state_dir = options.state_dir.resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGTERM, _interrupt)
+    with _exclusive(state_dir):
+        leftovers = _stop_leftovers(state_dir / "run")
+        if leftovers:
+            out.write(f"stopped what an earlier run left behind: {', '.join(leftovers)}\n")
+        _check_port_free(options.port)
+        dev_env_file = state_dir / "dev.env"
+        dev_env_file.unlink(missing_ok=True)
+        children: list[ManagedProcess] = []
+        stack = LocalStack.start(state_dir, environ, durable=options.durable)
+        try:
+            env = dict(stack.env)
+            env.setdefault("AHOP_DATA_DIR", str(state_dir / "data"))
+            env.setdefault("AHOP_WORKER_ROOT", str(state_dir / "worker"))
+            migrate.upgrade(env["AHOP_DATABASE_URL"])
+            stack.ensure_bucket()
+            token = asyncio.run(_bootstrap_token(env["AHOP_DATABASE_URL"], state_dir / "admin-token"))
+            api_url = f"http://{API_HOST}:{options.port}"
+            base_env = {key: value for key, value in environ.items() if not key.startswith("AHOP_")}
+            logs, run = state_dir / "logs", state_dir / "run"
+            api = ManagedProcess.start(
+                "API", [sys.executable, "-m", "ahop", "serve", "--host", API_HOST, "--port", str(options.port)],
+                log_path=logs / "api.log", pid_file=run / "api.pid", env={**base_env, **env},
+            )  # fmt: skip
+            children.append(api)
+            # The worker gets no database URL: it must never need one.
+            worker_env = {key: value for key, value in env.items() if key != "AHOP_DATABASE_URL"}
+            worker = ManagedProcess.start(
+                "worker", [sys.executable, "-m", "ahop", "worker"],
+                log_path=logs / "worker.log", pid_file=run / "worker.pid", env={**base_env, **worker_env},
+            )  # fmt: skip
+            children.append(worker)
+            api.wait_ready(lambda: _api_ready(api_url), where=api_url, timeout=READY_TIMEOUT)
+            worker.wait_ready(
+                lambda: asyncio.run(_worker_answers(env["AHOP_REDIS_URL"], 2.0)),
+                where=f"pool {DEFAULT_POOL!r}", timeout=READY_TIMEOUT,
+            )  # fmt: skip
+            _write_private(dev_env_file, _dev_env_text(env, api_url, token))
+            out.write(
+                f"\nahop is running.\n"
+                f"  API:      {api_url}\n"
+                f"  Docs:     {api_url}/schema  (Swagger UI: {api_url}/schema/swagger)\n"
+                f"  Token:    {token}   (tenant {DEFAULT_TENANT!r}, role admin)\n"
+                f"  Env file: {dev_env_file}   (set -a; . {dev_env_file}; set +a)\n"
+                f"  Logs:     {logs}/\n"
+                f"Press Ctrl-C to stop.\n"
+            )
+            out.flush()
+            while True:
+                for child in children:
+                    if not child.running():
+                        raise StackError(f"{child.name} exited unexpectedly; its log is {child.log_path}")
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            out.write("\nstopping…\n")
+            return 0
+        finally:
+            # A second Ctrl-C must not cut the shutdown short and leave servers behind.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            dev_env_file.unlink(missing_ok=True)
+            for child in reversed(children):
+                child.stop(timeout=20)
+            stack.stop()

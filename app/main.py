@@ -1,0 +1,57 @@
+"""`create_app(settings)`: wires controllers, dependencies and the connections they share."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from litestar import Litestar
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+from redis.asyncio import Redis
+
+from app.api.health import HealthController
+from app.db.engine import create_engine
+from app.services.health import HealthProbe
+from app.settings import AppSettings
+from storage.blobstore import BlobStore
+
+API_TITLE = "ahop"
+
+
+def create_app(settings: AppSettings) -> Litestar:
+    """The API application. Connections open lazily and close when the application shuts down."""
+    engine = create_engine(settings.database_url)
+    redis = Redis.from_url(
+        settings.redis_url, socket_connect_timeout=settings.health_timeout, socket_timeout=settings.health_timeout
+    )
+    # The probe's S3 client gives up quickly: a readiness check must answer within its own timeout.
+    probe_location = dataclasses.replace(
+        settings.s3_location(),
+        connect_timeout=settings.health_timeout,
+        read_timeout=settings.health_timeout,
+        max_attempts=1,
+    )
+    health_probe = HealthProbe(engine, redis, BlobStore(probe_location), settings.health_timeout)
+
+    @asynccontextmanager
+    async def connections(_: Litestar) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await redis.aclose()
+            await engine.dispose()
+
+    return Litestar(
+        route_handlers=[HealthController],
+        dependencies={"health_probe": Provide(lambda: health_probe, use_cache=True, sync_to_thread=False)},
+        lifespan=[connections],
+        openapi_config=OpenAPIConfig(
+            title=API_TITLE,
+            version="1",
+            path="/schema",
+            render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
+        ),
+    )

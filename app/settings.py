@@ -1,0 +1,46 @@
+"""The server's settings: read once from `AHOP_*` environment variables by an entry point, then passed down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.db.engine import asyncpg_url
+from storage.blobstore import S3Location
+
+
+class AppSettings(BaseSettings):
+    """Everything the API server and its commands need to know about their surroundings."""
+
+    model_config = SettingsConfigDict(env_prefix="AHOP_", extra="ignore")
+
+    database_url: str = Field(
+        default="postgresql+asyncpg://postgres@127.0.0.1:5432/ahop",
+        description="PostgreSQL URL; postgresql:// is accepted and driven by asyncpg.",
+    )
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    s3_endpoint_url: str | None = None
+    s3_bucket: str = "ahop"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_region: str = "us-east-1"
+    data_dir: Path = Path("/var/lib/ahop")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    health_timeout: float = Field(default=2.0, gt=0, description="Seconds each readiness probe may take.")
+
+    @field_validator("database_url")
+    @classmethod
+    def _use_asyncpg(cls, url: str) -> str:
+        return asyncpg_url(url)
+
+    def s3_location(self) -> S3Location:
+        return S3Location(
+            endpoint_url=self.s3_endpoint_url,
+            bucket=self.s3_bucket,
+            access_key_id=self.s3_access_key_id,
+            secret_access_key=self.s3_secret_access_key.get_secret_value() if self.s3_secret_access_key else None,
+            region=self.s3_region,
+        )
