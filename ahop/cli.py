@@ -38,6 +38,12 @@ def load_settings(factory: Callable[[], SettingsT]) -> SettingsT:
         fail(f"invalid settings: {problems}", EXIT_BAD_INPUT)
 
 
+def configure_logging() -> None:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """ahop: a content-addressed store for ops task templates, with thin workers."""
@@ -69,6 +75,7 @@ def serve(host: str | None, port: int | None) -> None:
     from app.serve import serve as run_server
     from app.settings import AppSettings
 
+    configure_logging()
     settings = load_settings(AppSettings)
     overrides = {key: value for key, value in (("host", host), ("port", port)) if value is not None}
     run_server(settings.model_copy(update=overrides))
@@ -83,6 +90,7 @@ def worker() -> None:
     from worker.main import run_worker
     from worker.settings import WorkerSettings
 
+    configure_logging()
     settings = load_settings(WorkerSettings)
     try:
         run_worker(settings)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from litestar import Controller, Response, get
+from litestar.di import NamedDependency
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 
 from app.services.health import HealthProbe
@@ -17,7 +18,7 @@ class HealthController(Controller):
         return {"status": "ok"}
 
     @get("/ready", summary="Postgres, Redis and S3 all answer", cache=False)
-    async def ready(self, health_probe: HealthProbe) -> Response[dict[str, str]]:
+    async def ready(self, health_probe: NamedDependency[HealthProbe]) -> Response[dict[str, str]]:
         readiness = await health_probe.check()
         status = HTTP_200_OK if readiness.ready else HTTP_503_SERVICE_UNAVAILABLE
         return Response(readiness.checks, status_code=status)

@@ -152,8 +152,9 @@ def run_dev(options: DevOptions, environ: Mapping[str, str], out: TextIO) -> int
         dev_env_file = state_dir / "dev.env"
         dev_env_file.unlink(missing_ok=True)
         children: list[ManagedProcess] = []
-        stack = LocalStack.start(state_dir, environ, durable=options.durable)
+        stack: LocalStack | None = None
         try:
+            stack = LocalStack.start(state_dir, environ, durable=options.durable)
             env = dict(stack.env)
             env.setdefault("AHOP_DATA_DIR", str(state_dir / "data"))
             env.setdefault("AHOP_WORKER_ROOT", str(state_dir / "worker"))
@@ -206,4 +207,6 @@ def run_dev(options: DevOptions, environ: Mapping[str, str], out: TextIO) -> int
             dev_env_file.unlink(missing_ok=True)
             for child in reversed(children):
                 child.stop(timeout=20)
-            stack.stop()
+            if stack is not None:
+                stack.stop()
+            _stop_leftovers(state_dir / "run")  # anything an interrupt caught between its start and our books

@@ -24,6 +24,7 @@ import asyncpg
 
 from app.devstack.errors import StackError
 from app.devstack.processes import ManagedProcess, free_ports
+from app.devstack.server import LocalServer
 
 SYSTEM_USER = "embedded_postgres"
 ROOT_HOME = Path("/var/lib/ahop-dev")
@@ -84,6 +85,7 @@ def _runtime_for(user: str | None) -> Path:
 
 
 def _data_dir_for(state_dir: Path, user: str | None) -> Path:
+    state_dir.mkdir(parents=True, exist_ok=True)
     link = state_dir / "postgres"
     if user is None:
         link.mkdir(parents=True, exist_ok=True)
@@ -122,18 +124,20 @@ def _clear_stale_postmaster(data_dir: Path) -> None:
 
 
 @dataclass
-class PostgresServer:
+class PostgresServer(LocalServer):
     """A running PostgreSQL server and the superuser URL to reach it."""
 
     process: ManagedProcess
     port: int
+    data_dir: Path
+    durable: bool
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
 
     @classmethod
-    def start(cls, state_dir: Path, *, durable: bool = True, timeout: float = 60.0) -> PostgresServer:
-        """Initialise (once) and start a server whose data lives under `state_dir`."""
+    def launch(cls, state_dir: Path, *, durable: bool = True) -> PostgresServer:
+        """Initialise (once) and start a server whose data lives under `state_dir` (no fsync unless durable)."""
         user = _ensure_system_user() if os.geteuid() == 0 else None
         runtime = _runtime_for(user)
         data_dir = _data_dir_for(state_dir, user)
@@ -157,15 +161,21 @@ class PostgresServer:
             user=user,
             stop_signal=signal.SIGINT,  # "fast" shutdown: roll back clients, stop cleanly
         )  # fmt: skip
-        server = cls(process, port)
-        process.wait_ready(server.accepts_connections, where=f"127.0.0.1:{port}", timeout=timeout)
-        return server
+        return cls(process, port, data_dir, durable)
 
-    def accepts_connections(self) -> bool:
+    @property
+    def where(self) -> str:
+        return f"127.0.0.1:{self.port}, data in {self.data_dir}"
+
+    def ready(self) -> bool:
         return asyncio.run(_can_connect(self.url()))
 
     def stop(self) -> None:
-        self.process.stop(timeout=30)
+        super().stop()
+        if not self.durable:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+            if self.data_dir.parent.parent == ROOT_HOME:
+                shutil.rmtree(self.data_dir.parent, ignore_errors=True)
 
 
 async def _can_connect(url: str) -> bool:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from app.devstack.errors import StackError
 from app.devstack.processes import ManagedProcess, free_ports
+from app.devstack.server import LocalServer
 
 
 def redis_server_binary() -> Path:
@@ -38,7 +39,7 @@ def _answers_ping(port: int) -> bool:
 
 
 @dataclass
-class RedisServer:
+class RedisServer(LocalServer):
     """A running redis-server."""
 
     process: ManagedProcess
@@ -48,7 +49,7 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/{db}"
 
     @classmethod
-    def start(cls, state_dir: Path, *, durable: bool = True, timeout: float = 30.0) -> RedisServer:
+    def launch(cls, state_dir: Path, *, durable: bool = True) -> RedisServer:
         """Start a server whose append-only file (when `durable`) lives in `state_dir`/redis."""
         data_dir = state_dir / "redis"
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -61,9 +62,11 @@ class RedisServer:
             log_path=state_dir / "logs" / "redis.log",
             pid_file=state_dir / "run" / "redis.pid",
         )  # fmt: skip
-        server = cls(process, port)
-        process.wait_ready(lambda: _answers_ping(port), where=f"127.0.0.1:{port}", timeout=timeout)
-        return server
+        return cls(process, port)
 
-    def stop(self) -> None:
-        self.process.stop()
+    @property
+    def where(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def ready(self) -> bool:
+        return _answers_ping(self.port)

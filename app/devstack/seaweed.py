@@ -19,6 +19,7 @@ from pathlib import Path
 
 from app.devstack.errors import StackError
 from app.devstack.processes import ManagedProcess, clear_stale, free_ports
+from app.devstack.server import LocalServer
 
 SOCKET_PATH_LIMIT = 100  # sockaddr_un holds 108 bytes
 
@@ -88,19 +89,21 @@ def _socket_path(run_dir: Path, name: str) -> Path:
 
 
 @dataclass
-class SeaweedS3:
+class SeaweedS3(LocalServer):
     """A running `weed mini` and how to reach its S3 API."""
 
     process: ManagedProcess
     port: int
     credentials: S3Credentials
+    data_dir: Path
+    durable: bool
 
     @property
     def endpoint_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     @classmethod
-    def start(cls, state_dir: Path, *, timeout: float = 60.0) -> SeaweedS3:
+    def launch(cls, state_dir: Path, *, durable: bool = True) -> SeaweedS3:
         """Start `weed mini` on data in `state_dir`/s3, with credentials kept in `state_dir`/s3-identities.json."""
         data_dir = state_dir / "s3"
         run_dir = state_dir / "run"
@@ -133,9 +136,16 @@ class SeaweedS3:
         process = ManagedProcess.start(
             "S3 (SeaweedFS)", argv, log_path=state_dir / "logs" / "s3.log", pid_file=pid_file, env=env
         )
-        server = cls(process, ports["s3"], credentials)
-        process.wait_ready(lambda: _healthy(ports["s3"]), where=server.endpoint_url, timeout=timeout)
-        return server
+        return cls(process, ports["s3"], credentials, data_dir, durable)
+
+    @property
+    def where(self) -> str:
+        return self.endpoint_url
+
+    def ready(self) -> bool:
+        return _healthy(self.port)
 
     def stop(self) -> None:
-        self.process.stop(timeout=30)
+        super().stop()
+        if not self.durable:
+            shutil.rmtree(self.data_dir, ignore_errors=True)

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from app.devstack.errors import StackError
 from app.devstack.postgres import PostgresServer, ensure_database
 from app.devstack.redis import RedisServer
 from app.devstack.seaweed import SeaweedS3
+from app.devstack.server import LocalServer
 from storage.blobstore import BlobStore, S3Location
 from storage.errors import StorageError
 
@@ -26,7 +25,7 @@ class LocalStack:
 
     env: dict[str, str]
     """AHOP_* variables naming every service (given ones passed through, ours filled in)."""
-    servers: list[PostgresServer | RedisServer | SeaweedS3] = field(default_factory=list)
+    servers: list[LocalServer] = field(default_factory=list)
 
     @classmethod
     def start(
@@ -34,29 +33,22 @@ class LocalStack:
     ) -> LocalStack:
         """Start the services `given` does not name; create the database and bucket the system uses.
 
-        Servers start concurrently; if any fails, the ones that did start are stopped before the error is raised.
+        Servers boot concurrently; if any fails (or we are interrupted), the ones started are stopped again.
         """
         state_dir.mkdir(parents=True, exist_ok=True)
         stack = cls(env={key: value for key, value in given.items() if key.startswith("AHOP_")})
-        starters: dict[str, Callable[[], Any]] = {}
-        if "AHOP_DATABASE_URL" not in given:
-            starters["postgres"] = lambda: PostgresServer.start(state_dir, durable=durable)
+        kinds: list[type[LocalServer]] = []
         if "AHOP_REDIS_URL" not in given:
-            starters["redis"] = lambda: RedisServer.start(state_dir, durable=durable)
+            kinds.append(RedisServer)
         if "AHOP_S3_ENDPOINT_URL" not in given:
-            starters["s3"] = lambda: SeaweedS3.start(state_dir)
-        with ThreadPoolExecutor(max_workers=3) as pool:
-            futures = {name: pool.submit(start) for name, start in starters.items()}
-        errors = []
-        for future in futures.values():
-            try:
-                stack.servers.append(future.result())
-            except Exception as exc:  # collect all failures, then clean up what did start
-                errors.append(exc)
-        if errors:
-            stack.stop()
-            raise errors[0]
+            kinds.append(SeaweedS3)
+        if "AHOP_DATABASE_URL" not in given:
+            kinds.append(PostgresServer)  # last: its initdb runs while the others boot
         try:
+            for kind in kinds:
+                stack.servers.append(kind.launch(state_dir, durable=durable))
+            for server in stack.servers:
+                server.wait_ready()
             stack._fill_env(database)
         except BaseException:
             stack.stop()
@@ -70,7 +62,7 @@ class LocalStack:
                 self.env["AHOP_DATABASE_URL"] = server.url(database)
             elif isinstance(server, RedisServer):
                 self.env["AHOP_REDIS_URL"] = server.url()
-            else:
+            elif isinstance(server, SeaweedS3):
                 self.env["AHOP_S3_ENDPOINT_URL"] = server.endpoint_url
                 self.env["AHOP_S3_ACCESS_KEY_ID"] = server.credentials.access_key_id
                 self.env["AHOP_S3_SECRET_ACCESS_KEY"] = server.credentials.secret_access_key

@@ -1,0 +1,154 @@
+"""`ahop dev` as a newcomer runs it: up, reachable through dev.env, stopped without leftovers, restartable."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psutil
+
+from app.devstack.processes import free_ports
+from app.devstack.stack import LocalStack
+
+UP_TIMEOUT = 180.0  # generous: only catches a hang
+
+
+def _read_env_file(path: Path) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in path.read_text().splitlines() if line)
+
+
+@contextmanager
+def running_dev(state_dir: Path, env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[str], dict[str, str]]]:
+    """Start `ahop dev`, wait until it has written dev.env, yield it; always stop it and wait for it."""
+    (port,) = free_ports(1)
+    output = state_dir.parent / f"ahop-dev-{time.monotonic_ns()}.out"
+    with open(output, "w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ahop", "dev", "--state-dir", str(state_dir), "--port", str(port)],
+            env=env, stdout=out, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + UP_TIMEOUT
+        while "ahop is running." not in output.read_text():
+            assert process.poll() is None, output.read_text()
+            assert time.monotonic() < deadline, "ahop dev did not come up"
+            time.sleep(0.2)
+        yield process, _read_env_file(state_dir / "dev.env")
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        process.wait(timeout=UP_TIMEOUT)
+
+
+def _recorded_pids(state_dir: Path) -> dict[str, int]:
+    return {
+        pid_file.stem: json.loads(pid_file.read_text())["pid"] for pid_file in (state_dir / "run").glob("*.pid")
+    }
+
+
+def _get(url: str) -> tuple[int, dict[str, str]]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def _clean_env() -> dict[str, str]:
+    return {key: value for key, value in os.environ.items() if not key.startswith("AHOP_")}
+
+
+def test_dev_starts_its_own_services_stops_them_all_and_restarts_on_the_same_data(tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    with running_dev(state_dir, _clean_env()) as (process, env):
+        assert stat.S_IMODE((state_dir / "dev.env").stat().st_mode) == 0o600
+        assert set(env) >= {"AHOP_API_URL", "AHOP_TOKEN", "AHOP_DATABASE_URL", "AHOP_REDIS_URL",
+                            "AHOP_S3_ENDPOINT_URL", "AHOP_S3_BUCKET", "AHOP_S3_ACCESS_KEY_ID",
+                            "AHOP_S3_SECRET_ACCESS_KEY"}  # fmt: skip
+        assert _get(env["AHOP_API_URL"] + "/health/ready") == (200, {"database": "ok", "redis": "ok", "s3": "ok"})
+        pids = _recorded_pids(state_dir)
+        assert set(pids) == {"postgres", "redis", "s3", "api", "worker"}
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=UP_TIMEOUT) == 0
+    assert [name for name, pid in pids.items() if psutil.pid_exists(pid)] == []
+    assert not (state_dir / "dev.env").exists()
+
+    with running_dev(state_dir, _clean_env()) as (_, again):
+        assert again["AHOP_TOKEN"] == env["AHOP_TOKEN"]  # the same tenant and token: the same database
+        assert again["AHOP_S3_ACCESS_KEY_ID"] == env["AHOP_S3_ACCESS_KEY_ID"]
+        assert _get(again["AHOP_API_URL"] + "/health/ready")[0] == 200
+
+
+def test_dev_with_given_services_starts_none_of_its_own(
+    tmp_path: Path, stack: LocalStack, database_url: str, bucket: str
+) -> None:
+    given = {
+        **_clean_env(),
+        "AHOP_DATABASE_URL": database_url,
+        "AHOP_REDIS_URL": stack.env["AHOP_REDIS_URL"],
+        "AHOP_S3_ENDPOINT_URL": stack.env["AHOP_S3_ENDPOINT_URL"],
+        "AHOP_S3_ACCESS_KEY_ID": stack.env["AHOP_S3_ACCESS_KEY_ID"],
+        "AHOP_S3_SECRET_ACCESS_KEY": stack.env["AHOP_S3_SECRET_ACCESS_KEY"],
+        "AHOP_S3_BUCKET": bucket,
+    }
+    state_dir = tmp_path / "state"
+    with running_dev(state_dir, given) as (process, env):
+        assert set(_recorded_pids(state_dir)) == {"api", "worker"}
+        for key in ("AHOP_DATABASE_URL", "AHOP_REDIS_URL", "AHOP_S3_ENDPOINT_URL", "AHOP_S3_BUCKET"):
+            assert env[key] == given[key]
+        assert _get(env["AHOP_API_URL"] + "/health/ready")[0] == 200
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=UP_TIMEOUT) == 0
+
+
+def test_dev_after_a_crash_stops_the_leftovers_of_the_earlier_run(tmp_path: Path, stack: LocalStack) -> None:
+    given = {**_clean_env(), "AHOP_DATABASE_URL": stack.env["AHOP_DATABASE_URL"]}
+    state_dir = tmp_path / "state"
+    with running_dev(state_dir, given) as (process, _):
+        orphans = _recorded_pids(state_dir)
+        process.kill()  # SIGKILL: no chance to stop its children
+        process.wait(timeout=30)
+        assert all(psutil.pid_exists(pid) for pid in orphans.values())
+    try:
+        with running_dev(state_dir, given) as (_, env):
+            assert _get(env["AHOP_API_URL"] + "/health/ready")[0] == 200
+            assert [name for name, pid in orphans.items() if psutil.pid_exists(pid)] == []
+    finally:
+        for pid in orphans.values():  # never leave them running, even if the test failed
+            if psutil.pid_exists(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_dev_interrupted_while_starting_leaves_nothing_running(tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    (port,) = free_ports(1)
+    with open(tmp_path / "out", "w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ahop", "dev", "--state-dir", str(state_dir), "--port", str(port)],
+            env=_clean_env(), stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + UP_TIMEOUT
+        while not (state_dir / "run" / "s3.pid").exists():  # the servers are booting
+            assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "out").read_text()
+            time.sleep(0.02)
+        seen = _recorded_pids(state_dir)
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=UP_TIMEOUT)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert seen
+    assert [name for name, pid in seen.items() if psutil.pid_exists(pid)] == []
+    mentioning_state = [p.pid for p in psutil.process_iter(["cmdline"]) if str(state_dir) in " ".join(p.info["cmdline"] or [])]
+    assert mentioning_state == []

@@ -1,0 +1,113 @@
+"""Shared fixtures: one stack of real services per test session, a fresh migrated database, isolation per test.
+
+The services come from the same launcher `ahop dev` uses, unless the environment names existing ones
+(AHOP_DATABASE_URL, AHOP_REDIS_URL, AHOP_S3_ENDPOINT_URL with AHOP_S3_ACCESS_KEY_ID/AHOP_S3_SECRET_ACCESS_KEY).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from redis.asyncio import Redis
+
+from app.db import migrate
+from app.devstack.postgres import ensure_database
+from app.devstack.stack import LocalStack
+from app.settings import AppSettings
+
+SERVICE_KEYS = (
+    "AHOP_DATABASE_URL",
+    "AHOP_REDIS_URL",
+    "AHOP_S3_ENDPOINT_URL",
+    "AHOP_S3_ACCESS_KEY_ID",
+    "AHOP_S3_SECRET_ACCESS_KEY",
+    "AHOP_S3_REGION",
+)
+
+
+def with_database(url: str, name: str) -> str:
+    """The same server URL, naming another database."""
+    base, _, _ = url.rpartition("/")
+    return f"{base}/{name}"
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """Real Postgres, Redis and S3 for the whole session: given by the environment, or started here."""
+    given = {key: os.environ[key] for key in SERVICE_KEYS if key in os.environ}
+    started = LocalStack.start(tmp_path_factory.mktemp("stack"), given, database="postgres", durable=False)
+    yield started
+    started.stop()
+
+
+@pytest.fixture(scope="session")
+def database_url(stack: LocalStack) -> Iterator[str]:
+    """A database of our own for this session, built by running the migrations; dropped afterwards."""
+    name = f"ahop_test_{secrets.token_hex(6)}"
+    server_url = stack.env["AHOP_DATABASE_URL"]
+    ensure_database(server_url, name)
+    url = with_database(server_url, name)
+    migrate.upgrade(url)
+    yield url
+    asyncio.run(_drop_database(server_url, name))
+
+
+async def _drop_database(server_url: str, name: str) -> None:
+    connection = await asyncpg.connect(server_url.replace("+asyncpg", ""))
+    try:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await connection.close()
+
+
+@pytest.fixture(scope="session")
+def bucket(stack: LocalStack) -> str:
+    name = f"ahop-test-{secrets.token_hex(4)}"
+    stack.ensure_bucket(name)
+    return name
+
+
+@pytest.fixture
+async def redis_url(stack: LocalStack) -> AsyncIterator[str]:
+    """A Redis database emptied before each test that uses it."""
+    url = stack.env["AHOP_REDIS_URL"].rsplit("/", 1)[0] + "/9"
+    client = Redis.from_url(url)
+    await client.flushdb()
+    await client.aclose()
+    yield url
+
+
+@pytest.fixture
+def app_settings(stack: LocalStack, database_url: str, redis_url: str, bucket: str, tmp_path: Path) -> AppSettings:
+    location = stack.s3_location(bucket)
+    return AppSettings(
+        database_url=database_url,
+        redis_url=redis_url,
+        s3_endpoint_url=location.endpoint_url,
+        s3_bucket=bucket,
+        s3_access_key_id=location.access_key_id,
+        s3_secret_access_key=location.secret_access_key,
+        data_dir=tmp_path / "data",
+    )
+
+
+@pytest.fixture
+def worker_env(stack: LocalStack, redis_url: str, bucket: str, tmp_path: Path) -> dict[str, str]:
+    """The environment of a worker process: Redis and S3 only, no database URL anywhere."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("AHOP_")}
+    location = stack.s3_location(bucket)
+    env.update(
+        AHOP_REDIS_URL=redis_url,
+        AHOP_S3_ENDPOINT_URL=location.endpoint_url or "",
+        AHOP_S3_BUCKET=bucket,
+        AHOP_S3_ACCESS_KEY_ID=location.access_key_id or "",
+        AHOP_S3_SECRET_ACCESS_KEY=location.secret_access_key or "",
+        AHOP_WORKER_ROOT=str(tmp_path / "worker"),
+    )
+    return env
