@@ -50,8 +50,13 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option("--state-dir", type=click.Path(path_type=Path), default=Path(".ahop"), show_default=True,
-              help="Where the local servers keep their data, logs and pid files.")
+@click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path),
+    default=Path(".ahop"),
+    show_default=True,
+    help="Where the local servers keep their data, logs and pid files.",
+)
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="API port.")
 def dev(state_dir: Path, port: int) -> None:
     """Run the whole system locally: Postgres, Redis and S3 (unless AHOP_* URLs name them), API and a worker."""

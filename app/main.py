@@ -25,7 +25,9 @@ def create_app(settings: AppSettings) -> Litestar:
     """The API application. Connections open lazily and close when the application shuts down."""
     engine = create_engine(settings.database_url)
     redis = Redis.from_url(
-        settings.redis_url, socket_connect_timeout=settings.health_timeout, socket_timeout=settings.health_timeout
+        settings.redis_url,
+        socket_connect_timeout=settings.health_timeout,
+        socket_timeout=settings.health_timeout,
     )
     # The probe's S3 client gives up quickly: a readiness check must answer within its own timeout.
     probe_location = dataclasses.replace(

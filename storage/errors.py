@@ -1,8 +1,8 @@
 """The storage package's errors.
 
-    StorageError
-    ├── StorageUnavailable   the S3 endpoint did not answer or refused our credentials
-    └── BucketNotFound       the configured bucket does not exist
+StorageError
+├── StorageUnavailable   the S3 endpoint did not answer or refused our credentials
+└── BucketNotFound       the configured bucket does not exist
 """
 
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
 import pytest
+from pydantic import SecretStr
 from redis.asyncio import Redis
 
 from app.db import migrate
@@ -74,13 +75,13 @@ def bucket(stack: LocalStack) -> str:
 
 
 @pytest.fixture
-async def redis_url(stack: LocalStack) -> AsyncIterator[str]:
+async def redis_url(stack: LocalStack) -> str:
     """A Redis database emptied before each test that uses it."""
     url = stack.env["AHOP_REDIS_URL"].rsplit("/", 1)[0] + "/9"
     client = Redis.from_url(url)
     await client.flushdb()
     await client.aclose()
-    yield url
+    return url
 
 
 @pytest.fixture
@@ -92,7 +93,7 @@ def app_settings(stack: LocalStack, database_url: str, redis_url: str, bucket: s
         s3_endpoint_url=location.endpoint_url,
         s3_bucket=bucket,
         s3_access_key_id=location.access_key_id,
-        s3_secret_access_key=location.secret_access_key,
+        s3_secret_access_key=SecretStr(location.secret_access_key) if location.secret_access_key else None,
         data_dir=tmp_path / "data",
     )
 

@@ -25,4 +25,3 @@ def upgrade(database_url: str, revision: str = "head") -> None:
 def downgrade(database_url: str, revision: str) -> None:
     """Take the schema down to `revision` (`base` removes every table)."""
     command.downgrade(_config(database_url), revision)
-

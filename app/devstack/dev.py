@@ -91,17 +91,14 @@ def _write_private(path: Path, text: str) -> None:
     staging.replace(path)
 
 
-async def _bootstrap_token(database_url: str, token_file: Path) -> str:
-    """The default tenant's admin token: the one saved by an earlier run while it is valid, else a new one."""
-    known = token_file.read_text().strip() if token_file.exists() else None
+async def _admin_token(database_url: str, known: str | None) -> str:
+    """The default tenant's admin token: `known` while it is still valid, else a new one."""
     engine = create_engine(database_url, pool_size=1)
     try:
         async with create_session_factory(engine)() as session, session.begin():
             issued = await ensure_admin_token(session, DEFAULT_TENANT, known)
     finally:
         await engine.dispose()
-    if issued.secret != known:
-        _write_private(token_file, issued.secret + "\n")
     return issued.secret
 
 
@@ -113,15 +110,13 @@ def _api_ready(url: str) -> bool:
         return False
 
 
-async def _worker_answers(redis_url: str, timeout: float) -> bool:
-    pool = await create_pool(
-        RedisSettings.from_dsn(redis_url), job_serializer=serialize, job_deserializer=deserialize
-    )
+async def _worker_answers(redis_url: str, wait: float) -> bool:
+    pool = await create_pool(RedisSettings.from_dsn(redis_url), job_serializer=serialize, job_deserializer=deserialize)
     try:
         job = await pool.enqueue_job(PING_JOB, _queue_name=queue_name(DEFAULT_POOL))
         if job is None:
             return False
-        result = await job.result(timeout=timeout, poll_delay=0.05)
+        result = await job.result(timeout=wait, poll_delay=0.05)
         return isinstance(result, dict) and result.get("pool") == DEFAULT_POOL
     finally:
         await pool.aclose()
@@ -160,7 +155,11 @@ def run_dev(options: DevOptions, environ: Mapping[str, str], out: TextIO) -> int
             env.setdefault("AHOP_WORKER_ROOT", str(state_dir / "worker"))
             migrate.upgrade(env["AHOP_DATABASE_URL"])
             stack.ensure_bucket()
-            token = asyncio.run(_bootstrap_token(env["AHOP_DATABASE_URL"], state_dir / "admin-token"))
+            token_file = state_dir / "admin-token"
+            known = token_file.read_text().strip() if token_file.exists() else None
+            token = asyncio.run(_admin_token(env["AHOP_DATABASE_URL"], known))
+            if token != known:
+                _write_private(token_file, token + "\n")
             api_url = f"http://{API_HOST}:{options.port}"
             base_env = {key: value for key, value in environ.items() if not key.startswith("AHOP_")}
             logs, run = state_dir / "logs", state_dir / "run"

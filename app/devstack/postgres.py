@@ -85,21 +85,39 @@ def _runtime_for(user: str | None) -> Path:
 
 
 def _data_dir_for(state_dir: Path, user: str | None) -> Path:
+    """Where the cluster lives: `<state dir>/postgres`, or (as root) a directory under ROOT_HOME it links to."""
     state_dir.mkdir(parents=True, exist_ok=True)
     link = state_dir / "postgres"
     if user is None:
-        link.mkdir(parents=True, exist_ok=True)
         return link
     if link.is_symlink():
-        target = link.resolve()
-    else:
-        target = ROOT_HOME / secrets.token_hex(8) / "postgres"
-        target.parent.mkdir(mode=0o755, parents=True)
-        link.symlink_to(target)
-    target.mkdir(mode=0o700, exist_ok=True)
-    entry = pwd.getpwnam(user)
-    os.chown(target, entry.pw_uid, entry.pw_gid)
+        return link.resolve()
+    target = ROOT_HOME / secrets.token_hex(8) / "postgres"
+    target.parent.mkdir(mode=0o755, parents=True)
+    link.symlink_to(target)
     return target
+
+
+def _initdb(runtime: Path, data_dir: Path, user: str | None, durable: bool) -> None:
+    """Create the cluster in a staging directory and rename it into place: an interrupted initdb leaves no
+    half-made cluster that a later start would trip over."""
+    staging = data_dir.with_name(data_dir.name + ".initdb")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(mode=0o700, parents=True)
+    if user is not None:
+        entry = pwd.getpwnam(user)
+        os.chown(staging, entry.pw_uid, entry.pw_gid)
+    init = subprocess.run(
+        [str(runtime / "bin" / "initdb"), "-D", str(staging), "--auth=trust", "--encoding=UTF8",
+         "-U", SUPERUSER, "--no-instructions", *([] if durable else ["--no-sync"])],
+        capture_output=True, text=True, user=user, check=False,
+    )  # fmt: skip
+    if init.returncode != 0:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise StackError(f"PostgreSQL: initdb failed for {data_dir}:\n{init.stdout}{init.stderr}")
+    if data_dir.is_dir():
+        data_dir.rmdir()  # an empty directory from an older layout; anything else is refused by rmdir
+    staging.rename(data_dir)
 
 
 def _clear_stale_postmaster(data_dir: Path) -> None:
@@ -142,13 +160,7 @@ class PostgresServer(LocalServer):
         runtime = _runtime_for(user)
         data_dir = _data_dir_for(state_dir, user)
         if not (data_dir / "PG_VERSION").exists():
-            init = subprocess.run(
-                [str(runtime / "bin" / "initdb"), "-D", str(data_dir), "--auth=trust", "--encoding=UTF8",
-                 "-U", SUPERUSER, "--no-instructions", *([] if durable else ["--no-sync"])],
-                capture_output=True, text=True, user=user, check=False,
-            )  # fmt: skip
-            if init.returncode != 0:
-                raise StackError(f"PostgreSQL: initdb failed for {data_dir}:\n{init.stdout}{init.stderr}")
+            _initdb(runtime, data_dir, user, durable)
         _clear_stale_postmaster(data_dir)
         (port,) = free_ports(1)
         options = ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]

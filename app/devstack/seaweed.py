@@ -57,9 +57,7 @@ def _credentials(config_file: Path) -> S3Credentials:
         "identities": [
             {
                 "name": "ahop",
-                "credentials": [
-                    {"accessKey": credentials.access_key_id, "secretKey": credentials.secret_access_key}
-                ],
+                "credentials": [{"accessKey": credentials.access_key_id, "secretKey": credentials.secret_access_key}],
                 "actions": ["Admin", "Read", "List", "Tagging", "Write"],
             }
         ]
@@ -73,7 +71,7 @@ def _credentials(config_file: Path) -> S3Credentials:
 
 def _healthy(port: int) -> bool:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as response:  # noqa: S310
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as response:
             return bool(response.status == 200)
     except (urllib.error.URLError, OSError):
         return False

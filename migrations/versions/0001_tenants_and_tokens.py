@@ -28,7 +28,11 @@ def upgrade() -> None:
         "api_tokens",
         sa.Column("id", sa.Uuid(), server_default=sa.text("gen_random_uuid()"), primary_key=True),
         sa.Column(
-            "tenant_id", sa.Uuid(), sa.ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False, index=True
+            "tenant_id",
+            sa.Uuid(),
+            sa.ForeignKey("tenants.id", ondelete="CASCADE"),
+            nullable=False,
+            index=True,
         ),
         sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
         sa.Column("role", sa.String(16), nullable=False),

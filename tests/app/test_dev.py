@@ -50,14 +50,12 @@ def running_dev(state_dir: Path, env: dict[str, str]) -> Iterator[tuple[subproce
 
 
 def _recorded_pids(state_dir: Path) -> dict[str, int]:
-    return {
-        pid_file.stem: json.loads(pid_file.read_text())["pid"] for pid_file in (state_dir / "run").glob("*.pid")
-    }
+    return {pid_file.stem: json.loads(pid_file.read_text())["pid"] for pid_file in (state_dir / "run").glob("*.pid")}
 
 
 def _get(url: str) -> tuple[int, dict[str, str]]:
     try:
-        with urllib.request.urlopen(url, timeout=10) as response:
+        with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310  (http to our own server)
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read())
@@ -74,7 +72,10 @@ def test_dev_starts_its_own_services_stops_them_all_and_restarts_on_the_same_dat
         assert set(env) >= {"AHOP_API_URL", "AHOP_TOKEN", "AHOP_DATABASE_URL", "AHOP_REDIS_URL",
                             "AHOP_S3_ENDPOINT_URL", "AHOP_S3_BUCKET", "AHOP_S3_ACCESS_KEY_ID",
                             "AHOP_S3_SECRET_ACCESS_KEY"}  # fmt: skip
-        assert _get(env["AHOP_API_URL"] + "/health/ready") == (200, {"database": "ok", "redis": "ok", "s3": "ok"})
+        assert _get(env["AHOP_API_URL"] + "/health/ready") == (
+            200,
+            {"database": "ok", "redis": "ok", "s3": "ok"},
+        )
         pids = _recorded_pids(state_dir)
         assert set(pids) == {"postgres", "redis", "s3", "api", "worker"}
         process.send_signal(signal.SIGINT)
@@ -139,7 +140,8 @@ def test_dev_interrupted_while_starting_leaves_nothing_running(tmp_path: Path) -
     try:
         deadline = time.monotonic() + UP_TIMEOUT
         while not (state_dir / "run" / "s3.pid").exists():  # the servers are booting
-            assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "out").read_text()
+            assert process.poll() is None, (tmp_path / "out").read_text()
+            assert time.monotonic() < deadline, "ahop dev never started its servers"
             time.sleep(0.02)
         seen = _recorded_pids(state_dir)
         process.send_signal(signal.SIGTERM)
@@ -150,5 +152,7 @@ def test_dev_interrupted_while_starting_leaves_nothing_running(tmp_path: Path) -
             process.wait()
     assert seen
     assert [name for name, pid in seen.items() if psutil.pid_exists(pid)] == []
-    mentioning_state = [p.pid for p in psutil.process_iter(["cmdline"]) if str(state_dir) in " ".join(p.info["cmdline"] or [])]
+    mentioning_state = [
+        p.pid for p in psutil.process_iter(["cmdline"]) if str(state_dir) in " ".join(p.info["cmdline"] or [])
+    ]
     assert mentioning_state == []

@@ -6,8 +6,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from pydantic import SecretStr
 from litestar.testing import AsyncTestClient
+from pydantic import SecretStr
 
 from app.devstack.postgres import PostgresServer
 from app.devstack.redis import RedisServer
