@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -15,7 +16,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
+import pytest
 
+from app.devstack.postgres import ROOT_HOME
 from app.devstack.processes import free_ports
 from app.devstack.stack import LocalStack
 
@@ -61,12 +64,21 @@ def _get(url: str) -> tuple[int, dict[str, str]]:
         return error.code, json.loads(error.read())
 
 
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Iterator[Path]:
+    """A state directory for `ahop dev`; as root its database lives under ROOT_HOME, removed here too."""
+    state = tmp_path / "state"
+    yield state
+    link = state / "postgres"
+    if link.is_symlink() and link.resolve().parent.parent == ROOT_HOME:
+        shutil.rmtree(link.resolve().parent)
+
+
 def _clean_env() -> dict[str, str]:
     return {key: value for key, value in os.environ.items() if not key.startswith("AHOP_")}
 
 
-def test_dev_starts_its_own_services_stops_them_all_and_restarts_on_the_same_data(tmp_path: Path) -> None:
-    state_dir = tmp_path / "state"
+def test_dev_starts_its_own_services_stops_them_all_and_restarts_on_the_same_data(state_dir: Path) -> None:
     with running_dev(state_dir, _clean_env()) as (process, env):
         assert stat.S_IMODE((state_dir / "dev.env").stat().st_mode) == 0o600
         assert set(env) >= {"AHOP_API_URL", "AHOP_TOKEN", "AHOP_DATABASE_URL", "AHOP_REDIS_URL",
@@ -90,7 +102,7 @@ def test_dev_starts_its_own_services_stops_them_all_and_restarts_on_the_same_dat
 
 
 def test_dev_with_given_services_starts_none_of_its_own(
-    tmp_path: Path, stack: LocalStack, database_url: str, bucket: str
+    state_dir: Path, stack: LocalStack, database_url: str, bucket: str
 ) -> None:
     given = {
         **_clean_env(),
@@ -101,7 +113,6 @@ def test_dev_with_given_services_starts_none_of_its_own(
         "AHOP_S3_SECRET_ACCESS_KEY": stack.env["AHOP_S3_SECRET_ACCESS_KEY"],
         "AHOP_S3_BUCKET": bucket,
     }
-    state_dir = tmp_path / "state"
     with running_dev(state_dir, given) as (process, env):
         assert set(_recorded_pids(state_dir)) == {"api", "worker"}
         for key in ("AHOP_DATABASE_URL", "AHOP_REDIS_URL", "AHOP_S3_ENDPOINT_URL", "AHOP_S3_BUCKET"):
@@ -111,9 +122,8 @@ def test_dev_with_given_services_starts_none_of_its_own(
         assert process.wait(timeout=UP_TIMEOUT) == 0
 
 
-def test_dev_after_a_crash_stops_the_leftovers_of_the_earlier_run(tmp_path: Path, stack: LocalStack) -> None:
+def test_dev_after_a_crash_stops_the_leftovers_of_the_earlier_run(state_dir: Path, stack: LocalStack) -> None:
     given = {**_clean_env(), "AHOP_DATABASE_URL": stack.env["AHOP_DATABASE_URL"]}
-    state_dir = tmp_path / "state"
     with running_dev(state_dir, given) as (process, _):
         orphans = _recorded_pids(state_dir)
         process.kill()  # SIGKILL: no chance to stop its children
@@ -129,8 +139,7 @@ def test_dev_after_a_crash_stops_the_leftovers_of_the_earlier_run(tmp_path: Path
                 os.kill(pid, signal.SIGKILL)
 
 
-def test_dev_interrupted_while_starting_leaves_nothing_running(tmp_path: Path) -> None:
-    state_dir = tmp_path / "state"
+def test_dev_interrupted_while_starting_leaves_nothing_running(tmp_path: Path, state_dir: Path) -> None:
     (port,) = free_ports(1)
     with open(tmp_path / "out", "w") as out:
         process = subprocess.Popen(
