@@ -1,0 +1,128 @@
+"""Canonical tar streams (DESIGN §2): members, order, modes and symlink rules, written to any byte sink.
+
+A tree source lists its members (`Entry`, already sorted by the UTF-8 bytes of their paths) and then yields
+each member's content in that order; `write_canonical_tar` checks the rules and writes the bytes of
+`storage.tarformat`. Memory stays bounded by the sink's buffer, never by the tree.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from storage import tarformat
+from storage.errors import LimitExceeded, SnapshotRefused
+
+FILE: Literal["file"] = "file"
+SYMLINK: Literal["symlink"] = "symlink"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One member of a tree: a regular file or a symlink, at a canonical relative path."""
+
+    path: str
+    kind: Literal["file", "symlink"]
+    size: int
+    """File length; for a symlink, the length of its target."""
+    executable: bool = False
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The most a snapshot may hold. The defaults are generous; servers pass their configured limits."""
+
+    max_bytes: int = 1 << 30
+    max_files: int = 100_000
+
+
+class ByteSink(Protocol):
+    def write(self, data: bytes | bytearray | memoryview, /) -> object: ...
+
+
+class TreeSource(Protocol):
+    """What a packer reads: members sorted by path, then their contents in that order."""
+
+    def entries(self) -> list[Entry]: ...
+
+    def contents(self, entries: list[Entry]) -> Iterator[tuple[Entry, Iterable[bytes]]]: ...
+
+
+def check_path(raw: bytes, where: str) -> str:
+    """Decode a member path and check it is canonical: relative, `/`-separated, no empty/`.`/`..` parts."""
+    try:
+        path = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SnapshotRefused(f"{where}: the path {raw!r} is not valid UTF-8; rename it") from None
+    if not path or path.startswith("/") or "\x00" in path:
+        raise SnapshotRefused(f"{where}: the path {path!r} is not a relative path")
+    if any(part in ("", ".", "..") for part in path.split("/")):
+        raise SnapshotRefused(f"{where}: the path {path!r} has an empty, '.' or '..' component")
+    return path
+
+
+def check_symlink(path: str, raw_target: bytes) -> str:
+    """The target of a symlink member, if it is relative and stays inside the tree once resolved."""
+    try:
+        target = raw_target.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SnapshotRefused(f"symlink {path!r}: its target {raw_target!r} is not valid UTF-8") from None
+    if not target or target.startswith("/") or "\x00" in target:
+        raise SnapshotRefused(f"symlink {path!r} -> {target!r}: targets must be relative paths inside the tree")
+    resolved = posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
+    if resolved == ".." or resolved.startswith("../"):
+        raise SnapshotRefused(f"symlink {path!r} -> {target!r} leaves the tree; only links inside it are allowed")
+    return target
+
+
+def sort_key(path: str) -> bytes:
+    """Members are ordered by the UTF-8 bytes of their paths (not by Python's code-point order of str)."""
+    return path.encode("utf-8")
+
+
+def check_limits(entries: list[Entry], limits: Limits, what: str) -> None:
+    total = sum(entry.size for entry in entries)
+    if len(entries) > limits.max_files or total > limits.max_bytes:
+        raise LimitExceeded(
+            f"{what} has {len(entries):,} files and {total:,} bytes; "
+            f"the limit is {limits.max_files:,} files and {limits.max_bytes:,} bytes"
+        )
+
+
+@dataclass
+class TarStats:
+    files: int = 0
+    tar_size: int = 0
+
+
+def write_canonical_tar(source: TreeSource, sink: ByteSink, limits: Limits, what: str) -> TarStats:
+    """Write the canonical tar of `source` into `sink`; refuse trees over `limits` before reading any content."""
+    entries = source.entries()
+    check_limits(entries, limits, what)
+    stats = TarStats()
+    for entry, chunks in source.contents(entries):
+        if entry.kind == SYMLINK:
+            target = check_symlink(entry.path, b"".join(chunks))
+            block = tarformat.header(entry.path, tarformat.MODE_SYMLINK, 0, tarformat.SYMLINK, target)
+            sink.write(block)
+            stats.tar_size += len(block)
+        else:
+            mode = tarformat.MODE_EXECUTABLE if entry.executable else tarformat.MODE_FILE
+            block = tarformat.header(entry.path, mode, entry.size, tarformat.REGULAR)
+            sink.write(block)
+            written = 0
+            for chunk in chunks:
+                sink.write(chunk)
+                written += len(chunk)
+            if written != entry.size:
+                raise SnapshotRefused(f"{entry.path!r} changed while it was read ({entry.size} → {written} bytes)")
+            pad = tarformat.padding(written)
+            sink.write(pad)
+            stats.tar_size += len(block) + written + len(pad)
+        stats.files += 1
+    end = tarformat.end_of_archive(stats.tar_size)
+    sink.write(end)
+    stats.tar_size += len(end)
+    return stats
