@@ -1,0 +1,279 @@
+"""Verified unpack (DESIGN §2 "Safe unpack"): a blob becomes a directory only if it is exactly what its digest says.
+
+compressed file → size and sha256 checked → zstd (bounded window) → output capped at the declared tar size →
+sha256 of the tar while a strict reader accepts canonical members only → files created in a fresh temporary
+directory beside the destination → on a digest match, one `rename` puts it in place; on anything else the
+temporary directory is removed and an `IntegrityError` (or `UnsafeArchive`) says what was wrong.
+
+The reader is our own and accepts exactly what `storage.tarformat` writes; it never relies on `tarfile` filters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import zstandard
+
+from storage import tarformat
+from storage.canonical import check_path, check_symlink, sort_key
+from storage.digest import Digest
+from storage.errors import IntegrityError, SnapshotRefused, UnsafeArchive
+
+CHUNK = 1 << 20
+_ZERO_BLOCK = b"\x00" * tarformat.BLOCK
+_MAX_PAX_RECORDS = 64 * 1024
+
+
+@dataclass(frozen=True)
+class UnpackLimits:
+    max_files: int = 100_000
+    max_path_bytes: int = 4096
+    max_tar_bytes: int = 4 << 30
+    """Used when the caller does not know the tar size; a known size is always the cap."""
+    max_window_log: int = 27
+    """zstd window of at most 128 MiB: a frame asking for more is refused instead of allocating it."""
+
+
+DEFAULT_LIMITS = UnpackLimits()
+
+
+@dataclass(frozen=True)
+class UnpackResult:
+    files: int
+    tar_size: int
+
+
+def file_sha256(path: Path) -> tuple[str, int]:
+    """The sha256 (hex) and size of a file, read in chunks."""
+    hasher = hashlib.sha256()
+    size = 0
+    with open(path, "rb", buffering=0) as handle:
+        while chunk := handle.read(CHUNK):
+            hasher.update(chunk)
+            size += len(chunk)
+    return hasher.hexdigest(), size
+
+
+class _TarStream:
+    """Decompressed bytes, counted against a cap and hashed as they are read."""
+
+    def __init__(self, reader: BinaryIO, cap: int) -> None:
+        self._reader = reader
+        self._cap = cap
+        self.hasher = hashlib.sha256()
+        self.size = 0
+
+    def read(self, count: int) -> bytes:
+        try:
+            data = self._reader.read(count)
+        except zstandard.ZstdError as exc:
+            raise IntegrityError(f"the blob is not a valid zstd stream: {exc}") from exc
+        self.size += len(data)
+        if self.size > self._cap:
+            raise IntegrityError(f"the blob inflates past its declared tar size of {self._cap:,} bytes")
+        self.hasher.update(data)
+        return data
+
+    def exactly(self, count: int) -> bytes:
+        data = self.read(count)
+        while len(data) < count:
+            more = self.read(count - len(data))
+            if not more:
+                raise IntegrityError(f"the blob ends early: truncated after {self.size:,} tar bytes")
+            data += more
+        return data
+
+
+@dataclass(frozen=True)
+class _Header:
+    path: str
+    typeflag: bytes
+    mode: int
+    size: int
+    target: str
+
+
+def _field(block: bytes, start: int, length: int) -> bytes:
+    return block[start : start + length].split(b"\x00", 1)[0]
+
+
+def _octal(block: bytes, start: int, length: int, what: str) -> int:
+    raw = block[start : start + length].rstrip(b"\x00 ")
+    try:
+        return int(raw or b"0", 8)
+    except ValueError:
+        raise UnsafeArchive(f"a tar header has a malformed {what} field {raw!r}") from None
+
+
+def _pax_records(data: bytes) -> dict[str, str]:
+    records: dict[str, str] = {}
+    while data:
+        length_text, _, rest = data.partition(b" ")
+        try:
+            length = int(length_text)
+        except ValueError:
+            raise UnsafeArchive("a pax header has a malformed record") from None
+        record, data = rest[: length - len(length_text) - 1], data[length:]
+        if not record.endswith(b"\n"):
+            raise UnsafeArchive("a pax header has a malformed record")
+        keyword, _, value = record[:-1].partition(b"=")
+        key = keyword.decode("ascii", "replace")
+        if key not in ("path", "linkpath", "size"):
+            raise UnsafeArchive(f"a pax header carries {key!r}; a canonical tar only uses path, linkpath and size")
+        records[key] = value.decode("utf-8", "surrogateescape")
+    return records
+
+
+def _check_ustar(block: bytes) -> None:
+    stored = _octal(block, 148, 8, "checksum")
+    if stored != sum(block[:148]) + 8 * 32 + sum(block[156:]):
+        raise IntegrityError("a tar header's checksum does not match")
+    if block[257:265] != b"ustar\x0000":
+        raise UnsafeArchive("a tar header is not POSIX ustar/pax")
+    if any(block[108:124].strip(b"0\x00")) or _octal(block, 136, 12, "mtime") != 0:
+        raise UnsafeArchive(f"member {_field(block, 0, 100)!r}: owner or mtime is not the canonical 0")
+    if any(block[265:500]):
+        raise UnsafeArchive(f"member {_field(block, 0, 100)!r}: owner names, device numbers or prefix are set")
+
+
+def _next_header(stream: _TarStream, max_path_bytes: int) -> _Header | None:
+    block = stream.exactly(tarformat.BLOCK)
+    if block == _ZERO_BLOCK:
+        return None
+    _check_ustar(block)
+    records: dict[str, str] = {}
+    if block[156:157] == tarformat.PAX:
+        size = _octal(block, 124, 12, "size")
+        if size > _MAX_PAX_RECORDS:
+            raise UnsafeArchive(f"a pax header of {size:,} bytes is larger than any canonical member needs")
+        records = _pax_records(stream.exactly(size + len(tarformat.padding(size)))[:size])
+        block = stream.exactly(tarformat.BLOCK)
+        _check_ustar(block)
+    typeflag = block[156:157]
+    raw_path = records["path"].encode("utf-8", "surrogateescape") if "path" in records else _field(block, 0, 100)
+    shown = raw_path.decode("utf-8", "replace")
+    if typeflag not in (tarformat.REGULAR, tarformat.SYMLINK):
+        kinds = {b"1": "a hard link", b"3": "a character device", b"4": "a block device", b"5": "a directory",
+                 b"6": "a fifo", b"x": "a second pax header", b"g": "a global pax header"}  # fmt: skip
+        raise UnsafeArchive(
+            f"member {shown!r} is {kinds.get(typeflag, f'of type {typeflag!r}')}; only files and symlinks"
+        )
+    if len(raw_path) > max_path_bytes:
+        raise UnsafeArchive(f"member path of {len(raw_path)} bytes exceeds the limit of {max_path_bytes}")
+    try:
+        path = check_path(raw_path, "archive member")
+    except SnapshotRefused as exc:
+        raise UnsafeArchive(str(exc)) from None
+    mode = _octal(block, 100, 8, "mode")
+    allowed = (
+        (tarformat.MODE_FILE, tarformat.MODE_EXECUTABLE) if typeflag == tarformat.REGULAR else (tarformat.MODE_SYMLINK,)
+    )
+    if mode not in allowed:
+        raise UnsafeArchive(f"member {path!r} has mode {mode:o}; canonical modes are 644, 755 and 777 (symlinks)")
+    size = int(records["size"]) if "size" in records else _octal(block, 124, 12, "size")
+    target = records.get("linkpath") or _field(block, 157, 100).decode("utf-8", "surrogateescape")
+    if typeflag == tarformat.SYMLINK and size != 0:
+        raise UnsafeArchive(f"symlink {path!r} carries data")
+    return _Header(path, typeflag, mode, size, target)
+
+
+def _extract(stream: _TarStream, root: Path, limits: UnpackLimits) -> int:
+    files = 0
+    previous = b""
+    symlinks: set[str] = set()
+    while (member := _next_header(stream, limits.max_path_bytes)) is not None:
+        key = sort_key(member.path)
+        if key <= previous:
+            what = "a duplicate" if key == previous else "out of order"
+            raise UnsafeArchive(f"member {member.path!r} is {what}; canonical members are sorted and unique")
+        previous = key
+        parts = member.path.split("/")
+        for depth in range(1, len(parts)):
+            if "/".join(parts[:depth]) in symlinks:
+                raise UnsafeArchive(
+                    f"member {member.path!r} would be written through the symlink {'/'.join(parts[:depth])!r}"
+                )
+        files += 1
+        if files > limits.max_files:
+            raise UnsafeArchive(f"the archive holds more than {limits.max_files:,} members")
+        location = root / member.path
+        try:
+            location.parent.mkdir(parents=True, exist_ok=True)
+            if member.typeflag == tarformat.SYMLINK:
+                try:
+                    target = check_symlink(member.path, member.target.encode("utf-8", "surrogateescape"))
+                except SnapshotRefused as exc:
+                    raise UnsafeArchive(str(exc)) from None
+                os.symlink(target, location)
+                symlinks.add(member.path)
+            else:
+                _write_file(stream, location, member)
+        except OSError as exc:
+            raise UnsafeArchive(f"member {member.path!r} cannot be created: {exc.strerror}") from exc
+    stream.exactly(tarformat.BLOCK)  # the second end-of-archive block …
+    while stream.read(CHUNK):  # … and the record padding: all of it counts in the digest
+        pass
+    return files
+
+
+def _write_file(stream: _TarStream, location: Path, member: _Header) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    descriptor = os.open(location, flags, 0o600)
+    try:
+        remaining = member.size
+        while remaining:
+            chunk = stream.exactly(min(remaining, CHUNK))
+            _write_all(descriptor, chunk)
+            remaining -= len(chunk)
+        os.fchmod(descriptor, member.mode)
+    finally:
+        os.close(descriptor)
+    stream.exactly(len(tarformat.padding(member.size)))
+
+
+def _write_all(descriptor: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(descriptor, view) :]
+
+
+def unpack_file(blob: Path, dest: Path, expected: Digest, *, tar_size: int | None = None,
+                zst_sha256: str | None = None, zst_size: int | None = None,
+                limits: UnpackLimits = DEFAULT_LIMITS) -> UnpackResult:  # fmt: skip
+    """Unpack the local blob `blob` into the new directory `dest`, verified against `expected` and the recorded
+    figures that are given. Raises `IntegrityError` (or `UnsafeArchive`) and leaves nothing behind on any mismatch;
+    `FileExistsError` when `dest` already exists."""
+    if zst_sha256 is not None or zst_size is not None:
+        actual_sha256, actual_size = file_sha256(blob)
+        if zst_size is not None and actual_size != zst_size:
+            raise IntegrityError(f"{blob}: {actual_size:,} compressed bytes, the record says {zst_size:,}")
+        if zst_sha256 is not None and actual_sha256 != zst_sha256:
+            raise IntegrityError(f"{blob}: compressed sha256 {actual_sha256} does not match the recorded {zst_sha256}")
+    if dest.exists() or dest.is_symlink():
+        raise FileExistsError(f"{dest} already exists")
+    staging = dest.parent / f".{dest.name}.unpack-{secrets.token_hex(6)}"
+    staging.mkdir(mode=0o755)
+    try:
+        decompressor = zstandard.ZstdDecompressor(max_window_size=1 << limits.max_window_log)
+        with open(blob, "rb") as compressed, decompressor.stream_reader(compressed, read_size=CHUNK) as reader:
+            stream = _TarStream(reader, tar_size if tar_size is not None else limits.max_tar_bytes)
+            files = _extract(stream, staging, limits)
+        if tar_size is not None and stream.size != tar_size:
+            raise IntegrityError(f"{blob}: {stream.size:,} tar bytes, the record says {tar_size:,}")
+        actual = Digest.of(stream.hasher)
+        if actual != expected:
+            raise IntegrityError(f"{blob}: content digest is {actual}, expected {expected}")
+        try:
+            staging.rename(dest)
+        except OSError as exc:
+            raise FileExistsError(f"{dest} appeared while unpacking: {exc.strerror}") from exc
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return UnpackResult(files=files, tar_size=stream.size)
