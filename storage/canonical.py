@@ -77,6 +77,38 @@ def check_symlink(path: str, raw_target: bytes) -> str:
     return target
 
 
+_MAX_LINK_HOPS = 40  # as the kernel's ELOOP limit: a cycle never resolves, so it never leaves the tree either
+
+
+def check_links_stay_inside(links: dict[str, str]) -> None:
+    """Refuse a symlink that leaves the tree once the other links it passes through are followed.
+
+    `check_symlink` is lexical and sees one link at a time; `s/up -> ..` with `t -> s/up/..` passes it link by
+    link, yet `t` resolves to the tree's parent. This walks every target through the tree's own links.
+    """
+    for path, target in links.items():
+        parts = path.split("/")[:-1]
+        pending = target.split("/")
+        hops = 0
+        while pending and hops <= _MAX_LINK_HOPS:
+            part = pending.pop(0)
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if not parts:
+                    raise SnapshotRefused(
+                        f"symlink {path!r} -> {target!r} leaves the tree once the links it passes through are followed"
+                    )
+                parts.pop()
+                continue
+            parts.append(part)
+            via = "/".join(parts)
+            if via in links:
+                hops += 1
+                parts.pop()
+                pending = links[via].split("/") + pending
+
+
 def sort_key(path: str) -> bytes:
     """Members are ordered by the UTF-8 bytes of their paths (not by Python's code-point order of str)."""
     return path.encode("utf-8")
@@ -102,9 +134,11 @@ def write_canonical_tar(source: TreeSource, sink: ByteSink, limits: Limits, what
     entries = source.entries()
     check_limits(entries, limits, what)
     stats = TarStats()
+    links: dict[str, str] = {}
     for entry, chunks in source.contents(entries):
         if entry.kind == SYMLINK:
             target = check_symlink(entry.path, b"".join(chunks))
+            links[entry.path] = target
             block = tarformat.header(entry.path, tarformat.MODE_SYMLINK, 0, tarformat.SYMLINK, target)
             sink.write(block)
             stats.tar_size += len(block)
@@ -122,6 +156,7 @@ def write_canonical_tar(source: TreeSource, sink: ByteSink, limits: Limits, what
             sink.write(pad)
             stats.tar_size += len(block) + written + len(pad)
         stats.files += 1
+    check_links_stay_inside(links)
     end = tarformat.end_of_archive(stats.tar_size)
     sink.write(end)
     stats.tar_size += len(end)

@@ -21,7 +21,7 @@ from typing import BinaryIO
 import zstandard
 
 from storage import tarformat
-from storage.canonical import check_path, check_symlink, sort_key
+from storage.canonical import check_links_stay_inside, check_path, check_symlink, sort_key
 from storage.digest import Digest
 from storage.errors import IntegrityError, SnapshotRefused, UnsafeArchive
 
@@ -105,20 +105,18 @@ def _field(block: bytes, start: int, length: int) -> bytes:
 
 def _octal(block: bytes, start: int, length: int, what: str) -> int:
     raw = block[start : start + length].rstrip(b"\x00 ")
-    try:
-        return int(raw or b"0", 8)
-    except ValueError:
-        raise UnsafeArchive(f"a tar header has a malformed {what} field {raw!r}") from None
+    if raw and not all(48 <= c <= 55 for c in raw):
+        raise UnsafeArchive(f"a tar header has a malformed {what} field {raw!r}")
+    return int(raw or b"0", 8)
 
 
 def _pax_records(data: bytes) -> dict[str, str]:
     records: dict[str, str] = {}
     while data:
         length_text, _, rest = data.partition(b" ")
-        try:
-            length = int(length_text)
-        except ValueError:
-            raise UnsafeArchive("a pax header has a malformed record") from None
+        if not length_text.isdigit() or int(length_text) <= len(length_text) + 1 or int(length_text) > len(data):
+            raise UnsafeArchive("a pax header has a malformed record")
+        length = int(length_text)
         record, data = rest[: length - len(length_text) - 1], data[length:]
         if not record.endswith(b"\n"):
             raise UnsafeArchive("a pax header has a malformed record")
@@ -146,14 +144,17 @@ def _next_header(stream: _TarStream, max_path_bytes: int) -> _Header | None:
     block = stream.exactly(tarformat.BLOCK)
     if block == _ZERO_BLOCK:
         return None
+    raw_blocks = [block]
     _check_ustar(block)
     records: dict[str, str] = {}
     if block[156:157] == tarformat.PAX:
         size = _octal(block, 124, 12, "size")
         if size > _MAX_PAX_RECORDS:
             raise UnsafeArchive(f"a pax header of {size:,} bytes is larger than any canonical member needs")
-        records = _pax_records(stream.exactly(size + len(tarformat.padding(size)))[:size])
+        raw_records = stream.exactly(size + len(tarformat.padding(size)))
+        records = _pax_records(raw_records[:size])
         block = stream.exactly(tarformat.BLOCK)
+        raw_blocks += [raw_records, block]
         _check_ustar(block)
     typeflag = block[156:157]
     raw_path = records["path"].encode("utf-8", "surrogateescape") if "path" in records else _field(block, 0, 100)
@@ -176,17 +177,25 @@ def _next_header(stream: _TarStream, max_path_bytes: int) -> _Header | None:
     )
     if mode not in allowed:
         raise UnsafeArchive(f"member {path!r} has mode {mode:o}; canonical modes are 644, 755 and 777 (symlinks)")
+    if "size" in records and not records["size"].isdigit():
+        raise UnsafeArchive(f"member {path!r}: malformed pax size {records['size']!r}")
     size = int(records["size"]) if "size" in records else _octal(block, 124, 12, "size")
     target = records.get("linkpath") or _field(block, 157, 100).decode("utf-8", "surrogateescape")
     if typeflag == tarformat.SYMLINK and size != 0:
         raise UnsafeArchive(f"symlink {path!r} carries data")
+    if path == ".git" or path.startswith(".git/"):
+        raise UnsafeArchive(f"member {path!r} is inside a top-level .git, which snapshots never hold")
+    raw_header = tarformat.header(path, mode, size, typeflag, target if typeflag == tarformat.SYMLINK else "")
+    if raw_header != b"".join(raw_blocks):
+        raise UnsafeArchive(f"member {path!r}: header bytes differ from the canonical writer's")
     return _Header(path, typeflag, mode, size, target)
 
 
 def _extract(stream: _TarStream, root: Path, limits: UnpackLimits) -> int:
     files = 0
     previous = b""
-    symlinks: set[str] = set()
+    links: dict[str, str] = {}
+    directories: set[str] = set()
     while (member := _next_header(stream, limits.max_path_bytes)) is not None:
         key = sort_key(member.path)
         if key <= previous:
@@ -195,7 +204,7 @@ def _extract(stream: _TarStream, root: Path, limits: UnpackLimits) -> int:
         previous = key
         parts = member.path.split("/")
         for depth in range(1, len(parts)):
-            if "/".join(parts[:depth]) in symlinks:
+            if "/".join(parts[:depth]) in links:
                 raise UnsafeArchive(
                     f"member {member.path!r} would be written through the symlink {'/'.join(parts[:depth])!r}"
                 )
@@ -204,21 +213,31 @@ def _extract(stream: _TarStream, root: Path, limits: UnpackLimits) -> int:
             raise UnsafeArchive(f"the archive holds more than {limits.max_files:,} members")
         location = root / member.path
         try:
-            location.parent.mkdir(parents=True, exist_ok=True)
+            for depth in range(1, len(parts)):
+                directory = "/".join(parts[:depth])
+                if directory not in directories:
+                    (root / directory).mkdir()  # fails on a member file of that name: no merging, no following
+                    (root / directory).chmod(0o755)  # whatever the umask: the tree is shared with run-as users
+                    directories.add(directory)
             if member.typeflag == tarformat.SYMLINK:
                 try:
                     target = check_symlink(member.path, member.target.encode("utf-8", "surrogateescape"))
                 except SnapshotRefused as exc:
                     raise UnsafeArchive(str(exc)) from None
                 os.symlink(target, location)
-                symlinks.add(member.path)
+                links[member.path] = target
             else:
                 _write_file(stream, location, member)
         except OSError as exc:
             raise UnsafeArchive(f"member {member.path!r} cannot be created: {exc.strerror}") from exc
-    stream.exactly(tarformat.BLOCK)  # the second end-of-archive block …
-    while stream.read(CHUNK):  # … and the record padding: all of it counts in the digest
-        pass
+    try:
+        check_links_stay_inside(links)  # before the rename: no escaping link ever becomes visible
+    except SnapshotRefused as exc:
+        raise UnsafeArchive(str(exc)) from None
+    end = stream.size - tarformat.BLOCK
+    rest = tarformat.end_of_archive(end)[tarformat.BLOCK :]
+    if stream.exactly(len(rest)) != rest or stream.read(1):
+        raise UnsafeArchive("the archive does not end in exactly two NUL blocks and NUL padding to the record")
     return files
 
 
@@ -234,7 +253,8 @@ def _write_file(stream: _TarStream, location: Path, member: _Header) -> None:
         os.fchmod(descriptor, member.mode)
     finally:
         os.close(descriptor)
-    stream.exactly(len(tarformat.padding(member.size)))
+    if stream.exactly(len(tarformat.padding(member.size))) != tarformat.padding(member.size):
+        raise UnsafeArchive(f"member {member.path!r}: non-zero padding after its data")
 
 
 def _write_all(descriptor: int, data: bytes) -> None:
@@ -259,6 +279,7 @@ def unpack_file(blob: Path, dest: Path, expected: Digest, *, tar_size: int | Non
         raise FileExistsError(f"{dest} already exists")
     staging = dest.parent / f".{dest.name}.unpack-{secrets.token_hex(6)}"
     staging.mkdir(mode=0o755)
+    staging.chmod(0o755)
     try:
         decompressor = zstandard.ZstdDecompressor(max_window_size=1 << limits.max_window_log)
         with open(blob, "rb") as compressed, decompressor.stream_reader(compressed, read_size=CHUNK) as reader:

@@ -248,3 +248,12 @@ def test_limits_are_refused_with_the_figures(fixture_tree: Path) -> None:
 def test_a_missing_directory_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SnapshotRefused, match="no such file or directory"):
         snapshot_directory(tmp_path / "absent", None)
+
+
+def test_a_symlink_escaping_through_another_symlink_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "tree"
+    (root / "s").mkdir(parents=True)
+    (root / "s" / "up").symlink_to("..")  # the tree's root: allowed on its own
+    (root / "t").symlink_to("s/up/..")  # lexically "s", really the tree's parent
+    with pytest.raises(SnapshotRefused, match=r"symlink 't' -> 's/up/\.\.' leaves the tree once"):
+        snapshot_directory(root, None)
