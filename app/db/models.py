@@ -5,8 +5,22 @@ from __future__ import annotations
 import enum
 import uuid
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import CheckConstraint, DateTime, ForeignKey, String, func, text
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -47,3 +61,84 @@ class ApiToken(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class GitRepository(Base):
+    """A tenant's Git repository; the server keeps a bare mirror of it. Credentials are stored encrypted."""
+
+    __tablename__ = "git_repositories"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))
+    url: Mapped[str] = mapped_column(Text)
+    branch: Mapped[str] = mapped_column(String(255), server_default="main")
+    auth_kind: Mapped[str] = mapped_column(String(16), server_default="none")
+    credentials: Mapped[bytes | None] = mapped_column(LargeBinary)
+    head_commit: Mapped[str | None] = mapped_column(String(40))
+    synced_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Blob(Base):
+    """A stored blob: the link between versions and the object at `storage.keys.blob_key(digest)`."""
+
+    __tablename__ = "blobs"
+
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    """The 64 hex characters of the sha256 (the `sha256:` prefix is implied)."""
+    tar_size: Mapped[int] = mapped_column(BigInteger)
+    zst_size: Mapped[int] = mapped_column(BigInteger)
+    zst_sha256: Mapped[str] = mapped_column(String(64))
+    files: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16), server_default="stored")
+    touched_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    verified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class TaskTemplate(Base):
+    __tablename__ = "task_templates"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    code: Mapped[str] = mapped_column(String(100))
+    name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(Text, server_default="")
+    timeout: Mapped[int] = mapped_column(Integer, server_default="3600")
+    pool: Mapped[str] = mapped_column(String(64), server_default="default")
+    source_git_info: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    current_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("template_versions.id", ondelete="RESTRICT", use_alter=True)
+    )
+    import_state: Mapped[str] = mapped_column(String(16), server_default="imported")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class TemplateVersion(Base):
+    """What runs: a digest with its entry file, script type and parameter schema, and where it came from."""
+
+    __tablename__ = "template_versions"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    template_id: Mapped[int] = mapped_column(ForeignKey("task_templates.id", ondelete="CASCADE"))
+    version: Mapped[int] = mapped_column(Integer)
+    digest: Mapped[str] = mapped_column(ForeignKey("blobs.digest", ondelete="RESTRICT"))
+    script_type: Mapped[str] = mapped_column(String(16))
+    entry_file: Mapped[str] = mapped_column(Text)
+    parameters: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, server_default=text("'[]'::jsonb"))
+    source: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    created_by: Mapped[uuid.UUID | None] = mapped_column()
+
+
+class TreeDigest(Base):
+    """Which digest a Git tree packs to: lets an import skip packing content it has seen (DESIGN §3)."""
+
+    __tablename__ = "tree_digests"
+
+    tree_key: Mapped[str] = mapped_column(String(300), primary_key=True)
+    digest: Mapped[str] = mapped_column(ForeignKey("blobs.digest", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

@@ -14,6 +14,8 @@ from app.devstack.postgres import ensure_database
 from app.devstack.stack import LocalStack
 from tests.conftest import _drop_database, with_database
 
+SCHEMA = {"tenants", "api_tokens", "git_repositories", "blobs", "task_templates", "template_versions", "tree_digests"}
+
 
 @pytest.fixture
 def empty_database(stack: LocalStack) -> Iterator[str]:
@@ -45,19 +47,19 @@ def test_upgrade_creates_the_schema_and_downgrade_removes_it(empty_database: str
     assert asyncio.run(_tables(empty_database)) == set()
 
     migrate.upgrade(empty_database)
-    assert {"tenants", "api_tokens", "alembic_version"} <= asyncio.run(_tables(empty_database))
+    assert asyncio.run(_tables(empty_database)) == SCHEMA | {"alembic_version"}
 
     migrate.downgrade(empty_database, "base")
     assert asyncio.run(_tables(empty_database)) == {"alembic_version"}
 
     migrate.upgrade(empty_database)  # and up again: a downgrade leaves nothing in the way
-    assert {"tenants", "api_tokens"} <= asyncio.run(_tables(empty_database))
+    assert asyncio.run(_tables(empty_database)) == SCHEMA | {"alembic_version"}
 
 
 def test_upgrade_twice_changes_nothing(empty_database: str) -> None:
     migrate.upgrade(empty_database)
     migrate.upgrade(empty_database)
-    assert {"tenants", "api_tokens"} <= asyncio.run(_tables(empty_database))
+    assert asyncio.run(_tables(empty_database)) == SCHEMA | {"alembic_version"}
 
 
 def test_the_database_refuses_an_unknown_role_and_a_plain_text_token(empty_database: str) -> None:
