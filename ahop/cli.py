@@ -14,6 +14,7 @@ import click
 
 from ahop.blob_commands import snapshot, unpack
 from ahop.console import EXIT_UNAVAILABLE, configure_logging, fail, load_settings
+from ahop.tenant_commands import tenant, token
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -114,6 +115,8 @@ def downgrade(revision: str) -> None:
 
 cli.add_command(snapshot)
 cli.add_command(unpack)
+cli.add_command(tenant)
+cli.add_command(token)
 
 
 def main() -> None:

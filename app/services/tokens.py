@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import ApiToken, Role, Tenant
+from app.services.errors import Conflict, InvalidInput, NotFound
 
 TOKEN_PREFIX = "ahop_"  # noqa: S105  (a prefix that makes leaked tokens easy to spot, not a secret)
 
@@ -66,6 +68,52 @@ async def find_valid_token(session: AsyncSession, secret: str) -> ApiToken | Non
     if row.expires_at is not None and row.expires_at <= datetime.now(UTC):
         return None
     return row
+
+
+TENANT_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,99}")
+
+
+async def create_tenant(session: AsyncSession, name: str) -> Tenant:
+    """A new tenant; its name is lowercase letters, digits, `_`, `.` and `-`, and unique."""
+    if not TENANT_NAME.fullmatch(name):
+        raise InvalidInput(
+            f"tenant name {name!r} is not allowed: use 1-100 lowercase letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit",
+            {"name": "expected [a-z0-9][a-z0-9_.-]*"},
+        )
+    if await session.scalar(select(Tenant.id).where(Tenant.name == name)) is not None:
+        raise Conflict(f"a tenant named {name!r} already exists")
+    tenant = Tenant(name=name)
+    session.add(tenant)
+    await session.flush()
+    return tenant
+
+
+async def get_tenant(session: AsyncSession, tenant_id: uuid.UUID) -> Tenant:
+    tenant = await session.get(Tenant, tenant_id)
+    if tenant is None:
+        raise NotFound(f"no tenant with id {tenant_id}")
+    return tenant
+
+
+async def list_tokens(session: AsyncSession, tenant_id: uuid.UUID | None = None) -> list[ApiToken]:
+    """Tokens (never their secrets), newest first; of one tenant when `tenant_id` is given."""
+    query = select(ApiToken).order_by(ApiToken.created_at.desc())
+    if tenant_id is not None:
+        query = query.where(ApiToken.tenant_id == tenant_id)
+    return list(await session.scalars(query))
+
+
+async def revoke_token(session: AsyncSession, token_id: uuid.UUID) -> None:
+    """Revoke a token from now on; revoking twice keeps the first time."""
+    result = await session.execute(
+        update(ApiToken)
+        .where(ApiToken.id == token_id)
+        .values(revoked_at=func.coalesce(ApiToken.revoked_at, func.now()))
+        .returning(ApiToken.id)
+    )
+    if result.first() is None:
+        raise NotFound(f"no token with id {token_id}")
 
 
 async def get_or_create_tenant(session: AsyncSession, name: str) -> Tenant:
