@@ -7,14 +7,21 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from litestar import Litestar
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.api.auth import provide_principal, provide_session
+from app.api.errors import EXCEPTION_HANDLERS
 from app.api.health import HealthController
-from app.db.engine import create_engine
+from app.api.repositories import RepositoryController
+from app.db.engine import create_engine, create_session_factory
+from app.git.mirror import GitOptions, Mirrors
+from app.services.credentials import CredentialBox
 from app.services.health import HealthProbe
+from app.services.repositories import Repositories
 from app.settings import AppSettings
 from storage.blobstore import BlobStore
 
@@ -37,6 +44,15 @@ def create_app(settings: AppSettings) -> Litestar:
         max_attempts=1,
     )
     health_probe = HealthProbe(engine, redis, BlobStore(probe_location), settings.health_timeout)
+    session_factory = create_session_factory(engine)
+    mirrors = Mirrors(
+        settings.data_dir,
+        GitOptions(settings.git_timeout, settings.git_known_hosts, settings.allowed_schemes()),
+    )
+    box = CredentialBox(settings.secret_key_list())
+
+    def provide_repositories(db_session: NamedDependency[AsyncSession]) -> Repositories:
+        return Repositories(db_session, mirrors, box)
 
     @asynccontextmanager
     async def connections(_: Litestar) -> AsyncIterator[None]:
@@ -47,8 +63,15 @@ def create_app(settings: AppSettings) -> Litestar:
             await engine.dispose()
 
     return Litestar(
-        route_handlers=[HealthController],
-        dependencies={"health_probe": Provide(lambda: health_probe, use_cache=True, sync_to_thread=False)},
+        route_handlers=[HealthController, RepositoryController],
+        dependencies={
+            "health_probe": Provide(lambda: health_probe, use_cache=True, sync_to_thread=False),
+            "session_factory": Provide(lambda: session_factory, use_cache=True, sync_to_thread=False),
+            "db_session": Provide(provide_session),
+            "principal": Provide(provide_principal),
+            "repositories": Provide(provide_repositories, sync_to_thread=False),
+        },
+        exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[connections],
         openapi_config=OpenAPIConfig(
             title=API_TITLE,

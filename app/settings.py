@@ -30,11 +30,24 @@ class AppSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     health_timeout: float = Field(default=2.0, gt=0, description="Seconds each readiness probe may take.")
+    git_allowed_schemes: str = Field(default="https,ssh", description="Comma-separated URL schemes; add file locally.")
+    git_timeout: float = Field(default=120.0, gt=0, description="Seconds any one git command may take.")
+    git_known_hosts: Path | None = Field(default=None, description="known_hosts for ssh remotes; others refused.")
+    secret_keys: SecretStr | None = Field(default=None, description="Comma-separated Fernet keys; the first encrypts.")
+    max_template_bytes: int = Field(default=256 << 20, gt=0, description="Largest template, in tar bytes.")
+    max_template_files: int = Field(default=20_000, gt=0, description="Most files in one template.")
 
     @field_validator("database_url")
     @classmethod
     def _use_asyncpg(cls, url: str) -> str:
         return asyncpg_url(url)
+
+    def allowed_schemes(self) -> frozenset[str]:
+        return frozenset(s.strip().lower() for s in self.git_allowed_schemes.split(",") if s.strip())
+
+    def secret_key_list(self) -> list[str]:
+        raw = self.secret_keys.get_secret_value() if self.secret_keys else ""
+        return [key.strip() for key in raw.split(",") if key.strip()]
 
     def s3_location(self) -> S3Location:
         return S3Location(

@@ -19,6 +19,10 @@ class NotFound(AppError):
     pass
 
 
+class Forbidden(AppError):
+    pass
+
+
 class Conflict(AppError):
     pass
 

@@ -1,0 +1,137 @@
+"""`/api/v1/git-repositories`: a tenant's Git repositories."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from litestar import Controller, delete, get, post, put
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody, QueryParameter
+from pydantic import BaseModel, Field
+
+from app.api.auth import Principal
+from app.api.schemas import Page, Timestamped
+from app.db.models import GitRepository, Role
+from app.services.credentials import Credentials
+from app.services.repositories import Repositories, RepositoryFields
+
+
+class CredentialsIn(BaseModel):
+    kind: Literal["https_token", "ssh_key"]
+    secret: str = Field(min_length=1, description="The token or the private key; stored encrypted, never returned.")
+    username: str = ""
+
+
+class RepositoryIn(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    url: str = Field(min_length=1, max_length=2000)
+    branch: str = Field(default="main", min_length=1, max_length=255)
+    credentials: CredentialsIn | None = None
+
+
+class RepositoryUpdate(BaseModel):
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    url: str | None = Field(default=None, min_length=1, max_length=2000)
+    branch: str | None = Field(default=None, min_length=1, max_length=255)
+    credentials: CredentialsIn | None = None
+    clear_credentials: bool = False
+
+
+class RepositoryOut(Timestamped):
+    id: int
+    name: str
+    url: str
+    branch: str
+    auth_kind: str
+    head_commit: str | None
+    synced_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, row: GitRepository) -> RepositoryOut:
+        return cls(id=row.id, name=row.name, url=row.url, branch=row.branch, auth_kind=row.auth_kind,
+                   head_commit=row.head_commit, synced_at=row.synced_at, created_at=row.created_at,
+                   updated_at=row.updated_at)  # fmt: skip
+
+
+class SyncOut(BaseModel):
+    id: int
+    commit: str
+
+
+def _fields(body: RepositoryIn | RepositoryUpdate) -> RepositoryFields:
+    credentials = body.credentials
+    return RepositoryFields(
+        name=body.name,
+        url=body.url,
+        branch=body.branch,
+        credentials=Credentials(credentials.kind, credentials.secret, credentials.username) if credentials else None,
+        clear_credentials=isinstance(body, RepositoryUpdate) and body.clear_credentials,
+    )
+
+
+PageNumber = Annotated[int, QueryParameter(ge=1)]
+PageSize = Annotated[int, QueryParameter(ge=1, le=500)]
+
+
+class RepositoryController(Controller):
+    path = "/api/v1/git-repositories"
+    tags = ["git repositories"]  # noqa: RUF012  (Litestar reads this class attribute)
+
+    @post("/", summary="Add a repository")
+    async def create(
+        self,
+        data: JSONBody[RepositoryIn],
+        principal: NamedDependency[Principal],
+        repositories: NamedDependency[Repositories],
+    ) -> RepositoryOut:
+        principal.require(Role.ADMIN)
+        return RepositoryOut.of(await repositories.create(principal.tenant_id, _fields(data)))
+
+    @get("/", summary="List repositories")
+    async def index(
+        self, principal: NamedDependency[Principal], repositories: NamedDependency[Repositories],
+        page: PageNumber = 1, page_size: PageSize = 50,
+    ) -> Page[RepositoryOut]:  # fmt: skip
+        rows, total = await repositories.page(principal.tenant_id, page, page_size)
+        return Page(items=[RepositoryOut.of(row) for row in rows], total=total, page=page, page_size=page_size)
+
+    @get("/{repository_id:int}", summary="One repository")
+    async def show(
+        self,
+        repository_id: FromPath[int],
+        principal: NamedDependency[Principal],
+        repositories: NamedDependency[Repositories],
+    ) -> RepositoryOut:
+        return RepositoryOut.of(await repositories.get(principal.tenant_id, repository_id))
+
+    @put("/{repository_id:int}", summary="Change a repository")
+    async def update(
+        self, repository_id: FromPath[int], data: JSONBody[RepositoryUpdate], principal: NamedDependency[Principal],
+        repositories: NamedDependency[Repositories],
+    ) -> RepositoryOut:  # fmt: skip
+        principal.require(Role.ADMIN)
+        return RepositoryOut.of(await repositories.update(principal.tenant_id, repository_id, _fields(data)))
+
+    @delete("/{repository_id:int}", summary="Delete a repository (its templates keep working)")
+    async def remove(
+        self,
+        repository_id: FromPath[int],
+        principal: NamedDependency[Principal],
+        repositories: NamedDependency[Repositories],
+    ) -> None:
+        principal.require(Role.ADMIN)
+        await repositories.delete(principal.tenant_id, repository_id)
+
+    @post("/{repository_id:int}/sync", summary="Fetch the branch; answers the commit it now points at")
+    async def sync(
+        self,
+        repository_id: FromPath[int],
+        principal: NamedDependency[Principal],
+        repositories: NamedDependency[Repositories],
+    ) -> SyncOut:
+        principal.require(Role.OPERATOR)
+        row = await repositories.sync(principal.tenant_id, repository_id)
+        return SyncOut(id=row.id, commit=row.head_commit or "")

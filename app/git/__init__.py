@@ -1,0 +1,1 @@
+"""Git on the server: remote URL rules and the bare mirrors that imports read from."""

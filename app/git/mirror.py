@@ -1,0 +1,149 @@
+"""Bare mirrors of tenants' repositories on the server's disk, fetched with a time limit and no ambient config.
+
+Each fetch runs `git` with only what we give it: no system or global config, no terminal prompts, only the
+allowed protocols, a timeout, and credentials passed through the environment (never on the command line, where
+`ps` would show them). SSH checks host keys against the configured known-hosts file; unknown hosts are refused.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.git.urls import scheme_of
+from app.services.credentials import Credentials
+from app.services.errors import InvalidInput, Upstream
+
+GIT_PROTOCOLS = {"https": "https", "http": "http", "ssh": "ssh", "file": "file", "git": "git"}
+
+
+@dataclass(frozen=True)
+class GitOptions:
+    timeout: float = 120.0
+    known_hosts: Path | None = None
+    allowed_schemes: frozenset[str] = frozenset({"https", "ssh"})
+
+
+def check_branch(branch: str) -> str:
+    """A branch name git accepts (`git check-ref-format --branch`), else `InvalidInput`."""
+    result = subprocess.run(["git", "check-ref-format", f"refs/heads/{branch}"], capture_output=True, check=False)
+    if not branch or branch.startswith("-") or result.returncode != 0:
+        raise InvalidInput(f"branch {branch!r} is not a valid branch name", {"branch": "not a valid git branch name"})
+    return branch
+
+
+class Mirrors:
+    """The mirrors under `<data dir>/mirrors/<tenant id>/<repository id>.git`."""
+
+    def __init__(self, data_dir: Path, options: GitOptions) -> None:
+        self.root = data_dir / "mirrors"
+        self.options = options
+
+    def path(self, tenant_id: object, repository_id: int) -> Path:
+        return self.root / str(tenant_id) / f"{repository_id}.git"
+
+    def remove(self, tenant_id: object, repository_id: int) -> None:
+        shutil.rmtree(self.path(tenant_id, repository_id), ignore_errors=True)
+
+    def fetch(self, tenant_id: object, repository_id: int, url: str, branch: str,
+              credentials: Credentials | None) -> str:  # fmt: skip
+        """Fetch `branch` from `url` into the mirror; return the commit id it points at."""
+        mirror = self.path(tenant_id, repository_id)
+        mirror.parent.mkdir(parents=True, exist_ok=True)
+        with _locked(mirror.with_suffix(".lock")):
+            if not (mirror / "HEAD").exists():
+                self._git(["init", "--quiet", "--bare", str(mirror)], secret=None)
+            refspec = f"+refs/heads/{branch}:refs/heads/{branch}"
+            with self._auth_env(credentials) as (env, secret):
+                self._git(["--git-dir", str(mirror), "fetch", "--quiet", "--no-tags", "--prune", "--", url, refspec],
+                          secret=secret, env=env, what=f"fetching {branch!r} from {url}")  # fmt: skip
+            head = self._git(["--git-dir", str(mirror), "rev-parse", "--verify", f"refs/heads/{branch}^{{commit}}"],
+                             secret=None)  # fmt: skip
+        return head.strip()
+
+    def _base_env(self) -> dict[str, str]:
+        allowed = sorted(GIT_PROTOCOLS[s] for s in self.options.allowed_schemes if s in GIT_PROTOCOLS)
+        config = [("protocol.allow", "never"), *((f"protocol.{name}.allow", "always") for name in allowed)]
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": "/nonexistent",
+            "LANG": "C",
+            "GIT_TERMINAL_PROMPT": "0",
+            "GIT_CONFIG_NOSYSTEM": "1",
+            "GIT_CONFIG_GLOBAL": os.devnull,
+            "GIT_ASKPASS": "/bin/false",
+            "SSH_ASKPASS": "/bin/false",
+            "GIT_PROTOCOL_FROM_USER": "0",
+        }
+        known_hosts = str(self.options.known_hosts) if self.options.known_hosts else os.devnull
+        env["GIT_SSH_COMMAND"] = (
+            f"ssh -o BatchMode=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile={known_hosts} "
+            "-o GlobalKnownHostsFile=/dev/null"
+        )
+        return _with_config(env, config)
+
+    @contextmanager
+    def _auth_env(self, credentials: Credentials | None) -> Iterator[tuple[dict[str, str], str | None]]:
+        env = self._base_env()
+        if credentials is None:
+            yield env, None
+        elif credentials.kind == "https_token":
+            import base64
+
+            user = credentials.username or "x-access-token"
+            basic = base64.b64encode(f"{user}:{credentials.secret}".encode()).decode()
+            yield _with_config(env, [("http.extraHeader", f"Authorization: Basic {basic}")]), credentials.secret
+        else:
+            with tempfile.TemporaryDirectory(prefix="ahop-ssh-") as directory:
+                key = Path(directory) / "key"
+                descriptor = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(descriptor, "w") as out:
+                    out.write(credentials.secret.rstrip("\n") + "\n")
+                env["GIT_SSH_COMMAND"] += f" -o IdentitiesOnly=yes -i {key}"
+                yield env, credentials.secret
+
+    def _git(self, args: list[str], *, secret: str | None, env: dict[str, str] | None = None,
+             what: str = "git") -> str:  # fmt: skip
+        try:
+            result = subprocess.run(["git", *args], capture_output=True, text=True, env=env or self._base_env(),
+                                    timeout=self.options.timeout, check=False)  # fmt: skip
+        except subprocess.TimeoutExpired:
+            raise Upstream(f"{what}: git did not finish within {self.options.timeout:g}s") from None
+        if result.returncode != 0:
+            message = result.stderr.strip() or result.stdout.strip()
+            if secret:
+                message = message.replace(secret, "***")
+            raise Upstream(f"{what}: {message}")
+        return result.stdout
+
+
+def _with_config(env: dict[str, str], pairs: list[tuple[str, str]]) -> dict[str, str]:
+    """Add git config through GIT_CONFIG_COUNT/KEY/VALUE: nothing on the command line, nothing on disk."""
+    merged = dict(env)
+    start = int(merged.get("GIT_CONFIG_COUNT", "0"))
+    for offset, (key, value) in enumerate(pairs):
+        merged[f"GIT_CONFIG_KEY_{start + offset}"] = key
+        merged[f"GIT_CONFIG_VALUE_{start + offset}"] = value
+    merged["GIT_CONFIG_COUNT"] = str(start + len(pairs))
+    return merged
+
+
+@contextmanager
+def _locked(lock_path: Path) -> Iterator[None]:
+    """One fetch per mirror at a time (git's own ref locks would make a concurrent one fail)."""
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+__all__ = ["GitOptions", "Mirrors", "check_branch", "scheme_of"]

@@ -1,0 +1,108 @@
+"""Git repositories of a tenant: records, their mirrors, and syncing the branch head."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError as DatabaseIntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db.models import GitRepository
+from app.git.mirror import Mirrors, check_branch
+from app.git.urls import check_remote_url
+from app.services.credentials import CredentialBox, Credentials
+from app.services.errors import Conflict, NotFound
+
+
+@dataclass(frozen=True)
+class RepositoryFields:
+    """What a client may set; None leaves a field as it is (on update)."""
+
+    name: str | None = None
+    url: str | None = None
+    branch: str | None = None
+    credentials: Credentials | None = None
+    clear_credentials: bool = False
+
+
+class Repositories:
+    def __init__(self, session: AsyncSession, mirrors: Mirrors, box: CredentialBox) -> None:
+        self.session = session
+        self.mirrors = mirrors
+        self.box = box
+
+    async def get(self, tenant_id: uuid.UUID, repository_id: int) -> GitRepository:
+        row = await self.session.scalar(
+            select(GitRepository).where(GitRepository.id == repository_id, GitRepository.tenant_id == tenant_id)
+        )
+        if row is None:
+            raise NotFound(f"no repository {repository_id}")
+        return row
+
+    async def page(self, tenant_id: uuid.UUID, page: int, page_size: int) -> tuple[list[GitRepository], int]:
+        where = GitRepository.tenant_id == tenant_id
+        total = await self.session.scalar(select(func.count()).select_from(GitRepository).where(where)) or 0
+        rows = await self.session.scalars(
+            select(GitRepository)
+            .where(where)
+            .order_by(GitRepository.id)
+            .offset((page - 1) * page_size)
+            .limit(page_size)
+        )
+        return list(rows), total
+
+    def _apply(self, row: GitRepository, fields: RepositoryFields) -> None:
+        if fields.name is not None:
+            row.name = fields.name
+        if fields.url is not None:
+            row.url = check_remote_url(fields.url, self.mirrors.options.allowed_schemes)
+        if fields.branch is not None:
+            row.branch = check_branch(fields.branch)
+        if fields.clear_credentials:
+            row.auth_kind, row.credentials = "none", None
+        if fields.credentials is not None:
+            row.auth_kind, row.credentials = fields.credentials.kind, self.box.seal(fields.credentials)
+
+    async def _commit(self, row: GitRepository) -> GitRepository:
+        try:
+            await self.session.commit()
+        except DatabaseIntegrityError as exc:
+            await self.session.rollback()
+            raise Conflict(f"a repository named {row.name!r} already exists") from exc
+        await self.session.refresh(row)
+        return row
+
+    async def create(self, tenant_id: uuid.UUID, fields: RepositoryFields) -> GitRepository:
+        row = GitRepository(tenant_id=tenant_id, name=fields.name, branch="main")
+        self._apply(row, fields)
+        self.session.add(row)
+        return await self._commit(row)
+
+    async def update(self, tenant_id: uuid.UUID, repository_id: int, fields: RepositoryFields) -> GitRepository:
+        row = await self.get(tenant_id, repository_id)
+        self._apply(row, fields)
+        row.updated_at = datetime.now(UTC)
+        return await self._commit(row)
+
+    async def delete(self, tenant_id: uuid.UUID, repository_id: int) -> None:
+        """Delete the record and its mirror. Templates keep working: they hold snapshots, not references."""
+        row = await self.get(tenant_id, repository_id)
+        await self.session.delete(row)
+        await self.session.commit()
+        await asyncio.to_thread(self.mirrors.remove, tenant_id, repository_id)
+
+    async def sync(self, tenant_id: uuid.UUID, repository_id: int) -> GitRepository:
+        """Fetch the branch into the mirror and record the commit it now points at."""
+        row = await self.get(tenant_id, repository_id)
+        credentials = self.box.open(row.credentials) if row.credentials is not None else None
+        url, branch = row.url, row.branch
+        await self.session.rollback()  # no transaction held open across the network
+        head = await asyncio.to_thread(self.mirrors.fetch, tenant_id, repository_id, url, branch, credentials)
+        row = await self.get(tenant_id, repository_id)
+        row.head_commit, row.synced_at = head, datetime.now(UTC)
+        await self.session.commit()
+        return row

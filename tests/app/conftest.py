@@ -1,0 +1,94 @@
+"""API fixtures: the real application over the session's services, and tenants with tokens of each role."""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography.fernet import Fernet
+from litestar.testing import AsyncTestClient
+from pydantic import SecretStr
+
+from app.db.engine import create_engine, create_session_factory
+from app.db.models import Role
+from app.main import create_app
+from app.services.tokens import create_tenant, issue_token
+from app.settings import AppSettings
+
+
+@dataclass(frozen=True)
+class Caller:
+    """A tenant and one bearer header per role."""
+
+    tenant_id: str
+    headers: dict[Role, dict[str, str]]
+
+    def __getitem__(self, role: Role) -> dict[str, str]:
+        return self.headers[role]
+
+
+async def _tenant(database_url: str) -> Caller:
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        async with create_session_factory(engine)() as session, session.begin():
+            tenant = await create_tenant(session, f"t-{secrets.token_hex(5)}")
+            headers = {}
+            for role in Role:
+                issued = await issue_token(session, tenant.id, role)
+                headers[role] = {"Authorization": f"Bearer {issued.secret}"}
+        return Caller(str(tenant.id), headers)
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+def api_settings(app_settings: AppSettings, tmp_path: Path) -> AppSettings:
+    return app_settings.model_copy(
+        update={
+            "git_allowed_schemes": "https,ssh,file",
+            "secret_keys": SecretStr(Fernet.generate_key().decode()),
+            "data_dir": tmp_path / "server-data",
+        }
+    )
+
+
+@pytest.fixture
+async def client(api_settings: AppSettings) -> AsyncIterator[AsyncTestClient]:  # type: ignore[type-arg]
+    async with AsyncTestClient(create_app(api_settings)) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+async def alice(database_url: str) -> Caller:
+    return await _tenant(database_url)
+
+
+@pytest.fixture
+async def bob(database_url: str) -> Caller:
+    return await _tenant(database_url)
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
+        cwd=repo, check=True, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+
+
+@pytest.fixture
+def origin(tmp_path: Path) -> Path:
+    """A Git repository with a script directory, as an ops team keeps it."""
+    repo = tmp_path / "origin"
+    (repo / "scripts" / "disk_cleanup").mkdir(parents=True)
+    script = repo / "scripts" / "disk_cleanup" / "cleanup.sh"
+    script.write_text("#!/bin/bash\n# Name: Disk cleanup\n# @param days integer Keep files newer than this\necho ok\n")
+    script.chmod(0o755)
+    (repo / "scripts" / "disk_cleanup" / "README.md").write_text("cleans disks\n")
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "first")
+    return repo

@@ -1,0 +1,136 @@
+"""Git repositories through the API: validation, credentials never returned, sync, tenant isolation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from app.db.models import Role
+from tests.app.conftest import Caller, git
+
+Client = AsyncTestClient  # type: ignore[type-arg]
+
+
+async def _add(client: Client, caller: Caller, origin: Path, **extra: object) -> dict[str, object]:
+    response = await client.post(
+        "/api/v1/git-repositories",
+        json={"name": f"ops-{origin.name}", "url": str(origin), "branch": "main", **extra},
+        headers=caller[Role.ADMIN],
+    )
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
+async def test_add_sync_and_read_a_repository(client: Client, alice: Caller, origin: Path) -> None:
+    created = await _add(client, alice, origin)
+    assert created["head_commit"] is None
+    synced = await client.post(f"/api/v1/git-repositories/{created['id']}/sync", headers=alice[Role.OPERATOR])
+    assert synced.status_code == 201, synced.text
+    assert synced.json()["commit"] == git(origin, "rev-parse", "HEAD")
+
+    (origin / "new.sh").write_text("echo new\n")
+    git(origin, "add", "-A")
+    git(origin, "commit", "-q", "-m", "second")
+    again = await client.post(f"/api/v1/git-repositories/{created['id']}/sync", headers=alice[Role.OPERATOR])
+    assert again.json()["commit"] == git(origin, "rev-parse", "HEAD")
+
+    shown = await client.get(f"/api/v1/git-repositories/{created['id']}", headers=alice[Role.VIEWER])
+    assert shown.json()["head_commit"] == git(origin, "rev-parse", "HEAD")
+    assert shown.json()["synced_at"].endswith("Z")
+    listed = await client.get("/api/v1/git-repositories?page=1&page_size=10", headers=alice[Role.VIEWER])
+    assert listed.json()["total"] == 1
+    assert [item["id"] for item in listed.json()["items"]] == [created["id"]]
+    assert (listed.json()["page"], listed.json()["page_size"]) == (1, 10)
+
+
+async def test_credentials_are_stored_but_never_returned(client: Client, alice: Caller, origin: Path) -> None:
+    secret = "ghp_supersecretvalue123"
+    created = await _add(client, alice, origin, credentials={"kind": "https_token", "secret": secret})
+    assert created["auth_kind"] == "https_token"
+    for response in (
+        await client.get(f"/api/v1/git-repositories/{created['id']}", headers=alice[Role.ADMIN]),
+        await client.get("/api/v1/git-repositories", headers=alice[Role.ADMIN]),
+    ):
+        assert secret not in response.text
+        assert "secret" not in response.text
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("ext::sh -c touch% /tmp/pwned", "remote helpers"),
+        ("-uhttps://example.com/x.git", "starts with '-'"),
+        ("https://user:pw@example.com/x.git", "credentials must not be part of the url"),
+        ("ftp://example.com/x.git", "scheme 'ftp' is not allowed"),
+        ("https://", "names no host"),
+    ],
+)
+async def test_hostile_urls_are_refused_with_the_reason(client: Client, alice: Caller, url: str, reason: str) -> None:
+    response = await client.post(
+        "/api/v1/git-repositories", json={"name": "bad", "url": url}, headers=alice[Role.ADMIN]
+    )
+    assert response.status_code == 422
+    assert reason in response.json()["detail"]
+    assert response.json()["extra"]["errors"][0]["field"] == "url"
+    listed = await client.get("/api/v1/git-repositories", headers=alice[Role.ADMIN])
+    assert listed.json()["total"] == 0
+
+
+async def test_every_bad_field_is_listed(client: Client, alice: Caller) -> None:
+    response = await client.post("/api/v1/git-repositories", json={"name": "", "branch": 7}, headers=alice[Role.ADMIN])
+    assert response.status_code == 422
+    fields = {error["field"] for error in response.json()["extra"]["errors"]}
+    assert {"name", "url", "branch"} <= fields
+
+
+async def test_a_bad_branch_and_a_duplicate_name(client: Client, alice: Caller, origin: Path) -> None:
+    bad = await client.post(
+        "/api/v1/git-repositories", json={"name": "x", "url": str(origin), "branch": "a..b"}, headers=alice[Role.ADMIN]
+    )
+    assert (bad.status_code, bad.json()["extra"]["errors"][0]["field"]) == (422, "branch")
+    await _add(client, alice, origin)
+    duplicate = await client.post(
+        "/api/v1/git-repositories", json={"name": f"ops-{origin.name}", "url": str(origin)}, headers=alice[Role.ADMIN]
+    )
+    assert duplicate.status_code == 409
+
+
+async def test_a_failing_remote_answers_502_with_gits_message(client: Client, alice: Caller, tmp_path: Path) -> None:
+    created = await _add(client, alice, tmp_path / "missing")
+    response = await client.post(f"/api/v1/git-repositories/{created['id']}/sync", headers=alice[Role.ADMIN])
+    assert response.status_code == 502
+    assert "does not appear to be a git repository" in response.json()["detail"]
+
+
+async def test_auth_roles_and_tenant_isolation(client: Client, alice: Caller, bob: Caller, origin: Path) -> None:
+    assert (await client.get("/api/v1/git-repositories")).status_code == 401
+    bogus = {"Authorization": "Bearer ahop_not-a-token"}
+    assert (await client.get("/api/v1/git-repositories", headers=bogus)).status_code == 401
+    viewer_add = await client.post(
+        "/api/v1/git-repositories", json={"name": "v", "url": str(origin)}, headers=alice[Role.VIEWER]
+    )
+    assert viewer_add.status_code == 403
+
+    created = await _add(client, alice, origin)
+    path = f"/api/v1/git-repositories/{created['id']}"
+    for method, url in (("GET", path), ("PUT", path), ("DELETE", path), ("POST", f"{path}/sync")):
+        response = await client.request(method, url, headers=bob[Role.ADMIN], json={} if method == "PUT" else None)
+        assert response.status_code == 404, (method, url, response.text)
+    assert (await client.get("/api/v1/git-repositories", headers=bob[Role.ADMIN])).json()["total"] == 0
+    assert (await client.get(path, headers=alice[Role.VIEWER])).status_code == 200
+
+
+async def test_delete_removes_the_record_and_its_mirror(
+    client: Client, alice: Caller, origin: Path, tmp_path: Path
+) -> None:
+    created = await _add(client, alice, origin)
+    await client.post(f"/api/v1/git-repositories/{created['id']}/sync", headers=alice[Role.ADMIN])
+    mirror = tmp_path / "server-data" / "mirrors" / alice.tenant_id / f"{created['id']}.git"
+    assert (mirror / "HEAD").exists()
+    deleted = await client.delete(f"/api/v1/git-repositories/{created['id']}", headers=alice[Role.ADMIN])
+    assert deleted.status_code == 204
+    assert not mirror.exists()
+    gone = await client.get(f"/api/v1/git-repositories/{created['id']}", headers=alice[Role.ADMIN])
+    assert gone.status_code == 404
