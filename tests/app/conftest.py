@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet
+from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from pydantic import SecretStr
 
@@ -57,7 +58,7 @@ def api_settings(app_settings: AppSettings, tmp_path: Path) -> AppSettings:
 
 
 @pytest.fixture
-async def client(api_settings: AppSettings) -> AsyncIterator[AsyncTestClient]:  # type: ignore[type-arg]
+async def client(api_settings: AppSettings) -> AsyncIterator[AsyncTestClient[Litestar]]:
     async with AsyncTestClient(create_app(api_settings)) as test_client:
         yield test_client
 

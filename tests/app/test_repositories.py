@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from app.db.models import Role
 from tests.app.conftest import Caller, git
 
-Client = AsyncTestClient  # type: ignore[type-arg]
+Client = AsyncTestClient[Litestar]
 
 
 async def _add(client: Client, caller: Caller, origin: Path, **extra: object) -> dict[str, object]:
