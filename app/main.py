@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 from litestar import Litestar
 from litestar.di import NamedDependency, Provide
+from litestar.logging import LoggingConfig
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from redis.asyncio import Redis
@@ -17,13 +18,17 @@ from app.api.auth import provide_principal, provide_session
 from app.api.errors import EXCEPTION_HANDLERS
 from app.api.health import HealthController
 from app.api.repositories import RepositoryController
+from app.api.templates import TemplateController
 from app.db.engine import create_engine, create_session_factory
 from app.git.mirror import GitOptions, Mirrors
 from app.services.credentials import CredentialBox
 from app.services.health import HealthProbe
+from app.services.imports import Importer
 from app.services.repositories import Repositories
+from app.services.templates import Templates
 from app.settings import AppSettings
 from storage.blobstore import BlobStore
+from storage.canonical import Limits
 
 API_TITLE = "ahop"
 
@@ -51,8 +56,17 @@ def create_app(settings: AppSettings) -> Litestar:
     )
     box = CredentialBox(settings.secret_key_list())
 
+    store = BlobStore(settings.s3_location())
+    limits = Limits(max_bytes=settings.max_template_bytes, max_files=settings.max_template_files)
+
     def provide_repositories(db_session: NamedDependency[AsyncSession]) -> Repositories:
         return Repositories(db_session, mirrors, box)
+
+    def provide_importer(db_session: NamedDependency[AsyncSession]) -> Importer:
+        return Importer(db_session, mirrors, box, store, limits, settings.data_dir / "tmp")
+
+    def provide_templates(db_session: NamedDependency[AsyncSession]) -> Templates:
+        return Templates(db_session)
 
     @asynccontextmanager
     async def connections(_: Litestar) -> AsyncIterator[None]:
@@ -63,15 +77,18 @@ def create_app(settings: AppSettings) -> Litestar:
             await engine.dispose()
 
     return Litestar(
-        route_handlers=[HealthController, RepositoryController],
+        route_handlers=[HealthController, RepositoryController, TemplateController],
         dependencies={
             "health_probe": Provide(lambda: health_probe, use_cache=True, sync_to_thread=False),
             "session_factory": Provide(lambda: session_factory, use_cache=True, sync_to_thread=False),
             "db_session": Provide(provide_session),
             "principal": Provide(provide_principal),
             "repositories": Provide(provide_repositories, sync_to_thread=False),
+            "importer": Provide(provide_importer, sync_to_thread=False),
+            "templates": Provide(provide_templates, sync_to_thread=False),
         },
         exception_handlers=EXCEPTION_HANDLERS,
+        logging_config=LoggingConfig(log_exceptions="always"),  # an operator must see every 500's traceback
         lifespan=[connections],
         openapi_config=OpenAPIConfig(
             title=API_TITLE,

@@ -120,6 +120,14 @@ class GitTree:
             raise SnapshotRefused(f"path {self.path!r} is a Git submodule; submodules cannot be snapshotted")
         self.tree_id: str | None = self._object.hexsha
 
+    @property
+    def content_key(self) -> str:
+        """What determines this snapshot's digest, as Git knows it: the tree id of a directory, or for a single
+        file its mode, blob id and name (the same blob under another name or mode packs differently)."""
+        if self._object.type == "blob":
+            return f"file:{self._object.mode:o}:{self._object.hexsha}:{PurePosixPath(self.path).name}"
+        return f"tree:{self._object.hexsha}"
+
     def entries(self) -> list[Entry]:
         if self._object.type == "blob":
             name = PurePosixPath(self.path).name

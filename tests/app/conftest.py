@@ -88,7 +88,8 @@ def origin(tmp_path: Path) -> Path:
     script = repo / "scripts" / "disk_cleanup" / "cleanup.sh"
     script.write_text("#!/bin/bash\n# Name: Disk cleanup\n# @param days integer Keep files newer than this\necho ok\n")
     script.chmod(0o755)
-    (repo / "scripts" / "disk_cleanup" / "README.md").write_text("cleans disks\n")
+    # Unique content per test: the database (and its tree → digest cache) is shared by the whole session.
+    (repo / "scripts" / "disk_cleanup" / "README.md").write_text(f"cleans disks ({secrets.token_hex(8)})\n")
     git(repo, "init", "-q", "-b", "main")
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "first")

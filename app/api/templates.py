@@ -1,0 +1,152 @@
+"""`/api/v1/task-templates`: import from Git, list, read, versions."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from litestar import Controller, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody, QueryParameter
+from pydantic import BaseModel, Field
+
+from app.api.auth import Principal
+from app.api.schemas import Page, Timestamped
+from app.db.models import Blob, Role, TemplateVersion
+from app.services.imports import Importer, TemplateSpec
+from app.services.templates import Templates, TemplateView
+
+ParameterType = Literal["text", "textarea", "password", "integer", "float", "select", "multiselect", "boolean"]
+
+
+class Validation(BaseModel):
+    min: float | None = None
+    max: float | None = None
+    pattern: str | None = None
+    min_length: int | None = Field(default=None, ge=0)
+    max_length: int | None = Field(default=None, ge=0)
+
+
+class ParameterSpec(BaseModel):
+    """One parameter in the normalized schema that scans produce and tasks are validated against."""
+
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$")
+    type: ParameterType = "text"
+    label: str = ""
+    description: str = ""
+    required: bool = False
+    default: Any = None
+    options: list[str] = Field(default_factory=list)
+    validation: Validation = Field(default_factory=Validation)
+
+
+class TemplateIn(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    code: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    script_type: Literal["shell", "python", "ansible"]
+    entry_file: str = Field(min_length=1, max_length=1000)
+    repository_id: int
+    original_path: str = Field(default="", max_length=1000)
+    description: str = Field(default="", max_length=10_000)
+    parameters: list[ParameterSpec] = Field(default_factory=list)
+    timeout: int = Field(default=3600, ge=1, le=7 * 86400)
+
+
+class Artifact(BaseModel):
+    digest: str
+    tar_size: int
+    zst_size: int
+    files: int
+
+    @classmethod
+    def of(cls, blob: Blob) -> Artifact:
+        return cls(digest=f"sha256:{blob.digest}", tar_size=blob.tar_size, zst_size=blob.zst_size, files=blob.files)
+
+
+class TemplateOut(Timestamped):
+    id: int
+    code: str
+    name: str
+    description: str
+    script_type: str | None
+    entry_file: str | None
+    parameters: list[dict[str, Any]]
+    timeout: int
+    version: int | None
+    import_state: str
+    source_git_info: dict[str, Any] | None
+    artifact: Artifact | None
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, view: TemplateView) -> TemplateOut:
+        template, version = view.template, view.version
+        return cls(
+            id=template.id, code=template.code, name=template.name, description=template.description,
+            script_type=version.script_type if version else None, entry_file=version.entry_file if version else None,
+            parameters=version.parameters if version else [], timeout=template.timeout,
+            version=version.version if version else None, import_state=template.import_state,
+            source_git_info=template.source_git_info, artifact=Artifact.of(view.blob) if view.blob else None,
+            created_at=template.created_at, updated_at=template.updated_at,
+        )  # fmt: skip
+
+
+class VersionOut(Timestamped):
+    version: int
+    script_type: str
+    entry_file: str
+    parameters: list[dict[str, Any]]
+    source: dict[str, Any] | None
+    artifact: Artifact
+    created_at: datetime
+
+    @classmethod
+    def of(cls, version: TemplateVersion, blob: Blob) -> VersionOut:
+        return cls(version=version.version, script_type=version.script_type, entry_file=version.entry_file,
+                   parameters=version.parameters, source=version.source, artifact=Artifact.of(blob),
+                   created_at=version.created_at)  # fmt: skip
+
+
+PageNumber = Annotated[int, QueryParameter(ge=1)]
+PageSize = Annotated[int, QueryParameter(ge=1, le=500)]
+
+
+class TemplateController(Controller):
+    path = "/api/v1/task-templates"
+    tags = ["task templates"]  # noqa: RUF012  (Litestar reads this class attribute)
+
+    @post("/", summary="Import a template from a repository path at its branch head")
+    async def create(
+        self, data: JSONBody[TemplateIn], principal: NamedDependency[Principal],
+        importer: NamedDependency[Importer], templates: NamedDependency[Templates],
+    ) -> TemplateOut:  # fmt: skip
+        principal.require(Role.ADMIN)
+        spec = TemplateSpec(**data.model_dump(exclude={"parameters"}),
+                            parameters=[p.model_dump() for p in data.parameters])  # fmt: skip
+        imported = await importer.import_template(principal.tenant_id, spec, principal.token_id)
+        return TemplateOut.of(await templates.get(principal.tenant_id, imported.template.id))
+
+    @get("/", summary="List templates")
+    async def index(
+        self, principal: NamedDependency[Principal], templates: NamedDependency[Templates],
+        script_type: Annotated[str | None, QueryParameter()] = None,
+        search: Annotated[str | None, QueryParameter(max_length=200)] = None,
+        page: PageNumber = 1, page_size: PageSize = 50,
+    ) -> Page[TemplateOut]:  # fmt: skip
+        views, total = await templates.page(principal.tenant_id, script_type=script_type, search=search, page=page,
+                                            page_size=page_size)  # fmt: skip
+        return Page(items=[TemplateOut.of(view) for view in views], total=total, page=page, page_size=page_size)
+
+    @get("/{template_id:int}", summary="One template")
+    async def show(
+        self, template_id: FromPath[int], principal: NamedDependency[Principal], templates: NamedDependency[Templates]
+    ) -> TemplateOut:
+        return TemplateOut.of(await templates.get(principal.tenant_id, template_id))
+
+    @get("/{template_id:int}/versions", summary="A template's versions, newest first")
+    async def versions(
+        self, template_id: FromPath[int], principal: NamedDependency[Principal], templates: NamedDependency[Templates]
+    ) -> list[VersionOut]:
+        rows = await templates.versions(principal.tenant_id, template_id)
+        return [VersionOut.of(version, blob) for version, blob in rows]

@@ -1,0 +1,208 @@
+"""Importing a template (DESIGN §3, §6): branch head → Git tree → canonical blob in S3 → template and version.
+
+The expensive part (fetch, pack, upload) runs outside any transaction; the template and its version are written
+in one short transaction that also touches the blob row, so a concurrent GC cannot take a blob from under it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import git
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError as DatabaseIntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db.models import Blob, GitRepository, TaskTemplate, TemplateVersion
+from app.git.mirror import Mirrors
+from app.services import blobs
+from app.services.credentials import CredentialBox
+from app.services.errors import Conflict, InvalidInput, Unavailable
+from storage.blobstore import BlobInfo, BlobStore
+from storage.canonical import Limits
+from storage.errors import SnapshotRefused, StorageUnavailable
+from storage.snapshot import Snapshot, pack
+from storage.trees import GitTree, normalize_repo_path
+
+_GC_RACE_RETRIES = 3
+
+
+@dataclass(frozen=True)
+class TemplateSpec:
+    """The seed's import body."""
+
+    name: str
+    code: str
+    script_type: str
+    entry_file: str
+    repository_id: int
+    original_path: str
+    description: str = ""
+    parameters: list[dict[str, Any]] = field(default_factory=list)
+    timeout: int = 3600
+
+
+@dataclass(frozen=True)
+class Imported:
+    template: TaskTemplate
+    version: TemplateVersion
+    blob: Blob
+    packed: bool
+    """False when the tree → digest cache answered and nothing was packed."""
+
+
+@dataclass(frozen=True)
+class _Source:
+    snapshot_info: dict[str, Any]
+    content_key: str
+    tree: GitTree
+
+
+class Importer:
+    def __init__(self, session: AsyncSession, mirrors: Mirrors, box: CredentialBox, store: BlobStore,
+                 limits: Limits, work_dir: Path) -> None:  # fmt: skip
+        self.session = session
+        self.mirrors = mirrors
+        self.box = box
+        self.store = store
+        self.limits = limits
+        self.work_dir = work_dir
+
+    async def import_template(self, tenant_id: uuid.UUID, spec: TemplateSpec, created_by: uuid.UUID | None) -> Imported:
+        repository = await self._repository(tenant_id, spec.repository_id)
+        taken = await self.session.scalar(
+            select(TaskTemplate.id).where(TaskTemplate.tenant_id == tenant_id, TaskTemplate.code == spec.code)
+        )
+        if taken is not None:
+            raise Conflict(f"a template with code {spec.code!r} already exists")
+        credentials = self.box.open(repository.credentials) if repository.credentials is not None else None
+        fields: dict[str, Any] = {
+            "id": repository.id,
+            "name": repository.name,
+            "url": repository.url,
+            "branch": repository.branch,
+        }
+        await self.session.rollback()  # hold no transaction across the network
+        commit = await asyncio.to_thread(
+            self.mirrors.fetch, tenant_id, fields["id"], fields["url"], fields["branch"], credentials
+        )
+        source = await asyncio.to_thread(self._resolve, tenant_id, fields, commit, spec)
+        digest, stored, packed = await self._store_content(source)
+        return await self._record(tenant_id, spec, source, digest, stored, packed, created_by)
+
+    async def _repository(self, tenant_id: uuid.UUID, repository_id: int) -> GitRepository:
+        row = await self.session.scalar(
+            select(GitRepository).where(GitRepository.id == repository_id, GitRepository.tenant_id == tenant_id)
+        )
+        if row is None:
+            raise InvalidInput(f"no repository {repository_id}", {"repository_id": "no such repository"})
+        return row
+
+    def _resolve(self, tenant_id: uuid.UUID, repository: dict[str, Any], commit: str, spec: TemplateSpec) -> _Source:
+        """The Git tree of `original_path` at `commit`, with the entry file checked against its members."""
+        try:
+            original_path = normalize_repo_path(spec.original_path)
+            tree = GitTree(git.Repo(self.mirrors.path(tenant_id, repository["id"])), commit, original_path)
+            paths = {entry.path for entry in tree.entries()}
+        except SnapshotRefused as exc:
+            raise InvalidInput(str(exc), {"original_path": str(exc)}) from exc
+        if spec.entry_file not in paths:
+            shown = ", ".join(sorted(paths)[:10])
+            raise InvalidInput(
+                f"entry_file {spec.entry_file!r} is not in the snapshot of {original_path or '.'!r} (it holds {shown})",
+                {"entry_file": "not a file of the snapshot"},
+            )
+        info = {
+            "repository_id": repository["id"],
+            "repository_name": repository["name"],
+            "repository_url": repository["url"],
+            "branch": repository["branch"],
+            "commit_sha": commit,
+            "tree_id": tree.tree_id,
+            "original_path": original_path,
+            "created_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        }
+        return _Source(info, tree.content_key, tree)
+
+    def _pack(self, source: _Source) -> tuple[Snapshot, Path]:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        descriptor, name = tempfile.mkstemp(prefix="import-", suffix=".tar.zst", dir=self.work_dir)
+        try:
+            with os.fdopen(descriptor, "wb") as out:
+                snapshot = pack(source.tree, out, what=source.snapshot_info["original_path"] or ".", limits=self.limits)
+        except BaseException:
+            os.unlink(name)
+            raise
+        return snapshot, Path(name)
+
+    async def _store_content(self, source: _Source, *, use_cache: bool = True) -> tuple[str, BlobInfo | None, bool]:
+        """The digest of the content, its blob row upserted and its object in S3. Skips packing on a cache hit."""
+        digest = await blobs.cached_digest(self.session, source.content_key) if use_cache else None
+        await self.session.rollback()
+        if digest is not None:
+            return digest, None, False
+        try:
+            snapshot, blob_file = await asyncio.to_thread(self._pack, source)
+        except SnapshotRefused as exc:  # including LimitExceeded, whose message gives the figures
+            raise InvalidInput(str(exc), {"original_path": str(exc)}) from exc
+        try:
+            inserted = await blobs.upsert_blob(self.session, snapshot)
+            await self.session.commit()
+            try:
+                _, stored = await asyncio.to_thread(
+                    self.store.put_if_absent, snapshot.digest, blob_file,
+                    tar_size=snapshot.tar_size, files=snapshot.files, zst_sha256=snapshot.zst_sha256,
+                )  # fmt: skip
+            except StorageUnavailable as exc:
+                if inserted:
+                    await blobs.forget_unused_blob(self.session, snapshot.digest.hex)
+                    await self.session.commit()
+                raise Unavailable(f"S3 is unavailable, nothing was imported: {exc}") from exc
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                blob_file.unlink()
+        return snapshot.digest.hex, stored, True
+
+    async def _record(self, tenant_id: uuid.UUID, spec: TemplateSpec, source: _Source, digest: str,
+                      stored: BlobInfo | None, packed: bool, created_by: uuid.UUID | None) -> Imported:  # fmt: skip
+        for _ in range(_GC_RACE_RETRIES):
+            try:
+                async with self.session.begin():
+                    blob = await blobs.touch_stored(self.session, digest, stored)
+                    if blob is not None:
+                        await blobs.remember_tree(self.session, source.content_key, digest)
+                        template, version = await self._insert(tenant_id, spec, source, digest, created_by)
+                        return Imported(template, version, blob, packed)
+            except DatabaseIntegrityError as exc:
+                if "task_templates_code_unique" not in str(exc.orig):
+                    raise
+                raise Conflict(f"a template with code {spec.code!r} already exists") from exc
+            # GC freed the blob between the cache hit and now: pack and upload it again.
+            digest, stored, packed = await self._store_content(source, use_cache=False)
+        raise Unavailable("the blob kept disappearing while importing (is a GC with grace 0 running?); try again")
+
+    async def _insert(self, tenant_id: uuid.UUID, spec: TemplateSpec, source: _Source, digest: str,
+                      created_by: uuid.UUID | None) -> tuple[TaskTemplate, TemplateVersion]:  # fmt: skip
+        template = TaskTemplate(
+            tenant_id=tenant_id, code=spec.code, name=spec.name, description=spec.description,
+            timeout=spec.timeout, source_git_info=source.snapshot_info, import_state="pending",
+        )  # fmt: skip
+        self.session.add(template)
+        await self.session.flush()
+        version = TemplateVersion(
+            template_id=template.id, version=1, digest=digest, script_type=spec.script_type,
+            entry_file=spec.entry_file, parameters=spec.parameters, source=source.snapshot_info, created_by=created_by,
+        )  # fmt: skip
+        self.session.add(version)
+        await self.session.flush()
+        template.current_version_id, template.import_state = version.id, "imported"
+        await self.session.flush()
+        return template, version

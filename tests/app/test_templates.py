@@ -1,0 +1,250 @@
+"""Importing templates through the API: content-addressed blobs in S3, versions, dedup, isolation, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import boto3
+import zstandard
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+
+from app.db.models import Role, TemplateVersion
+from app.settings import AppSettings
+from storage.digest import Digest
+from storage.keys import blob_key
+from tests.app.conftest import Caller, git
+
+Client = AsyncTestClient[Litestar]
+
+
+def s3_client(settings: AppSettings) -> Any:
+    location = settings.s3_location()
+    return boto3.client(
+        "s3", endpoint_url=location.endpoint_url, aws_access_key_id=location.access_key_id,
+        aws_secret_access_key=location.secret_access_key, region_name=location.region,
+    )  # fmt: skip
+
+
+async def add_repository(client: Client, caller: Caller, origin: Path, name: str = "ops") -> int:
+    response = await client.post(
+        "/api/v1/git-repositories", json={"name": name, "url": str(origin)}, headers=caller[Role.ADMIN]
+    )
+    assert response.status_code == 201, response.text
+    return int(response.json()["id"])
+
+
+def body(repository_id: int, **overrides: Any) -> dict[str, Any]:
+    return {
+        "name": "Disk cleanup",
+        "code": "disk_cleanup",
+        "script_type": "shell",
+        "entry_file": "cleanup.sh",
+        "repository_id": repository_id,
+        "original_path": "scripts/disk_cleanup",
+        "description": "frees space",
+        "parameters": [{"name": "days", "type": "integer", "required": True, "validation": {"min": 1}}],
+        "timeout": 600,
+        **overrides,
+    }
+
+
+async def test_import_stores_the_canonical_blob_and_a_snapshot_of_its_source(
+    client: Client, alice: Caller, origin: Path, api_settings: AppSettings
+) -> None:
+    repository_id = await add_repository(client, alice, origin)
+    response = await client.post("/api/v1/task-templates", json=body(repository_id), headers=alice[Role.ADMIN])
+    assert response.status_code == 201, response.text
+    template = response.json()
+
+    source = template["source_git_info"]
+    assert source["commit_sha"] == git(origin, "rev-parse", "HEAD")
+    assert source["tree_id"] == git(origin, "rev-parse", "HEAD:scripts/disk_cleanup")
+    assert (source["repository_id"], source["repository_name"], source["repository_url"]) == (
+        repository_id, "ops", str(origin)
+    )  # fmt: skip
+    assert (source["branch"], source["original_path"]) == ("main", "scripts/disk_cleanup")
+    assert source["created_at"].endswith("Z")
+    assert template["version"] == 1
+    assert template["parameters"][0]["name"] == "days"
+
+    artifact = template["artifact"]
+    digest = Digest.parse(artifact["digest"])
+    stored = s3_client(api_settings).get_object(Bucket=api_settings.s3_bucket, Key=blob_key(digest))["Body"].read()
+    assert len(stored) == artifact["zst_size"]
+    tar = zstandard.ZstdDecompressor().decompressobj().decompress(stored)  # zstd -dc BLOB | sha256sum
+    assert hashlib.sha256(tar).hexdigest() == digest.hex
+    assert artifact["files"] == 2
+
+    shown = await client.get(f"/api/v1/task-templates/{template['id']}", headers=alice[Role.VIEWER])
+    assert shown.json() == template
+
+
+async def test_same_content_is_stored_once_and_a_change_makes_a_new_digest(
+    client: Client, alice: Caller, origin: Path, api_settings: AppSettings
+) -> None:
+    repository_id = await add_repository(client, alice, origin)
+    first = (await client.post("/api/v1/task-templates", json=body(repository_id), headers=alice[Role.ADMIN])).json()
+    again = await client.post(
+        "/api/v1/task-templates", json=body(repository_id, code="disk_cleanup_2"), headers=alice[Role.ADMIN]
+    )
+    assert again.json()["artifact"] == first["artifact"]
+    s3 = s3_client(api_settings)
+    keys = [item["Key"] for item in s3.list_objects_v2(Bucket=api_settings.s3_bucket).get("Contents", [])]
+    assert keys.count(blob_key(Digest.parse(first["artifact"]["digest"]))) == 1
+
+    (origin / "scripts" / "disk_cleanup" / "cleanup.sh").write_text("#!/bin/bash\necho changed\n")
+    git(origin, "commit", "-qam", "change")
+    changed = await client.post(
+        "/api/v1/task-templates", json=body(repository_id, code="disk_cleanup_3"), headers=alice[Role.ADMIN]
+    )
+    assert changed.json()["artifact"]["digest"] != first["artifact"]["digest"]
+
+
+async def test_two_concurrent_imports_of_the_same_content_store_one_blob(
+    client: Client, alice: Caller, origin: Path, api_settings: AppSettings
+) -> None:
+    repository_id = await add_repository(client, alice, origin)
+    responses = await asyncio.gather(
+        *(client.post("/api/v1/task-templates", json=body(repository_id, code=f"c{i}"), headers=alice[Role.ADMIN])
+          for i in range(3))
+    )  # fmt: skip
+    assert [r.status_code for r in responses] == [201, 201, 201], [r.text for r in responses]
+    digests = {r.json()["artifact"]["digest"] for r in responses}
+    assert len(digests) == 1
+    key = blob_key(Digest.parse(digests.pop()))
+    listed = s3_client(api_settings).list_objects_v2(Bucket=api_settings.s3_bucket, Prefix=key)
+    assert [item["Key"] for item in listed.get("Contents", [])] == [key]
+
+
+async def test_deleting_the_repository_leaves_the_template_and_its_blob(
+    client: Client, alice: Caller, origin: Path, api_settings: AppSettings
+) -> None:
+    repository_id = await add_repository(client, alice, origin)
+    created = (await client.post("/api/v1/task-templates", json=body(repository_id), headers=alice[Role.ADMIN])).json()
+    assert (
+        await client.delete(f"/api/v1/git-repositories/{repository_id}", headers=alice[Role.ADMIN])
+    ).status_code == 204
+    shown = await client.get(f"/api/v1/task-templates/{created['id']}", headers=alice[Role.VIEWER])
+    assert shown.status_code == 200
+    assert shown.json()["artifact"] == created["artifact"]
+    key = blob_key(Digest.parse(created["artifact"]["digest"]))
+    assert s3_client(api_settings).head_object(Bucket=api_settings.s3_bucket, Key=key)["ContentLength"] > 0
+
+
+async def test_bad_imports_are_refused_and_write_nothing(client: Client, alice: Caller, origin: Path) -> None:
+    repository_id = await add_repository(client, alice, origin)
+    cases = [
+        (body(repository_id, original_path="../etc"), "original_path"),
+        (body(repository_id, original_path="/etc"), "original_path"),
+        (body(repository_id, original_path="scripts/nope"), "original_path"),
+        (body(repository_id, entry_file="missing.sh"), "entry_file"),
+        (body(repository_id + 1000), "repository_id"),
+        (body(repository_id, script_type="perl", code="bad code!"), "script_type"),
+    ]
+    for payload, field in cases:
+        response = await client.post("/api/v1/task-templates", json=payload, headers=alice[Role.ADMIN])
+        assert response.status_code == 422, (payload, response.text)
+        assert field in {error["field"] for error in response.json()["extra"]["errors"]}, response.text
+    listed = await client.get("/api/v1/task-templates", headers=alice[Role.ADMIN])
+    assert listed.json()["total"] == 0
+    await client.post("/api/v1/task-templates", json=body(repository_id), headers=alice[Role.ADMIN])
+    duplicate = await client.post("/api/v1/task-templates", json=body(repository_id), headers=alice[Role.ADMIN])
+    assert duplicate.status_code == 409
+
+
+async def test_list_search_and_tenant_isolation(client: Client, alice: Caller, bob: Caller, origin: Path) -> None:
+    repository_id = await add_repository(client, alice, origin)
+    created = (await client.post("/api/v1/task-templates", json=body(repository_id), headers=alice[Role.ADMIN])).json()
+    found = await client.get("/api/v1/task-templates?search=CLEAN&script_type=shell", headers=alice[Role.VIEWER])
+    assert [item["id"] for item in found.json()["items"]] == [created["id"]]
+    assert (await client.get("/api/v1/task-templates?search=zzz", headers=alice[Role.VIEWER])).json()["total"] == 0
+    for url in (f"/api/v1/task-templates/{created['id']}", f"/api/v1/task-templates/{created['id']}/versions"):
+        assert (await client.get(url, headers=bob[Role.ADMIN])).status_code == 404
+    assert (await client.get("/api/v1/task-templates", headers=bob[Role.ADMIN])).json()["total"] == 0
+    bob_import = await client.post("/api/v1/task-templates", json=body(repository_id), headers=bob[Role.ADMIN])
+    assert bob_import.status_code == 422  # alice's repository does not exist for bob
+    versions = await client.get(f"/api/v1/task-templates/{created['id']}/versions", headers=alice[Role.VIEWER])
+    assert [v["version"] for v in versions.json()] == [1]
+
+
+async def test_s3_down_answers_503_and_writes_no_row(
+    alice: Caller, origin: Path, api_settings: AppSettings, tmp_path: Path, database_url: str
+) -> None:
+    from pydantic import SecretStr
+    from sqlalchemy import func, select
+
+    from app.db.engine import create_engine, create_session_factory
+    from app.db.models import Blob, TaskTemplate
+    from app.devstack.seaweed import SeaweedS3
+    from app.devstack.stack import LocalStack
+    from app.main import create_app
+
+    s3 = SeaweedS3.start(tmp_path / "own-s3", durable=False)
+    try:
+        LocalStack(env={"AHOP_S3_BUCKET": "down-test", "AHOP_S3_ENDPOINT_URL": s3.endpoint_url,
+                        "AHOP_S3_ACCESS_KEY_ID": s3.credentials.access_key_id,
+                        "AHOP_S3_SECRET_ACCESS_KEY": s3.credentials.secret_access_key}).ensure_bucket()  # fmt: skip
+        settings = api_settings.model_copy(update={
+            "s3_endpoint_url": s3.endpoint_url, "s3_bucket": "down-test",
+            "s3_access_key_id": s3.credentials.access_key_id,
+            "s3_secret_access_key": SecretStr(s3.credentials.secret_access_key),
+        })  # fmt: skip
+        async with AsyncTestClient(create_app(settings)) as client:
+            repository_id = await add_repository(client, alice, origin)
+            s3.stop()
+            response = await client.post("/api/v1/task-templates", json=body(repository_id), headers=alice[Role.ADMIN])
+    finally:
+        s3.stop()
+    assert response.status_code == 503, response.text
+    assert "S3" in response.json()["detail"]
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        async with create_session_factory(engine)() as session:
+            templates = await session.scalar(
+                select(func.count()).select_from(TaskTemplate).where(TaskTemplate.tenant_id == alice.tenant_id)
+            )
+            orphan_rows = await session.scalar(
+                select(func.count()).select_from(Blob).where(~Blob.digest.in_(select(TemplateVersion.digest)))
+            )
+    finally:
+        await engine.dispose()
+    assert (templates, orphan_rows) == (0, 0)
+
+
+async def test_reimporting_a_known_tree_does_not_pack_again(
+    alice: Caller, origin: Path, api_settings: AppSettings, database_url: str, client: Client
+) -> None:
+    import uuid
+
+    from cryptography.fernet import Fernet  # noqa: F401  (the settings carry the key)
+
+    from app.db.engine import create_engine, create_session_factory
+    from app.git.mirror import GitOptions, Mirrors
+    from app.services.credentials import CredentialBox
+    from app.services.imports import Importer, TemplateSpec
+    from storage.blobstore import BlobStore
+    from storage.canonical import Limits
+
+    repository_id = await add_repository(client, alice, origin)
+    engine = create_engine(database_url, pool_size=2)
+    mirrors = Mirrors(api_settings.data_dir, GitOptions(allowed_schemes=api_settings.allowed_schemes()))
+    store = BlobStore(api_settings.s3_location())
+    try:
+        async with create_session_factory(engine)() as session:
+            importer = Importer(session, mirrors, CredentialBox(api_settings.secret_key_list()), store, Limits(),
+                                api_settings.data_dir / "tmp")  # fmt: skip
+            spec = dict(body(repository_id))
+            first = await importer.import_template(uuid.UUID(alice.tenant_id), TemplateSpec(**spec), None)
+            first_digest = first.blob.digest
+            second = await importer.import_template(
+                uuid.UUID(alice.tenant_id), TemplateSpec(**{**spec, "code": "again"}), None
+            )
+            second_digest = second.blob.digest
+    finally:
+        await engine.dispose()
+    assert (first.packed, second.packed) == (True, False)
+    assert first_digest == second_digest
