@@ -32,6 +32,7 @@ from worker.protocol import DEFAULT_POOL, PING_JOB, deserialize, queue_name, ser
 DEFAULT_TENANT = "default"
 API_HOST = "127.0.0.1"
 READY_TIMEOUT = 60.0
+WORKER_SETTINGS = ("AHOP_REDIS_", "AHOP_S3_", "AHOP_WORKER_")
 # Pid files under <state dir>/run, in the order a shutdown stops them; Postgres takes SIGINT ("fast" shutdown).
 LEFTOVER_ORDER = (
     ("worker", signal.SIGTERM), ("api", signal.SIGTERM), ("s3", signal.SIGTERM),
@@ -102,6 +103,15 @@ async def _admin_token(database_url: str, known: str | None) -> str:
     return issued.secret
 
 
+def _secret_key(key_file: Path) -> str:
+    """The key that encrypts repository credentials on this local stack: made once, kept in the state dir."""
+    if not key_file.exists():
+        from cryptography.fernet import Fernet
+
+        _write_private(key_file, Fernet.generate_key().decode() + "\n")
+    return key_file.read_text().strip()
+
+
 def _api_ready(url: str) -> bool:
     try:
         with urllib.request.urlopen(url + "/health/ready", timeout=2) as response:  # noqa: S310
@@ -153,6 +163,8 @@ def run_dev(options: DevOptions, environ: Mapping[str, str], out: TextIO) -> int
             env = dict(stack.env)
             env.setdefault("AHOP_DATA_DIR", str(state_dir / "data"))
             env.setdefault("AHOP_WORKER_ROOT", str(state_dir / "worker"))
+            env.setdefault("AHOP_GIT_ALLOWED_SCHEMES", "https,ssh,file")  # local repositories by path, for trying it
+            env.setdefault("AHOP_SECRET_KEYS", _secret_key(state_dir / "secret-key"))
             migrate.upgrade(env["AHOP_DATABASE_URL"])
             stack.ensure_bucket()
             token_file = state_dir / "admin-token"
@@ -168,8 +180,8 @@ def run_dev(options: DevOptions, environ: Mapping[str, str], out: TextIO) -> int
                 log_path=logs / "api.log", pid_file=run / "api.pid", env={**base_env, **env},
             )  # fmt: skip
             children.append(api)
-            # The worker gets no database URL: it must never need one.
-            worker_env = {key: value for key, value in env.items() if key != "AHOP_DATABASE_URL"}
+            # The worker gets Redis, S3 and its own settings only: no database URL, no server secrets.
+            worker_env = {key: value for key, value in env.items() if key.startswith(WORKER_SETTINGS)}
             worker = ManagedProcess.start(
                 "worker", [sys.executable, "-m", "ahop", "worker"],
                 log_path=logs / "worker.log", pid_file=run / "worker.pid", env={**base_env, **worker_env},

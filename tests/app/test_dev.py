@@ -115,6 +115,10 @@ def test_dev_with_given_services_starts_none_of_its_own(
     }
     with running_dev(state_dir, given) as (process, env):
         assert set(_recorded_pids(state_dir)) == {"api", "worker"}
+        worker_environ = Path(f"/proc/{_recorded_pids(state_dir)['worker']}/environ").read_bytes().split(b"\0")
+        worker_keys = {item.split(b"=", 1)[0].decode() for item in worker_environ if item.startswith(b"AHOP_")}
+        assert worker_keys.isdisjoint({"AHOP_DATABASE_URL", "AHOP_SECRET_KEYS"}), worker_keys
+        assert {"AHOP_REDIS_URL", "AHOP_S3_ENDPOINT_URL"} <= worker_keys
         for key in ("AHOP_DATABASE_URL", "AHOP_REDIS_URL", "AHOP_S3_ENDPOINT_URL", "AHOP_S3_BUCKET"):
             assert env[key] == given[key]
         assert _get(env["AHOP_API_URL"] + "/health/ready")[0] == 200
