@@ -14,6 +14,7 @@ from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.api.artifacts import ArtifactController
 from app.api.auth import provide_principal, provide_session
 from app.api.errors import EXCEPTION_HANDLERS
 from app.api.health import HealthController
@@ -21,6 +22,7 @@ from app.api.repositories import RepositoryController
 from app.api.templates import TemplateController
 from app.db.engine import create_engine, create_session_factory
 from app.git.mirror import GitOptions, Mirrors
+from app.services.artifacts import Artifacts
 from app.services.credentials import CredentialBox
 from app.services.health import HealthProbe
 from app.services.imports import Importer
@@ -68,6 +70,9 @@ def create_app(settings: AppSettings) -> Litestar:
     def provide_templates(db_session: NamedDependency[AsyncSession]) -> Templates:
         return Templates(db_session)
 
+    def provide_artifacts(db_session: NamedDependency[AsyncSession]) -> Artifacts:
+        return Artifacts(db_session, store)
+
     @asynccontextmanager
     async def connections(_: Litestar) -> AsyncIterator[None]:
         try:
@@ -77,7 +82,7 @@ def create_app(settings: AppSettings) -> Litestar:
             await engine.dispose()
 
     return Litestar(
-        route_handlers=[HealthController, RepositoryController, TemplateController],
+        route_handlers=[HealthController, RepositoryController, TemplateController, ArtifactController],
         dependencies={
             "health_probe": Provide(lambda: health_probe, use_cache=True, sync_to_thread=False),
             "session_factory": Provide(lambda: session_factory, use_cache=True, sync_to_thread=False),
@@ -86,6 +91,7 @@ def create_app(settings: AppSettings) -> Litestar:
             "repositories": Provide(provide_repositories, sync_to_thread=False),
             "importer": Provide(provide_importer, sync_to_thread=False),
             "templates": Provide(provide_templates, sync_to_thread=False),
+            "artifacts": Provide(provide_artifacts, sync_to_thread=False),
         },
         exception_handlers=EXCEPTION_HANDLERS,
         logging_config=LoggingConfig(log_exceptions="always"),  # an operator must see every 500's traceback

@@ -248,3 +248,28 @@ async def test_reimporting_a_known_tree_does_not_pack_again(
         await engine.dispose()
     assert (first.packed, second.packed) == (True, False)
     assert first_digest == second_digest
+
+
+async def test_artifacts_show_their_users_and_stream_their_bytes(
+    client: Client, alice: Caller, bob: Caller, origin: Path
+) -> None:
+    repository_id = await add_repository(client, alice, origin)
+    created = (await client.post("/api/v1/task-templates", json=body(repository_id), headers=alice[Role.ADMIN])).json()
+    digest = created["artifact"]["digest"]
+
+    shown = await client.get(f"/api/v1/artifacts/{digest}", headers=alice[Role.VIEWER])
+    assert shown.status_code == 200, shown.text
+    assert shown.json()["used_by"] == [{"template_id": created["id"], "code": "disk_cleanup", "version": 1,
+                                        "current": True}]  # fmt: skip
+    assert (shown.json()["state"], shown.json()["files"]) == ("stored", 2)
+
+    download = await client.get(f"/api/v1/artifacts/{digest}/blob", headers=alice[Role.VIEWER])
+    assert download.status_code == 200
+    assert len(download.content) == created["artifact"]["zst_size"]
+    tar = zstandard.ZstdDecompressor().decompressobj().decompress(download.content)
+    assert f"sha256:{hashlib.sha256(tar).hexdigest()}" == digest
+
+    for url in (f"/api/v1/artifacts/{digest}", f"/api/v1/artifacts/{digest}/blob"):
+        assert (await client.get(url, headers=bob[Role.ADMIN])).status_code == 404
+    malformed = await client.get("/api/v1/artifacts/sha256:XYZ", headers=alice[Role.VIEWER])
+    assert malformed.status_code == 422
