@@ -11,10 +11,11 @@ import contextlib
 import os
 import tempfile
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import git
 from sqlalchemy import select
@@ -33,6 +34,7 @@ from storage.snapshot import Snapshot, pack
 from storage.trees import GitTree, normalize_repo_path
 
 _GC_RACE_RETRIES = 3
+WrittenT = TypeVar("WrittenT")
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,16 @@ class Imported:
 
 
 @dataclass(frozen=True)
-class _Source:
+class Stored:
+    """Content whose blob row and object exist: `info` is the stored object's figures (None on a cache hit)."""
+
+    digest: str
+    info: BlobInfo | None
+    packed: bool
+
+
+@dataclass(frozen=True)
+class Source:
     snapshot_info: dict[str, Any]
     content_key: str
     tree: GitTree
@@ -77,12 +88,28 @@ class Importer:
         self.work_dir = work_dir
 
     async def import_template(self, tenant_id: uuid.UUID, spec: TemplateSpec, created_by: uuid.UUID | None) -> Imported:
-        repository = await self._repository(tenant_id, spec.repository_id)
         taken = await self.session.scalar(
             select(TaskTemplate.id).where(TaskTemplate.tenant_id == tenant_id, TaskTemplate.code == spec.code)
         )
         if taken is not None:
             raise Conflict(f"a template with code {spec.code!r} already exists")
+        source = await self.locate(tenant_id, spec.repository_id, spec.original_path, spec.entry_file)
+        stored = await self.store_content(source)
+
+        async def insert(digest: str) -> tuple[TaskTemplate, TemplateVersion]:
+            return await self._insert(tenant_id, spec, source, digest, created_by)
+
+        try:
+            (template, version), blob, packed = await self.commit_version(source, stored, insert)
+        except DatabaseIntegrityError as exc:
+            if "task_templates_code_unique" not in str(exc.orig):
+                raise
+            raise Conflict(f"a template with code {spec.code!r} already exists") from exc
+        return Imported(template, version, blob, packed)
+
+    async def locate(self, tenant_id: uuid.UUID, repository_id: int, original_path: str, entry_file: str) -> Source:
+        """Fetch the repository's branch and find `original_path` at its head, with `entry_file` among its files."""
+        repository = await self._repository(tenant_id, repository_id)
         credentials = self.box.open(repository.credentials) if repository.credentials is not None else None
         fields: dict[str, Any] = {
             "id": repository.id,
@@ -94,9 +121,7 @@ class Importer:
         commit = await asyncio.to_thread(
             self.mirrors.fetch, tenant_id, fields["id"], fields["url"], fields["branch"], credentials
         )
-        source = await asyncio.to_thread(self._resolve, tenant_id, fields, commit, spec)
-        digest, stored, packed = await self._store_content(source)
-        return await self._record(tenant_id, spec, source, digest, stored, packed, created_by)
+        return await asyncio.to_thread(self._resolve, tenant_id, fields, commit, original_path, entry_file)
 
     async def _repository(self, tenant_id: uuid.UUID, repository_id: int) -> GitRepository:
         row = await self.session.scalar(
@@ -106,18 +131,19 @@ class Importer:
             raise InvalidInput(f"no repository {repository_id}", {"repository_id": "no such repository"})
         return row
 
-    def _resolve(self, tenant_id: uuid.UUID, repository: dict[str, Any], commit: str, spec: TemplateSpec) -> _Source:
-        """The Git tree of `original_path` at `commit`, with the entry file checked against its members."""
+    def _resolve(self, tenant_id: uuid.UUID, repository: dict[str, Any], commit: str, path: str,
+                 entry_file: str) -> Source:  # fmt: skip
+        """The Git tree of `path` at `commit`, with the entry file checked against its members."""
         try:
-            original_path = normalize_repo_path(spec.original_path)
+            original_path = normalize_repo_path(path)
             tree = GitTree(git.Repo(self.mirrors.path(tenant_id, repository["id"])), commit, original_path)
             paths = {entry.path for entry in tree.entries()}
         except SnapshotRefused as exc:
             raise InvalidInput(str(exc), {"original_path": str(exc)}) from exc
-        if spec.entry_file not in paths:
+        if entry_file not in paths:
             shown = ", ".join(sorted(paths)[:10])
             raise InvalidInput(
-                f"entry_file {spec.entry_file!r} is not in the snapshot of {original_path or '.'!r} (it holds {shown})",
+                f"entry_file {entry_file!r} is not in the snapshot of {original_path or '.'!r} (it holds {shown})",
                 {"entry_file": "not a file of the snapshot"},
             )
         info = {
@@ -130,9 +156,9 @@ class Importer:
             "original_path": original_path,
             "created_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
         }
-        return _Source(info, tree.content_key, tree)
+        return Source(info, tree.content_key, tree)
 
-    def _pack(self, source: _Source) -> tuple[Snapshot, Path]:
+    def _pack(self, source: Source) -> tuple[Snapshot, Path]:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         descriptor, name = tempfile.mkstemp(prefix="import-", suffix=".tar.zst", dir=self.work_dir)
         try:
@@ -143,12 +169,12 @@ class Importer:
             raise
         return snapshot, Path(name)
 
-    async def _store_content(self, source: _Source, *, use_cache: bool = True) -> tuple[str, BlobInfo | None, bool]:
+    async def store_content(self, source: Source, *, use_cache: bool = True) -> Stored:
         """The digest of the content, its blob row upserted and its object in S3. Skips packing on a cache hit."""
         digest = await blobs.cached_digest(self.session, source.content_key) if use_cache else None
         await self.session.rollback()
         if digest is not None:
-            return digest, None, False
+            return Stored(digest, None, packed=False)
         try:
             snapshot, blob_file = await asyncio.to_thread(self._pack, source)
         except SnapshotRefused as exc:  # including LimitExceeded, whose message gives the figures
@@ -169,27 +195,23 @@ class Importer:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 blob_file.unlink()
-        return snapshot.digest.hex, stored, True
+        return Stored(snapshot.digest.hex, stored, packed=True)
 
-    async def _record(self, tenant_id: uuid.UUID, spec: TemplateSpec, source: _Source, digest: str,
-                      stored: BlobInfo | None, packed: bool, created_by: uuid.UUID | None) -> Imported:  # fmt: skip
+    async def commit_version(
+        self, source: Source, stored: Stored, write: Callable[[str], Awaitable[WrittenT]]
+    ) -> tuple[WrittenT, Blob, bool]:
+        """Run `write(digest)` in the transaction that touches the blob row (DESIGN §6). If GC freed the blob
+        since it was stored or found in the cache, store it again and retry."""
         for _ in range(_GC_RACE_RETRIES):
-            try:
-                async with self.session.begin():
-                    blob = await blobs.touch_stored(self.session, digest, stored)
-                    if blob is not None:
-                        await blobs.remember_tree(self.session, source.content_key, digest)
-                        template, version = await self._insert(tenant_id, spec, source, digest, created_by)
-                        return Imported(template, version, blob, packed)
-            except DatabaseIntegrityError as exc:
-                if "task_templates_code_unique" not in str(exc.orig):
-                    raise
-                raise Conflict(f"a template with code {spec.code!r} already exists") from exc
-            # GC freed the blob between the cache hit and now: pack and upload it again.
-            digest, stored, packed = await self._store_content(source, use_cache=False)
+            async with self.session.begin():
+                blob = await blobs.touch_stored(self.session, stored.digest, stored.info)
+                if blob is not None:
+                    await blobs.remember_tree(self.session, source.content_key, stored.digest)
+                    return await write(stored.digest), blob, stored.packed
+            stored = await self.store_content(source, use_cache=False)
         raise Unavailable("the blob kept disappearing while importing (is a GC with grace 0 running?); try again")
 
-    async def _insert(self, tenant_id: uuid.UUID, spec: TemplateSpec, source: _Source, digest: str,
+    async def _insert(self, tenant_id: uuid.UUID, spec: TemplateSpec, source: Source, digest: str,
                       created_by: uuid.UUID | None) -> tuple[TaskTemplate, TemplateVersion]:  # fmt: skip
         template = TaskTemplate(
             tenant_id=tenant_id, code=spec.code, name=spec.name, description=spec.description,
