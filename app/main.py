@@ -27,6 +27,7 @@ from app.services.credentials import CredentialBox
 from app.services.health import HealthProbe
 from app.services.imports import Importer
 from app.services.repositories import Repositories
+from app.services.template_changes import TemplateChanger
 from app.services.templates import Templates
 from app.settings import AppSettings
 from storage.blobstore import BlobStore
@@ -70,6 +71,11 @@ def create_app(settings: AppSettings) -> Litestar:
     def provide_templates(db_session: NamedDependency[AsyncSession]) -> Templates:
         return Templates(db_session)
 
+    def provide_changer(
+        db_session: NamedDependency[AsyncSession], importer: NamedDependency[Importer]
+    ) -> TemplateChanger:
+        return TemplateChanger(db_session, importer)
+
     def provide_artifacts(db_session: NamedDependency[AsyncSession]) -> Artifacts:
         return Artifacts(db_session, store)
 
@@ -92,6 +98,7 @@ def create_app(settings: AppSettings) -> Litestar:
             "importer": Provide(provide_importer, sync_to_thread=False),
             "templates": Provide(provide_templates, sync_to_thread=False),
             "artifacts": Provide(provide_artifacts, sync_to_thread=False),
+            "changer": Provide(provide_changer, sync_to_thread=False),
         },
         exception_handlers=EXCEPTION_HANDLERS,
         logging_config=LoggingConfig(log_exceptions="always"),  # an operator must see every 500's traceback

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from litestar import Controller, get, post
+from litestar import Controller, delete, get, post, put
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, QueryParameter
 from pydantic import BaseModel, Field
@@ -14,6 +14,7 @@ from app.api.auth import Principal
 from app.api.schemas import Page, Timestamped
 from app.db.models import Blob, Role, TemplateVersion
 from app.services.imports import Importer, TemplateSpec
+from app.services.template_changes import TemplateChanger, TemplateChanges
 from app.services.templates import Templates, TemplateView
 
 ParameterType = Literal["text", "textarea", "password", "integer", "float", "select", "multiselect", "boolean"]
@@ -50,6 +51,24 @@ class TemplateIn(BaseModel):
     description: str = Field(default="", max_length=10_000)
     parameters: list[ParameterSpec] = Field(default_factory=list)
     timeout: int = Field(default=3600, ge=1, le=7 * 86400)
+
+
+class TemplateUpdate(BaseModel):
+    """Name, description and timeout change in place; entry file, script type and parameters add a version;
+    `version` makes an earlier version current again."""
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    description: str | None = Field(default=None, max_length=10_000)
+    timeout: int | None = Field(default=None, ge=1, le=7 * 86400)
+    entry_file: str | None = Field(default=None, min_length=1, max_length=1000)
+    script_type: Literal["shell", "python", "ansible"] | None = None
+    parameters: list[ParameterSpec] | None = None
+    version: int | None = Field(default=None, ge=1)
+
+
+class SyncResult(BaseModel):
+    changed: bool
+    version: int | None = None
 
 
 class Artifact(BaseModel):
@@ -150,3 +169,31 @@ class TemplateController(Controller):
     ) -> list[VersionOut]:
         rows = await templates.versions(principal.tenant_id, template_id)
         return [VersionOut.of(version, blob) for version, blob in rows]
+
+    @put("/{template_id:int}", summary="Change a template (runtime fields add a version)")
+    async def update(
+        self, template_id: FromPath[int], data: JSONBody[TemplateUpdate], principal: NamedDependency[Principal],
+        changer: NamedDependency[TemplateChanger], templates: NamedDependency[Templates],
+    ) -> TemplateOut:  # fmt: skip
+        principal.require(Role.ADMIN)
+        parameters = [p.model_dump() for p in data.parameters] if data.parameters is not None else None
+        changes = TemplateChanges(**data.model_dump(exclude={"parameters"}), parameters=parameters)
+        await changer.change(principal.tenant_id, template_id, changes, principal.token_id)
+        return TemplateOut.of(await templates.get(principal.tenant_id, template_id))
+
+    @delete("/{template_id:int}", summary="Delete a template (409 while unfinished tasks use it)")
+    async def remove(
+        self, template_id: FromPath[int], principal: NamedDependency[Principal],
+        changer: NamedDependency[TemplateChanger],
+    ) -> None:  # fmt: skip
+        principal.require(Role.ADMIN)
+        await changer.delete(principal.tenant_id, template_id)
+
+    @post("/{template_id:int}/sync", summary="Re-import from the recorded path at the branch head")
+    async def sync(
+        self, template_id: FromPath[int], principal: NamedDependency[Principal],
+        changer: NamedDependency[TemplateChanger],
+    ) -> SyncResult:  # fmt: skip
+        principal.require(Role.ADMIN)
+        number = await changer.sync(principal.tenant_id, template_id, principal.token_id)
+        return SyncResult(changed=number is not None, version=number)
