@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from ahop.blob_commands import snapshot, unpack
+from ahop.client_commands import repo, template
 from ahop.console import EXIT_UNAVAILABLE, configure_logging, fail, load_settings
 from ahop.tenant_commands import tenant, token
 
@@ -117,6 +118,8 @@ cli.add_command(snapshot)
 cli.add_command(unpack)
 cli.add_command(tenant)
 cli.add_command(token)
+cli.add_command(repo)
+cli.add_command(template)
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from litestar import Controller, delete, get, post, put
 from litestar.di import NamedDependency
@@ -54,6 +54,11 @@ class RepositoryOut(Timestamped):
         return cls(id=row.id, name=row.name, url=row.url, branch=row.branch, auth_kind=row.auth_kind,
                    head_commit=row.head_commit, synced_at=row.synced_at, created_at=row.created_at,
                    updated_at=row.updated_at)  # fmt: skip
+
+
+class ScanOut(BaseModel):
+    commit: str
+    candidates: list[dict[str, Any]]
 
 
 class SyncOut(BaseModel):
@@ -135,3 +140,12 @@ class RepositoryController(Controller):
         principal.require(Role.OPERATOR)
         row = await repositories.sync(principal.tenant_id, repository_id)
         return SyncOut(id=row.id, commit=row.head_commit or "")
+
+    @post("/{repository_id:int}/scan-templates", summary="Sync, then list template candidates at the branch head")
+    async def scan(
+        self, repository_id: FromPath[int], principal: NamedDependency[Principal],
+        repositories: NamedDependency[Repositories],
+    ) -> ScanOut:  # fmt: skip
+        principal.require(Role.OPERATOR)
+        commit, candidates = await repositories.scan(principal.tenant_id, repository_id)
+        return ScanOut(commit=commit, candidates=[candidate.to_json() for candidate in candidates])

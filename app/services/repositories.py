@@ -7,6 +7,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import git
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError as DatabaseIntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -14,8 +15,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.db.models import GitRepository
 from app.git.mirror import Mirrors, check_branch
 from app.git.urls import check_remote_url
+from app.scan.candidates import Candidate
+from app.scan.errors import ScanError
+from app.scan.gitsource import scan_git
 from app.services.credentials import CredentialBox, Credentials
-from app.services.errors import Conflict, NotFound
+from app.services.errors import Conflict, NotFound, Upstream
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,21 @@ class Repositories:
         await self.session.delete(row)
         await self.session.commit()
         await asyncio.to_thread(self.mirrors.remove, tenant_id, repository_id)
+
+    async def scan(self, tenant_id: uuid.UUID, repository_id: int) -> tuple[str, list[Candidate]]:
+        """Sync, then list the template candidates at the branch head (and the commit scanned)."""
+        row = await self.sync(tenant_id, repository_id)
+        commit = row.head_commit or ""
+        await self.session.rollback()
+
+        def scan_mirror() -> list[Candidate]:
+            with git.Repo(self.mirrors.path(tenant_id, repository_id)) as repo:
+                return scan_git(repo, commit)
+
+        try:
+            return commit, await asyncio.to_thread(scan_mirror)
+        except ScanError as exc:
+            raise Upstream(f"cannot scan repository {repository_id}: {exc}") from exc
 
     async def sync(self, tenant_id: uuid.UUID, repository_id: int) -> GitRepository:
         """Fetch the branch into the mirror and record the commit it now points at."""

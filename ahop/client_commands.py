@@ -1,0 +1,178 @@
+"""Client commands for people at a terminal: `ahop repo …` and `ahop template …` over the HTTP API.
+
+They read AHOP_API_URL and AHOP_TOKEN (`set -a; . .ahop/dev.env; set +a` after `make run`), print tables, and
+print the API's JSON with `--json` for scripts. An API error exits 2 (bad input), 1 (not found/conflict) or
+3 (a service unavailable), with the API's message.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ahop.console import EXIT_BAD_INPUT, EXIT_PROBLEMS, EXIT_UNAVAILABLE, fail, load_settings
+
+
+class ClientSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AHOP_", extra="ignore")
+
+    api_url: str = "http://127.0.0.1:8000"
+    token: SecretStr | None = None
+    client_timeout: float = Field(default=300.0, gt=0)
+
+
+def _call(method: str, path: str, payload: dict[str, Any] | None = None) -> Any:
+    import httpx
+
+    settings = load_settings(ClientSettings)
+    if settings.token is None:
+        fail("set AHOP_TOKEN (and AHOP_API_URL) to call the API; `make run` writes both to .ahop/dev.env", 2)
+    headers = {"Authorization": f"Bearer {settings.token.get_secret_value()}"}
+    try:
+        response = httpx.request(method, settings.api_url.rstrip("/") + path, json=payload, headers=headers,
+                                 timeout=settings.client_timeout)  # fmt: skip
+    except httpx.HTTPError as exc:
+        fail(f"the API at {settings.api_url} did not answer: {exc}", EXIT_UNAVAILABLE)
+    if response.status_code >= 400:
+        try:
+            body = response.json()
+            detail = body.get("detail", response.text)
+            errors = body.get("extra", {}).get("errors", []) if isinstance(body.get("extra"), dict) else []
+        except ValueError:
+            detail, errors = response.text, []
+        lines = [f"{response.status_code}: {detail}", *(f"  {e['field']}: {e['message']}" for e in errors)]
+        code = EXIT_UNAVAILABLE if response.status_code in (502, 503) else (
+            EXIT_BAD_INPUT if response.status_code in (400, 401, 403, 422) else EXIT_PROBLEMS)  # fmt: skip
+        fail("\n".join(lines), code)
+    return response.json() if response.content else None
+
+
+def _show(data: Any, as_json: bool, columns: list[str]) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    rows = data["items"] if isinstance(data, dict) and "items" in data else data if isinstance(data, list) else [data]
+    table = Table(*columns)
+    for row in rows:
+        table.add_row(*(_cell(row, column) for column in columns))
+    Console().print(table)
+    if isinstance(data, dict) and "total" in data:
+        click.echo(f"{len(rows)} of {data['total']}")
+
+
+def _cell(row: dict[str, Any], column: str) -> str:
+    value: Any = row
+    for part in column.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return "" if value is None else str(value)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")
+
+
+@click.group()
+def repo() -> None:
+    """Git repositories (through the API)."""
+
+
+@repo.command("add")
+@click.argument("name")
+@click.argument("url")
+@click.option("--branch", default="main", show_default=True)
+@json_option
+def repo_add(name: str, url: str, branch: str, as_json: bool) -> None:
+    """Add repository NAME at URL."""
+    _show(_call("POST", "/api/v1/git-repositories", {"name": name, "url": url, "branch": branch}), as_json,
+          ["id", "name", "url", "branch"])  # fmt: skip
+
+
+@repo.command("list")
+@json_option
+def repo_list(as_json: bool) -> None:
+    """List repositories."""
+    _show(_call("GET", "/api/v1/git-repositories?page_size=500"), as_json,
+          ["id", "name", "url", "branch", "head_commit", "synced_at"])  # fmt: skip
+
+
+@repo.command("sync")
+@click.argument("repository_id", type=int)
+@json_option
+def repo_sync(repository_id: int, as_json: bool) -> None:
+    """Fetch the repository's branch; print the commit it now points at."""
+    _show(_call("POST", f"/api/v1/git-repositories/{repository_id}/sync"), as_json, ["id", "commit"])
+
+
+@repo.command("scan")
+@click.argument("repository_id", type=int)
+@json_option
+def repo_scan(repository_id: int, as_json: bool) -> None:
+    """Sync, then list the template candidates at the branch head."""
+    result = _call("POST", f"/api/v1/git-repositories/{repository_id}/scan-templates")
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    _show(result["candidates"], False, ["original_path", "code", "script_type", "entry_file", "file_count"])
+    for candidate in result["candidates"]:
+        for problem in candidate.get("problems", []):
+            click.echo(f"  {problem['file']}:{problem.get('line') or '-'}: {problem['message']}", err=True)
+
+
+@click.group()
+def template() -> None:
+    """Task templates (through the API)."""
+
+
+TEMPLATE_COLUMNS = ["id", "code", "name", "script_type", "version", "artifact.digest", "source_git_info.commit_sha"]
+
+
+@template.command("import")
+@click.option("--repo", "repository_id", type=int, required=True, help="Repository id.")
+@click.option("--path", "original_path", required=True, help="Directory or file in the repository.")
+@click.option("--entry", "entry_file", required=True, help="Entry file, relative to --path.")
+@click.option("--code", required=True)
+@click.option("--name", required=True)
+@click.option("--type", "script_type", type=click.Choice(["shell", "python", "ansible"]), required=True)
+@click.option("--description", default="")
+@click.option("--timeout", type=int, default=3600, show_default=True)
+@json_option
+def template_import(repository_id: int, original_path: str, entry_file: str, code: str, name: str,
+                    script_type: str, description: str, timeout: int, as_json: bool) -> None:  # fmt: skip
+    """Import a template from a repository path at its branch head."""
+    payload = {"repository_id": repository_id, "original_path": original_path, "entry_file": entry_file,
+               "code": code, "name": name, "script_type": script_type, "description": description,
+               "timeout": timeout}  # fmt: skip
+    _show(_call("POST", "/api/v1/task-templates", payload), as_json, TEMPLATE_COLUMNS)
+
+
+@template.command("list")
+@click.option("--search", default=None)
+@json_option
+def template_list(search: str | None, as_json: bool) -> None:
+    """List templates."""
+    from urllib.parse import urlencode
+
+    query = urlencode({"page_size": 500, **({"search": search} if search else {})})
+    _show(_call("GET", f"/api/v1/task-templates?{query}"), as_json, TEMPLATE_COLUMNS)
+
+
+@template.command("show")
+@click.argument("template_id", type=int)
+@json_option
+def template_show(template_id: int, as_json: bool) -> None:
+    """Show one template."""
+    _show(_call("GET", f"/api/v1/task-templates/{template_id}"), as_json, [*TEMPLATE_COLUMNS, "entry_file"])
+
+
+@template.command("sync")
+@click.argument("template_id", type=int)
+@json_option
+def template_sync(template_id: int, as_json: bool) -> None:
+    """Re-import a template from its recorded path at the branch head."""
+    _show(_call("POST", f"/api/v1/task-templates/{template_id}/sync"), as_json, ["changed", "version"])
