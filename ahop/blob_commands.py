@@ -40,6 +40,8 @@ def snapshot(repo: Path | None, rev: str, tree_path: str, directory: Path | None
         result = _write_snapshot(repo, rev, tree_path, directory, out, level, limits)
     except StorageError as exc:
         fail(str(exc), EXIT_BAD_INPUT)
+    except OSError as exc:
+        fail(f"{exc.filename or out}: {exc.strerror}", EXIT_BAD_INPUT)
     click.echo(json.dumps(result))
 
 
@@ -99,6 +101,8 @@ def unpack(blob: Path, dest: Path, digest: str, tar_size: int | None, zst_sha256
         fail(f"--digest: {exc}", EXIT_BAD_INPUT)
     except FileExistsError as exc:
         fail(f"{exc}; unpack needs a new directory", EXIT_BAD_INPUT)
+    except FileNotFoundError as exc:
+        fail(str(exc), EXIT_BAD_INPUT)
     except IntegrityError as exc:
         fail(f"refused: {exc}", EXIT_PROBLEMS)
     click.echo(json.dumps({"digest": str(expected), "files": result.files, "tar_size": result.tar_size,

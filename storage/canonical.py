@@ -50,17 +50,51 @@ class TreeSource(Protocol):
     def contents(self, entries: list[Entry]) -> Iterator[tuple[Entry, Iterable[bytes]]]: ...
 
 
+# What every filesystem a worker unpacks onto can hold, and what keeps an unpack bounded. The packer refuses
+# what the unpacker would refuse, so that nothing imports that no worker can run.
+MAX_PATH_BYTES = 4096
+MAX_NAME_BYTES = 255
+MAX_DEPTH = 32
+MAX_TARGET_BYTES = 4095
+
+
 def check_path(raw: bytes, where: str) -> str:
-    """Decode a member path and check it is canonical: relative, `/`-separated, no empty/`.`/`..` parts."""
+    """Decode a member path and check it is canonical: relative, `/`-separated, no empty/`.`/`..` parts, not in a
+    top-level `.git`, and within the path, name and depth limits."""
+    where = where if len(where) <= 200 else where[:200] + "…"
     try:
         path = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise SnapshotRefused(f"{where}: the path {raw!r} is not valid UTF-8; rename it") from None
+        raise SnapshotRefused(f"{where}: the path {raw[:200]!r} is not valid UTF-8; rename it") from None
     if not path or path.startswith("/") or "\x00" in path:
         raise SnapshotRefused(f"{where}: the path {path!r} is not a relative path")
-    if any(part in ("", ".", "..") for part in path.split("/")):
+    parts = path.split("/")
+    if any(part in ("", ".", "..") for part in parts):
         raise SnapshotRefused(f"{where}: the path {path!r} has an empty, '.' or '..' component")
+    if parts[0] == ".git":
+        raise SnapshotRefused(f"{where}: {path!r} is inside a top-level .git, which a snapshot never holds")
+    if len(raw) > MAX_PATH_BYTES or len(parts) > MAX_DEPTH or any(len(p.encode()) > MAX_NAME_BYTES for p in parts):
+        raise SnapshotRefused(
+            f"{where}: the path {path[:200]!r} is too long: at most {MAX_PATH_BYTES} bytes, {MAX_DEPTH} levels "
+            f"and {MAX_NAME_BYTES} bytes a name"
+        )
     return path
+
+
+def check_layout(entries: list[Entry], what: str) -> None:
+    """Members sorted and unique, and none inside another member (a file `a` and a file `a/b` cannot both be)."""
+    previous = b""
+    leaves: set[str] = set()
+    for entry in entries:
+        key = sort_key(entry.path)
+        if key <= previous:
+            raise SnapshotRefused(f"{what}: {entry.path!r} is listed twice or out of order; the tree is damaged")
+        previous = key
+        parts = entry.path.split("/")
+        for depth in range(1, len(parts)):
+            if "/".join(parts[:depth]) in leaves:
+                raise SnapshotRefused(f"{what}: {entry.path!r} lies inside {'/'.join(parts[:depth])!r}, a file or link")
+        leaves.add(entry.path)
 
 
 def check_symlink(path: str, raw_target: bytes) -> str:
@@ -69,6 +103,8 @@ def check_symlink(path: str, raw_target: bytes) -> str:
         target = raw_target.decode("utf-8")
     except UnicodeDecodeError:
         raise SnapshotRefused(f"symlink {path!r}: its target {raw_target!r} is not valid UTF-8") from None
+    if len(raw_target) > MAX_TARGET_BYTES:
+        raise SnapshotRefused(f"symlink {path!r}: its target is longer than {MAX_TARGET_BYTES} bytes")
     if not target or target.startswith("/") or "\x00" in target:
         raise SnapshotRefused(f"symlink {path!r} -> {target!r}: targets must be relative paths inside the tree")
     resolved = posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
@@ -115,10 +151,11 @@ def sort_key(path: str) -> bytes:
 
 
 def check_limits(entries: list[Entry], limits: Limits, what: str) -> None:
-    total = sum(entry.size for entry in entries)
+    """Refuse a tree whose tar would exceed the limits, before any content is read."""
+    total = tarformat.archive_size((entry.path, entry.size if entry.kind == FILE else 0) for entry in entries)
     if len(entries) > limits.max_files or total > limits.max_bytes:
         raise LimitExceeded(
-            f"{what} has {len(entries):,} files and {total:,} bytes; "
+            f"{what} has {len(entries):,} files and makes a tar of {total:,} bytes; "
             f"the limit is {limits.max_files:,} files and {limits.max_bytes:,} bytes"
         )
 
@@ -132,6 +169,7 @@ class TarStats:
 def write_canonical_tar(source: TreeSource, sink: ByteSink, limits: Limits, what: str) -> TarStats:
     """Write the canonical tar of `source` into `sink`; refuse trees over `limits` before reading any content."""
     entries = source.entries()
+    check_layout(entries, what)
     check_limits(entries, limits, what)
     stats = TarStats()
     links: dict[str, str] = {}

@@ -28,6 +28,8 @@ up to a multiple of 10240 bytes (tarfile's record size). No global pax header, n
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 BLOCK = 512
 RECORD = 20 * BLOCK
 REGULAR = b"0"
@@ -103,6 +105,18 @@ def header(path: str, mode: int, size: int, typeflag: bytes, target: str = "") -
     if not records:
         return ustar
     return _ustar("././@PaxHeader", 0, len(records), PAX, "") + records + padding(len(records)) + ustar
+
+
+def archive_size(members: Iterable[tuple[str, int]]) -> int:
+    """The size of the archive of (path, data size) members, not counting pax records for long symlink targets
+    (unknown until the targets are read): exact for files, a lower bound otherwise."""
+    total = 0
+    for path, size in members:
+        total += BLOCK + size + len(padding(size))
+        if _needs_pax(path):
+            records = len(_record("path", path))
+            total += BLOCK + records + len(padding(records))
+    return total + 2 * BLOCK + (-(total + 2 * BLOCK) % RECORD)
 
 
 def end_of_archive(offset: int) -> bytes:

@@ -43,7 +43,10 @@ class DirectoryTree:
         if not stat.S_ISDIR(info.st_mode):
             raise SnapshotRefused(f"{self.root}: not a directory or a regular file")
         found: list[Entry] = []
-        self._walk(os.fsencode(self.root), b"", found)
+        try:
+            self._walk(os.fsencode(self.root), b"", found)
+        except OSError as exc:
+            raise SnapshotRefused(f"{exc.filename or self.root}: {exc.strerror}") from exc
         found.sort(key=lambda entry: sort_key(entry.path))
         return found
 
@@ -72,15 +75,19 @@ class DirectoryTree:
         single = len(entries) == 1 and not self.root.is_dir()
         for entry in entries:
             location = self.root if single else self.root / entry.path
-            if entry.kind == SYMLINK:
-                yield entry, [os.fsencode(os.readlink(location))]
-            else:
-                yield entry, _read_file(location, entry.size)
+            try:
+                if entry.kind == SYMLINK:
+                    yield entry, [os.fsencode(os.readlink(location))]
+                else:
+                    # The root the caller named may be a link to a file; inside the tree, links are never followed.
+                    yield entry, _read_file(location, entry.size, follow=single)
+            except OSError as exc:
+                raise SnapshotRefused(f"{location}: {exc.strerror} (did it change while it was read?)") from exc
 
 
-def _read_file(path: Path, size: int) -> Iterator[bytes]:
+def _read_file(path: Path, size: int, *, follow: bool = False) -> Iterator[bytes]:
     # O_NOFOLLOW: a file swapped for a symlink after listing is refused, not followed out of the tree.
-    descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    descriptor = os.open(path, os.O_RDONLY | (0 if follow else os.O_NOFOLLOW))
     with os.fdopen(descriptor, "rb", buffering=0) as handle:
         if size <= CHUNK:
             yield handle.read(size + 1)  # one byte more shows a file that grew since it was listed
@@ -105,6 +112,8 @@ class GitTree:
     file its blob."""
 
     def __init__(self, repo: git.Repo, rev: str, path: str) -> None:
+        # Read exactly the objects the ids name: no replace refs, no lazy fetching of missing objects.
+        repo.git.update_environment(GIT_NO_REPLACE_OBJECTS="1", GIT_NO_LAZY_FETCH="1")
         self.repo = repo
         self.path = normalize_repo_path(path)
         try:
@@ -152,8 +161,8 @@ class GitTree:
         ids = [self._object.hexsha] if single else [self._ids[entry.path] for entry in entries]
         reader = _BatchReader(self.repo, ids)
         try:
-            for entry in entries:
-                yield entry, reader.next_object(entry.size)
+            for entry, object_id in zip(entries, ids, strict=True):
+                yield entry, reader.next_object(object_id, entry.size)
         finally:
             reader.close()
 
@@ -177,6 +186,7 @@ class _BatchReader:
         self._process = repo.git.cat_file("--batch", as_process=True, istream=subprocess.PIPE)
         self._stdin: IO[bytes] = self._process.proc.stdin
         self._stdout: IO[bytes] = self._process.proc.stdout
+        self._unread: Iterator[bytes] | None = None
         self._feeder = threading.Thread(target=self._feed, args=(object_ids,), daemon=True)
         self._feeder.start()
 
@@ -187,15 +197,19 @@ class _BatchReader:
         except (BrokenPipeError, ValueError):
             pass  # the reader stopped early (an error, a limit): nothing more to ask for
 
-    def next_object(self, expected_size: int) -> Iterator[bytes]:
+    def next_object(self, object_id: str, expected_size: int) -> Iterator[bytes]:
+        if self._unread is not None:
+            for _ in self._unread:  # the caller skipped the last object's bytes: they must not become this one's
+                pass
         line = self._stdout.readline()
         parts = line.split()
-        if len(parts) != 3 or parts[1] != b"blob":
-            raise SnapshotRefused(f"git cat-file answered {line!r}; the repository may be damaged")
+        if len(parts) != 3 or parts[1] != b"blob" or parts[0].decode() != object_id:
+            raise SnapshotRefused(f"git cat-file answered {line!r} for {object_id}; the repository may be damaged")
         size = int(parts[2])
         if size != expected_size:
             raise SnapshotRefused(f"object {parts[0].decode()} has {size} bytes, ls-tree said {expected_size}")
-        return self._read(size)
+        self._unread = self._read(size)
+        return self._unread
 
     def _read(self, size: int) -> Iterator[bytes]:
         remaining = size

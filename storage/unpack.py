@@ -36,6 +36,8 @@ class UnpackLimits:
     max_path_bytes: int = 4096
     max_tar_bytes: int = 4 << 30
     """Used when the caller does not know the tar size; a known size is always the cap."""
+    max_directories: int = 100_000
+    """Distinct directories the members create: with the depth limit, this bounds inodes and memory."""
     max_window_log: int = 27
     """zstd window of at most 128 MiB: a frame asking for more is refused instead of allocating it."""
 
@@ -216,6 +218,8 @@ def _extract(stream: _TarStream, root: Path, limits: UnpackLimits) -> int:
             for depth in range(1, len(parts)):
                 directory = "/".join(parts[:depth])
                 if directory not in directories:
+                    if len(directories) >= limits.max_directories:
+                        raise UnsafeArchive(f"the archive creates more than {limits.max_directories:,} directories")
                     (root / directory).mkdir()  # fails on a member file of that name: no merging, no following
                     (root / directory).chmod(0o755)  # whatever the umask: the tree is shared with run-as users
                     directories.add(directory)
@@ -277,6 +281,10 @@ def unpack_file(blob: Path, dest: Path, expected: Digest, *, tar_size: int | Non
             raise IntegrityError(f"{blob}: compressed sha256 {actual_sha256} does not match the recorded {zst_sha256}")
     if dest.exists() or dest.is_symlink():
         raise FileExistsError(f"{dest} already exists")
+    if not dest.parent.is_dir():
+        raise FileNotFoundError(
+            f"{dest.parent} does not exist; unpack creates DEST itself, inside an existing directory"
+        )
     staging = dest.parent / f".{dest.name}.unpack-{secrets.token_hex(6)}"
     staging.mkdir(mode=0o755)
     staging.chmod(0o755)

@@ -257,3 +257,25 @@ def test_a_symlink_escaping_through_another_symlink_is_refused(tmp_path: Path) -
     (root / "t").symlink_to("s/up/..")  # lexically "s", really the tree's parent
     with pytest.raises(SnapshotRefused, match=r"symlink 't' -> 's/up/\.\.' leaves the tree once"):
         snapshot_directory(root, None)
+
+
+def test_trees_no_worker_could_unpack_are_refused_when_packing(tmp_path: Path) -> None:
+    root = tmp_path / "deep"
+    deep = root.joinpath(*(["d"] * 40))
+    deep.mkdir(parents=True)
+    (deep / "f").write_text("x")
+    with pytest.raises(SnapshotRefused, match="32 levels"):
+        snapshot_directory(root, None)
+
+
+def test_the_size_limit_counts_the_tar_not_only_file_bytes(tmp_path: Path) -> None:
+    root = tmp_path / "empties"
+    root.mkdir()
+    for index in range(50):
+        (root / f"empty-{index:03}").write_bytes(b"")
+    actual = snapshot_directory(root, None).tar_size  # 50 headers and the end blocks: no file bytes at all
+    assert actual == 30_720
+    with pytest.raises(
+        LimitExceeded, match=rf"makes a tar of {actual:,} bytes; the limit is 100,000 files and 1,000 bytes"
+    ):
+        snapshot_directory(root, None, limits=Limits(max_bytes=1000))
