@@ -299,11 +299,10 @@ class BlobStore:
             written = self._put_in_parts(key, source, ours)
         else:
             written = self._put(key, source, ours)
-        if not written:
-            return False, self.head(digest)  # lost the race: theirs is the blob
-        if not self._conditional_writes:
-            return True, self.head(digest)
-        return True, ours
+        # Always report what is stored, not what we sent: a server that ignores If-None-Match lets a second
+        # writer replace the first, and the row must describe the object a worker will download.
+        stored = self.head(digest)
+        return written and stored.zst_sha256 == ours.zst_sha256, stored
 
     def _write_if_absent(self, write: Callable[[_Condition], object]) -> bool:
         """Run `write` with `If-None-Match: *` where the server honours it; False when the key already exists."""
@@ -315,6 +314,8 @@ class BlobStore:
             except botocore.exceptions.ClientError as exc:
                 if _status(exc) == 412 or _code(exc) == "PreconditionFailed":
                     return False
+                if _status(exc) == 409 and _code(exc) == "ConditionalRequestConflict":
+                    return False  # AWS: a concurrent conditional write of the same key; the winner's is stored
                 if not (condition and (_status(exc) == 501 or _code(exc) == "NotImplemented")):
                     raise
                 self._conditional_writes = False  # and write again, unconditionally: see __init__
