@@ -135,3 +135,37 @@ async def test_delete_removes_the_record_and_its_mirror(
     assert not mirror.exists()
     gone = await client.get(f"/api/v1/git-repositories/{created['id']}", headers=alice[Role.ADMIN])
     assert gone.status_code == 404
+
+
+async def test_scan_lists_candidates_with_inferred_parameters(client: Client, alice: Caller, tmp_path: Path) -> None:
+    repo = tmp_path / "ops-scripts"
+    (repo / "scripts" / "disk_cleanup").mkdir(parents=True)
+    (repo / "ansible" / "deploy").mkdir(parents=True)
+    (repo / "scripts" / "disk_cleanup" / "cleanup.sh").write_text(
+        "#!/bin/bash\n# Name: 磁盘清理\n# Description: 清理过期文件\n"
+        "# @param days 保留天数 (required)\n# @param report_dir where reports go\n# @param env (dev/prod)\necho\n"
+    )
+    (repo / "ansible" / "deploy" / "playbook.yml").write_text("- hosts: all\n")
+    (repo / "ansible" / "deploy" / "survey.yml").write_text(
+        "name: Deploy\nspec:\n  - {type: password, variable: db_password, question_name: DB password, required: true}\n"
+    )
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "scripts")
+    created = await _add(client, alice, repo)
+    response = await client.post(
+        f"/api/v1/git-repositories/{created['id']}/scan-templates", headers=alice[Role.OPERATOR]
+    )
+    assert response.status_code == 201, response.text
+    result = response.json()
+    assert result["commit"] == git(repo, "rev-parse", "HEAD")
+    by_path = {candidate["original_path"]: candidate for candidate in result["candidates"]}
+    shell = by_path["scripts/disk_cleanup"]
+    assert (shell["script_type"], shell["entry_file"], shell["name"]) == ("shell", "cleanup.sh", "磁盘清理")
+    types = {p["name"]: p["type"] for p in shell["parameters"]}
+    assert types == {"days": "integer", "report_dir": "text", "env": "select"}
+    ansible = by_path["ansible/deploy"]
+    assert (ansible["script_type"], ansible["entry_file"]) == ("ansible", "playbook.yml")
+    assert ansible["parameters"][0]["type"] == "password"
+    other = await client.post(f"/api/v1/git-repositories/{created['id']}/scan-templates", headers=alice[Role.VIEWER])
+    assert other.status_code == 403
