@@ -27,6 +27,9 @@ lint: venv
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
+bench: venv
+	$(BIN)/python -m bench.snapshot
+
 format: venv
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
