@@ -10,6 +10,7 @@ from typing import Any
 from litestar import MediaType, Request, Response
 from litestar.exceptions import ValidationException
 from litestar.types import ExceptionHandlersMap
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from app.services.errors import AppError, Conflict, Forbidden, InvalidInput, NotFound, Unavailable, Upstream
 
@@ -43,4 +44,15 @@ def validation_error(_: Request[Any, Any, Any], exc: ValidationException) -> Res
     return _answer(422, exc.detail or "the request is not valid", {"errors": errors})
 
 
-EXCEPTION_HANDLERS: ExceptionHandlersMap = {AppError: app_error, ValidationException: validation_error}
+def database_unavailable(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    """The database did not answer: 503, and the transaction (if any) was rolled back with the session."""
+    return _answer(503, f"the database is unavailable ({type(exc).__name__}); nothing was written")
+
+
+EXCEPTION_HANDLERS: ExceptionHandlersMap = {
+    AppError: app_error,
+    ValidationException: validation_error,
+    OperationalError: database_unavailable,
+    InterfaceError: database_unavailable,
+    ConnectionError: database_unavailable,
+}

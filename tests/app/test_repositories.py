@@ -9,6 +9,8 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from app.db.models import Role
+from app.main import create_app
+from app.settings import AppSettings
 from tests.app.conftest import Caller, git
 
 Client = AsyncTestClient[Litestar]
@@ -169,3 +171,11 @@ async def test_scan_lists_candidates_with_inferred_parameters(client: Client, al
     assert ansible["parameters"][0]["type"] == "password"
     other = await client.post(f"/api/v1/git-repositories/{created['id']}/scan-templates", headers=alice[Role.VIEWER])
     assert other.status_code == 403
+
+
+async def test_database_down_answers_503(api_settings: AppSettings, alice: Caller) -> None:
+    settings = api_settings.model_copy(update={"database_url": "postgresql+asyncpg://postgres@127.0.0.1:1/none"})
+    async with AsyncTestClient(create_app(settings)) as down:
+        response = await down.get("/api/v1/git-repositories", headers=alice[Role.ADMIN])
+    assert response.status_code == 503
+    assert "database is unavailable" in response.json()["detail"]
