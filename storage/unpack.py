@@ -24,6 +24,7 @@ from storage import tarformat
 from storage.canonical import check_links_stay_inside, check_path, check_symlink, sort_key
 from storage.digest import Digest
 from storage.errors import IntegrityError, SnapshotRefused, UnsafeArchive
+from storage.zstdframes import complete_frames
 
 CHUNK = 1 << 20
 _ZERO_BLOCK = b"\x00" * tarformat.BLOCK
@@ -63,33 +64,55 @@ def file_sha256(path: Path) -> tuple[str, int]:
 
 
 class _TarStream:
-    """Decompressed bytes, counted against a cap and hashed as they are read."""
+    """Decompressed bytes, read from zstd a chunk at a time, counted against a cap and hashed as they arrive.
+
+    Members are served from the chunk in memory: a small file costs no call into zstd or sha256 of its own.
+    `position` is how far the reader has consumed; `size` how much has been decompressed (and hashed).
+    """
 
     def __init__(self, reader: BinaryIO, cap: int) -> None:
         self._reader = reader
         self._cap = cap
+        self._chunk = memoryview(b"")
+        self._offset = 0
         self.hasher = hashlib.sha256()
         self.size = 0
+        self.position = 0
 
-    def read(self, count: int) -> bytes:
+    def _fill(self) -> bool:
         try:
-            data = self._reader.read(count)
+            data = self._reader.read(CHUNK)
         except zstandard.ZstdError as exc:
             raise IntegrityError(f"the blob is not a valid zstd stream: {exc}") from exc
         self.size += len(data)
         if self.size > self._cap:
             raise IntegrityError(f"the blob inflates past its declared tar size of {self._cap:,} bytes")
         self.hasher.update(data)
-        return data
+        self._chunk, self._offset = memoryview(data), 0
+        return bool(data)
+
+    def read(self, count: int) -> bytes:
+        """Up to `count` bytes; b"" only at the end of the stream."""
+        if self._offset >= len(self._chunk) and not self._fill():
+            return b""
+        piece = self._chunk[self._offset : self._offset + count]
+        self._offset += len(piece)
+        self.position += len(piece)
+        return bytes(piece)
 
     def exactly(self, count: int) -> bytes:
         data = self.read(count)
-        while len(data) < count:
-            more = self.read(count - len(data))
+        if len(data) == count:
+            return data
+        parts = [data]
+        missing = count - len(data)
+        while missing:
+            more = self.read(missing)
             if not more:
                 raise IntegrityError(f"the blob ends early: truncated after {self.size:,} tar bytes")
-            data += more
-        return data
+            parts.append(more)
+            missing -= len(more)
+        return b"".join(parts)
 
 
 @dataclass(frozen=True)
@@ -238,7 +261,7 @@ def _extract(stream: _TarStream, root: Path, limits: UnpackLimits) -> int:
         check_links_stay_inside(links)  # before the rename: no escaping link ever becomes visible
     except SnapshotRefused as exc:
         raise UnsafeArchive(str(exc)) from None
-    end = stream.size - tarformat.BLOCK
+    end = stream.position - tarformat.BLOCK
     rest = tarformat.end_of_archive(end)[tarformat.BLOCK :]
     if stream.exactly(len(rest)) != rest or stream.read(1):
         raise UnsafeArchive("the archive does not end in exactly two NUL blocks and NUL padding to the record")
@@ -279,6 +302,8 @@ def unpack_file(blob: Path, dest: Path, expected: Digest, *, tar_size: int | Non
             raise IntegrityError(f"{blob}: {actual_size:,} compressed bytes, the record says {zst_size:,}")
         if zst_sha256 is not None and actual_sha256 != zst_sha256:
             raise IntegrityError(f"{blob}: compressed sha256 {actual_sha256} does not match the recorded {zst_sha256}")
+    if not complete_frames(blob):
+        raise IntegrityError(f"{blob}: not a whole zstd stream (truncated, or followed by other bytes)")
     if dest.exists() or dest.is_symlink():
         raise FileExistsError(f"{dest} already exists")
     if not dest.parent.is_dir():
