@@ -15,6 +15,7 @@ import click
 from ahop.blob_commands import snapshot, unpack
 from ahop.client_commands import repo, template
 from ahop.console import EXIT_UNAVAILABLE, configure_logging, fail, load_settings
+from ahop.legacy_commands import adopt_legacy, backfill
 from ahop.tenant_commands import tenant, token
 
 
@@ -120,6 +121,8 @@ cli.add_command(tenant)
 cli.add_command(token)
 cli.add_command(repo)
 cli.add_command(template)
+db.add_command(adopt_legacy)
+template.add_command(backfill)
 
 
 def main() -> None:

@@ -126,7 +126,7 @@ def repo_scan(repository_id: int, as_json: bool) -> None:
 
 @click.group()
 def template() -> None:
-    """Task templates (through the API)."""
+    """Task templates: import, list, show and sync through the API; backfill straight in the database."""
 
 
 TEMPLATE_COLUMNS = ["id", "code", "name", "script_type", "version", "artifact.digest", "source_git_info.commit_sha"]
