@@ -29,6 +29,7 @@ lint: venv
 
 bench: venv
 	$(BIN)/python -m bench.snapshot
+	$(BIN)/python -m bench.imports
 
 format: venv
 	$(BIN)/ruff format .

@@ -11,6 +11,7 @@ import stat
 import subprocess
 import threading
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO
 
@@ -225,3 +226,50 @@ class _BatchReader:
         self._stdout.close()
         self._process.proc.wait()
         self._feeder.join()
+
+
+@dataclass(frozen=True)
+class GitPath:
+    """What a path names in a commit, found with one `git ls-tree` (no object parsing, no content read)."""
+
+    commit: str
+    path: str
+    kind: str
+    """`tree` or `blob`."""
+    object_id: str
+    content_key: str
+    """As `GitTree.content_key`: equal keys pack to equal digests."""
+
+
+def locate_git_path(repo: git.Repo, rev: str, path: str, member: str) -> GitPath:
+    """Resolve `path` at `rev` and check that `member` (relative to it; its own name for a file) exists, cheaply.
+
+    Lets an import whose content is already known skip listing and packing the whole tree.
+    """
+    path = normalize_repo_path(path)
+    try:
+        commit = repo.git.rev_parse("--verify", "--end-of-options", f"{rev}^{{commit}}").strip()
+    except git.GitCommandError as exc:
+        raise SnapshotRefused(f"revision {rev!r} not found in {repo.git_dir}") from exc
+    if path:
+        listing = repo.git.ls_tree("-z", "--full-tree", commit, "--", path, stdout_as_string=False)
+        meta, _, _ = listing.rstrip(b"\0").partition(b"\t")
+        if not meta:
+            raise SnapshotRefused(f"path {path!r} does not exist at {rev} ({commit[:12]})")
+        mode, kind, object_id = meta.decode().split()
+    else:
+        mode, kind, object_id = "040000", "tree", repo.git.rev_parse(f"{commit}^{{tree}}").strip()
+    if kind == "commit":
+        raise SnapshotRefused(f"path {path!r} is a Git submodule; submodules cannot be snapshotted")
+    if kind == "blob":
+        name = PurePosixPath(path).name
+        if member != name:
+            raise SnapshotRefused(f"the entry of the single file {path!r} is {name!r}, not {member!r}")
+        return GitPath(commit, path, kind, object_id, f"file:{int(mode, 8):o}:{object_id}:{name}")
+    try:
+        member_kind = repo.git.cat_file("-t", f"{object_id}:{member}").strip()
+    except git.GitCommandError:
+        member_kind = "missing"
+    if member_kind != "blob":
+        raise SnapshotRefused(f"{member!r} is not a file of {path or '.'!r} at {rev} ({commit[:12]})")
+    return GitPath(commit, path, kind, object_id, f"tree:{object_id}")

@@ -31,7 +31,7 @@ from storage.blobstore import BlobInfo, BlobStore
 from storage.canonical import Limits
 from storage.errors import SnapshotRefused, StorageUnavailable
 from storage.snapshot import Snapshot, pack
-from storage.trees import GitTree, normalize_repo_path
+from storage.trees import GitTree, locate_git_path
 
 _GC_RACE_RETRIES = 3
 WrittenT = TypeVar("WrittenT")
@@ -72,9 +72,14 @@ class Stored:
 
 @dataclass(frozen=True)
 class Source:
+    """Where the content is: enough to look it up in the tree → digest cache, and to pack it on a miss."""
+
     snapshot_info: dict[str, Any]
     content_key: str
-    tree: GitTree
+    mirror: Path
+
+    def tree(self) -> GitTree:
+        return GitTree(git.Repo(self.mirror), self.snapshot_info["commit_sha"], self.snapshot_info["original_path"])
 
 
 class Importer:
@@ -133,37 +138,34 @@ class Importer:
 
     def _resolve(self, tenant_id: uuid.UUID, repository: dict[str, Any], commit: str, path: str,
                  entry_file: str) -> Source:  # fmt: skip
-        """The Git tree of `path` at `commit`, with the entry file checked against its members."""
+        """Where `path` is at `commit`, with the entry file checked; one `git ls-tree`, no listing of the tree."""
+        mirror = self.mirrors.path(tenant_id, repository["id"])
         try:
-            original_path = normalize_repo_path(path)
-            tree = GitTree(git.Repo(self.mirrors.path(tenant_id, repository["id"])), commit, original_path)
-            paths = {entry.path for entry in tree.entries()}
+            located = locate_git_path(git.Repo(mirror), commit, path, entry_file)
         except SnapshotRefused as exc:
-            raise InvalidInput(str(exc), {"original_path": str(exc)}) from exc
-        if entry_file not in paths:
-            shown = ", ".join(sorted(paths)[:10])
-            raise InvalidInput(
-                f"entry_file {entry_file!r} is not in the snapshot of {original_path or '.'!r} (it holds {shown})",
-                {"entry_file": "not a file of the snapshot"},
-            )
+            field = "entry_file" if "is not a file of" in str(exc) or "the entry of" in str(exc) else "original_path"
+            raise InvalidInput(str(exc), {field: str(exc)}) from exc
+        original_path = located.path
         info = {
             "repository_id": repository["id"],
             "repository_name": repository["name"],
             "repository_url": repository["url"],
             "branch": repository["branch"],
             "commit_sha": commit,
-            "tree_id": tree.tree_id,
+            "tree_id": located.object_id,
             "original_path": original_path,
             "created_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
         }
-        return Source(info, tree.content_key, tree)
+        return Source(info, located.content_key, mirror)
 
     def _pack(self, source: Source) -> tuple[Snapshot, Path]:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         descriptor, name = tempfile.mkstemp(prefix="import-", suffix=".tar.zst", dir=self.work_dir)
         try:
             with os.fdopen(descriptor, "wb") as out:
-                snapshot = pack(source.tree, out, what=source.snapshot_info["original_path"] or ".", limits=self.limits)
+                snapshot = pack(
+                    source.tree(), out, what=source.snapshot_info["original_path"] or ".", limits=self.limits
+                )
         except BaseException:
             os.unlink(name)
             raise

@@ -1,0 +1,174 @@
+"""Template import through the API, beside `ahop snapshot` of the same tree, in one run (`make bench`).
+
+- cold: every run commits a one-line change under the template path (a new tree: nothing cached), then imports it
+  through the API (in-process ASGI: routing, auth, validation, fetch into the mirror, pack, blob row, S3 upload,
+  template and version rows; the HTTP socket itself is not measured) against the pack alone (`snapshot_git` of the
+  same commit, what `ahop snapshot --repo` runs). Target: at most 1.3 times the snapshot.
+- warm: `POST /task-templates/{id}/sync` of an unchanged repository (fetch, tree-id lookup, no packing).
+  Target: ≤ 50 ms whatever the tree's size.
+
+Services come from the environment (AHOP_DATABASE_URL, AHOP_REDIS_URL, AHOP_S3_*) or are started like the tests'.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import git
+from cryptography.fernet import Fernet
+from litestar.testing import AsyncTestClient
+from pydantic import SecretStr
+
+from app.db import migrate
+from app.db.engine import create_engine, create_session_factory
+from app.db.models import Role
+from app.devstack.postgres import ensure_database
+from app.devstack.stack import LocalStack
+from app.main import create_app
+from app.services.tokens import create_tenant, issue_token
+from app.settings import AppSettings
+from bench import machine
+from bench.corpus import _GIT_ENV, SPECS, TEMPLATE_PATH, generate
+from storage.snapshot import snapshot_git
+
+RESULTS = Path(__file__).resolve().parent.parent / "bench-results"
+SERVICE_KEYS = ("AHOP_DATABASE_URL", "AHOP_REDIS_URL", "AHOP_S3_ENDPOINT_URL", "AHOP_S3_ACCESS_KEY_ID",
+                "AHOP_S3_SECRET_ACCESS_KEY", "AHOP_S3_REGION")  # fmt: skip
+
+
+def commit_change(repo: Path, run: int) -> str:
+    marker = repo / TEMPLATE_PATH / "bench-run.txt"
+    marker.write_text(f"cold run {run} {secrets.token_hex(8)}\n")
+    env = {**os.environ, **_GIT_ENV}
+    # The corpus was committed by fast-import, which leaves the index empty: load HEAD's tree into it first,
+    # or the commit would hold the marker alone.
+    subprocess.run(["git", "-C", str(repo), "read-tree", "HEAD"], check=True, env=env)
+    subprocess.run(["git", "-C", str(repo), "add", str(marker)], check=True, env=env)
+    subprocess.run(["git", "-C", str(repo), "commit", "-q", "-m", f"run {run}"], check=True, env=env)
+    return subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], check=True, env=env, capture_output=True,
+                          text=True).stdout.strip()  # fmt: skip
+
+
+def pack_alone(repo: Path, commit: str) -> float:
+    started = time.perf_counter()
+    with git.Repo(repo) as repository, open(os.devnull, "wb") as sink:
+        snapshot_git(repository, commit, TEMPLATE_PATH, sink)
+    return time.perf_counter() - started
+
+
+async def tenant_token(database_url: str) -> str:
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        async with create_session_factory(engine)() as session, session.begin():
+            tenant = await create_tenant(session, f"bench-{secrets.token_hex(4)}")
+            return (await issue_token(session, tenant.id, Role.ADMIN)).secret
+    finally:
+        await engine.dispose()
+
+
+async def measure(settings: AppSettings, token: str, repo: Path, runs: int) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {token}"}
+    cold_api: list[float] = []
+    cold_pack: list[float] = []
+    warm: list[float] = []
+    async with AsyncTestClient(create_app(settings), timeout=600) as client:
+        added = await client.post("/api/v1/git-repositories", json={"name": "bench", "url": str(repo)}, headers=headers)
+        repository_id = added.json()["id"]
+        body = {"name": "bench", "script_type": "shell", "entry_file": "bench-run.txt", "repository_id": repository_id,
+                "original_path": TEMPLATE_PATH}  # fmt: skip
+        template_id = None
+        for run in range(runs + 1):  # run 0 warms the page cache, the mirror and the connections
+            commit = commit_change(repo, run)
+            started = time.perf_counter()
+            response = await client.post("/api/v1/task-templates", json={**body, "code": f"cold-{run}"},
+                                         headers=headers)  # fmt: skip
+            api_seconds = time.perf_counter() - started
+            if response.status_code != 201:
+                raise SystemExit(f"import failed: {response.status_code} {response.text}")
+            template_id = response.json()["id"]
+            pack_seconds = await asyncio.to_thread(pack_alone, repo, commit)
+            files = response.json()["artifact"]["files"]
+            if files < 2:
+                raise SystemExit(f"the imported tree holds {files} file(s): the benchmark corpus was not committed")
+            if run:
+                cold_api.append(api_seconds)
+                cold_pack.append(pack_seconds)
+        for _ in range(runs * 4 + 1):
+            started = time.perf_counter()
+            synced = await client.post(f"/api/v1/task-templates/{template_id}/sync", headers=headers)
+            warm.append(time.perf_counter() - started)
+            if synced.json() != {"changed": False, "version": None}:
+                raise SystemExit(f"warm sync changed something: {synced.text}")
+        warm = warm[1:]
+    return {"cold_api_s": cold_api, "cold_pack_s": cold_pack, "warm_sync_s": warm}
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would bury the table
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpus", default="medium", choices=sorted(SPECS))
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args(argv)
+    given = {key: os.environ[key] for key in SERVICE_KEYS if key in os.environ}
+    with tempfile.TemporaryDirectory(prefix="ahop-bench-imports-") as temp:
+        work = Path(temp)
+        print(f"generating the {args.corpus} corpus…", file=sys.stderr)
+        corpus = generate(SPECS[args.corpus], work)
+        stack = LocalStack.start(work / "stack", given, database="postgres", durable=False)
+        try:
+            database = f"ahop_bench_{secrets.token_hex(4)}"
+            ensure_database(stack.env["AHOP_DATABASE_URL"], database)
+            database_url = stack.env["AHOP_DATABASE_URL"].rsplit("/", 1)[0] + "/" + database
+            migrate.upgrade(database_url)
+            bucket = f"ahop-bench-{secrets.token_hex(4)}"
+            stack.ensure_bucket(bucket)
+            location = stack.s3_location(bucket)
+            settings = AppSettings(
+                database_url=database_url, redis_url=stack.env["AHOP_REDIS_URL"],
+                s3_endpoint_url=location.endpoint_url, s3_bucket=bucket, s3_access_key_id=location.access_key_id,
+                s3_secret_access_key=SecretStr(location.secret_access_key or ""), data_dir=work / "server",
+                git_allowed_schemes="https,ssh,file", secret_keys=SecretStr(Fernet.generate_key().decode()),
+            )  # fmt: skip
+            token = asyncio.run(tenant_token(database_url))
+            timings = asyncio.run(measure(settings, token, corpus.repo, args.runs))
+        finally:
+            stack.stop()
+    api, pack = statistics.median(timings["cold_api_s"]), statistics.median(timings["cold_pack_s"])
+    warm = sorted(timings["warm_sync_s"])
+    warm_median, warm_p95 = statistics.median(warm), warm[int(0.95 * (len(warm) - 1))]
+    print(f"\n{args.corpus}: {corpus.files:,} files, {corpus.content_bytes / 1e6:.0f} MB; median of {args.runs} runs")
+    print(
+        f"  cold import via API  {api:7.3f} s   snapshot alone {pack:7.3f} s   ratio {api / pack:.2f}  (target ≤ 1.3)"
+    )
+    print(f"  warm sync            {warm_median * 1000:7.1f} ms median, {warm_p95 * 1000:.1f} ms p95  (target ≤ 50 ms)")
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"imports-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    report = {
+        "corpus": args.corpus,
+        "files": corpus.files,
+        "runs": args.runs,
+        **timings,
+        "ratio": api / pack,
+        "warm_median_ms": warm_median * 1000,
+        "machine": machine.describe({"work": Path(tempfile.gettempdir())}),
+    }
+    out.write_text(json.dumps(report, indent=2))
+    print(f"  results: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
