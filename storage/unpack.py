@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import secrets
 import shutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -64,32 +66,67 @@ def file_sha256(path: Path) -> tuple[str, int]:
 
 
 class _TarStream:
-    """Decompressed bytes, read from zstd a chunk at a time, counted against a cap and hashed as they arrive.
+    """Decompressed bytes, counted against a cap and hashed as they arrive, served from memory to the reader.
 
-    Members are served from the chunk in memory: a small file costs no call into zstd or sha256 of its own.
+    A producer thread decompresses and hashes 1 MiB chunks (zstd and sha256 release the GIL) while the caller
+    parses headers and writes files: the two overlap as `zstd -dc | tar -x` does. At most `_AHEAD` chunks wait.
     `position` is how far the reader has consumed; `size` how much has been decompressed (and hashed).
     """
+
+    _AHEAD = 4
 
     def __init__(self, reader: BinaryIO, cap: int) -> None:
         self._reader = reader
         self._cap = cap
         self._chunk = memoryview(b"")
         self._offset = 0
+        self._ended = False
         self.hasher = hashlib.sha256()
         self.size = 0
         self.position = 0
+        self._chunks: queue.Queue[bytes | BaseException] = queue.Queue(self._AHEAD)
+        self._stop = threading.Event()
+        self._producer = threading.Thread(target=self._produce, name="unpack-decompress", daemon=True)
+        self._producer.start()
+
+    def _produce(self) -> None:
+        item: bytes | BaseException
+        while not self._stop.is_set():
+            try:
+                item = self._reader.read(CHUNK)
+                self.size += len(item)
+                if self.size > self._cap:
+                    item = IntegrityError(f"the blob inflates past its declared tar size of {self._cap:,} bytes")
+                else:
+                    self.hasher.update(item)
+            except zstandard.ZstdError as exc:
+                item = IntegrityError(f"the blob is not a valid zstd stream: {exc}")
+            except BaseException as exc:  # handed to the reader, which raises it
+                item = exc
+            while not self._stop.is_set():
+                try:
+                    self._chunks.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if not isinstance(item, bytes) or not item:
+                return
+
+    def close(self) -> None:
+        """Stop the producer (the reader may stop early, on an error) before the zstd reader is closed."""
+        self._stop.set()
+        self._producer.join()
 
     def _fill(self) -> bool:
-        try:
-            data = self._reader.read(CHUNK)
-        except zstandard.ZstdError as exc:
-            raise IntegrityError(f"the blob is not a valid zstd stream: {exc}") from exc
-        self.size += len(data)
-        if self.size > self._cap:
-            raise IntegrityError(f"the blob inflates past its declared tar size of {self._cap:,} bytes")
-        self.hasher.update(data)
-        self._chunk, self._offset = memoryview(data), 0
-        return bool(data)
+        if self._ended:
+            return False
+        item = self._chunks.get()
+        if isinstance(item, BaseException):
+            self._ended = True
+            raise item
+        self._chunk, self._offset = memoryview(item), 0
+        self._ended = not item
+        return bool(item)
 
     def read(self, count: int) -> bytes:
         """Up to `count` bytes; b"" only at the end of the stream."""
@@ -169,8 +206,11 @@ def _next_header(stream: _TarStream, max_path_bytes: int) -> _Header | None:
     block = stream.exactly(tarformat.BLOCK)
     if block == _ZERO_BLOCK:
         return None
+    # Every header is rebuilt with the canonical writer and compared byte for byte below; the field-by-field
+    # checks (`_check_ustar`) run only when that comparison fails, to say what exactly is wrong.
     raw_blocks = [block]
-    _check_ustar(block)
+    if block[257:265] != b"ustar\x0000":  # cheap, and the clearest thing to say about a GNU or v7 tar
+        _check_ustar(block)
     records: dict[str, str] = {}
     if block[156:157] == tarformat.PAX:
         size = _octal(block, 124, 12, "size")
@@ -180,7 +220,6 @@ def _next_header(stream: _TarStream, max_path_bytes: int) -> _Header | None:
         records = _pax_records(raw_records[:size])
         block = stream.exactly(tarformat.BLOCK)
         raw_blocks += [raw_records, block]
-        _check_ustar(block)
     typeflag = block[156:157]
     raw_path = records["path"].encode("utf-8", "surrogateescape") if "path" in records else _field(block, 0, 100)
     shown = raw_path.decode("utf-8", "replace")
@@ -212,6 +251,8 @@ def _next_header(stream: _TarStream, max_path_bytes: int) -> _Header | None:
         raise UnsafeArchive(f"member {path!r} is inside a top-level .git, which snapshots never hold")
     raw_header = tarformat.header(path, mode, size, typeflag, target if typeflag == tarformat.SYMLINK else "")
     if raw_header != b"".join(raw_blocks):
+        _check_ustar(raw_blocks[0])
+        _check_ustar(raw_blocks[-1])
         raise UnsafeArchive(f"member {path!r}: header bytes differ from the canonical writer's")
     return _Header(path, typeflag, mode, size, target)
 
@@ -317,7 +358,10 @@ def unpack_file(blob: Path, dest: Path, expected: Digest, *, tar_size: int | Non
         decompressor = zstandard.ZstdDecompressor(max_window_size=1 << limits.max_window_log)
         with open(blob, "rb") as compressed, decompressor.stream_reader(compressed, read_size=CHUNK) as reader:
             stream = _TarStream(reader, tar_size if tar_size is not None else limits.max_tar_bytes)
-            files = _extract(stream, staging, limits)
+            try:
+                files = _extract(stream, staging, limits)
+            finally:
+                stream.close()
         if tar_size is not None and stream.size != tar_size:
             raise IntegrityError(f"{blob}: {stream.size:,} tar bytes, the record says {tar_size:,}")
         actual = Digest.of(stream.hasher)
