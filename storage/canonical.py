@@ -73,7 +73,8 @@ def check_path(raw: bytes, where: str) -> str:
         raise SnapshotRefused(f"{where}: the path {path!r} has an empty, '.' or '..' component")
     if parts[0] == ".git":
         raise SnapshotRefused(f"{where}: {path!r} is inside a top-level .git, which a snapshot never holds")
-    if len(raw) > MAX_PATH_BYTES or len(parts) > MAX_DEPTH or any(len(p.encode()) > MAX_NAME_BYTES for p in parts):
+    too_long = len(raw) > MAX_NAME_BYTES and any(len(p.encode()) > MAX_NAME_BYTES for p in parts)
+    if too_long or len(raw) > MAX_PATH_BYTES or len(parts) > MAX_DEPTH:
         raise SnapshotRefused(
             f"{where}: the path {path[:200]!r} is too long: at most {MAX_PATH_BYTES} bytes, {MAX_DEPTH} levels "
             f"and {MAX_NAME_BYTES} bytes a name"

@@ -167,7 +167,7 @@ def _field(block: bytes, start: int, length: int) -> bytes:
 
 def _octal(block: bytes, start: int, length: int, what: str) -> int:
     raw = block[start : start + length].rstrip(b"\x00 ")
-    if raw and not all(48 <= c <= 55 for c in raw):
+    if raw and (not raw.isdigit() or b"8" in raw or b"9" in raw):
         raise UnsafeArchive(f"a tar header has a malformed {what} field {raw!r}")
     return int(raw or b"0", 8)
 
@@ -277,15 +277,16 @@ def _extract(stream: _TarStream, root: Path, limits: UnpackLimits) -> int:
         files += 1
         if files > limits.max_files:
             raise UnsafeArchive(f"the archive holds more than {limits.max_files:,} members")
-        location = root / member.path
+        location = f"{root}/{member.path}"  # strings, not pathlib: this loop runs once per member
         try:
             for depth in range(1, len(parts)):
                 directory = "/".join(parts[:depth])
                 if directory not in directories:
                     if len(directories) >= limits.max_directories:
                         raise UnsafeArchive(f"the archive creates more than {limits.max_directories:,} directories")
-                    (root / directory).mkdir()  # fails on a member file of that name: no merging, no following
-                    (root / directory).chmod(0o755)  # whatever the umask: the tree is shared with run-as users
+                    os.mkdir(f"{root}/{directory}")  # fails on a member file of that name: no merging, no following
+                    # 0755 whatever the umask: the tree is read by the run-as users of scripts
+                    os.chmod(f"{root}/{directory}", 0o755)  # noqa: S103
                     directories.add(directory)
             if member.typeflag == tarformat.SYMLINK:
                 try:
@@ -309,7 +310,7 @@ def _extract(stream: _TarStream, root: Path, limits: UnpackLimits) -> int:
     return files
 
 
-def _write_file(stream: _TarStream, location: Path, member: _Header) -> None:
+def _write_file(stream: _TarStream, location: str, member: _Header) -> None:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
     descriptor = os.open(location, flags, 0o600)
     try:
