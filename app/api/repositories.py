@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from litestar import Controller, delete, get, post, put
 from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.params import FromPath, JSONBody
 from pydantic import BaseModel, Field
 
 from app.api.auth import Principal
-from app.api.schemas import Page, Timestamped
+from app.api.schemas import Page, PageNumber, PageSize, Timestamped
 from app.db.models import GitRepository, Role
 from app.services.credentials import Credentials
 from app.services.repositories import Repositories, RepositoryFields
@@ -75,10 +75,6 @@ def _fields(body: RepositoryIn | RepositoryUpdate) -> RepositoryFields:
         credentials=Credentials(credentials.kind, credentials.secret, credentials.username) if credentials else None,
         clear_credentials=isinstance(body, RepositoryUpdate) and body.clear_credentials,
     )
-
-
-PageNumber = Annotated[int, QueryParameter(ge=1)]
-PageSize = Annotated[int, QueryParameter(ge=1, le=500)]
 
 
 class RepositoryController(Controller):

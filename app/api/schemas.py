@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Generic, TypeVar
+from typing import Annotated, Generic, TypeVar
 
-from pydantic import BaseModel, Field, field_serializer
+from litestar.params import QueryParameter
+from pydantic import BaseModel, field_serializer
 
 ItemT = TypeVar("ItemT")
 
@@ -17,9 +18,8 @@ class Page(BaseModel, Generic[ItemT]):
     page_size: int
 
 
-class PageQuery(BaseModel):
-    page: int = Field(default=1, ge=1)
-    page_size: int = Field(default=50, ge=1, le=500)
+PageNumber = Annotated[int, QueryParameter(ge=1)]
+PageSize = Annotated[int, QueryParameter(ge=1, le=500)]
 
 
 class Timestamped(BaseModel):

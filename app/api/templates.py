@@ -11,7 +11,7 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 from pydantic import BaseModel, Field
 
 from app.api.auth import Principal
-from app.api.schemas import Page, Timestamped
+from app.api.schemas import Page, PageNumber, PageSize, Timestamped
 from app.db.models import Blob, Role, TemplateVersion
 from app.services.imports import Importer, TemplateSpec
 from app.services.template_changes import TemplateChanger, TemplateChanges
@@ -125,10 +125,6 @@ class VersionOut(Timestamped):
         return cls(version=version.version, script_type=version.script_type, entry_file=version.entry_file,
                    parameters=version.parameters, source=version.source, artifact=Artifact.of(blob),
                    created_at=version.created_at)  # fmt: skip
-
-
-PageNumber = Annotated[int, QueryParameter(ge=1)]
-PageSize = Annotated[int, QueryParameter(ge=1, le=500)]
 
 
 class TemplateController(Controller):

@@ -28,9 +28,9 @@ from storage.digest import Digest
 from storage.errors import IntegrityError, UnsafeArchive
 from storage.snapshot import Snapshot, snapshot_directory
 from storage.unpack import DEFAULT_LIMITS, UnpackLimits, UnpackResult, unpack_file
+from tests.storage.test_snapshot import LONG_PATH, build_fixture_tree
 
 MiB = 1 << 20
-LONG_PATH = "deeply/nested/" + "d" * 60 + "/" + "f" * 40 + ".txt"  # > 100 bytes: a pax path record
 REGULAR, SYMLINK = tarformat.REGULAR, tarformat.SYMLINK
 
 
@@ -200,17 +200,8 @@ def scene(tmp_path: Path) -> Scene:
 
 
 def build_tree(root: Path) -> None:
-    """An executable, nested directories, an in-tree symlink, an empty file, a non-ASCII name, a >100-byte path."""
-    (root / "lib" / "sub").mkdir(parents=True)
-    (root / Path(LONG_PATH).parent).mkdir(parents=True)
-    (root / "run.sh").write_text('#!/bin/bash\necho hello "$@"\n')
-    (root / "run.sh").chmod(0o755)
-    (root / "lib" / "common.sh").write_text("greet() { echo hi; }\n")
-    (root / "lib" / "sub" / "data.json").write_text('{"a": 1}\n')
-    (root / "empty").write_bytes(b"")
-    (root / "配置-été.txt").write_text("non-ascii name\n")
-    (root / LONG_PATH).write_text("long path\n")
-    (root / "current").symlink_to("lib/sub/data.json")
+    """The golden fixture tree, plus a symlink whose target needs a pax linkpath record (> 100 bytes)."""
+    build_fixture_tree(root)
     (root / "lib" / "long-link").symlink_to("../" + LONG_PATH)  # > 100 bytes: a pax linkpath record
 
 
