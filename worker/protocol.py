@@ -1,12 +1,29 @@
-"""The contract between the server and its workers: queue and job names, and the wire encoding of jobs.
+"""The contract between the server and its workers: queues, jobs, events, logs, heartbeats and Redis key names.
 
-This is the only module of `worker` that `app` may import.
+This is the only module of `worker` that `app` may import. Everything that crosses Redis is defined here, once.
+
+Flow of one task attempt (DESIGN §4, §5):
+
+1. The server enqueues `RUN_JOB` on `queue_name(pool)` with job id `job_id(task_id, attempt)` and one argument,
+   `TaskJob.to_wire()`. arq runs it at most once (`max_tries=1`); the worker also claims `claim_key(...)` with
+   SET NX so that a job delivered twice runs once.
+2. The worker appends `Event`s to `EVENTS_STREAM` (`started`, then `finished`), each with the attempt number so that
+   the server records them idempotently, and log lines to `log_stream(task_id)` (`LogLine`, sequence numbers from 1,
+   the stream capped to the job's `log_limit` newest lines).
+3. Cancel: the server sets `cancel_key(task_id)`; a worker checks it before it starts a task and polls it while the
+   task runs.
+4. Every worker writes a `Heartbeat` into the hash `WORKERS_KEY` (field: worker id) and the digests its store holds
+   into `worker_digests_key(worker_id)`; the server reads both. The server asks one worker to act (prefetch) by
+   pushing a `BlobRef` message onto `worker_inbox_key(worker_id)`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from typing import Any
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 PROTOCOL_VERSION = 1
 """Carried by every job; a worker refuses versions it does not know."""
@@ -16,11 +33,60 @@ QUEUE_PREFIX = "ahop:queue:"
 
 PING_JOB = "ping"
 """A job that only reports who took it: proves a worker of a pool is consuming."""
+RUN_JOB = "run_task"
+"""Fetch a template by digest if needed, then run one attempt of a task."""
+
+EVENTS_STREAM = "ahop:events"
+"""Every worker's `Event`s, read by the server's consumer group `EVENTS_GROUP`."""
+EVENTS_GROUP = "ahop-control"
+WORKERS_KEY = "ahop:workers"
+"""Hash: worker id → the JSON of its latest `Heartbeat`."""
+
+SCRIPT_TYPES = ("shell", "python", "ansible")
+ScriptType = Literal["shell", "python", "ansible"]
+FinalStatus = Literal["success", "failed", "timeout", "cancelled"]
+FINAL_STATUSES: tuple[FinalStatus, ...] = ("success", "failed", "timeout", "cancelled")
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+class ProtocolError(ValueError):
+    """A message that does not follow this protocol (a newer server, a corrupt or foreign Redis entry)."""
 
 
 def queue_name(pool: str) -> str:
     """The Redis queue that the workers of `pool` consume."""
     return QUEUE_PREFIX + pool
+
+
+def job_id(task_id: str, attempt: int) -> str:
+    """The arq job id of one attempt: deterministic, so enqueueing an attempt twice queues it once."""
+    return f"ahop:task:{task_id}:{attempt}"
+
+
+def claim_key(task_id: str, attempt: int) -> str:
+    """SET NX by the worker that starts an attempt: a second delivery of the same job finds it taken."""
+    return f"ahop:claim:{task_id}:{attempt}"
+
+
+def cancel_key(task_id: str) -> str:
+    """Exists while a cancel of the task is requested."""
+    return f"ahop:cancel:{task_id}"
+
+
+def log_stream(task_id: str) -> str:
+    """The Redis stream of a task's output lines, until the server has stored them."""
+    return f"ahop:logs:{task_id}"
+
+
+def worker_digests_key(worker_id: str) -> str:
+    """Set of the digests (64 hex) in a worker's store."""
+    return f"ahop:worker:{worker_id}:digests"
+
+
+def worker_inbox_key(worker_id: str) -> str:
+    """List of messages for one worker (JSON `BlobRef`s to prefetch), pushed by the server."""
+    return f"ahop:worker:{worker_id}:inbox"
 
 
 def serialize(value: dict[str, Any]) -> bytes:
@@ -34,3 +100,189 @@ def deserialize(data: bytes) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValueError(f"expected a JSON object in a job, got {type(value).__name__}")
     return value
+
+
+@dataclass(frozen=True)
+class BlobRef:
+    """A stored blob as a worker needs to fetch and check it: the tar digest and the figures of its object."""
+
+    digest: str
+    """64 hex characters: the sha256 of the canonical tar."""
+    tar_size: int
+    zst_size: int
+    zst_sha256: str
+    files: int
+
+    def to_wire(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> BlobRef:
+        ref = cls(**_pick(cls, data))
+        if not _HEX64.fullmatch(ref.digest) or not _HEX64.fullmatch(ref.zst_sha256):
+            raise ProtocolError("a blob reference needs 64 lowercase hex characters for digest and zst_sha256")
+        return ref
+
+
+@dataclass(frozen=True)
+class TaskJob:
+    """Everything a worker needs to run one attempt of a task (DESIGN §4). It never asks the database."""
+
+    task_id: str
+    attempt: int
+    tenant_id: str
+    template_code: str
+    blob: BlobRef
+    entry_file: str
+    script_type: ScriptType
+    params: dict[str, Any]
+    """Validated and coerced by the server; passed to the script as file, environment and arguments."""
+    secret_params: list[str] = field(default_factory=list)
+    """Names of password parameters: their values are masked in the task's output."""
+    timeout: int = 3600
+    """Seconds the script may run before it is stopped (status `timeout`)."""
+    log_limit: int = 10_000
+    """Most output lines kept in the log stream (the newest; older ones are dropped and the log marked truncated)."""
+    protocol: int = PROTOCOL_VERSION
+
+    def to_wire(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> TaskJob:
+        """Decode a job; a version this worker does not know, or a malformed job, raises `ProtocolError`."""
+        version = data.get("protocol")
+        if version != PROTOCOL_VERSION:
+            raise ProtocolError(f"job protocol version {version!r}; this worker speaks version {PROTOCOL_VERSION}")
+        values = _pick(cls, data)
+        blob = values.get("blob")
+        if not isinstance(blob, dict):
+            raise ProtocolError("a job needs a blob object")
+        values["blob"] = BlobRef.from_wire(blob)
+        job = cls(**values)
+        if job.script_type not in SCRIPT_TYPES:
+            raise ProtocolError(f"script type {job.script_type!r}; expected one of {', '.join(SCRIPT_TYPES)}")
+        if not isinstance(job.params, dict):
+            raise ProtocolError("a job's params must be an object")
+        return job
+
+
+EventType = Literal["started", "finished"]
+
+
+@dataclass(frozen=True)
+class Event:
+    """What a worker reports about an attempt. `started` carries the worker; `finished` the outcome.
+
+    `finished` with status `failed` and `exit_code` None means the script never ran to an exit: `error` says why
+    (an integrity error, a missing interpreter, a protocol version the worker does not know).
+    """
+
+    type: EventType
+    task_id: str
+    attempt: int
+    worker: str
+    at: str
+    """ISO 8601 UTC, the worker's clock."""
+    status: FinalStatus | None = None
+    exit_code: int | None = None
+    error: str | None = None
+    log_lines: int = 0
+    """Lines the script wrote in all (the stream keeps at most the job's `log_limit`)."""
+    log_truncated: bool = False
+
+    def to_fields(self) -> dict[str, str]:
+        """The fields of the stream entry (one JSON field keeps types intact)."""
+        return {"event": json.dumps(dataclasses.asdict(self), separators=(",", ":"))}
+
+    @classmethod
+    def from_fields(cls, fields: dict[bytes, bytes] | dict[str, str]) -> Event:
+        raw = {_text(k): _text(v) for k, v in fields.items()}.get("event")
+        if raw is None:
+            raise ProtocolError("an event stream entry needs an 'event' field")
+        try:
+            data = json.loads(raw)
+        except json.JSONDecodeError as error:
+            raise ProtocolError(f"an event is not JSON: {error}") from None
+        if not isinstance(data, dict):
+            raise ProtocolError("an event must be a JSON object")
+        event = cls(**_pick(cls, data))
+        if event.type not in ("started", "finished"):
+            raise ProtocolError(f"unknown event type {event.type!r}")
+        if event.type == "finished" and event.status not in FINAL_STATUSES:
+            raise ProtocolError(f"a finished event needs a final status, got {event.status!r}")
+        return event
+
+
+@dataclass(frozen=True)
+class LogLine:
+    """One line of a task's output: `seq` counts from 1 over the whole task, `stream` is `stdout` or `stderr`."""
+
+    seq: int
+    stream: Literal["stdout", "stderr"]
+    line: str
+
+    def to_fields(self) -> dict[str, str]:
+        return {"seq": str(self.seq), "stream": self.stream, "line": self.line}
+
+    @classmethod
+    def from_fields(cls, fields: dict[bytes, bytes] | dict[str, str]) -> LogLine:
+        values = {_text(k): _text(v) for k, v in fields.items()}
+        try:
+            stream = values["stream"]
+            if stream not in ("stdout", "stderr"):
+                raise ProtocolError(f"unknown log stream {stream!r}")
+            return cls(seq=int(values["seq"]), stream=stream, line=values["line"])  # type: ignore[arg-type]
+        except (KeyError, ValueError) as error:
+            raise ProtocolError(f"a malformed log entry: {error}") from None
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """A worker's state, written every few seconds into `WORKERS_KEY`."""
+
+    id: str
+    host: str
+    pid: int
+    pools: list[str]
+    running: list[str]
+    """Task ids this worker is running now."""
+    cache_bytes: int
+    cache_entries: int
+    downloads: int
+    """Blobs this worker process has fetched from S3 since it started."""
+    version: str
+    started_at: str
+    at: str
+    """ISO 8601 UTC, the worker's clock."""
+    protocol: int = PROTOCOL_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> Heartbeat:
+        try:
+            data = json.loads(raw)
+        except json.JSONDecodeError as error:
+            raise ProtocolError(f"a heartbeat is not JSON: {error}") from None
+        if not isinstance(data, dict):
+            raise ProtocolError("a heartbeat must be a JSON object")
+        return cls(**_pick(cls, data))
+
+
+def _pick(cls: type[Any], data: dict[str, Any]) -> dict[str, Any]:
+    """The fields of dataclass `cls` found in `data`; fields added by a newer peer are ignored, missing ones refused."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    required = {
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    }
+    if missing := sorted(required - data.keys()):
+        raise ProtocolError(f"{cls.__name__} is missing {', '.join(missing)}")
+    return {key: value for key, value in data.items() if key in names}
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     ForeignKey,
@@ -20,7 +21,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -108,6 +109,9 @@ class TaskTemplate(Base):
     description: Mapped[str] = mapped_column(Text, server_default="")
     timeout: Mapped[int] = mapped_column(Integer, server_default="3600")
     pool: Mapped[str] = mapped_column(String(64), server_default="default")
+    max_attempts: Mapped[int] = mapped_column(Integer, server_default="1")
+    retry_on: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default=text("'{}'::text[]"))
+    """Which outcomes start another attempt (failed, timeout, lost); none by default: a script may not be safe twice."""
     source_git_info: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     current_version_id: Mapped[int | None] = mapped_column(
         ForeignKey("template_versions.id", ondelete="RESTRICT", use_alter=True)
@@ -142,3 +146,67 @@ class TreeDigest(Base):
     tree_key: Mapped[str] = mapped_column(String(300), primary_key=True)
     digest: Mapped[str] = mapped_column(ForeignKey("blobs.digest", ondelete="CASCADE"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class TaskStatus(enum.StrEnum):
+    """pending → queued → running → one final status (DESIGN §5). `lost`: the worker stopped heartbeating."""
+
+    PENDING = "pending"
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCESS = "success"
+    FAILED = "failed"
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
+    LOST = "lost"
+
+
+UNFINISHED_STATUSES = (TaskStatus.PENDING, TaskStatus.QUEUED, TaskStatus.RUNNING)
+
+
+class Task(Base):
+    """One run of a template version. Keeps what it ran (code, version, digest) even after its template goes."""
+
+    __tablename__ = "tasks"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, server_default=text("gen_random_uuid()"))
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    template_id: Mapped[int | None] = mapped_column(ForeignKey("task_templates.id", ondelete="SET NULL"))
+    template_code: Mapped[str] = mapped_column(String(100))
+    version_id: Mapped[int | None] = mapped_column(ForeignKey("template_versions.id", ondelete="SET NULL"))
+    version: Mapped[int] = mapped_column(Integer)
+    digest: Mapped[str] = mapped_column(String(64))
+    pool: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(200), server_default="")
+    params: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    """The parameters with password values masked: what the API shows."""
+    sealed_params: Mapped[bytes | None] = mapped_column(LargeBinary)
+    """The password values, encrypted with the server's keys; merged back only into the job."""
+    status: Mapped[str] = mapped_column(String(16), server_default=TaskStatus.PENDING.value)
+    attempt: Mapped[int] = mapped_column(Integer, server_default="1")
+    max_attempts: Mapped[int] = mapped_column(Integer, server_default="1")
+    retry_on: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default=text("'{}'::text[]"))
+    timeout: Mapped[int] = mapped_column(Integer)
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    worker_id: Mapped[str | None] = mapped_column(String(255))
+    log_lines: Mapped[int] = mapped_column(Integer, server_default="0")
+    log_truncated: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    created_by: Mapped[uuid.UUID | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    queued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class TaskLogLine(Base):
+    """A task's output, stored when the task ends (the newest lines, up to the cap)."""
+
+    __tablename__ = "task_log_lines"
+
+    task_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    stream: Mapped[str] = mapped_column(String(6))
+    line: Mapped[str] = mapped_column(Text)

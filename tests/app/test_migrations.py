@@ -14,7 +14,17 @@ from app.devstack.postgres import ensure_database
 from app.devstack.stack import LocalStack
 from tests.conftest import _drop_database, with_database
 
-SCHEMA = {"tenants", "api_tokens", "git_repositories", "blobs", "task_templates", "template_versions", "tree_digests"}
+SCHEMA = {
+    "tenants",
+    "api_tokens",
+    "git_repositories",
+    "blobs",
+    "task_templates",
+    "template_versions",
+    "tree_digests",
+    "tasks",
+    "task_log_lines",
+}
 
 
 @pytest.fixture
