@@ -1,0 +1,531 @@
+"""Runs one task's script: a private copy of its template, parameters in, masked output lines out, timeout, cancel.
+
+What a script gets (DESIGN §4):
+- its working directory `runs_dir/<task_id>`: a writable copy of the read-only store entry, removed when the task
+  ends, whatever happened;
+- its parameters three ways: a JSON file named by `AHOP_PARAMS_FILE` (beside the copy, mode 0600),
+  `AHOP_PARAM_<NAME>` environment variables, and `--name value` arguments (shell, python) or `-e @<file>` (ansible);
+  always as argument vectors, never through a shell command line. A parameter whose value is null is left out of
+  the arguments and the environment (the file keeps it);
+- an environment built from scratch (PATH, HOME, LANG, USER, LOGNAME, the parameters, the caller's extras): nothing
+  of the worker's own environment, which holds its S3 and Redis credentials;
+- its own session and process group, so a timeout or a cancel stops it and everything it started: SIGTERM to the
+  group, a grace period, SIGKILL. Whatever is left of the group when the script exits is killed too;
+- optionally another user (`run_as`; the worker must be root), who then owns the copy and the parameters file.
+
+`RunOutcome.exit_code` is the return code as the OS reports it: the exit status (0-255) when the script exited, the
+negative signal number when a signal ended it (-9 after SIGKILL, -15 after SIGTERM), None when it never started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import pwd
+import re
+import shutil
+import signal
+import stat
+import subprocess
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+from worker.protocol import FinalStatus
+
+log = logging.getLogger("ahop.worker")
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+INTERPRETERS = {"shell": "bash", "python": "python3", "ansible": "ansible-playbook"}
+MAX_LINE_BYTES = 64 * 1024
+"""A longer line (or output without any newline) is passed on in pieces of at most this many bytes."""
+MASK = "********"
+CANCEL_GRACE = 0.5
+"""Most seconds between SIGTERM and SIGKILL on a cancel, so a cancelled script is gone within about a second."""
+DRAIN_SECONDS = 0.5
+"""After the script exits: how long its output may take to end before what is left of its group is killed, and
+then how long a pipe may stay silent before it counts as held open by a process that left the group."""
+LATE_OUTPUT_BYTES = 4 * 1024 * 1024
+LATE_OUTPUT_SECONDS = 30.0
+"""Most output read after the group is killed. What pipes and buffers held is read within these limits even by a
+slow consumer; beyond them it comes from a process outside the group."""
+
+_TASK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_NOT_ENV_NAME = re.compile(r"[^A-Z0-9_]")
+
+LineCallback = Callable[[str, str], Awaitable[None]]
+CancelCheck = Callable[[], Awaitable[bool]]
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """One script to run, with everything the runner needs to know about it."""
+
+    task_id: str
+    source: Path
+    """The read-only store entry (the unpacked template)."""
+    runs_dir: Path
+    """`<worker root>/runs`: the run copy goes to `runs_dir/<task_id>`, the parameters file beside it."""
+    entry_file: str
+    """Relative path of the script (or playbook) inside the template."""
+    script_type: str
+    """`shell`, `python` or `ansible`."""
+    params: Mapping[str, Any]
+    """Validated values: text, numbers, booleans, lists of text (multiselect) or null."""
+    secret_params: Sequence[str] = ()
+    """Names of parameters whose values are masked in the output."""
+    timeout: float = 3600
+    kill_grace: float = 5.0
+    """Seconds between SIGTERM and SIGKILL when the timeout strikes."""
+    cancel_poll: float = 0.2
+    """Seconds between calls of the `cancelled` check."""
+    run_as: str | None = None
+    """User the script runs as (the worker must be root); None runs it as the worker's user."""
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+    search_path: str = DEFAULT_PATH
+    """PATH of the script, and where its interpreter is looked up."""
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """How a run ended: exit 0 is `success`, any other exit (or a request that cannot run) `failed`."""
+
+    status: FinalStatus
+    exit_code: int | None
+    """See the module docstring; None when the script never started."""
+    error: str | None
+
+
+class _NotRunnable(Exception):
+    """The request cannot run; the message becomes the task's error."""
+
+
+@dataclass(frozen=True)
+class _User:
+    name: str
+    uid: int
+    gid: int
+    home: Path | None
+
+
+@dataclass(frozen=True)
+class _Plan:
+    run_dir: Path
+    params_file: Path
+    argv: list[str]
+    env: dict[str, str]
+    user: _User | None
+    """Who the script runs as when that is not the worker's own user."""
+    secrets: re.Pattern[str] | None
+
+
+async def run_script(request: RunRequest, on_line: LineCallback, cancelled: CancelCheck) -> RunOutcome:
+    """Run the request's script to its end, passing each output line to `on_line(stream, line)`.
+
+    `stream` is `stdout` or `stderr`; secret values in a line are replaced by `MASK`. `cancelled` is asked every
+    `cancel_poll` seconds; when it answers True the script is stopped. A request that cannot run (no interpreter,
+    no entry file, an unknown run-as user) ends `failed` with exit code None and an error saying why. When this
+    coroutine is itself cancelled, it kills the script's process group and removes the run copy before it returns.
+    """
+    try:
+        plan = await asyncio.to_thread(_plan, request)
+    except _NotRunnable as exc:
+        return RunOutcome("failed", None, str(exc))
+    try:
+        try:
+            await asyncio.to_thread(_prepare_files, request, plan)
+        except _NotRunnable as exc:
+            return RunOutcome("failed", None, str(exc))
+        return await _execute(request, plan, on_line, cancelled)
+    finally:
+        await asyncio.to_thread(_clean_up, plan)
+
+
+def _plan(request: RunRequest) -> _Plan:
+    """Check everything that can be checked before touching the disk, and decide the command and environment."""
+    name = INTERPRETERS.get(request.script_type)
+    if name is None:
+        raise _NotRunnable(f"unknown script type {request.script_type!r}; expected one of {', '.join(INTERPRETERS)}")
+    interpreter = shutil.which(name, path=request.search_path)
+    if interpreter is None:
+        raise _NotRunnable(
+            f"{name} is not installed on this worker (needed for {request.script_type} templates); "
+            f"looked in {request.search_path}"
+        )
+    if not _TASK_ID.fullmatch(request.task_id):
+        raise _NotRunnable(f"task id {request.task_id!r} cannot name a run directory; expected letters, digits, . _ -")
+    entry = _entry_argument(request.source, request.entry_file)
+    user = _run_as_user(request.run_as)
+    try:
+        request.runs_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _NotRunnable(f"could not create the runs directory {request.runs_dir}: {exc}") from exc
+    runs_dir = request.runs_dir.resolve()
+    if user is not None:
+        _check_reachable(runs_dir, user)
+    run_dir = runs_dir / request.task_id
+    params_file = runs_dir / f"{request.task_id}.params.json"
+
+    texts = _param_texts(request.params)
+    if request.script_type == "ansible":
+        arguments = ["-e", f"@{params_file}", entry]
+    else:
+        arguments = [entry, *(part for param, text in texts.items() for part in (f"--{param}", text))]
+    worker_user = _user_name(os.geteuid()) if user is None else user.name
+    env = {
+        "PATH": request.search_path,
+        "HOME": str(user.home if user is not None and user.home is not None else run_dir),
+        "LANG": "C.UTF-8",
+        "USER": worker_user,
+        "LOGNAME": worker_user,
+        **request.extra_env,
+    }
+    for param, text in texts.items():
+        env["AHOP_PARAM_" + _NOT_ENV_NAME.sub("_", param.upper())] = text
+    env["AHOP_PARAMS_FILE"] = str(params_file)
+
+    secrets = sorted({texts[n] for n in request.secret_params if texts.get(n)}, key=len, reverse=True)
+    pattern = re.compile("|".join(map(re.escape, secrets))) if secrets else None
+    return _Plan(run_dir, params_file, [interpreter, *arguments], env, user, pattern)
+
+
+def _entry_argument(source: Path, entry_file: str) -> str:
+    """The entry file as the interpreter's argument: relative to the run copy, never mistaken for an option."""
+    path = PurePosixPath(entry_file)
+    if not entry_file or "\x00" in entry_file or path.is_absolute() or ".." in path.parts:
+        raise _NotRunnable(f"entry file {entry_file!r} must be a relative path inside the template")
+    target = (source / path).resolve()
+    if not target.is_relative_to(source.resolve()) or not target.is_file():
+        raise _NotRunnable(f"entry file {entry_file!r} is not a file of the template")
+    return f"./{path.as_posix()}"
+
+
+def _param_texts(params: Mapping[str, Any]) -> dict[str, str]:
+    """Each parameter as scripts see it in arguments and environment: true/false, lists joined with commas."""
+    texts: dict[str, str] = {}
+    for name, value in params.items():
+        if value is None:
+            continue
+        items = value if isinstance(value, list) else [value]
+        if not all(isinstance(item, str | int | float) for item in items):
+            raise _NotRunnable(
+                f"parameter {name!r} has a value of type {type(value).__name__}; "
+                "expected text, a number, true/false or a list of text"
+            )
+        text = ",".join(("true" if item else "false") if isinstance(item, bool) else str(item) for item in items)
+        if "\x00" in text or "\x00" in name:
+            raise _NotRunnable(f"parameter {name!r} contains a NUL character, which no script can receive")
+        texts[name] = text
+    return texts
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:  # a uid without a passwd entry, as in some containers
+        return str(uid)
+
+
+def _run_as_user(name: str | None) -> _User | None:
+    """The user to switch to, or None when the script runs as the worker's own user."""
+    if name is None:
+        return None
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        raise _NotRunnable(f"run-as user {name!r} does not exist on this worker") from None
+    if entry.pw_uid == os.geteuid():
+        return None
+    if os.geteuid() != 0:
+        raise _NotRunnable(
+            f"this worker runs as uid {os.geteuid()}, not root, so it cannot run scripts as {name!r}; "
+            "run the worker as root or remove its run-as user"
+        )
+    home = Path(entry.pw_dir)
+    return _User(name, entry.pw_uid, entry.pw_gid, home if home.is_dir() else None)
+
+
+def _check_reachable(directory: Path, user: _User) -> None:
+    """Refuse clearly when the run-as user could not enter its run directory (it keeps only its primary group)."""
+    for path in (directory, *directory.parents):
+        info = path.stat()
+        if info.st_uid == user.uid:
+            bit = stat.S_IXUSR
+        elif info.st_gid == user.gid:
+            bit = stat.S_IXGRP
+        else:
+            bit = stat.S_IXOTH
+        if not info.st_mode & bit:
+            raise _NotRunnable(
+                f"run-as user {user.name!r} cannot enter {path} (mode {stat.S_IMODE(info.st_mode):o}); the runs "
+                f"directory and every directory above it must be searchable by that user, e.g. chmod o+x {path}"
+            )
+
+
+def _prepare_files(request: RunRequest, plan: _Plan) -> None:
+    """Make the run copy and the parameters file, owned by the run-as user when there is one."""
+    owner = (plan.user.uid, plan.user.gid) if plan.user is not None else None
+    _clean_up(plan)  # left by a worker that died during an earlier attempt of this task
+    try:
+        _copy_tree(request.source, plan.run_dir, owner)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+        with os.fdopen(os.open(plan.params_file, flags, 0o600), "wb") as f:
+            if owner is not None:
+                os.fchown(f.fileno(), *owner)
+            f.write(json.dumps(dict(request.params), ensure_ascii=False).encode())
+    except OSError as exc:
+        raise _NotRunnable(f"could not prepare the run directory {plan.run_dir}: {exc}") from exc
+
+
+def _copy_tree(source: Path, dest: Path, owner: tuple[int, int] | None) -> None:
+    """Copy files with their modes plus owner write, symlinks as symlinks; the top directory private (0700).
+
+    Directories go to the run-as user bottom-up: each stays the worker's while its entries are changed, so no other
+    process of that user can swap an entry for a symlink and have the worker chown or chmod the link's target.
+    """
+
+    def copy_file(src: str, dst: str) -> str:
+        shutil.copyfile(src, dst, follow_symlinks=False)
+        os.chmod(dst, stat.S_IMODE(os.stat(src).st_mode) | stat.S_IWUSR)
+        if owner is not None:
+            os.chown(dst, *owner)
+        return dst
+
+    shutil.copytree(source, dest, symlinks=True, copy_function=copy_file)
+    for root, dirs, files in os.walk(dest, topdown=False):
+        for name in dirs + files:
+            path = os.path.join(root, name)
+            if os.path.islink(path):
+                if owner is not None:
+                    os.lchown(path, *owner)
+            elif name in dirs:  # copytree gave it the store's read-only mode
+                os.chmod(path, stat.S_IMODE(os.lstat(path).st_mode) | stat.S_IRWXU)
+                if owner is not None:
+                    os.chown(path, *owner)
+    os.chmod(dest, 0o700)
+    if owner is not None:
+        os.chown(dest, *owner)
+
+
+def _clean_up(plan: _Plan) -> None:
+    try:
+        _remove_tree(plan.run_dir, repair=plan.user is None)
+        with contextlib.suppress(FileNotFoundError):
+            plan.params_file.unlink()
+    except OSError as exc:
+        log.warning("could not remove the run directory %s: %s", plan.run_dir, exc)
+
+
+def _remove_tree(path: Path, repair: bool) -> None:
+    """Remove a run copy; with `repair`, also one whose script (the worker's own user) took away its permissions.
+
+    Never repair for a run-as user: root needs no permissions to remove, and chmod would follow that user's links.
+    """
+    try:
+        shutil.rmtree(path)  # resistant to symlink swaps (works on directory descriptors)
+    except FileNotFoundError:
+        return
+    except OSError:
+        if not repair:
+            raise
+        os.chmod(path, stat.S_IRWXU)
+        for root, dirs, _ in os.walk(path):
+            for name in dirs:
+                if not os.path.islink(sub := os.path.join(root, name)):
+                    os.chmod(sub, stat.S_IRWXU)
+        shutil.rmtree(path)
+
+
+class _ScriptProtocol(asyncio.subprocess.SubprocessStreamProtocol):
+    """Stream readers for stdout and stderr, plus a future that is done when the script's own process exits.
+
+    asyncio's `Process.wait()` (3.11) also waits for the pipes to close, which a background child can hold open
+    for ever; the runner needs the moment of the exit itself.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(limit=MAX_LINE_BYTES, loop=loop)
+        self.exited: asyncio.Future[None] = loop.create_future()
+
+    def process_exited(self) -> None:
+        super().process_exited()
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+
+async def _execute(request: RunRequest, plan: _Plan, on_line: LineCallback, cancelled: CancelCheck) -> RunOutcome:
+    loop = asyncio.get_running_loop()
+    identity: dict[str, Any] = {}
+    if plan.user is not None:
+        identity = {"user": plan.user.uid, "group": plan.user.gid, "extra_groups": []}
+    try:
+        transport, protocol = await loop.subprocess_exec(
+            lambda: _ScriptProtocol(loop),
+            *plan.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=plan.run_dir,
+            env=plan.env,
+            start_new_session=True,
+            **identity,
+        )
+    except OSError as exc:
+        return RunOutcome("failed", None, f"the script could not be started: {exc}")
+    group = transport.get_pid()  # the script leads its own session, so its pid is its process group id
+    assert protocol.stdout is not None
+    assert protocol.stderr is not None
+    group_ended = asyncio.Event()
+    readers = [
+        asyncio.create_task(_read_lines(protocol.stdout, _emitter("stdout", on_line, plan.secrets), group_ended)),
+        asyncio.create_task(_read_lines(protocol.stderr, _emitter("stderr", on_line, plan.secrets), group_ended)),
+    ]
+    watcher = asyncio.create_task(_wait_for_cancel(cancelled, request.cancel_poll))
+    stop: Literal["timeout", "cancelled"] | None = None
+    try:
+        done, _ = await asyncio.wait(
+            [protocol.exited, watcher], timeout=request.timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        if not protocol.exited.done():
+            if watcher in done:
+                watcher.result()  # a failing check raises here; `finally` kills the group
+                stop = "cancelled"
+                await _stop_group(group, protocol.exited, min(request.kill_grace, CANCEL_GRACE))
+            else:
+                stop = "timeout"
+                await _stop_group(group, protocol.exited, request.kill_grace)
+        await _finish_output(group, readers, group_ended)
+    finally:
+        watcher.cancel()
+        if watcher.done() and not watcher.cancelled() and (problem := watcher.exception()) and stop is None:
+            log.warning("the cancel check of task %s failed: %s", request.task_id, problem)
+        if not protocol.exited.done():
+            _signal_group(group, signal.SIGKILL)  # we are being cancelled: the script must not outlive the task
+        for reader in readers:
+            reader.cancel()
+        transport.close()
+    return _outcome(request, stop, transport.get_returncode())
+
+
+def _outcome(request: RunRequest, stop: Literal["timeout", "cancelled"] | None, code: int | None) -> RunOutcome:
+    if stop == "timeout":
+        error = f"the script ran longer than its timeout of {request.timeout:g} s and was stopped"
+        return RunOutcome("timeout", code, error)
+    if stop == "cancelled":
+        return RunOutcome("cancelled", code, "the task was cancelled while its script ran; the script was stopped")
+    if code == 0:
+        return RunOutcome("success", 0, None)
+    if code is not None and code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = str(-code)
+        return RunOutcome("failed", code, f"the script was killed by signal {name}")
+    return RunOutcome("failed", code, None)
+
+
+async def _wait_for_cancel(cancelled: CancelCheck, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        if await cancelled():
+            return
+
+
+async def _stop_group(group: int, exited: asyncio.Future[None], grace: float) -> None:
+    """SIGTERM to the whole group, up to `grace` seconds for the script to exit, then SIGKILL to the group."""
+    _signal_group(group, signal.SIGTERM)
+    await asyncio.wait([exited], timeout=grace)
+    _signal_group(group, signal.SIGKILL)
+    await exited
+
+
+async def _finish_output(group: int, readers: list[asyncio.Task[None]], group_ended: asyncio.Event) -> None:
+    """Read what the script wrote, and end its group so that no background child outlives the task."""
+    await asyncio.wait(readers, timeout=DRAIN_SECONDS)
+    # The script's pid stays reserved while any member of its group lives, so this cannot reach a stranger
+    # unless the group is already empty and the pid was taken again within the drain time.
+    _signal_group(group, signal.SIGKILL)
+    group_ended.set()
+    await asyncio.wait(readers)  # each ends at its pipe's end, or as `_read_lines` says
+    for reader in readers:
+        if (failure := reader.exception()) is not None:
+            raise failure
+
+
+def _signal_group(group: int, signum: signal.Signals) -> None:
+    # ESRCH: the group is gone. EPERM: no member could be signalled (all became another user, e.g. setuid).
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(group, signum)
+
+
+def _emitter(stream: str, on_line: LineCallback, secrets: re.Pattern[str] | None) -> Callable[[bytes], Awaitable[None]]:
+    async def emit(data: bytes) -> None:
+        text = data.decode("utf-8", errors="replace").removesuffix("\r")
+        await on_line(stream, secrets.sub(MASK, text) if secrets is not None else text)
+
+    return emit
+
+
+async def _read_lines(
+    reader: asyncio.StreamReader, emit: Callable[[bytes], Awaitable[None]], group_ended: asyncio.Event
+) -> None:
+    """Pass each line (without its newline) to `emit`; lines longer than `MAX_LINE_BYTES` go in pieces.
+
+    Once the script's group is killed, a pipe still open is held by a process that left the group (setsid):
+    reading stops when it stays silent for `DRAIN_SECONDS`, or brings more than `LATE_OUTPUT_BYTES`, or after
+    `LATE_OUTPUT_SECONDS`. A slow `emit` does not lose lines. When `emit` fails, reading goes on without it, so
+    the script never blocks on a full pipe; the error is raised once the output has ended.
+    """
+    failure: Exception | None = None
+
+    async def deliver(data: bytes) -> None:
+        nonlocal failure
+        if failure is None:
+            try:
+                await emit(data)
+            except Exception as exc:
+                failure = exc
+
+    pending, late, cut_off = b"", 0, float("inf")
+    loop = asyncio.get_running_loop()
+    while True:
+        if group_ended.is_set():
+            cut_off = min(cut_off, loop.time() + LATE_OUTPUT_SECONDS)
+            if loop.time() > cut_off:
+                break
+        try:
+            chunk = await asyncio.wait_for(reader.read(MAX_LINE_BYTES), DRAIN_SECONDS)
+        except TimeoutError:
+            if group_ended.is_set():
+                break
+            continue
+        if not chunk:
+            break
+        if group_ended.is_set() and (late := late + len(chunk)) > LATE_OUTPUT_BYTES:
+            break
+        *lines, pending = (pending + chunk).split(b"\n")
+        for line in lines:
+            for piece in _pieces(line):
+                await deliver(piece)
+        *full, pending = _pieces(pending)  # keep at most MAX_LINE_BYTES of an unfinished line
+        for piece in full:
+            await deliver(piece)
+    if pending:
+        await deliver(pending)
+    if failure is not None:
+        raise failure
+
+
+def _pieces(line: bytes) -> Iterator[bytes]:
+    """`line` cut into pieces of at most `MAX_LINE_BYTES`, never inside a UTF-8 character."""
+    while len(line) > MAX_LINE_BYTES:
+        cut = MAX_LINE_BYTES
+        while cut > MAX_LINE_BYTES - 3 and line[cut] & 0xC0 == 0x80:  # a continuation byte: back to its start
+            cut -= 1
+        yield line[:cut]
+        line = line[cut:]
+    yield line
