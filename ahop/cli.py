@@ -6,6 +6,7 @@ Exit codes: 0 ok, 1 problems found, 2 bad input, 3 a service unavailable.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +15,7 @@ import click
 
 from ahop.blob_commands import snapshot, unpack
 from ahop.client_commands import repo, template
-from ahop.console import EXIT_UNAVAILABLE, configure_logging, fail, load_settings
+from ahop.console import EXIT_PROBLEMS, EXIT_UNAVAILABLE, configure_logging, fail, load_settings
 from ahop.legacy_commands import adopt_legacy, backfill
 from ahop.tenant_commands import tenant, token
 
@@ -61,9 +62,12 @@ def serve(host: str | None, port: int | None) -> None:
     run_server(settings.model_copy(update=overrides))
 
 
-@cli.command()
-def worker() -> None:
+@cli.group(invoke_without_command=True)
+@click.pass_context
+def worker(ctx: click.Context) -> None:
     """Run a worker: takes jobs of its pool from Redis, fetches templates from S3. Needs no database."""
+    if ctx.invoked_subcommand is not None:
+        return
     from redis.exceptions import ConnectionError as RedisConnectionError
 
     from storage.errors import StorageError
@@ -78,6 +82,32 @@ def worker() -> None:
         fail(f"S3 unavailable: {exc}", EXIT_UNAVAILABLE)
     except (RedisConnectionError, OSError) as exc:
         fail(f"Redis unavailable at {settings.redis_url}: {exc}", EXIT_UNAVAILABLE)
+
+
+@worker.command("verify")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def verify_store(as_json: bool) -> None:
+    """Re-pack every entry of this host's store; remove those whose digest no longer matches (exit 1 if any)."""
+    import json
+
+    from storage.blobstore import BlobStore
+    from worker.settings import WorkerSettings
+    from worker.store import LocalStore
+
+    settings = load_settings(WorkerSettings)
+    report = LocalStore(settings.worker_root, BlobStore(settings.s3_location())).verify()
+    if as_json:
+        click.echo(json.dumps(dataclasses.asdict(report), indent=2))
+    else:
+        click.echo(f"{len(report.ok)} entries ok in {settings.worker_root / 'store'}")
+        for digest in report.removed:
+            click.echo(f"removed sha256:{digest}: its files no longer pack to its digest")
+        for digest in report.in_use:
+            click.echo(f"kept sha256:{digest}: it does not match its digest but a task is using it; verify again later")
+        for path in report.junk:
+            click.echo(f"removed {path}: not a store entry")
+    if report.problems:
+        sys.exit(EXIT_PROBLEMS)
 
 
 @cli.group()

@@ -6,6 +6,7 @@ import os
 import socket
 from typing import Any
 
+from worker.attempts import Attempts
 from worker.protocol import PROTOCOL_VERSION
 
 
@@ -16,3 +17,9 @@ async def ping(ctx: dict[str, Any]) -> dict[str, Any]:
         "pool": ctx["pool"],
         "protocol": PROTOCOL_VERSION,
     }
+
+
+async def run_task(ctx: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
+    """Run one attempt of a task (`worker.protocol.TaskJob` on the wire)."""
+    attempts: Attempts = ctx["attempts"]
+    return await attempts.run(job)

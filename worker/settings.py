@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 
 from pydantic import Field, SecretStr
@@ -9,6 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from storage.blobstore import S3Location
 from worker.protocol import DEFAULT_POOL
+from worker.runner import DEFAULT_PATH
 
 
 class WorkerSettings(BaseSettings):
@@ -23,9 +26,23 @@ class WorkerSettings(BaseSettings):
     s3_secret_access_key: SecretStr | None = None
     s3_region: str = "us-east-1"
     worker_root: Path = Path("/opt/ahop-worker")
+    worker_id: str | None = Field(default=None, description="This worker's name; default <host>-<pid>.")
     worker_pool: str = Field(default=DEFAULT_POOL, description="The pool (queue) this worker takes jobs from.")
-    worker_max_jobs: int = Field(default=4, ge=1)
-    worker_poll_delay: float = Field(default=0.05, gt=0, description="Seconds between queue polls.")
+    worker_max_jobs: int = Field(default=4, ge=1, description="Tasks this worker runs at once.")
+    worker_poll_delay: float = Field(default=0.02, gt=0, description="Seconds between queue polls.")
+    worker_cache_max_bytes: int | None = Field(
+        default=None, gt=0, description="Cap of the local store; least recently used entries go first."
+    )
+    worker_heartbeat_interval: float = Field(default=5.0, gt=0, description="Seconds between heartbeats.")
+    worker_kill_grace: float = Field(default=10.0, ge=0, description="Seconds between SIGTERM and SIGKILL.")
+    worker_cancel_poll: float = Field(default=0.2, gt=0, description="Seconds between checks for a cancel.")
+    worker_shutdown_grace: float = Field(
+        default=60.0, ge=0, description="On SIGTERM, seconds running tasks get to finish before they are killed."
+    )
+    worker_script_path: str = Field(
+        default=DEFAULT_PATH, description="PATH of scripts, and where their interpreters (bash, python3, …) are found."
+    )
+    worker_run_as: str | None = Field(default=None, description="User that scripts run as (the worker must be root).")
 
     def s3_location(self) -> S3Location:
         return S3Location(
@@ -35,3 +52,6 @@ class WorkerSettings(BaseSettings):
             secret_access_key=self.s3_secret_access_key.get_secret_value() if self.s3_secret_access_key else None,
             region=self.s3_region,
         )
+
+    def resolved_worker_id(self) -> str:
+        return self.worker_id or f"{socket.gethostname()}-{os.getpid()}"

@@ -49,11 +49,13 @@ class RedisServer(LocalServer):
         return f"redis://127.0.0.1:{self.port}/{db}"
 
     @classmethod
-    def launch(cls, state_dir: Path, *, durable: bool = True) -> RedisServer:
-        """Start a server whose append-only file (when `durable`) lives in `state_dir`/redis."""
+    def launch(cls, state_dir: Path, *, durable: bool = True, port: int | None = None) -> RedisServer:
+        """Start a server whose append-only file (when `durable`) lives in `state_dir`/redis; on a free port
+        unless `port` is given (a restart on the port its clients know)."""
         data_dir = state_dir / "redis"
         data_dir.mkdir(parents=True, exist_ok=True)
-        (port,) = free_ports(1)
+        if port is None:
+            (port,) = free_ports(1)
         process = ManagedProcess.start(
             "Redis",
             [str(redis_server_binary()), "--port", str(port), "--bind", "127.0.0.1", "--save", "",

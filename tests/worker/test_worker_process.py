@@ -1,0 +1,169 @@
+"""A real `ahop worker` process driven through the job protocol alone: jobs in, events and log lines out."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.jobs import Job
+from redis.asyncio import Redis
+
+from tests.fleet import Fleet
+from tests.worker.conftest import Publish
+from worker.protocol import (
+    EVENTS_STREAM,
+    PROTOCOL_VERSION,
+    RUN_JOB,
+    BlobRef,
+    Event,
+    LogLine,
+    TaskJob,
+    cancel_key,
+    deserialize,
+    job_id,
+    log_stream,
+    queue_name,
+    serialize,
+)
+
+
+@pytest.fixture
+def fleet(worker_env: dict[str, str], tmp_path: Path) -> Iterator[Fleet]:
+    workers = Fleet(worker_env, tmp_path / "worker-logs")
+    yield workers
+    workers.stop_all()
+
+
+@pytest.fixture
+async def queue(redis_url: str) -> AsyncIterator[ArqRedis]:
+    pool = await create_pool(RedisSettings.from_dsn(redis_url), job_serializer=serialize)
+    yield pool
+    await pool.aclose()
+
+
+@pytest.fixture
+def template(tmp_path: Path, publish: Publish) -> BlobRef:
+    directory = tmp_path / "template"
+    directory.mkdir()
+    (directory / "run.sh").write_text('#!/bin/bash\necho "hello $AHOP_PARAM_WHO"\necho "args: $*"\n')
+    (directory / "NOTES.md").write_text(f"{secrets.token_hex(8)}\n")
+    return publish(directory)
+
+
+def a_job(blob: BlobRef, **fields: Any) -> TaskJob:
+    values: dict[str, Any] = {
+        "task_id": str(uuid.uuid4()), "attempt": 1, "tenant_id": str(uuid.uuid4()), "template_code": "hello",
+        "blob": blob, "entry_file": "run.sh", "script_type": "shell", "params": {"who": "ops"}, **fields,
+    }  # fmt: skip
+    return TaskJob(**values)
+
+
+async def enqueue(queue: ArqRedis, job: TaskJob, wire: dict[str, Any] | None = None, *, suffix: str = "") -> None:
+    queued = await queue.enqueue_job(
+        RUN_JOB,
+        wire or job.to_wire(),
+        _job_id=job_id(job.task_id, job.attempt) + suffix,
+        _queue_name=queue_name("default"),
+    )
+    assert queued is not None
+
+
+async def events_of(redis: Redis, task_id: str, *, until: str = "finished", bound: float = 60) -> list[Event]:
+    """The task's events, once one of type `until` is among them; the bound only catches hangs."""
+    deadline = time.monotonic() + bound
+    while True:
+        entries = await redis.xrange(EVENTS_STREAM)
+        events = [Event.from_fields(fields) for _, fields in entries]
+        mine = [event for event in events if event.task_id == task_id]
+        if any(event.type == until for event in mine):
+            return mine
+        assert time.monotonic() < deadline, f"no {until} event for {task_id} within {bound}s: {mine}"
+        await asyncio.sleep(0.05)
+
+
+async def log_of(redis: Redis, task_id: str) -> list[LogLine]:
+    return [LogLine.from_fields(fields) for _, fields in await redis.xrange(log_stream(task_id))]
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+async def test_a_job_runs_and_reports_started_then_finished_with_its_output(
+    fleet: Fleet, queue: ArqRedis, redis: Redis, template: BlobRef
+) -> None:
+    fleet.start("w1")
+    job = a_job(template)
+    await enqueue(queue, job)
+    events = await events_of(redis, job.task_id)
+    assert [event.type for event in events] == ["started", "finished"]
+    assert {event.worker for event in events} == {"w1"}
+    finished = events[-1]
+    assert (finished.status, finished.exit_code, finished.log_lines, finished.log_truncated) == ("success", 0, 2, False)
+    assert [(line.seq, line.line) for line in await log_of(redis, job.task_id)] == [
+        (1, "hello ops"),
+        (2, "args: --who ops"),
+    ]
+
+
+async def test_a_job_delivered_twice_runs_once(fleet: Fleet, queue: ArqRedis, redis: Redis, template: BlobRef) -> None:
+    job = a_job(template)
+    await enqueue(queue, job)
+    await enqueue(queue, job, suffix=":again")  # the same attempt under another arq id: a redelivery
+    fleet.start("w1")
+    deliveries = [job_id(job.task_id, job.attempt) + suffix for suffix in ("", ":again")]
+    results = [await Job(name, queue, _deserializer=deserialize).result(timeout=60) for name in deliveries]
+    assert sorted(result["status"] for result in results) == ["duplicate", "success"]
+    events = await events_of(redis, job.task_id)
+    assert [event.type for event in events] == ["started", "finished"]
+    assert len(await log_of(redis, job.task_id)) == 2
+
+
+async def test_an_unknown_protocol_version_is_refused_with_an_event(
+    fleet: Fleet, queue: ArqRedis, redis: Redis, template: BlobRef
+) -> None:
+    fleet.start("w1")
+    job = a_job(template)
+    await enqueue(queue, job, {**job.to_wire(), "protocol": PROTOCOL_VERSION + 1})
+    (finished,) = await events_of(redis, job.task_id)
+    assert finished.status == "failed"
+    assert f"version {PROTOCOL_VERSION + 1}" in (finished.error or "")
+    assert await log_of(redis, job.task_id) == []
+
+
+async def test_a_cancel_before_the_start_means_the_script_never_runs(
+    fleet: Fleet, queue: ArqRedis, redis: Redis, template: BlobRef
+) -> None:
+    job = a_job(template)
+    await redis.set(cancel_key(job.task_id), "1")
+    await enqueue(queue, job)
+    fleet.start("w1")
+    (finished,) = await events_of(redis, job.task_id)
+    assert (finished.type, finished.status) == ("finished", "cancelled")
+    assert await log_of(redis, job.task_id) == []
+
+
+async def test_output_beyond_the_limit_keeps_the_newest_lines(
+    fleet: Fleet, queue: ArqRedis, redis: Redis, tmp_path: Path, publish: Publish
+) -> None:
+    directory = tmp_path / "chatty"
+    directory.mkdir()
+    (directory / "run.sh").write_text(f"# {secrets.token_hex(8)}\nfor i in $(seq 1 500); do echo line $i; done\n")
+    fleet.start("w1")
+    job = a_job(publish(directory), params={}, log_limit=100)
+    await enqueue(queue, job)
+    finished = (await events_of(redis, job.task_id))[-1]
+    assert (finished.status, finished.log_lines, finished.log_truncated) == ("success", 500, True)
+    lines = await log_of(redis, job.task_id)
+    assert [line.seq for line in lines] == list(range(401, 501))
+    assert lines[-1].line == "line 500"

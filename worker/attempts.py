@@ -1,0 +1,147 @@
+"""One attempt of a task on this worker: claim it, fetch its template by digest, run the script, report.
+
+Order, and why:
+1. decode the job — a protocol version this worker does not know is refused with a `finished` event that says so;
+2. claim the attempt (SET NX): a job delivered twice runs once;
+3. a cancel requested before the start means the script never runs;
+4. `started` is reported before the fetch, so the server knows which worker holds the attempt from then on;
+5. the store entry is held in use while the run copy is made, so eviction cannot remove it underneath;
+6. a blob that fails verification, or cannot be fetched, fails the attempt before any script runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from redis.asyncio import Redis
+
+from storage.errors import StorageError
+from worker.protocol import EventType, ProtocolError, TaskJob, cancel_key, claim_key
+from worker.reporting import LogWriter, report
+from worker.runner import RunOutcome, RunRequest, run_script
+from worker.settings import WorkerSettings
+from worker.store import LocalStore
+
+log = logging.getLogger("ahop.worker")
+
+CLAIM_SECONDS = 7 * 24 * 3600
+T = TypeVar("T")
+
+
+@contextlib.asynccontextmanager
+async def entered_in_thread(manager: AbstractContextManager[T]) -> AsyncIterator[T]:
+    """Enter and leave a blocking context manager in worker threads, keeping the event loop free."""
+    value = await asyncio.to_thread(manager.__enter__)
+    try:
+        yield value
+    except BaseException as exc:
+        if not await asyncio.to_thread(manager.__exit__, type(exc), exc, exc.__traceback__):
+            raise
+    else:
+        await asyncio.to_thread(manager.__exit__, None, None, None)
+
+
+class Attempts:
+    """Runs attempts for one worker process and knows which tasks it is running now."""
+
+    def __init__(self, settings: WorkerSettings, redis: Redis, store: LocalStore, worker_id: str) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.store = store
+        self.worker_id = worker_id
+        self._running: set[str] = set()
+
+    def running(self) -> list[str]:
+        return sorted(self._running)
+
+    async def run(self, wire: dict[str, Any]) -> dict[str, Any]:
+        """Run the attempt that `wire` describes; the answer is for arq's job result, the events are for the server."""
+        try:
+            job = TaskJob.from_wire(wire)
+        except (ProtocolError, TypeError) as exc:
+            return await self._refuse(wire, exc)
+        if not await self.redis.set(claim_key(job.task_id, job.attempt), self.worker_id, nx=True, ex=CLAIM_SECONDS):
+            log.info("task %s attempt %d was already claimed; not running it again", job.task_id, job.attempt)
+            return {"task_id": job.task_id, "status": "duplicate"}
+        if await self.redis.exists(cancel_key(job.task_id)):
+            await self._report(job.task_id, job.attempt, "finished", status="cancelled", error="cancelled before start")
+            return {"task_id": job.task_id, "status": "cancelled"}
+        self._running.add(job.task_id)
+        try:
+            await self._report(job.task_id, job.attempt, "started")
+            return await self._fetch_and_run(job)
+        finally:
+            self._running.discard(job.task_id)
+
+    async def _fetch_and_run(self, job: TaskJob) -> dict[str, Any]:
+        logs = LogWriter(self.redis, job.task_id, job.log_limit)
+        try:
+            async with entered_in_thread(self.store.use(job.blob)) as entry:
+                await asyncio.to_thread(self.store.link_template, job.tenant_id, job.template_code, job.blob.digest)
+                outcome = await run_script(self._request(job, entry), logs.write, self._cancel_check(job))
+        except StorageError as exc:
+            outcome = RunOutcome(
+                status="failed",
+                exit_code=None,
+                error=f"template sha256:{job.blob.digest} could not be used, so the script did not run: {exc}",
+            )
+        except asyncio.CancelledError:
+            # The worker is stopping past its grace period: the runner has killed the script's process group.
+            await logs.close()
+            await self._report(
+                job.task_id, job.attempt, "finished", status="failed",
+                error="the worker stopped before the task finished; the script was killed",
+                log_lines=logs.written, log_truncated=logs.truncated,
+            )  # fmt: skip
+            raise
+        await logs.close()
+        await self._report(
+            job.task_id, job.attempt, "finished", status=outcome.status, exit_code=outcome.exit_code,
+            error=outcome.error, log_lines=logs.written, log_truncated=logs.truncated,
+        )  # fmt: skip
+        return {"task_id": job.task_id, "status": outcome.status, "exit_code": outcome.exit_code}
+
+    async def _report(self, task_id: str, attempt: int, kind: EventType, **outcome: Any) -> None:
+        await report(self.redis, task_id, attempt, self.worker_id, kind, **outcome)
+
+    def _request(self, job: TaskJob, entry: Path) -> RunRequest:
+        return RunRequest(
+            task_id=job.task_id,
+            source=entry,
+            runs_dir=self.settings.worker_root / "runs",
+            entry_file=job.entry_file,
+            script_type=job.script_type,
+            params=job.params,
+            secret_params=list(job.secret_params),
+            timeout=job.timeout,
+            kill_grace=self.settings.worker_kill_grace,
+            cancel_poll=self.settings.worker_cancel_poll,
+            run_as=self.settings.worker_run_as,
+            search_path=self.settings.worker_script_path,
+            extra_env={"AHOP_TASK_ID": job.task_id, "AHOP_TASK_ATTEMPT": str(job.attempt)},
+        )
+
+    def _cancel_check(self, job: TaskJob) -> Callable[[], Awaitable[bool]]:
+        key = cancel_key(job.task_id)
+
+        async def cancelled() -> bool:
+            try:
+                return bool(await self.redis.exists(key))
+            except (OSError, ConnectionError):
+                return False  # Redis away: keep running; the cancel is seen when it returns
+
+        return cancelled
+
+    async def _refuse(self, wire: dict[str, Any], problem: Exception) -> dict[str, Any]:
+        """A job this worker cannot read: say so on the events stream when it names its task, so nothing hangs."""
+        log.error("refused a job: %s", problem)
+        task_id, attempt = wire.get("task_id"), wire.get("attempt")
+        if isinstance(task_id, str) and isinstance(attempt, int):
+            await self._report(task_id, attempt, "finished", status="failed", error=f"job refused: {problem}")
+        return {"status": "refused", "error": str(problem)}
