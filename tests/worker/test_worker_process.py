@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -88,6 +89,13 @@ async def events_of(redis: Redis, task_id: str, *, until: str = "finished", boun
         await asyncio.sleep(0.05)
 
 
+async def wait_for_log(fleet: Fleet, name: str, text: str, bound: float = 30) -> None:
+    deadline = time.monotonic() + bound
+    while text not in (log := fleet.log(name)):
+        assert time.monotonic() < deadline, f"{text!r} not in the log of {name} within {bound}s:\n{log}"
+        await asyncio.sleep(0.05)
+
+
 async def log_of(redis: Redis, task_id: str) -> list[LogLine]:
     return [LogLine.from_fields(fields) for _, fields in await redis.xrange(log_stream(task_id))]
 
@@ -167,3 +175,30 @@ async def test_output_beyond_the_limit_keeps_the_newest_lines(
     lines = await log_of(redis, job.task_id)
     assert [line.seq for line in lines] == list(range(401, 501))
     assert lines[-1].line == "line 500"
+
+
+async def test_on_sigterm_a_worker_takes_no_new_job_and_lets_the_running_one_finish(
+    fleet: Fleet, queue: ArqRedis, redis: Redis, tmp_path: Path, publish: Publish
+) -> None:
+    directory = tmp_path / "slow"
+    directory.mkdir()
+    (directory / "run.sh").write_text(f"# {secrets.token_hex(8)}\necho started\nsleep 2\necho done\n")
+    worker = fleet.start("w1", AHOP_WORKER_SHUTDOWN_GRACE="60")
+    blob = publish(directory)
+    running = a_job(blob, params={})
+    await enqueue(queue, running)
+    await events_of(redis, running.task_id, until="started")
+    worker.popen.send_signal(signal.SIGTERM)
+    await wait_for_log(fleet, "w1", "allow_pick_jobs")  # arq has stopped taking jobs
+    later = a_job(blob, params={})
+    await enqueue(queue, later)
+    finished = (await events_of(redis, running.task_id))[-1]
+    assert (finished.status, finished.exit_code) == ("success", 0)
+    assert [line.line for line in await log_of(redis, running.task_id)] == ["started", "done"]
+    await asyncio.to_thread(worker.popen.wait, 60)
+    assert [
+        event
+        for _, fields in await redis.xrange(EVENTS_STREAM)
+        if (event := Event.from_fields(fields)).task_id == later.task_id
+    ] == []
+    assert await redis.zcard(queue_name("default")) == 1  # still queued for another worker
