@@ -30,6 +30,7 @@ lint: venv
 bench: venv
 	$(BIN)/python -m bench.snapshot
 	$(BIN)/python -m bench.imports
+	$(BIN)/python -m bench.tasks
 
 format: venv
 	$(BIN)/ruff format .

@@ -17,6 +17,7 @@ from ahop.blob_commands import snapshot, unpack
 from ahop.client_commands import repo, template
 from ahop.console import EXIT_PROBLEMS, EXIT_UNAVAILABLE, configure_logging, fail, load_settings
 from ahop.legacy_commands import adopt_legacy, backfill
+from ahop.task_commands import task
 from ahop.tenant_commands import tenant, token
 
 
@@ -151,6 +152,7 @@ cli.add_command(tenant)
 cli.add_command(token)
 cli.add_command(repo)
 cli.add_command(template)
+cli.add_command(task)
 db.add_command(adopt_legacy)
 template.add_command(backfill)
 

@@ -8,13 +8,17 @@ print the API's JSON with `--json` for scripts. An API error exits 2 (bad input)
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Container
+from typing import TYPE_CHECKING, Any
 
 import click
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ahop.console import EXIT_BAD_INPUT, EXIT_PROBLEMS, EXIT_UNAVAILABLE, fail, load_settings
+
+if TYPE_CHECKING:
+    import httpx
 
 
 class ClientSettings(BaseSettings):
@@ -25,33 +29,50 @@ class ClientSettings(BaseSettings):
     client_timeout: float = Field(default=300.0, gt=0)
 
 
-def _call(method: str, path: str, payload: dict[str, Any] | None = None) -> Any:
-    import httpx
-
+def client_settings() -> ClientSettings:
+    """The API's address and token from the environment; exits 2 when no token is set."""
     settings = load_settings(ClientSettings)
     if settings.token is None:
         fail("set AHOP_TOKEN (and AHOP_API_URL) to call the API; `make run` writes both to .ahop/dev.env", 2)
-    headers = {"Authorization": f"Bearer {settings.token.get_secret_value()}"}
+    return settings
+
+
+def auth_headers(settings: ClientSettings) -> dict[str, str]:
+    token = settings.token.get_secret_value() if settings.token else ""
+    return {"Authorization": f"Bearer {token}"}
+
+
+def check_answer(response: httpx.Response, bad_input: Container[int] = (400, 401, 403, 422)) -> None:
+    """Exit with the API's message when it answered an error: 2 for `bad_input` statuses, 3 unavailable, else 1."""
+    if response.status_code < 400:
+        return
     try:
-        response = httpx.request(method, settings.api_url.rstrip("/") + path, json=payload, headers=headers,
-                                 timeout=settings.client_timeout)  # fmt: skip
+        body = response.json()
+        detail = body.get("detail", response.text)
+        errors = body.get("extra", {}).get("errors", []) if isinstance(body.get("extra"), dict) else []
+    except ValueError:
+        detail, errors = response.text, []
+    lines = [f"{response.status_code}: {detail}", *(f"  {e['field']}: {e['message']}" for e in errors)]
+    code = EXIT_UNAVAILABLE if response.status_code in (502, 503) else (
+        EXIT_BAD_INPUT if response.status_code in bad_input else EXIT_PROBLEMS)  # fmt: skip
+    fail("\n".join(lines), code)
+
+
+def call_api(method: str, path: str, payload: dict[str, Any] | None = None) -> Any:
+    """One API request; its JSON answer, or exit as `check_answer` says (3 when the API does not answer)."""
+    import httpx
+
+    settings = client_settings()
+    try:
+        response = httpx.request(method, settings.api_url.rstrip("/") + path, json=payload,
+                                 headers=auth_headers(settings), timeout=settings.client_timeout)  # fmt: skip
     except httpx.HTTPError as exc:
         fail(f"the API at {settings.api_url} did not answer: {exc}", EXIT_UNAVAILABLE)
-    if response.status_code >= 400:
-        try:
-            body = response.json()
-            detail = body.get("detail", response.text)
-            errors = body.get("extra", {}).get("errors", []) if isinstance(body.get("extra"), dict) else []
-        except ValueError:
-            detail, errors = response.text, []
-        lines = [f"{response.status_code}: {detail}", *(f"  {e['field']}: {e['message']}" for e in errors)]
-        code = EXIT_UNAVAILABLE if response.status_code in (502, 503) else (
-            EXIT_BAD_INPUT if response.status_code in (400, 401, 403, 422) else EXIT_PROBLEMS)  # fmt: skip
-        fail("\n".join(lines), code)
+    check_answer(response)
     return response.json() if response.content else None
 
 
-def _show(data: Any, as_json: bool, columns: list[str]) -> None:
+def show(data: Any, as_json: bool, columns: list[str]) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
@@ -89,16 +110,16 @@ def repo() -> None:
 @json_option
 def repo_add(name: str, url: str, branch: str, as_json: bool) -> None:
     """Add repository NAME at URL."""
-    _show(_call("POST", "/api/v1/git-repositories", {"name": name, "url": url, "branch": branch}), as_json,
-          ["id", "name", "url", "branch"])  # fmt: skip
+    show(call_api("POST", "/api/v1/git-repositories", {"name": name, "url": url, "branch": branch}), as_json,
+         ["id", "name", "url", "branch"])  # fmt: skip
 
 
 @repo.command("list")
 @json_option
 def repo_list(as_json: bool) -> None:
     """List repositories."""
-    _show(_call("GET", "/api/v1/git-repositories?page_size=500"), as_json,
-          ["id", "name", "url", "branch", "head_commit", "synced_at"])  # fmt: skip
+    show(call_api("GET", "/api/v1/git-repositories?page_size=500"), as_json,
+         ["id", "name", "url", "branch", "head_commit", "synced_at"])  # fmt: skip
 
 
 @repo.command("sync")
@@ -106,7 +127,7 @@ def repo_list(as_json: bool) -> None:
 @json_option
 def repo_sync(repository_id: int, as_json: bool) -> None:
     """Fetch the repository's branch; print the commit it now points at."""
-    _show(_call("POST", f"/api/v1/git-repositories/{repository_id}/sync"), as_json, ["id", "commit"])
+    show(call_api("POST", f"/api/v1/git-repositories/{repository_id}/sync"), as_json, ["id", "commit"])
 
 
 @repo.command("scan")
@@ -114,11 +135,11 @@ def repo_sync(repository_id: int, as_json: bool) -> None:
 @json_option
 def repo_scan(repository_id: int, as_json: bool) -> None:
     """Sync, then list the template candidates at the branch head."""
-    result = _call("POST", f"/api/v1/git-repositories/{repository_id}/scan-templates")
+    result = call_api("POST", f"/api/v1/git-repositories/{repository_id}/scan-templates")
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
-    _show(result["candidates"], False, ["original_path", "code", "script_type", "entry_file", "file_count"])
+    show(result["candidates"], False, ["original_path", "code", "script_type", "entry_file", "file_count"])
     for candidate in result["candidates"]:
         for problem in candidate.get("problems", []):
             click.echo(f"  {problem['file']}:{problem.get('line') or '-'}: {problem['message']}", err=True)
@@ -126,10 +147,11 @@ def repo_scan(repository_id: int, as_json: bool) -> None:
 
 @click.group()
 def template() -> None:
-    """Task templates: import, list, show and sync through the API; backfill straight in the database."""
+    """Task templates: import, list, show, sync and prefetch through the API; backfill straight in the database."""
 
 
-TEMPLATE_COLUMNS = ["id", "code", "name", "script_type", "version", "artifact.digest", "source_git_info.commit_sha"]
+TEMPLATE_COLUMNS = ["id", "code", "name", "script_type", "pool", "version", "artifact.digest",
+                    "source_git_info.commit_sha"]  # fmt: skip
 
 
 @template.command("import")
@@ -141,14 +163,19 @@ TEMPLATE_COLUMNS = ["id", "code", "name", "script_type", "version", "artifact.di
 @click.option("--type", "script_type", type=click.Choice(["shell", "python", "ansible"]), required=True)
 @click.option("--description", default="")
 @click.option("--timeout", type=int, default=3600, show_default=True)
+@click.option("--pool", default="default", show_default=True, help="Worker pool that runs its tasks.")
+@click.option("--max-attempts", type=int, default=1, show_default=True, help="Attempts a task gets in all (1-10).")
+@click.option("--retry-on", type=click.Choice(["failed", "timeout", "lost"]), multiple=True,
+              help="An outcome that starts another attempt (repeatable); none by default.")  # fmt: skip
 @json_option
 def template_import(repository_id: int, original_path: str, entry_file: str, code: str, name: str,
-                    script_type: str, description: str, timeout: int, as_json: bool) -> None:  # fmt: skip
+                    script_type: str, description: str, timeout: int, pool: str, max_attempts: int,
+                    retry_on: tuple[str, ...], as_json: bool) -> None:  # fmt: skip
     """Import a template from a repository path at its branch head."""
     payload = {"repository_id": repository_id, "original_path": original_path, "entry_file": entry_file,
                "code": code, "name": name, "script_type": script_type, "description": description,
-               "timeout": timeout}  # fmt: skip
-    _show(_call("POST", "/api/v1/task-templates", payload), as_json, TEMPLATE_COLUMNS)
+               "timeout": timeout, "pool": pool, "max_attempts": max_attempts, "retry_on": list(retry_on)}  # fmt: skip
+    show(call_api("POST", "/api/v1/task-templates", payload), as_json, TEMPLATE_COLUMNS)
 
 
 @template.command("list")
@@ -159,7 +186,7 @@ def template_list(search: str | None, as_json: bool) -> None:
     from urllib.parse import urlencode
 
     query = urlencode({"page_size": 500, **({"search": search} if search else {})})
-    _show(_call("GET", f"/api/v1/task-templates?{query}"), as_json, TEMPLATE_COLUMNS)
+    show(call_api("GET", f"/api/v1/task-templates?{query}"), as_json, TEMPLATE_COLUMNS)
 
 
 @template.command("show")
@@ -167,7 +194,7 @@ def template_list(search: str | None, as_json: bool) -> None:
 @json_option
 def template_show(template_id: int, as_json: bool) -> None:
     """Show one template."""
-    _show(_call("GET", f"/api/v1/task-templates/{template_id}"), as_json, [*TEMPLATE_COLUMNS, "entry_file"])
+    show(call_api("GET", f"/api/v1/task-templates/{template_id}"), as_json, [*TEMPLATE_COLUMNS, "entry_file"])
 
 
 @template.command("sync")
@@ -175,4 +202,16 @@ def template_show(template_id: int, as_json: bool) -> None:
 @json_option
 def template_sync(template_id: int, as_json: bool) -> None:
     """Re-import a template from its recorded path at the branch head."""
-    _show(_call("POST", f"/api/v1/task-templates/{template_id}/sync"), as_json, ["changed", "version"])
+    show(call_api("POST", f"/api/v1/task-templates/{template_id}/sync"), as_json, ["changed", "version"])
+
+
+@template.command("prefetch")
+@click.argument("template_id", type=int)
+@json_option
+def template_prefetch(template_id: int, as_json: bool) -> None:
+    """Ask the live workers of the template's pool to fetch its current content now."""
+    answer = call_api("POST", f"/api/v1/task-templates/{template_id}/prefetch")
+    if as_json:
+        click.echo(json.dumps(answer, indent=2))
+        return
+    click.echo(answer["detail"] + (": " + ", ".join(answer["workers"]) if answer["workers"] else ""))

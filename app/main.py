@@ -19,16 +19,22 @@ from app.api.auth import provide_principal, provide_session
 from app.api.errors import EXCEPTION_HANDLERS
 from app.api.health import HealthController
 from app.api.repositories import RepositoryController
+from app.api.tasks import TaskController
 from app.api.templates import TemplateController
+from app.api.workers import WorkerController
+from app.control.runner import build_control_loop
 from app.db.engine import create_engine, create_session_factory
 from app.git.mirror import GitOptions, Mirrors
 from app.services.artifacts import Artifacts
 from app.services.credentials import CredentialBox
+from app.services.dispatch import Dispatcher, connect
 from app.services.health import HealthProbe
 from app.services.imports import Importer
 from app.services.repositories import Repositories
+from app.services.tasks import Tasks
 from app.services.template_changes import TemplateChanger
 from app.services.templates import Templates
+from app.services.workers import Workers
 from app.settings import AppSettings
 from storage.blobstore import BlobStore
 from storage.canonical import Limits
@@ -61,6 +67,10 @@ def create_app(settings: AppSettings) -> Litestar:
 
     store = BlobStore(settings.s3_location())
     limits = Limits(max_bytes=settings.max_template_bytes, max_files=settings.max_template_files)
+    workers = Workers(redis, heartbeat_timeout=settings.heartbeat_timeout, forget_after=settings.worker_forget_after,
+                      prefetch_on_import=settings.prefetch_on_import)  # fmt: skip
+    dispatcher = Dispatcher(connect(settings.redis_url, settings.redis_timeout), box, settings.task_log_limit)
+    control = build_control_loop(settings, session_factory, dispatcher, workers)
 
     def provide_repositories(db_session: NamedDependency[AsyncSession]) -> Repositories:
         return Repositories(db_session, mirrors, box)
@@ -79,16 +89,30 @@ def create_app(settings: AppSettings) -> Litestar:
     def provide_artifacts(db_session: NamedDependency[AsyncSession]) -> Artifacts:
         return Artifacts(db_session, store)
 
+    def provide_tasks(db_session: NamedDependency[AsyncSession]) -> Tasks:
+        return Tasks(db_session, dispatcher, session_factory, follow_block=min(1.0, settings.control_interval))
+
     @asynccontextmanager
     async def connections(_: Litestar) -> AsyncIterator[None]:
+        if settings.control_loop:
+            control.start()
         try:
             yield
         finally:
+            await control.stop()
+            await dispatcher.redis.aclose()
             await redis.aclose()
             await engine.dispose()
 
     return Litestar(
-        route_handlers=[HealthController, RepositoryController, TemplateController, ArtifactController],
+        route_handlers=[
+            HealthController,
+            RepositoryController,
+            TemplateController,
+            ArtifactController,
+            WorkerController,
+            TaskController,
+        ],
         dependencies={
             "health_probe": Provide(lambda: health_probe, use_cache=True, sync_to_thread=False),
             "session_factory": Provide(lambda: session_factory, use_cache=True, sync_to_thread=False),
@@ -99,6 +123,8 @@ def create_app(settings: AppSettings) -> Litestar:
             "templates": Provide(provide_templates, sync_to_thread=False),
             "artifacts": Provide(provide_artifacts, sync_to_thread=False),
             "changer": Provide(provide_changer, sync_to_thread=False),
+            "workers": Provide(lambda: workers, use_cache=True, sync_to_thread=False),
+            "tasks": Provide(provide_tasks, sync_to_thread=False),
         },
         exception_handlers=EXCEPTION_HANDLERS,
         logging_config=LoggingConfig(log_exceptions="always"),  # an operator must see every 500's traceback

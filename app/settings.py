@@ -36,6 +36,33 @@ class AppSettings(BaseSettings):
     secret_keys: SecretStr | None = Field(default=None, description="Comma-separated Fernet keys; the first encrypts.")
     max_template_bytes: int = Field(default=256 << 20, gt=0, description="Largest template, in tar bytes.")
     max_template_files: int = Field(default=20_000, gt=0, description="Most files in one template.")
+    heartbeat_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds without a heartbeat before a worker counts as dead and its running tasks as lost.",
+    )
+    worker_forget_after: float = Field(
+        default=86_400.0, gt=0, description="Seconds after its last heartbeat that a dead worker leaves the list."
+    )
+    prefetch_on_import: bool = Field(
+        default=False, description="Ask the live workers of a template's pool to prefetch each newly imported content."
+    )
+    control_loop: bool = Field(
+        default=True, description="Run the control loop (event consumer, reconciler, reaper) in this server process."
+    )
+    control_interval: float = Field(
+        default=2.0, gt=0, description="Seconds between the control loop's passes (reconciler, reaper)."
+    )
+    task_log_limit: int = Field(default=10_000, gt=0, description="Output lines kept per task attempt (the newest).")
+    requeue_after: float = Field(
+        default=30.0, gt=0, description="Seconds a queued task's job may be gone from Redis before it is sent again."
+    )
+    event_claim_after: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds a worker event may stay unrecorded by a server (that died) before another takes it.",
+    )
+    redis_timeout: float = Field(default=5.0, gt=0, description="Seconds one Redis command of tasks may take.")
 
     @field_validator("database_url")
     @classmethod

@@ -69,6 +69,17 @@ def pack_alone(repo: Path, commit: str) -> float:
     return time.perf_counter() - started
 
 
+def fresh_database_and_bucket(stack: LocalStack) -> tuple[str, str]:
+    """A migrated database and a bucket of this run's own on the stack's servers: their URL and name."""
+    database = f"ahop_bench_{secrets.token_hex(4)}"
+    ensure_database(stack.env["AHOP_DATABASE_URL"], database)
+    database_url = stack.env["AHOP_DATABASE_URL"].rsplit("/", 1)[0] + "/" + database
+    migrate.upgrade(database_url)
+    bucket = f"ahop-bench-{secrets.token_hex(4)}"
+    stack.ensure_bucket(bucket)
+    return database_url, bucket
+
+
 async def tenant_token(database_url: str) -> str:
     engine = create_engine(database_url, pool_size=1)
     try:
@@ -129,12 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         corpus = generate(SPECS[args.corpus], work)
         stack = LocalStack.start(work / "stack", given, database="postgres", durable=False)
         try:
-            database = f"ahop_bench_{secrets.token_hex(4)}"
-            ensure_database(stack.env["AHOP_DATABASE_URL"], database)
-            database_url = stack.env["AHOP_DATABASE_URL"].rsplit("/", 1)[0] + "/" + database
-            migrate.upgrade(database_url)
-            bucket = f"ahop-bench-{secrets.token_hex(4)}"
-            stack.ensure_bucket(bucket)
+            database_url, bucket = fresh_database_and_bucket(stack)
             location = stack.s3_location(bucket)
             settings = AppSettings(
                 database_url=database_url, redis_url=stack.env["AHOP_REDIS_URL"],

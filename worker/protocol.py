@@ -90,8 +90,9 @@ def worker_inbox_key(worker_id: str) -> str:
 
 
 def serialize(value: dict[str, Any]) -> bytes:
-    """Encode a job or its result. JSON rather than arq's default pickle: a Redis writer cannot run code on us."""
-    return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str).encode()
+    """Encode a job or its result. JSON rather than arq's default pickle: a Redis writer cannot run code on us.
+    Keys keep their order: a job's params reach scripts as `--name value` arguments in the template's order."""
+    return json.dumps(value, separators=(",", ":"), default=str).encode()
 
 
 def deserialize(data: bytes) -> dict[str, Any]:

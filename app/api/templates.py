@@ -1,4 +1,4 @@
-"""`/api/v1/task-templates`: import from Git, list, read, versions."""
+"""`/api/v1/task-templates`: import from Git, list, read, versions, and which workers hold or prefetch them."""
 
 from __future__ import annotations
 
@@ -8,16 +8,27 @@ from typing import Annotated, Any, Literal
 from litestar import Controller, delete, get, post, put
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, QueryParameter
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from app.api.auth import Principal
 from app.api.schemas import Page, PageNumber, PageSize, Timestamped
 from app.db.models import Blob, Role, TemplateVersion
+from app.services.errors import Conflict, Unavailable
 from app.services.imports import Importer, TemplateSpec
 from app.services.template_changes import TemplateChanger, TemplateChanges
 from app.services.templates import Templates, TemplateView
+from app.services.workers import Workers, blob_ref
 
 ParameterType = Literal["text", "textarea", "password", "integer", "float", "select", "multiselect", "boolean"]
+RetryOutcome = Literal["failed", "timeout", "lost"]
+POOL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+POOL_DESCRIPTION = "The worker pool (queue) that runs the template's tasks."
+MAX_ATTEMPTS_DESCRIPTION = "Attempts a task gets in all: 1 runs it once, whatever happens."
+RETRY_ON_DESCRIPTION = "Outcomes that start another attempt while attempts remain; none by default."
+
+
+def _unique(outcomes: list[RetryOutcome] | None) -> list[RetryOutcome] | None:
+    return None if outcomes is None else list(dict.fromkeys(outcomes))
 
 
 class Validation(BaseModel):
@@ -51,11 +62,17 @@ class TemplateIn(BaseModel):
     description: str = Field(default="", max_length=10_000)
     parameters: list[ParameterSpec] = Field(default_factory=list)
     timeout: int = Field(default=3600, ge=1, le=7 * 86400)
+    pool: str = Field(default="default", min_length=1, max_length=64, pattern=POOL_PATTERN,
+                      description=POOL_DESCRIPTION)  # fmt: skip
+    max_attempts: int = Field(default=1, ge=1, le=10, description=MAX_ATTEMPTS_DESCRIPTION)
+    retry_on: list[RetryOutcome] = Field(default_factory=list, description=RETRY_ON_DESCRIPTION)
+
+    _unique_retry_on = field_validator("retry_on")(_unique)
 
 
 class TemplateUpdate(BaseModel):
-    """Name, description and timeout change in place; entry file, script type and parameters add a version;
-    `version` makes an earlier version current again."""
+    """Name, description, timeout, pool, max_attempts and retry_on change in place; entry file, script type and
+    parameters add a version; `version` makes an earlier version current again."""
 
     name: str | None = Field(default=None, min_length=1, max_length=200)
     description: str | None = Field(default=None, max_length=10_000)
@@ -64,6 +81,12 @@ class TemplateUpdate(BaseModel):
     script_type: Literal["shell", "python", "ansible"] | None = None
     parameters: list[ParameterSpec] | None = None
     version: int | None = Field(default=None, ge=1)
+    pool: str | None = Field(default=None, min_length=1, max_length=64, pattern=POOL_PATTERN,
+                             description=POOL_DESCRIPTION)  # fmt: skip
+    max_attempts: int | None = Field(default=None, ge=1, le=10, description=MAX_ATTEMPTS_DESCRIPTION)
+    retry_on: list[RetryOutcome] | None = Field(default=None, description=RETRY_ON_DESCRIPTION)
+
+    _unique_retry_on = field_validator("retry_on")(_unique)
 
 
 class SyncResult(BaseModel):
@@ -91,6 +114,9 @@ class TemplateOut(Timestamped):
     entry_file: str | None
     parameters: list[dict[str, Any]]
     timeout: int
+    pool: str
+    max_attempts: int
+    retry_on: list[str]
     version: int | None
     import_state: str
     source_git_info: dict[str, Any] | None
@@ -104,11 +130,45 @@ class TemplateOut(Timestamped):
         return cls(
             id=template.id, code=template.code, name=template.name, description=template.description,
             script_type=version.script_type if version else None, entry_file=version.entry_file if version else None,
-            parameters=version.parameters if version else [], timeout=template.timeout,
+            parameters=version.parameters if version else [], timeout=template.timeout, pool=template.pool,
+            max_attempts=template.max_attempts, retry_on=list(template.retry_on),
             version=version.version if version else None, import_state=template.import_state,
             source_git_info=template.source_git_info, artifact=Artifact.of(view.blob) if view.blob else None,
             created_at=template.created_at, updated_at=template.updated_at,
         )  # fmt: skip
+
+
+class Holder(BaseModel):
+    id: str
+    host: str
+    live: bool
+
+
+class TemplateDetail(TemplateOut):
+    """One template, with the live workers of its pool that hold its current content."""
+
+    workers: list[Holder] | None = Field(
+        description="Live workers of the template's pool whose stores hold the current digest; null when Redis "
+        "did not answer."
+    )
+
+    @classmethod
+    async def build(cls, view: TemplateView, workers: Workers) -> TemplateDetail:
+        holders: list[Holder] | None = []
+        if view.version is not None:
+            try:
+                states = await workers.holders(view.template.pool, view.version.digest)
+                holders = [Holder(id=s.heartbeat.id, host=s.heartbeat.host, live=s.live) for s in states]
+            except Unavailable:
+                holders = None
+        return cls(**TemplateOut.of(view).model_dump(), workers=holders)
+
+
+class PrefetchResult(BaseModel):
+    digest: str
+    pool: str
+    workers: list[str] = Field(description="The live workers of the pool that were asked to prefetch.")
+    detail: str
 
 
 class VersionOut(Timestamped):
@@ -134,13 +194,14 @@ class TemplateController(Controller):
     @post("/", summary="Import a template from a repository path at its branch head")
     async def create(
         self, data: JSONBody[TemplateIn], principal: NamedDependency[Principal],
-        importer: NamedDependency[Importer], templates: NamedDependency[Templates],
-    ) -> TemplateOut:  # fmt: skip
+        importer: NamedDependency[Importer], templates: NamedDependency[Templates], workers: NamedDependency[Workers],
+    ) -> TemplateDetail:  # fmt: skip
         principal.require(Role.ADMIN)
         spec = TemplateSpec(**data.model_dump(exclude={"parameters"}),
                             parameters=[p.model_dump() for p in data.parameters])  # fmt: skip
         imported = await importer.import_template(principal.tenant_id, spec, principal.token_id)
-        return TemplateOut.of(await templates.get(principal.tenant_id, imported.template.id))
+        await workers.announce(imported.template.pool, blob_ref(imported.blob))
+        return await TemplateDetail.build(await templates.get(principal.tenant_id, imported.template.id), workers)
 
     @get("/", summary="List templates")
     async def index(
@@ -153,11 +214,12 @@ class TemplateController(Controller):
                                             page_size=page_size)  # fmt: skip
         return Page(items=[TemplateOut.of(view) for view in views], total=total, page=page, page_size=page_size)
 
-    @get("/{template_id:int}", summary="One template")
+    @get("/{template_id:int}", summary="One template, with the live workers that hold its current content")
     async def show(
-        self, template_id: FromPath[int], principal: NamedDependency[Principal], templates: NamedDependency[Templates]
-    ) -> TemplateOut:
-        return TemplateOut.of(await templates.get(principal.tenant_id, template_id))
+        self, template_id: FromPath[int], principal: NamedDependency[Principal], templates: NamedDependency[Templates],
+        workers: NamedDependency[Workers],
+    ) -> TemplateDetail:  # fmt: skip
+        return await TemplateDetail.build(await templates.get(principal.tenant_id, template_id), workers)
 
     @get("/{template_id:int}/versions", summary="A template's versions, newest first")
     async def versions(
@@ -170,12 +232,13 @@ class TemplateController(Controller):
     async def update(
         self, template_id: FromPath[int], data: JSONBody[TemplateUpdate], principal: NamedDependency[Principal],
         changer: NamedDependency[TemplateChanger], templates: NamedDependency[Templates],
-    ) -> TemplateOut:  # fmt: skip
+        workers: NamedDependency[Workers],
+    ) -> TemplateDetail:  # fmt: skip
         principal.require(Role.ADMIN)
         parameters = [p.model_dump() for p in data.parameters] if data.parameters is not None else None
         changes = TemplateChanges(**data.model_dump(exclude={"parameters"}), parameters=parameters)
         await changer.change(principal.tenant_id, template_id, changes, principal.token_id)
-        return TemplateOut.of(await templates.get(principal.tenant_id, template_id))
+        return await TemplateDetail.build(await templates.get(principal.tenant_id, template_id), workers)
 
     @delete("/{template_id:int}", summary="Delete a template (409 while unfinished tasks use it)")
     async def remove(
@@ -188,8 +251,37 @@ class TemplateController(Controller):
     @post("/{template_id:int}/sync", summary="Re-import from the recorded path at the branch head")
     async def sync(
         self, template_id: FromPath[int], principal: NamedDependency[Principal],
-        changer: NamedDependency[TemplateChanger],
+        changer: NamedDependency[TemplateChanger], templates: NamedDependency[Templates],
+        workers: NamedDependency[Workers],
     ) -> SyncResult:  # fmt: skip
         principal.require(Role.ADMIN)
         number = await changer.sync(principal.tenant_id, template_id, principal.token_id)
+        if number is not None:
+            view = await templates.get(principal.tenant_id, template_id)
+            if view.blob is not None:
+                await workers.announce(view.template.pool, blob_ref(view.blob))
         return SyncResult(changed=number is not None, version=number)
+
+    @post(
+        "/{template_id:int}/prefetch",
+        status_code=202,
+        summary="Ask the live workers of the template's pool to fetch its current content now",
+        description="Answers at once with the workers asked (none when no worker of the pool is live); each "
+        "fetches in the background and then shows up in the template's `workers`.",
+    )
+    async def prefetch(
+        self, template_id: FromPath[int], principal: NamedDependency[Principal],
+        templates: NamedDependency[Templates], workers: NamedDependency[Workers],
+    ) -> PrefetchResult:  # fmt: skip
+        principal.require(Role.OPERATOR)
+        view = await templates.get(principal.tenant_id, template_id)
+        if view.blob is None:
+            raise Conflict(f"template {template_id} has no current version to prefetch")
+        pool = view.template.pool
+        asked = await workers.prefetch(pool, blob_ref(view.blob))
+        detail = (
+            f"asked {len(asked)} live worker(s) of pool {pool!r} to prefetch"
+            if asked
+            else f"no worker of pool {pool!r} is live; none was asked"
+        )
+        return PrefetchResult(digest=f"sha256:{view.blob.digest}", pool=pool, workers=asked, detail=detail)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
@@ -46,3 +47,18 @@ class CredentialBox:
                 "the repository's credentials were sealed with a key this server no longer has"
             ) from None
         return Credentials(kind=payload["kind"], secret=payload["secret"], username=payload.get("username", ""))
+
+    def seal_json(self, value: Any) -> bytes:
+        """Encrypt any JSON value (a task's password parameters); `InvalidInput` when this server has no keys."""
+        if self._fernet is None:
+            raise InvalidInput("this server has no AHOP_SECRET_KEYS, so it cannot store secret values")
+        return self._fernet.encrypt(json.dumps(value, separators=(",", ":")).encode())
+
+    def open_json(self, sealed: bytes) -> Any:
+        """Decrypt what `seal_json` wrote; `InvalidInput` when no key of this server opens it."""
+        if self._fernet is None:
+            raise InvalidInput("this server has no AHOP_SECRET_KEYS to decrypt secret values")
+        try:
+            return json.loads(self._fernet.decrypt(sealed))
+        except InvalidToken:
+            raise InvalidInput("the secret values were sealed with a key this server no longer has") from None

@@ -39,7 +39,7 @@ WrittenT = TypeVar("WrittenT")
 
 @dataclass(frozen=True)
 class TemplateSpec:
-    """The seed's import body."""
+    """The seed's import body, plus where and how often its tasks run (pool, max_attempts, retry_on)."""
 
     name: str
     code: str
@@ -50,6 +50,9 @@ class TemplateSpec:
     description: str = ""
     parameters: list[dict[str, Any]] = field(default_factory=list)
     timeout: int = 3600
+    pool: str = "default"
+    max_attempts: int = 1
+    retry_on: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -217,7 +220,8 @@ class Importer:
                       created_by: uuid.UUID | None) -> tuple[TaskTemplate, TemplateVersion]:  # fmt: skip
         template = TaskTemplate(
             tenant_id=tenant_id, code=spec.code, name=spec.name, description=spec.description,
-            timeout=spec.timeout, source_git_info=source.snapshot_info, import_state="pending",
+            timeout=spec.timeout, pool=spec.pool, max_attempts=spec.max_attempts, retry_on=list(spec.retry_on),
+            source_git_info=source.snapshot_info, import_state="pending",
         )  # fmt: skip
         self.session.add(template)
         await self.session.flush()

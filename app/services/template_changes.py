@@ -12,17 +12,21 @@ import git
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db.models import TaskTemplate, TemplateVersion
+from app.db.models import UNFINISHED_STATUSES, Task, TaskTemplate, TemplateVersion
 from app.services.errors import Conflict, InvalidInput, NotFound
 from app.services.imports import Importer
 from storage.errors import SnapshotRefused
 from storage.trees import GitTree
 
+IN_PLACE = ("name", "description", "timeout", "pool", "max_attempts", "retry_on")
+"""Fields that change the template itself: they are not part of a version."""
+
 
 @dataclass(frozen=True)
 class TemplateChanges:
-    """None leaves a field as it is. Name, description and timeout change in place; entry file, script type and
-    parameters make a new version (DESIGN §3); `version` makes an earlier version current again."""
+    """None leaves a field as it is. Name, description, timeout, pool, max_attempts and retry_on change in place;
+    entry file, script type and parameters make a new version (DESIGN §3); `version` makes an earlier version
+    current again."""
 
     name: str | None = None
     description: str | None = None
@@ -31,12 +35,19 @@ class TemplateChanges:
     script_type: str | None = None
     parameters: list[dict[str, Any]] | None = None
     version: int | None = None
+    pool: str | None = None
+    max_attempts: int | None = None
+    retry_on: list[str] | None = None
 
 
 async def unfinished_tasks(session: AsyncSession, template_id: int) -> int:
-    """Tasks of this template that have not finished. (Tasks arrive with the worker; until then, none.)"""
-    del session, template_id
-    return 0
+    """Tasks of this template that have not finished (pending, queued or running)."""
+    count = await session.scalar(
+        select(func.count())
+        .select_from(Task)
+        .where(Task.template_id == template_id, Task.status.in_([status.value for status in UNFINISHED_STATUSES]))
+    )
+    return count or 0
 
 
 class TemplateChanger:
@@ -93,7 +104,7 @@ class TemplateChanger:
                      created_by: uuid.UUID | None) -> None:  # fmt: skip
         async with self.session.begin():
             template, current = await self._template(tenant_id, template_id)
-            for name in ("name", "description", "timeout"):
+            for name in IN_PLACE:
                 if getattr(changes, name) is not None:
                     setattr(template, name, getattr(changes, name))
             template.updated_at = datetime.now(UTC)

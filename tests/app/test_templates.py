@@ -277,3 +277,60 @@ async def test_artifacts_show_their_users_and_stream_their_bytes(
         assert (await client.get(url, headers=bob[Role.ADMIN])).status_code == 404
     malformed = await client.get("/api/v1/artifacts/sha256:XYZ", headers=alice[Role.VIEWER])
     assert malformed.status_code == 422
+
+
+async def test_pool_and_retry_policy_are_set_on_import_and_changed_in_place(
+    client: Client, alice: Caller, origin: Path
+) -> None:
+    repository_id = await add_repository(client, alice, origin)
+    plain = await client.post("/api/v1/task-templates", json=body(repository_id), headers=alice[Role.ADMIN])
+    assert (plain.json()["pool"], plain.json()["max_attempts"], plain.json()["retry_on"]) == ("default", 1, [])
+
+    created = await client.post(
+        "/api/v1/task-templates",
+        json=body(repository_id, code="gpu_cleanup", pool="gpu.batch-1", max_attempts=3,
+                  retry_on=["lost", "timeout", "lost"]),
+        headers=alice[Role.ADMIN],
+    )  # fmt: skip
+    assert created.status_code == 201, created.text
+    url = f"/api/v1/task-templates/{created.json()['id']}"
+    shown = (await client.get(url, headers=alice[Role.VIEWER])).json()
+    assert (shown["pool"], shown["max_attempts"], shown["retry_on"]) == ("gpu.batch-1", 3, ["lost", "timeout"])
+
+    changed = await client.put(url, json={"pool": "default", "max_attempts": 10, "retry_on": ["failed"]},
+                               headers=alice[Role.ADMIN])  # fmt: skip
+    assert changed.status_code == 200, changed.text
+    shown = (await client.get(url, headers=alice[Role.VIEWER])).json()
+    assert (shown["pool"], shown["max_attempts"], shown["retry_on"], shown["version"]) == ("default", 10, ["failed"], 1)
+    cleared = await client.put(url, json={"retry_on": [], "max_attempts": 1}, headers=alice[Role.ADMIN])
+    assert (cleared.json()["retry_on"], cleared.json()["max_attempts"], cleared.json()["pool"]) == ([], 1, "default")
+    listed = (await client.get("/api/v1/task-templates?search=gpu_cleanup", headers=alice[Role.VIEWER])).json()
+    assert (listed["items"][0]["pool"], listed["items"][0]["max_attempts"]) == ("default", 1)
+
+
+async def test_bad_pool_and_retry_policy_are_refused_naming_the_field(
+    client: Client, alice: Caller, origin: Path
+) -> None:
+    repository_id = await add_repository(client, alice, origin)
+    created = (await client.post("/api/v1/task-templates", json=body(repository_id), headers=alice[Role.ADMIN])).json()
+    url = f"/api/v1/task-templates/{created['id']}"
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"pool": "-gpu"}, "pool"),
+        ({"pool": "gpu pool"}, "pool"),
+        ({"pool": ""}, "pool"),
+        ({"pool": "p" * 65}, "pool"),
+        ({"max_attempts": 0}, "max_attempts"),
+        ({"max_attempts": 11}, "max_attempts"),
+        ({"retry_on": ["success"]}, "retry_on"),
+        ({"retry_on": "failed"}, "retry_on"),
+    ]
+    for change, field in cases:
+        for method, target, payload in (("POST", "/api/v1/task-templates", body(repository_id, code="other", **change)),
+                                        ("PUT", url, change)):  # fmt: skip
+            response = await client.request(method, target, json=payload, headers=alice[Role.ADMIN])
+            assert response.status_code == 422, (method, change, response.text)
+            fields = {error["field"] for error in response.json()["extra"]["errors"]}
+            assert any(name.startswith(field) for name in fields), (method, change, response.text)
+    shown = (await client.get(url, headers=alice[Role.VIEWER])).json()
+    assert (shown["pool"], shown["max_attempts"], shown["retry_on"]) == ("default", 1, [])
+    assert (await client.get("/api/v1/task-templates", headers=alice[Role.VIEWER])).json()["total"] == 1

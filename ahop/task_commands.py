@@ -1,0 +1,276 @@
+"""`ahop task …`: run a template and follow its output; list, show, cancel and read tasks through the API.
+
+`ahop task run` exits with the task's exit code: 0 on success, the script's own code when it failed (128 + N when a
+signal N ended it), 1 when it timed out, was cancelled or was lost, or failed without running; 2 for bad input (with
+the API's message) and 3 when the API does not answer. A script's output goes to the same stream it was written to:
+stdout lines to stdout, stderr lines to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+import click
+
+from ahop.client_commands import auth_headers, call_api, check_answer, client_settings, json_option, show
+from ahop.console import EXIT_BAD_INPUT, EXIT_PROBLEMS, EXIT_UNAVAILABLE, fail
+
+STATUSES = ("pending", "queued", "running", "success", "failed", "timeout", "cancelled", "lost")
+TASK_COLUMNS = ["id", "template_code", "version", "status", "attempt", "exit_code", "worker", "created_at"]
+RECONNECTS = 5
+"""Times in a row a broken log stream is resumed (after the last line seen) before giving up."""
+EXIT_INTERRUPTED = 130
+
+
+@dataclass(frozen=True)
+class ServerEvent:
+    """One server-sent event: `name` is `message` unless the server named it."""
+
+    name: str
+    data: str
+    id: str | None
+
+
+def parse_events(lines: Iterable[str]) -> Iterator[ServerEvent]:
+    """Server-sent events from the lines of a `text/event-stream` (the WHATWG rules, without `retry`)."""
+    name, event_id = "message", None
+    data: list[str] = []
+    for line in lines:
+        if not line:
+            if data:
+                yield ServerEvent(name, "\n".join(data), event_id)
+            name, data = "message", []
+            continue
+        if line.startswith(":"):  # a comment: keeps an idle connection open
+            continue
+        field, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if field == "event":
+            name = value or "message"
+        elif field == "data":
+            data.append(value)
+        elif field == "id":
+            event_id = value
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How a task ended, from the `end` event of its log stream."""
+
+    status: str
+    exit_code: int | None
+    error: str | None = None
+
+
+def exit_code_of(ending: Ending) -> int:
+    """The exit code `ahop task run` ends with for a task that ended so."""
+    if ending.status == "success":
+        return 0
+    code = ending.exit_code
+    if ending.status != "failed":  # timeout, cancelled, lost: whatever code the stopped script had is not its verdict
+        return EXIT_PROBLEMS
+    if code is not None and 0 < code < 256:
+        return code
+    if code is not None and -128 < code < 0:  # killed by a signal: report it as a shell does
+        return 128 - code
+    return EXIT_PROBLEMS
+
+
+def parse_params(pairs: Iterable[str]) -> dict[str, str]:
+    """`-p key=value` options as a mapping; values stay strings (the server coerces them to the parameter types)."""
+    params: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            fail(f"-p expects KEY=VALUE, got {pair!r}", EXIT_BAD_INPUT)
+        if key in params:
+            fail(f"parameter {key!r} is given twice", EXIT_BAD_INPUT)
+        params[key] = value
+    return params
+
+
+def resolve_template(ref: str) -> int:
+    """A template's id from its code (an exact match) or, for digits that are no template's code, from its id."""
+    page = 1
+    while True:
+        query = urlencode({"search": ref, "page": page, "page_size": 500})
+        found = call_api("GET", f"/api/v1/task-templates?{query}")
+        for item in found["items"]:
+            if item["code"] == ref:
+                return int(item["id"])
+        if page * found["page_size"] >= found["total"]:
+            break
+        page += 1
+    if ref.isdigit():
+        return int(ref)
+    fail(f"no template with code {ref!r}; `ahop template list` shows the codes", EXIT_BAD_INPUT)
+
+
+def follow(task_id: str, *, after: int = 0, echo: bool = True) -> Ending:
+    """Print a task's output as it comes (from line `after` + 1) until the task ends; how it ended.
+
+    A stream that breaks is resumed after the last line printed, so no line is printed twice or skipped.
+    """
+    import httpx
+
+    settings = client_settings()
+    url = f"{settings.api_url.rstrip('/')}/api/v1/tasks/{task_id}/logs"
+    # The read timeout bounds silence on the stream; after it, the stream is simply resumed.
+    timeout = httpx.Timeout(settings.client_timeout, connect=min(settings.client_timeout, 10.0))
+    last, broken = after, 0
+    while True:
+        params = {"follow": "true", **({"after": str(last)} if last else {})}
+        try:
+            with httpx.stream("GET", url, params=params, headers=auth_headers(settings), timeout=timeout) as answer:
+                if answer.status_code >= 400:
+                    answer.read()
+                    check_answer(answer)
+                for event in parse_events(answer.iter_lines()):
+                    broken = 0
+                    if event.name == "end":
+                        end = json.loads(event.data)
+                        return Ending(end["status"], end.get("exit_code"), end.get("error"))
+                    line = json.loads(event.data)
+                    if int(line["seq"]) <= last:
+                        continue
+                    last = int(line["seq"])
+                    if echo:
+                        click.echo(line["line"], err=line["stream"] == "stderr")
+            problem = "the log stream ended before the task did"
+        except httpx.HTTPError as exc:
+            problem = f"{type(exc).__name__}: {exc}"
+        broken += 1
+        if broken > RECONNECTS:
+            fail(f"lost the API at {settings.api_url} while following task {task_id}: {problem}", EXIT_UNAVAILABLE)
+        time.sleep(min(broken, 5))
+
+
+def _finish(task_id: str, ending: Ending, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(call_api("GET", f"/api/v1/tasks/{task_id}"), indent=2))
+    if ending.status != "success":
+        said = f"ahop: task {task_id} {ending.status}"
+        if ending.status == "failed" and ending.exit_code is not None:
+            said += f" with exit code {ending.exit_code}"
+        if ending.error:
+            said += f": {ending.error}"
+        click.echo(said, err=True)
+    raise SystemExit(exit_code_of(ending))
+
+
+def _follow_and_exit(task_id: str, *, after: int, as_json: bool) -> None:
+    try:
+        ending = follow(task_id, after=after, echo=not as_json)
+    except KeyboardInterrupt:
+        click.echo(f"\nahop: stopped following task {task_id}; it goes on (`ahop task cancel {task_id}` stops it)",
+                   err=True)  # fmt: skip
+        raise SystemExit(EXIT_INTERRUPTED) from None
+    _finish(task_id, ending, as_json)
+
+
+@click.group()
+def task() -> None:
+    """Tasks: run a template, follow its output, list, show and cancel (through the API)."""
+
+
+@task.command("run")
+@click.argument("template_ref", metavar="TEMPLATE")
+@click.option("-p", "--param", "pairs", multiple=True, metavar="KEY=VALUE", help="A parameter (repeatable).")
+@click.option("--version", type=click.IntRange(min=1), help="Run this version (default: the current one).")
+@click.option("--timeout", type=click.IntRange(min=1), help="Seconds the script may run (default: the template's).")
+@click.option("--follow/--no-follow", default=True, show_default=True, help="Print the output until the task ends.")
+@json_option
+def task_run(template_ref: str, pairs: tuple[str, ...], version: int | None, timeout: int | None, follow: bool,
+             as_json: bool) -> None:  # fmt: skip
+    """Run TEMPLATE (a code or an id) and, by default, print its output and exit with its exit code.
+
+    With --json nothing but JSON goes to stdout: the task as created (--no-follow) or as it ended.
+    """
+    params = parse_params(pairs)
+    payload: dict[str, Any] = {"template_id": resolve_template(template_ref), "params": params}
+    if version is not None:
+        payload["version"] = version
+    if timeout is not None:
+        payload["timeout"] = timeout
+    created = _create(payload)
+    if not follow:
+        show(created, as_json, TASK_COLUMNS)
+        return
+    click.echo(f"ahop: task {created['id']} {created['status']}", err=True)
+    _follow_and_exit(str(created["id"]), after=0, as_json=as_json)
+
+
+def _create(payload: dict[str, Any]) -> dict[str, Any]:
+    """POST the task; any 4xx is bad input here (a template or version that does not exist included)."""
+    import httpx
+
+    settings = client_settings()
+    try:
+        answer = httpx.post(f"{settings.api_url.rstrip('/')}/api/v1/tasks", json=payload,
+                            headers=auth_headers(settings), timeout=settings.client_timeout)  # fmt: skip
+    except httpx.HTTPError as exc:
+        fail(f"the API at {settings.api_url} did not answer: {exc}", EXIT_UNAVAILABLE)
+    check_answer(answer, bad_input=range(400, 500))
+    created: dict[str, Any] = answer.json()
+    return created
+
+
+@task.command("list")
+@click.option("--status", type=click.Choice(STATUSES), help="Only tasks in this status.")
+@click.option("--template", "template_ref", metavar="TEMPLATE", help="Only tasks of this template (code or id).")
+@click.option("--page", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--page-size", type=click.IntRange(1, 500), default=50, show_default=True)
+@json_option
+def task_list(status: str | None, template_ref: str | None, page: int, page_size: int, as_json: bool) -> None:
+    """List tasks, newest first."""
+    query: dict[str, Any] = {"page": page, "page_size": page_size}
+    if status:
+        query["status"] = status
+    if template_ref:
+        query["template_id"] = resolve_template(template_ref)
+    show(call_api("GET", f"/api/v1/tasks?{urlencode(query)}"), as_json, TASK_COLUMNS)
+
+
+@task.command("show")
+@click.argument("task_id", type=click.UUID)
+@json_option
+def task_show(task_id: uuid.UUID, as_json: bool) -> None:
+    """Show one task."""
+    show(call_api("GET", f"/api/v1/tasks/{task_id}"), as_json,
+         [*TASK_COLUMNS, "digest", "error", "started_at", "finished_at"])  # fmt: skip
+
+
+@task.command("cancel")
+@click.argument("task_id", type=click.UUID)
+@json_option
+def task_cancel(task_id: uuid.UUID, as_json: bool) -> None:
+    """Cancel a task: one that has not started never runs; a running one is stopped."""
+    show(call_api("POST", f"/api/v1/tasks/{task_id}/cancel"), as_json, TASK_COLUMNS)
+
+
+@task.command("logs")
+@click.argument("task_id", type=click.UUID)
+@click.option("--follow", is_flag=True, help="Keep printing until the task ends; then exit like `ahop task run`.")
+@click.option("--after", type=click.IntRange(min=0), default=0, show_default=True, help="Only lines after this seq.")
+@json_option
+def task_logs(task_id: uuid.UUID, follow: bool, after: int, as_json: bool) -> None:
+    """Print a task's output (stdout lines to stdout, stderr lines to stderr)."""
+    if follow:
+        _follow_and_exit(str(task_id), after=after, as_json=as_json)
+        return
+    query = urlencode({"after": after}) if after else ""
+    logs = call_api("GET", f"/api/v1/tasks/{task_id}/logs" + (f"?{query}" if query else ""))
+    if as_json:
+        click.echo(json.dumps(logs, indent=2))
+        return
+    for item in logs["items"]:
+        click.echo(item["line"], err=item["stream"] == "stderr")
+    if logs.get("truncated"):
+        click.echo("ahop: the oldest lines were dropped (a task's log keeps its newest lines)", err=True)

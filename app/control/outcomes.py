@@ -1,0 +1,105 @@
+"""How an attempt ended, recorded once: its output moved from Redis to Postgres, then a final status or, when the
+task's retry policy says so, its next attempt.
+
+The task row is locked while the outcome is recorded, and only an unfinished task's current attempt takes one: a
+duplicate event, an old attempt's event or a task that another server replica finished first changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.db.models import Task, TaskLogLine, TaskStatus
+from app.services.dispatch import Dispatcher
+from app.services.tasks import UNFINISHED, read_stream
+from worker.protocol import LogLine, log_stream
+
+log = logging.getLogger("ahop.control")
+
+INSERT_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The end of one attempt, as a worker reported it or as the reaper found it."""
+
+    status: str
+    exit_code: int | None = None
+    error: str | None = None
+    log_lines: int = 0
+    """Lines the attempt wrote in all, as its worker counted them (0 when unknown)."""
+    log_truncated: bool = False
+    worker: str | None = None
+    at: datetime | None = None
+
+
+class Outcomes:
+    """Records outcomes for the event consumer and the reaper."""
+
+    def __init__(self, session_factory: async_sessionmaker[AsyncSession], dispatcher: Dispatcher,
+                 log_limit: int) -> None:  # fmt: skip
+        self.session_factory = session_factory
+        self.dispatcher = dispatcher
+        self.log_limit = log_limit
+
+    async def record(self, task_id: uuid.UUID, attempt: int, outcome: Outcome) -> str | None:
+        """Record `outcome` for `attempt` of the task: the status it ends in (`pending` for a retry), or None when
+        the outcome was not the task's to take (it changes nothing)."""
+        redis = self.dispatcher.redis
+        async with self.session_factory() as session:
+            async with session.begin():
+                task = await session.scalar(
+                    select(Task).where(Task.id == task_id).with_for_update().execution_options(populate_existing=True)
+                )
+                if task is None or task.attempt != attempt:
+                    return None
+                if task.status not in UNFINISHED:
+                    if task.started_at is not None:
+                        return None
+                    # Cancelled before it started, yet a worker had already taken it: keep what the script wrote.
+                    await self._store(session, task, await read_stream(redis, task_id), outcome)
+                    status = None
+                else:
+                    await self._store(session, task, await read_stream(redis, task_id), outcome)
+                    status = self._conclude(task, outcome)
+            if status == TaskStatus.PENDING:
+                # Sending the next attempt clears the stream for it (see `Dispatcher.dispatch`).
+                log.info("task %s: attempt %d %s; attempt %d follows", task_id, attempt, outcome.status, attempt + 1)
+                await self.dispatcher.dispatch(session, task_id)
+            else:
+                await redis.delete(log_stream(str(task_id)))
+        return status
+
+    async def _store(self, session: AsyncSession, task: Task, lines: list[LogLine], outcome: Outcome) -> None:
+        """Keep the attempt's newest lines, numbered after the lines of the task's earlier attempts."""
+        kept = lines[-self.log_limit :]
+        offset = task.log_lines
+        for start in range(0, len(kept), INSERT_BATCH):
+            rows = [{"task_id": task.id, "seq": line.seq + offset, "stream": line.stream, "line": line.line}
+                    for line in kept[start : start + INSERT_BATCH]]  # fmt: skip
+            await session.execute(insert(TaskLogLine).values(rows).on_conflict_do_nothing())
+        written = max(outcome.log_lines, lines[-1].seq if lines else 0)
+        task.log_lines = offset + written
+        task.log_truncated = task.log_truncated or outcome.log_truncated or written > len(kept)
+        task.updated_at = datetime.now(UTC)
+
+    def _conclude(self, task: Task, outcome: Outcome) -> str:
+        if outcome.status in task.retry_on and task.attempt < task.max_attempts and not task.cancel_requested:
+            task.attempt += 1
+            task.status = TaskStatus.PENDING.value
+            task.exit_code = task.error = task.worker_id = None
+            task.queued_at = task.started_at = None
+            return task.status
+        task.status = outcome.status
+        task.exit_code = outcome.exit_code
+        task.error = outcome.error
+        task.worker_id = task.worker_id or outcome.worker
+        task.finished_at = outcome.at or datetime.now(UTC)
+        return task.status

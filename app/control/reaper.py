@@ -1,0 +1,81 @@
+"""The reaper: a running task whose worker stopped heartbeating is `lost` (then the retry policy decides).
+
+A task counts as lost when it started more than `heartbeat_timeout` seconds ago and its worker's latest heartbeat
+is older than that, or absent, or comes from a new process of the worker (started after the task) that does not
+run the task. Ages are measured with the server's clock, so server and worker clocks should agree within a second
+or two. Lost is final by default: the script may still be running somewhere and may not be safe to run twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.control.outcomes import Outcome, Outcomes
+from app.db.models import Task, TaskStatus
+from app.services.workers import Workers, WorkerState
+
+log = logging.getLogger("ahop.control")
+
+BATCH = 200
+
+
+def why_lost(task_id: uuid.UUID, worker_id: str | None, started_at: datetime, state: WorkerState | None,
+             heartbeat_timeout: float) -> str | None:  # fmt: skip
+    """Why a running task is lost, or None while its worker is alive and runs it."""
+    if worker_id is None:
+        return "no worker is known to run it"
+    if state is None:
+        return f"worker {worker_id} stopped heartbeating: it has no heartbeat on record (it left or was never seen)"
+    seen = state.last_seen.astimezone(UTC).isoformat(timespec="seconds")
+    if not state.live:
+        return (f"worker {worker_id} stopped heartbeating: last seen at {seen}, {state.age_seconds:.0f} s ago "
+                f"(the limit is {heartbeat_timeout:g} s)")  # fmt: skip
+    if state.started_at > started_at and str(task_id) not in state.heartbeat.running:
+        restarted = state.started_at.astimezone(UTC).isoformat(timespec="seconds")
+        return f"worker {worker_id} restarted at {restarted}, after the task started, and does not run it"
+    return None
+
+
+class Reaper:
+    def __init__(self, session_factory: async_sessionmaker[AsyncSession], workers: Workers, outcomes: Outcomes,
+                 heartbeat_timeout: float) -> None:  # fmt: skip
+        self.session_factory = session_factory
+        self.workers = workers
+        self.outcomes = outcomes
+        self.heartbeat_timeout = heartbeat_timeout
+
+    async def run_once(self) -> int:
+        """One pass over the running tasks that started long enough ago; how many were found lost."""
+        cutoff = datetime.now(UTC) - timedelta(seconds=self.heartbeat_timeout)
+        async with self.session_factory() as session:
+            rows = (
+                await session.execute(
+                    select(Task.id, Task.attempt, Task.worker_id, Task.started_at)
+                    .where(Task.status == TaskStatus.RUNNING.value, Task.started_at < cutoff)
+                    .order_by(Task.started_at)
+                    .limit(BATCH)
+                )
+            ).all()
+        if not rows:
+            return 0
+        states = {state.heartbeat.id: state for state in await self.workers.known()}
+        lost = 0
+        for task_id, attempt, worker_id, started_at in rows:
+            if started_at is None:  # not possible for a running task; the query excludes it anyway
+                continue
+            state = states.get(worker_id) if worker_id else None
+            reason = why_lost(task_id, worker_id, started_at, state, self.heartbeat_timeout)
+            if reason is None:
+                continue
+            recorded = await self.outcomes.record(
+                task_id, attempt, Outcome(status=TaskStatus.LOST.value, error=reason, worker=worker_id)
+            )
+            if recorded is not None:
+                lost += 1
+                log.warning("task %s attempt %d lost: %s", task_id, attempt, reason)
+        return lost

@@ -1,0 +1,155 @@
+"""Sending task attempts to the workers (DESIGN §5): the arq job of an attempt, its cancel key, its withdrawal.
+
+An attempt is enqueued under the deterministic job id `worker.protocol.job_id(task, attempt)`, so sending it twice
+(two server replicas, a reconciler racing the API) queues it once, and a worker claims each attempt once. The row
+becomes `queued` only after the enqueue succeeded, by a conditional UPDATE: whoever loses a race changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import Any
+
+from arq.connections import ArqRedis
+from arq.constants import job_key_prefix
+from arq.jobs import Job, JobStatus
+from redis.asyncio import ConnectionPool
+from redis.exceptions import RedisError
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db.models import Blob, Task, TaskStatus, TemplateVersion
+from app.services.credentials import CredentialBox
+from app.services.errors import InvalidInput
+from worker.protocol import (
+    RUN_JOB,
+    BlobRef,
+    TaskJob,
+    cancel_key,
+    deserialize,
+    job_id,
+    log_stream,
+    queue_name,
+    serialize,
+)
+
+log = logging.getLogger("ahop.dispatch")
+
+REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
+"""What a Redis call raises when Redis is down, restarting or too slow."""
+CANCEL_TTL = 86_400
+"""Seconds a cancel key lives: long past any worker noticing it, short enough not to pile up."""
+SENDABLE = (TaskStatus.PENDING.value, TaskStatus.QUEUED.value)
+
+
+class Undeliverable(Exception):
+    """A task whose job cannot be built: its version or content is gone, or its secrets cannot be opened."""
+
+
+def connect(redis_url: str, timeout: float) -> ArqRedis:
+    """The Redis client of tasks: arq's enqueue with our JSON job encoding, every command bounded by `timeout`."""
+    pool = ConnectionPool.from_url(redis_url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    redis = ArqRedis(pool, job_serializer=serialize, job_deserializer=deserialize)
+    redis.auto_close_connection_pool = True  # the pool is ours alone: closing the client closes it
+    return redis
+
+
+def build_job(task: Task, version: TemplateVersion | None, blob: Blob | None, secrets: dict[str, Any],
+              log_limit: int) -> TaskJob:  # fmt: skip
+    """The job of the task's current attempt, with its password values (`secrets`) merged back into the params."""
+    if version is None:
+        raise Undeliverable(f"version {task.version} of template {task.template_code!r} no longer exists")
+    if blob is None:
+        raise Undeliverable(f"the template's content sha256:{task.digest} is no longer stored")
+    # In the schema's order (a JSONB column keeps its own): scripts get their `--name value` arguments in that order.
+    order = {str(entry.get("name")): index for index, entry in enumerate(version.parameters)}
+    names = sorted(task.params, key=lambda name: order.get(name, len(order)))
+    params = {name: secrets.get(name, task.params[name]) for name in names}
+    return TaskJob(
+        task_id=str(task.id), attempt=task.attempt, tenant_id=str(task.tenant_id), template_code=task.template_code,
+        blob=BlobRef(digest=blob.digest, tar_size=blob.tar_size, zst_size=blob.zst_size, zst_sha256=blob.zst_sha256,
+                     files=blob.files),
+        entry_file=version.entry_file, script_type=version.script_type,  # type: ignore[arg-type]
+        params=params, secret_params=sorted(secrets), timeout=task.timeout, log_limit=log_limit,
+    )  # fmt: skip
+
+
+class Dispatcher:
+    """Enqueues attempts, sets cancel keys and withdraws queued jobs, for the API and the control loop alike."""
+
+    def __init__(self, redis: ArqRedis, box: CredentialBox, log_limit: int) -> None:
+        self.redis = redis
+        self.box = box
+        self.log_limit = log_limit
+
+    async def dispatch(self, session: AsyncSession, task_id: uuid.UUID) -> bool:
+        """Enqueue the current attempt of a pending or queued task and mark it queued.
+
+        False when nothing was sent: the task is no longer waiting, Redis did not answer (the row stays as it was,
+        for the reconciler), or the job cannot be built (the task fails, saying why).
+        """
+        async with session.begin():
+            row = (
+                await session.execute(
+                    select(Task, TemplateVersion, Blob)
+                    .outerjoin(TemplateVersion, TemplateVersion.id == Task.version_id)
+                    .outerjoin(Blob, Blob.digest == Task.digest)
+                    .where(Task.id == task_id)
+                    .execution_options(populate_existing=True)
+                )
+            ).first()
+        if row is None or row[0].status not in SENDABLE:
+            return False
+        task, version, blob = row
+        try:
+            secrets = self.box.open_json(task.sealed_params) if task.sealed_params else {}
+            job = build_job(task, version, blob, secrets, self.log_limit)
+        except (Undeliverable, InvalidInput) as exc:
+            await self._fail(session, task, f"the task cannot be sent to a worker: {exc}")
+            return False
+        name, queue = job_id(str(task.id), task.attempt), queue_name(task.pool)
+        try:
+            if task.attempt > 1 and await Job(name, self.redis, _queue_name=queue).status() == JobStatus.not_found:
+                # The earlier attempts' lines are stored; this one numbers its lines from 1 again. (Once its job
+                # exists, a worker may be writing: then the stream is left alone.)
+                await self.redis.delete(log_stream(str(task.id)))
+            await self.redis.enqueue_job(RUN_JOB, job.to_wire(), _job_id=name, _queue_name=queue)
+        except REDIS_ERRORS as exc:
+            log.warning("task %s attempt %d stays %s: Redis did not take its job (%s)", task.id, task.attempt,
+                        task.status, exc)  # fmt: skip
+            return False
+        async with session.begin():
+            marked = await session.execute(
+                update(Task)
+                .where(Task.id == task.id, Task.attempt == task.attempt, Task.status.in_(SENDABLE))
+                .values(status=TaskStatus.QUEUED.value, queued_at=func.now(), updated_at=func.now())
+                .execution_options(synchronize_session=False)
+            )
+        return bool(marked.rowcount)  # type: ignore[attr-defined]
+
+    async def _fail(self, session: AsyncSession, task: Task, error: str) -> None:
+        log.error("task %s failed before it was sent: %s", task.id, error)
+        async with session.begin():
+            await session.execute(
+                update(Task)
+                .where(Task.id == task.id, Task.attempt == task.attempt, Task.status.in_(SENDABLE))
+                .values(status=TaskStatus.FAILED.value, error=error, finished_at=func.now(), updated_at=func.now())
+                .execution_options(synchronize_session=False)
+            )
+
+    async def request_cancel(self, task_id: uuid.UUID) -> None:
+        """Set the task's cancel key: a worker does not start the task, or stops it within a second."""
+        await self.redis.set(cancel_key(str(task_id)), "1", ex=CANCEL_TTL)
+
+    async def withdraw(self, task: Task) -> None:
+        """Take the current attempt's job off its queue (best effort: the cancel key stops it in any case)."""
+        name = job_id(str(task.id), task.attempt)
+        try:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.zrem(queue_name(task.pool), name)
+                pipe.delete(job_key_prefix + name)
+                await pipe.execute()
+        except REDIS_ERRORS as exc:
+            log.warning("the job of cancelled task %s stays on its queue (%s); its cancel key stops it", task.id, exc)
