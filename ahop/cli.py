@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from ahop.blob_commands import snapshot, unpack
-from ahop.client_commands import repo, template
+from ahop.client_commands import repo, template, worker_list
 from ahop.console import EXIT_PROBLEMS, EXIT_UNAVAILABLE, configure_logging, fail, load_settings
 from ahop.legacy_commands import adopt_legacy, backfill
 from ahop.task_commands import task
@@ -146,6 +146,7 @@ def downgrade(revision: str) -> None:
     _migrate(lambda url: migrate.downgrade(url, revision))
 
 
+worker.add_command(worker_list)
 cli.add_command(snapshot)
 cli.add_command(unpack)
 cli.add_command(tenant)

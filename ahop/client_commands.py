@@ -215,3 +215,12 @@ def template_prefetch(template_id: int, as_json: bool) -> None:
         click.echo(json.dumps(answer, indent=2))
         return
     click.echo(answer["detail"] + (": " + ", ".join(answer["workers"]) if answer["workers"] else ""))
+
+
+@click.command("list")
+@json_option
+def worker_list(as_json: bool) -> None:
+    """The workers the API knows: live or dead, their pools, running tasks and store (asks AHOP_API_URL)."""
+    answer = call_api("GET", "/api/v1/workers")
+    columns = ["id", "live", "pools", "running", "cache_entries", "cache_bytes", "downloads", "last_seen", "version"]
+    show(answer, as_json, columns)

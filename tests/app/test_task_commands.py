@@ -184,6 +184,8 @@ def test_task_run_follows_the_output_and_exits_with_the_scripts_code(
     ids = import_shout(api_url, alice, tmp_path, ("shout", "shout_loud", "7"))
     fleet.start("w1")
     token = token_of(alice)
+    workers = _json(ahop(api_url, token, "worker", "list", "--json"))
+    assert [(worker["id"], worker["live"]) for worker in workers["items"]] == [("w1", True)]
 
     ok = ahop(api_url, token, "task", "run", "shout", "-p", "who=world")
     assert ok.returncode == 0, (ok.stdout, ok.stderr)
