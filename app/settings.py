@@ -41,6 +41,12 @@ class AppSettings(BaseSettings):
         gt=0,
         description="Seconds without a heartbeat before a worker counts as dead and its running tasks as lost.",
     )
+    lost_grace: float = Field(
+        default=30.0,
+        ge=0,
+        description="Seconds a running task must keep looking lost to a server before it is marked lost "
+        "(rides out a Redis restart or data loss, after which workers beat again).",
+    )
     worker_forget_after: float = Field(
         default=86_400.0, gt=0, description="Seconds after its last heartbeat that a dead worker leaves the list."
     )

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from storage.errors import StorageError
 from worker.protocol import EventType, ProtocolError, TaskJob, cancel_key, claim_key
@@ -69,7 +70,7 @@ class Attempts:
         if not await self.redis.set(claim_key(job.task_id, job.attempt), self.worker_id, nx=True, ex=CLAIM_SECONDS):
             log.info("task %s attempt %d was already claimed; not running it again", job.task_id, job.attempt)
             return {"task_id": job.task_id, "status": "duplicate"}
-        if await self.redis.exists(cancel_key(job.task_id)):
+        if await self._cancel_check(job)():
             await self._report(job.task_id, job.attempt, "finished", status="cancelled", error="cancelled before start")
             return {"task_id": job.task_id, "status": "cancelled"}
         self._running.add(job.task_id)
@@ -91,6 +92,9 @@ class Attempts:
                 exit_code=None,
                 error=f"template sha256:{job.blob.digest} could not be used, so the script did not run: {exc}",
             )
+        except Exception as exc:  # whatever went wrong here, the server must hear how the attempt ended
+            log.exception("task %s attempt %d failed in the worker", job.task_id, job.attempt)
+            outcome = RunOutcome(status="failed", exit_code=None, error=f"the worker could not run the task: {exc}")
         except asyncio.CancelledError:
             # The worker is stopping past its grace period: the runner has killed the script's process group.
             await logs.close()
@@ -133,7 +137,7 @@ class Attempts:
         async def cancelled() -> bool:
             try:
                 return bool(await self.redis.exists(key))
-            except (OSError, ConnectionError):
+            except (RedisError, OSError):
                 return False  # Redis away: keep running; the cancel is seen when it returns
 
         return cancelled

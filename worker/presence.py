@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -11,6 +12,7 @@ from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from storage.errors import StorageError
 from worker.protocol import (
@@ -89,7 +91,7 @@ class Presence:
         while True:
             try:
                 await self.beat()
-            except (OSError, ConnectionError) as exc:
+            except (RedisError, OSError) as exc:
                 log.warning("heartbeat not sent: %s", exc)
             except Exception:
                 log.exception("heartbeat failed")
@@ -101,13 +103,16 @@ class Presence:
         while True:
             try:
                 item = await self.redis.blpop([key], timeout=INBOX_WAIT)  # type: ignore[misc]  # redis-py's sync/async union
-            except (OSError, ConnectionError) as exc:
+            except (RedisError, OSError) as exc:
                 log.warning("inbox unreachable: %s", exc)
                 await asyncio.sleep(self.interval)
                 continue
             if item is None:
                 continue
-            await self._prefetch(item[1])
+            try:
+                await self._prefetch(item[1])
+            except Exception:  # one bad request must not stop the inbox
+                log.exception("prefetch failed")
 
     async def _prefetch(self, raw: bytes) -> None:
         try:
@@ -121,7 +126,8 @@ class Presence:
             log.error("prefetch of sha256:%s failed: %s", blob.digest, exc)
             return
         log.info("prefetch of sha256:%s: %s", blob.digest, "downloaded" if fetched else "already held")
-        await self.beat()
+        with contextlib.suppress(RedisError, OSError):  # the next regular heartbeat publishes it otherwise
+            await self.beat()
 
     async def leave(self) -> None:
         """Remove this worker's heartbeat and digests: a clean stop is not a dead worker."""

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from worker.protocol import EVENTS_STREAM, Event, EventType, FinalStatus, LogLine, log_stream
 
+log = logging.getLogger("ahop.worker")
+
 LOG_RETENTION_SECONDS = 7 * 24 * 3600
 """A log stream the server never collected (it was down for a week) expires instead of staying forever."""
+RETRY_FIRST = 0.5
+RETRY_MAX = 10.0
 FLUSH_LINES = 200
 FLUSH_INTERVAL = 0.05
 
@@ -45,7 +52,20 @@ async def report(
         log_lines=log_lines,
         log_truncated=log_truncated,
     )
-    await redis.xadd(EVENTS_STREAM, event.to_fields())  # type: ignore[arg-type]
+    await _until_delivered(lambda: redis.xadd(EVENTS_STREAM, event.to_fields()), f"{kind} event of task {task_id}")  # type: ignore[arg-type]
+
+
+async def _until_delivered(send: Callable[[], Awaitable[object]], what: str) -> None:
+    """Send until Redis takes it: an outcome the server never hears of would leave its task running for ever."""
+    delay = RETRY_FIRST
+    while True:
+        try:
+            await send()
+            return
+        except (RedisError, OSError) as exc:
+            log.warning("%s not delivered, retrying in %.1f s: %s", what, delay, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX)
 
 
 class LogWriter:
@@ -81,18 +101,31 @@ class LogWriter:
         await asyncio.shield(self.flush())  # cancelling the timer must never drop a batch half-written
 
     async def flush(self) -> None:
+        """Append the pending lines. When Redis does not answer they stay pending (the newest `limit` of them) for
+        the next flush, so a short outage loses no output and never stops the script."""
         async with self._lock:
             if not self._pending:
                 return
             batch, self._pending = self._pending, []
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for entry in batch:
-                    pipe.xadd(self._key, entry.to_fields(), maxlen=self._limit, approximate=False)  # type: ignore[arg-type]
-                pipe.expire(self._key, LOG_RETENTION_SECONDS)
-                await pipe.execute()
+            try:
+                await self._append(batch)
+            except (RedisError, OSError) as exc:
+                self._pending = (batch + self._pending)[-self._limit :]
+                log.warning("output of %s not delivered yet (%d lines wait): %s", self._key, len(self._pending), exc)
+
+    async def _append(self, batch: list[LogLine]) -> None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for entry in batch:
+                pipe.xadd(self._key, entry.to_fields(), maxlen=self._limit, approximate=False)  # type: ignore[arg-type]
+            pipe.expire(self._key, LOG_RETENTION_SECONDS)
+            await pipe.execute()
 
     async def close(self) -> None:
-        """Write what is left; after this the stream holds the whole (capped) output."""
+        """Write what is left, waiting for Redis as long as it takes; then the stream holds the whole (capped)
+        output, before the `finished` event is sent."""
         if self._flusher is not None and not self._flusher.done():
             self._flusher.cancel()
-        await self.flush()
+        async with self._lock:
+            batch, self._pending = self._pending, []
+        if batch:
+            await _until_delivered(lambda: self._append(batch), f"output of {self._key}")

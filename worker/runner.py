@@ -358,6 +358,8 @@ class _ScriptProtocol(asyncio.subprocess.SubprocessStreamProtocol):
 
 
 async def _execute(request: RunRequest, plan: _Plan, on_line: LineCallback, cancelled: CancelCheck) -> RunOutcome:
+    if await cancelled():  # asked while the template was fetched or copied: the script never starts
+        return RunOutcome("cancelled", None, "cancelled before the script started")
     loop = asyncio.get_running_loop()
     identity: dict[str, Any] = {}
     if plan.user is not None:
@@ -464,7 +466,8 @@ def _signal_group(group: int, signum: signal.Signals) -> None:
 
 def _emitter(stream: str, on_line: LineCallback, secrets: re.Pattern[str] | None) -> Callable[[bytes], Awaitable[None]]:
     async def emit(data: bytes) -> None:
-        text = data.decode("utf-8", errors="replace").removesuffix("\r")
+        # NUL cannot be stored as text (PostgreSQL refuses it): binary output shows U+FFFD in its place.
+        text = data.decode("utf-8", errors="replace").removesuffix("\r").replace("\x00", "\ufffd")
         await on_line(stream, secrets.sub(MASK, text) if secrets is not None else text)
 
     return emit

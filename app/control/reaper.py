@@ -9,6 +9,7 @@ or two. Lost is final by default: the script may still be running somewhere and 
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -20,8 +21,6 @@ from app.db.models import Task, TaskStatus
 from app.services.workers import Workers, WorkerState
 
 log = logging.getLogger("ahop.control")
-
-BATCH = 200
 
 
 def why_lost(task_id: uuid.UUID, worker_id: str | None, started_at: datetime, state: WorkerState | None,
@@ -42,12 +41,20 @@ def why_lost(task_id: uuid.UUID, worker_id: str | None, started_at: datetime, st
 
 
 class Reaper:
+    """Marks a task lost only after it has looked lost in every pass for `grace` seconds of this reaper's own
+    observation. Heartbeats that are missing because Redis lost its data or was away (workers
+    beat again within their interval once it is back), or because a worker stopped cleanly just after reporting
+    (its `finished` event still on its way to the consumer), therefore never make a healthy task lost."""
+
     def __init__(self, session_factory: async_sessionmaker[AsyncSession], workers: Workers, outcomes: Outcomes,
-                 heartbeat_timeout: float) -> None:  # fmt: skip
+                 heartbeat_timeout: float, grace: float) -> None:  # fmt: skip
         self.session_factory = session_factory
         self.workers = workers
         self.outcomes = outcomes
         self.heartbeat_timeout = heartbeat_timeout
+        self.grace = grace
+        self._suspects: dict[tuple[uuid.UUID, int], float] = {}
+        """(task, attempt) → when this reaper first saw it look lost (monotonic seconds)."""
 
     async def run_once(self) -> int:
         """One pass over the running tasks that started long enough ago; how many were found lost."""
@@ -58,12 +65,14 @@ class Reaper:
                     select(Task.id, Task.attempt, Task.worker_id, Task.started_at)
                     .where(Task.status == TaskStatus.RUNNING.value, Task.started_at < cutoff)
                     .order_by(Task.started_at)
-                    .limit(BATCH)
                 )
             ).all()
         if not rows:
+            self._suspects.clear()
             return 0
         states = {state.heartbeat.id: state for state in await self.workers.known()}
+        now = time.monotonic()
+        suspects: dict[tuple[uuid.UUID, int], float] = {}
         lost = 0
         for task_id, attempt, worker_id, started_at in rows:
             if started_at is None:  # not possible for a running task; the query excludes it anyway
@@ -72,10 +81,14 @@ class Reaper:
             reason = why_lost(task_id, worker_id, started_at, state, self.heartbeat_timeout)
             if reason is None:
                 continue
+            first_seen = suspects[(task_id, attempt)] = self._suspects.get((task_id, attempt), now)
+            if now - first_seen < self.grace:
+                continue
             recorded = await self.outcomes.record(
                 task_id, attempt, Outcome(status=TaskStatus.LOST.value, error=reason, worker=worker_id)
             )
             if recorded is not None:
                 lost += 1
                 log.warning("task %s attempt %d lost: %s", task_id, attempt, reason)
+        self._suspects = suspects
         return lost

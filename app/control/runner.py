@@ -114,7 +114,7 @@ def build_control_loop(settings: AppSettings, session_factory: async_sessionmake
         block=min(CONSUMER_BLOCK, settings.control_interval), claim_after=settings.event_claim_after,
     )  # fmt: skip
     reconciler = Reconciler(session_factory, dispatcher, settings.requeue_after)
-    reaper = Reaper(session_factory, workers, outcomes, settings.heartbeat_timeout)
+    reaper = Reaper(session_factory, workers, outcomes, settings.heartbeat_timeout, settings.lost_grace)
     interval = settings.control_interval
     return ControlLoop(
         [

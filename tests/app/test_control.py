@@ -6,6 +6,7 @@ Events and log lines are written the way a worker writes them, through `worker.p
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import uuid
@@ -212,7 +213,8 @@ async def test_the_reaper_marks_tasks_of_dead_workers_lost_and_spares_live_ones(
     api_settings: AppSettings, alice: Caller, origin: Path, redis: Redis
 ) -> None:
     # The heartbeat timeout is 600 s (`api_settings`): the fresh worker never looks dead; the stale ones are 1 h old.
-    async with AsyncTestClient(create_app(api_settings)) as client:
+    # No grace: a task that looks lost in one pass is lost (the grace has a test of its own).
+    async with AsyncTestClient(create_app(api_settings.model_copy(update={"lost_grace": 0}))) as client:
         template = await import_template(client, alice, origin)
         hour_ago, now = datetime.now(UTC) - timedelta(hours=1), datetime.now(UTC)
         names = ("stale", "fresh", "gone", "restarted")
@@ -244,6 +246,26 @@ async def test_the_reaper_marks_tasks_of_dead_workers_lost_and_spares_live_ones(
         await task_in(client, alice, later["id"], "lost")
         fresh = await show(client, alice, tasks["fresh"]["id"])
         assert (fresh["status"], fresh["worker"], fresh["error"]) == ("running", "w-fresh", None)
+
+
+async def test_heartbeats_missing_after_redis_lost_its_data_do_not_make_running_tasks_lost(
+    api_settings: AppSettings, alice: Caller, origin: Path, redis: Redis
+) -> None:
+    # Redis restarted empty: no heartbeat is on record until the workers beat again. The task's worker is alive.
+    settings = api_settings.model_copy(update={"heartbeat_timeout": 1.0, "lost_grace": 60.0})
+    async with AsyncTestClient(create_app(settings)) as client:
+        template = await import_template(client, alice, origin)
+        task = await create_task(client, alice, template["id"], params={"days": 1})
+        await send(redis, "started", task, worker="w-alive", at=iso(datetime.now(UTC) - timedelta(hours=1)))
+        await recorded(redis)
+        await asyncio.sleep(1.5)  # several reaper passes (every 0.2 s), all within the grace
+        assert (await show(client, alice, task["id"]))["status"] == "running"
+        long_ago = iso(datetime.now(UTC) - timedelta(hours=2))
+        beat = Heartbeat(id="w-alive", host="h", pid=1, pools=["default"], running=[task["id"]], cache_bytes=0,
+                         cache_entries=0, downloads=0, version="1", started_at=long_ago, at=iso())  # fmt: skip
+        await redis.hset(WORKERS_KEY, beat.id, beat.to_json())  # type: ignore[misc]
+        await send(redis, "finished", task, worker="w-alive", status="success", exit_code=0)
+        await task_in(client, alice, task["id"], "success", exit_code=0)
 
 
 async def follow(client: Client, caller: Caller, task: dict[str, Any], query: str = "",

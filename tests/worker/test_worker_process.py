@@ -16,6 +16,7 @@ from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.jobs import Job
 from redis.asyncio import Redis
 
+from app.devstack.redis import RedisServer
 from tests.fleet import Fleet
 from tests.worker.conftest import Publish
 from worker.protocol import (
@@ -202,3 +203,35 @@ async def test_on_sigterm_a_worker_takes_no_new_job_and_lets_the_running_one_fin
         if (event := Event.from_fields(fields)).task_id == later.task_id
     ] == []
     assert await redis.zcard(queue_name("default")) == 1  # still queued for another worker
+
+
+async def test_a_short_redis_outage_during_a_run_loses_neither_the_output_nor_the_outcome(
+    worker_env: dict[str, str], tmp_path: Path, publish: Publish
+) -> None:
+    server = RedisServer.start(tmp_path / "own-redis", durable=True)
+    fleet = Fleet({**worker_env, "AHOP_REDIS_URL": server.url()}, tmp_path / "own-logs")
+    directory = tmp_path / "steady"
+    directory.mkdir()
+    (directory / "run.sh").write_text(f"# {secrets.token_hex(8)}\necho before\nsleep 4\necho after\n")
+    blob = publish(directory)
+    try:
+        fleet.start("w1")
+        pool = await create_pool(RedisSettings.from_dsn(server.url()), job_serializer=serialize)
+        job = a_job(blob, params={})
+        await enqueue(pool, job)
+        client = Redis.from_url(server.url())
+        await events_of(client, job.task_id, until="started")
+        await pool.aclose()
+        await client.aclose()
+        server.stop()  # the append-only file keeps what was written
+        await asyncio.sleep(1)
+        server = RedisServer.launch(tmp_path / "own-redis", durable=True, port=server.port)
+        server.wait_ready()
+        client = Redis.from_url(server.url())
+        finished = (await events_of(client, job.task_id))[-1]
+        assert (finished.status, finished.exit_code) == ("success", 0)
+        assert [line.line for line in await log_of(client, job.task_id)] == ["before", "after"]
+        await client.aclose()
+    finally:
+        fleet.stop_all()
+        server.stop()
