@@ -116,7 +116,7 @@ class Attempts:
 
     def _request(self, job: TaskJob, entry: Path) -> RunRequest:
         return RunRequest(
-            task_id=job.task_id,
+            task_id=f"{job.task_id}-{job.attempt}",  # names the run directory: one per attempt, never shared
             source=entry,
             runs_dir=self.settings.worker_root / "runs",
             entry_file=job.entry_file,

@@ -72,7 +72,9 @@ def build_worker(settings: WorkerSettings) -> Worker:
         handle_signals=True,
         job_completion_wait=round(settings.worker_shutdown_grace),
         allow_abort_jobs=True,
-        keep_result=24 * 3600,
+        # A job's result holds its arguments (password values among them): keep it only briefly. Once it is gone,
+        # a second delivery of the attempt still finds the attempt's claim and does not run it.
+        keep_result=600,
     )
 
 

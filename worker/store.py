@@ -171,6 +171,7 @@ class LocalStore:
         self.tmp_dir = root / "tmp"
         for directory in (self.entries_dir, self._meta, self._locks, self.templates_dir, self.runs_dir, self.tmp_dir):
             directory.mkdir(parents=True, exist_ok=True)
+        self.runs_dir.chmod(0o711)  # run-as users may enter their own run directory, never list the others
         self._clean_tmp()
 
     def entry(self, digest: str) -> Path:

@@ -62,7 +62,7 @@ class Reaper:
         async with self.session_factory() as session:
             rows = (
                 await session.execute(
-                    select(Task.id, Task.attempt, Task.worker_id, Task.started_at)
+                    select(Task.id, Task.attempt, Task.worker_id, Task.started_at, Task.pool)
                     .where(Task.status == TaskStatus.RUNNING.value, Task.started_at < cutoff)
                     .order_by(Task.started_at)
                 )
@@ -74,7 +74,7 @@ class Reaper:
         now = time.monotonic()
         suspects: dict[tuple[uuid.UUID, int], float] = {}
         lost = 0
-        for task_id, attempt, worker_id, started_at in rows:
+        for task_id, attempt, worker_id, started_at, pool in rows:
             if started_at is None:  # not possible for a running task; the query excludes it anyway
                 continue
             state = states.get(worker_id) if worker_id else None
@@ -90,5 +90,6 @@ class Reaper:
             if recorded is not None:
                 lost += 1
                 log.warning("task %s attempt %d lost: %s", task_id, attempt, reason)
+                await self.outcomes.dispatcher.withdraw_job(task_id, attempt, pool)
         self._suspects = suspects
         return lost

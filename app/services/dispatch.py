@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from datetime import timedelta
 from typing import Any
 
 from arq.connections import ArqRedis
-from arq.constants import job_key_prefix
+from arq.constants import in_progress_key_prefix, job_key_prefix
 from arq.jobs import Job, JobStatus
 from redis.asyncio import ConnectionPool
 from redis.exceptions import RedisError
@@ -34,6 +35,9 @@ from worker.protocol import (
     queue_name,
     serialize,
 )
+
+JOB_EXPIRES = timedelta(days=30)
+"""How long a job may wait for a worker of its pool (arq's default, a day, would strand a task)."""
 
 log = logging.getLogger("ahop.dispatch")
 
@@ -115,7 +119,7 @@ class Dispatcher:
                 # The earlier attempts' lines are stored; this one numbers its lines from 1 again. (Once its job
                 # exists, a worker may be writing: then the stream is left alone.)
                 await self.redis.delete(log_stream(str(task.id)))
-            await self.redis.enqueue_job(RUN_JOB, job.to_wire(), _job_id=name, _queue_name=queue)
+            await self.redis.enqueue_job(RUN_JOB, job.to_wire(), _job_id=name, _queue_name=queue, _expires=JOB_EXPIRES)
         except REDIS_ERRORS as exc:
             log.warning("task %s attempt %d stays %s: Redis did not take its job (%s)", task.id, task.attempt,
                         task.status, exc)  # fmt: skip
@@ -145,11 +149,17 @@ class Dispatcher:
 
     async def withdraw(self, task: Task) -> None:
         """Take the current attempt's job off its queue (best effort: the cancel key stops it in any case)."""
-        name = job_id(str(task.id), task.attempt)
+        await self.withdraw_job(task.id, task.attempt, task.pool)
+
+    async def withdraw_job(self, task_id: uuid.UUID, attempt: int, pool: str) -> None:
+        """Remove an attempt's arq job: off its queue, its payload, and the in-progress mark a dead worker left
+        (arq keeps that mark for its whole job timeout, and marked jobs at the head of a queue slow every poll).
+        Best effort: the claim and cancel keys keep the attempt from running again in any case."""
+        name = job_id(str(task_id), attempt)
         try:
             async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.zrem(queue_name(task.pool), name)
-                pipe.delete(job_key_prefix + name)
+                pipe.zrem(queue_name(pool), name)
+                pipe.delete(job_key_prefix + name, in_progress_key_prefix + name)
                 await pipe.execute()
         except REDIS_ERRORS as exc:
-            log.warning("the job of cancelled task %s stays on its queue (%s); its cancel key stops it", task.id, exc)
+            log.warning("the job of task %s attempt %d stays in Redis (%s)", task_id, attempt, exc)
