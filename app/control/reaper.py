@@ -1,9 +1,10 @@
 """The reaper: a running task whose worker stopped heartbeating is `lost` (then the retry policy decides).
 
 A task counts as lost when it started more than `heartbeat_timeout` seconds ago and its worker's latest heartbeat
-is older than that, or absent, or comes from a new process of the worker (started after the task) that does not
-run the task. Ages are measured with the server's clock, so server and worker clocks should agree within a second
-or two. Lost is final by default: the script may still be running somewhere and may not be safe to run twice.
+is older than that, or absent, or, sent after the task started, does not list the task among those it runs (a new
+process of the worker, or one that lost track of it without a word). Ages are measured with the server's clock,
+so server and worker clocks should agree within a second or two. Lost is final by default: the script may still be
+running somewhere and may not be safe to run twice.
 """
 
 from __future__ import annotations
@@ -34,9 +35,13 @@ def why_lost(task_id: uuid.UUID, worker_id: str | None, started_at: datetime, st
     if not state.live:
         return (f"worker {worker_id} stopped heartbeating: last seen at {seen}, {state.age_seconds:.0f} s ago "
                 f"(the limit is {heartbeat_timeout:g} s)")  # fmt: skip
-    if state.started_at > started_at and str(task_id) not in state.heartbeat.running:
+    if str(task_id) in state.heartbeat.running:
+        return None
+    if state.started_at > started_at:
         restarted = state.started_at.astimezone(UTC).isoformat(timespec="seconds")
         return f"worker {worker_id} restarted at {restarted}, after the task started, and does not run it"
+    if state.last_seen > started_at:  # a heartbeat sent after the start that leaves the task out
+        return f"worker {worker_id} is alive but no longer runs it (its heartbeat at {seen} does not list it)"
     return None
 
 

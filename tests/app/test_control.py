@@ -217,12 +217,12 @@ async def test_the_reaper_marks_tasks_of_dead_workers_lost_and_spares_live_ones(
     async with AsyncTestClient(create_app(api_settings.model_copy(update={"lost_grace": 0}))) as client:
         template = await import_template(client, alice, origin)
         hour_ago, now = datetime.now(UTC) - timedelta(hours=1), datetime.now(UTC)
-        names = ("stale", "fresh", "gone", "restarted")
+        names = ("stale", "fresh", "gone", "restarted", "forgot")
         tasks = {name: await create_task(client, alice, template["id"], params={"days": 1}) for name in names}
         beats = {"stale": (hour_ago, hour_ago - timedelta(hours=1)), "fresh": (now, hour_ago - timedelta(hours=1)),
-                 "restarted": (now, now)}  # fmt: skip
+                 "restarted": (now, now), "forgot": (now, hour_ago - timedelta(hours=1))}  # fmt: skip
         for name, (at, started_at) in beats.items():
-            running = [tasks[name]["id"]] if name != "restarted" else []
+            running = [tasks[name]["id"]] if name not in ("restarted", "forgot") else []
             beat = Heartbeat(id=f"w-{name}", host="h", pid=1, pools=["default"], running=running, cache_bytes=0,
                              cache_entries=0, downloads=0, version="1", started_at=iso(started_at),
                              at=iso(at))  # fmt: skip
@@ -239,6 +239,8 @@ async def test_the_reaper_marks_tasks_of_dead_workers_lost_and_spares_live_ones(
         assert "no heartbeat" in gone["error"]
         restarted = await task_in(client, alice, tasks["restarted"]["id"], "lost")
         assert "w-restarted restarted" in restarted["error"]
+        forgot = await task_in(client, alice, tasks["forgot"]["id"], "lost")
+        assert "w-forgot is alive but no longer runs it" in forgot["error"]
 
         # A task that goes stale later is found by a later pass, which spared the fresh worker's task again.
         later = await create_task(client, alice, template["id"], params={"days": 1})
