@@ -9,6 +9,7 @@ import logging
 import os
 import socket
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import PackageNotFoundError, version
 
 from redis.asyncio import Redis
@@ -59,11 +60,15 @@ class Presence:
         self.interval = interval
         self.started_at = now_iso()
         self.version = package_version()
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ahop-heartbeat")
 
     async def beat(self) -> None:
         """Write one heartbeat and replace the published set of digests."""
-        stats = await asyncio.to_thread(self.store.stats)
-        digests = await asyncio.to_thread(self.store.digests)
+        loop = asyncio.get_running_loop()
+        # A thread of its own: jobs waiting in the shared pool (for another job's download) must not delay a beat,
+        # or the server would count this worker dead and its tasks lost.
+        stats = await loop.run_in_executor(self._thread, self.store.stats)
+        digests = await loop.run_in_executor(self._thread, self.store.digests)
         heartbeat = Heartbeat(
             id=self.worker_id,
             host=socket.gethostname(),
@@ -131,6 +136,7 @@ class Presence:
 
     async def leave(self) -> None:
         """Remove this worker's heartbeat and digests: a clean stop is not a dead worker."""
+        self._thread.shutdown(wait=False)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hdel(WORKERS_KEY, self.worker_id)
             pipe.delete(worker_digests_key(self.worker_id), worker_inbox_key(self.worker_id))
