@@ -33,9 +33,9 @@ from tests.app.test_tasks import (  # noqa: F401  (the fixtures of the tasks API
     show,
     sql,
     task_in,
-    until,
 )
 from tests.app.test_templates import Client
+from tests.waiting import until
 from worker.protocol import (
     EVENTS_GROUP,
     EVENTS_STREAM,

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
@@ -28,6 +27,7 @@ from app.main import create_app
 from app.settings import AppSettings
 from storage.digest import Digest
 from storage.keys import blob_key
+from tests import waiting
 from tests.app.conftest import Caller, git
 from tests.app.test_templates import add_repository, s3_client
 from tests.fleet import Fleet
@@ -175,16 +175,16 @@ async def run(client: Client, caller: Caller, template_id: int, **body: Any) -> 
 async def wait_task(
     client: Client, caller: Caller, task_id: str, *, until: set[str] = FINAL, bound: float = 60
 ) -> dict[str, Any]:
-    """Poll until the task reaches one of `until`; the bound only catches hangs."""
-    deadline = time.monotonic() + bound
-    while True:
+    """The task once it has reached one of the statuses `until`."""
+
+    async def reached() -> dict[str, Any] | None:
         response = await client.get(f"/api/v1/tasks/{task_id}", headers=caller[Role.VIEWER])
         assert response.status_code == 200, response.text
         task = dict(response.json())
-        if task["status"] in until:
-            return task
-        assert time.monotonic() < deadline, f"task {task_id} still {task['status']} after {bound}s: {task}"
-        await asyncio.sleep(0.1)
+        return task if task["status"] in until else None
+
+    result: dict[str, Any] = await waiting.until(reached, f"task {task_id} to reach {sorted(until)}", bound)
+    return result
 
 
 async def log_lines(client: Client, caller: Caller, task_id: str) -> list[dict[str, Any]]:
@@ -194,13 +194,14 @@ async def log_lines(client: Client, caller: Caller, task_id: str) -> list[dict[s
 
 
 async def wait_log(client: Client, caller: Caller, task_id: str, text: str, bound: float = 60) -> list[str]:
-    deadline = time.monotonic() + bound
-    while True:
+    """The task's output lines once one of them contains `text`."""
+
+    async def written() -> list[str] | None:
         lines = [item["line"] for item in await log_lines(client, caller, task_id)]
-        if any(text in line for line in lines):
-            return lines
-        assert time.monotonic() < deadline, f"{text!r} not in the log of {task_id} after {bound}s: {lines}"
-        await asyncio.sleep(0.1)
+        return lines if any(text in line for line in lines) else None
+
+    result: list[str] = await waiting.until(written, f"{text!r} in the log of {task_id}", bound)
+    return result
 
 
 def output(lines: list[dict[str, Any]]) -> str:
@@ -304,10 +305,11 @@ async def test_cancel_a_running_task_and_a_queued_one(
 async def wait_queue_empty(fleet: Fleet, pool: str, bound: float = 30) -> None:
     client = AsyncRedis.from_url(fleet.env["AHOP_REDIS_URL"])
     try:
-        deadline = time.monotonic() + bound
-        while await client.zcard(queue_name(pool)) > 0:
-            assert time.monotonic() < deadline, f"queue {pool} not consumed within {bound}s"
-            await asyncio.sleep(0.1)
+
+        async def consumed() -> bool:
+            return int(await client.zcard(queue_name(pool))) == 0
+
+        await waiting.until(consumed, f"queue {pool} to be consumed", bound)
     finally:
         await client.aclose()
 
@@ -462,13 +464,12 @@ async def test_prefetch_puts_the_digest_on_every_live_worker_before_any_task(
     for name in ("p1", "p2"):
         fleet.wait_heartbeat(name, lambda beat: beat["downloads"] == 1, what="the prefetch download")
         assert (tmp_path / f"root-{name[1]}" / "store" / "sha256" / digest / "run.sh").is_file()
-    deadline = time.monotonic() + 30
-    while True:
+
+    async def both_shown() -> bool:
         shown = (await server.get(f"/api/v1/task-templates/{template_id}", headers=alice[Role.VIEWER])).json()
-        if sorted(worker["id"] for worker in shown["workers"]) == ["p1", "p2"]:
-            break
-        assert time.monotonic() < deadline, shown["workers"]
-        await asyncio.sleep(0.1)
+        return sorted(worker["id"] for worker in shown["workers"]) == ["p1", "p2"]
+
+    await waiting.until(both_shown, "the template to show both workers as holders")
     task = await run(server, alice, template_id, params={"name": "warm"})
     assert (await wait_task(server, alice, task["id"]))["status"] == "success"
     beats = [fleet.heartbeat(name) for name in ("p1", "p2")]

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import socket
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ from app.main import create_app
 from app.settings import AppSettings
 from tests.app.conftest import Caller
 from tests.app.test_templates import Client, add_repository, body
+from tests.waiting import until
 from worker.protocol import TaskJob, cancel_key, deserialize, job_id, queue_name
 
 PARAMETERS: list[dict[str, Any]] = [
@@ -85,16 +84,6 @@ async def show(client: Client, caller: Caller, task_id: str) -> dict[str, Any]:
     response = await client.get(f"/api/v1/tasks/{task_id}", headers=caller[Role.VIEWER])
     assert response.status_code == 200, response.text
     return dict(response.json())
-
-
-async def until(check: Callable[[], Awaitable[Any]], what: str, bound: float = 30) -> Any:
-    """Poll `check` until it returns something true; the bound only catches hangs."""
-    deadline = time.monotonic() + bound
-    while True:
-        if result := await check():
-            return result
-        assert time.monotonic() < deadline, f"still waiting after {bound}s for {what}"
-        await asyncio.sleep(0.05)
 
 
 async def task_in(client: Client, caller: Caller, task_id: str, status: str, **expected: Any) -> dict[str, Any]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import secrets
 import signal
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ from arq.jobs import Job
 from redis.asyncio import Redis
 
 from app.devstack.redis import RedisServer
+from tests import waiting
 from tests.fleet import Fleet
 from tests.worker.conftest import Publish
 from worker.protocol import (
@@ -78,23 +78,30 @@ async def enqueue(queue: ArqRedis, job: TaskJob, wire: dict[str, Any] | None = N
 
 
 async def events_of(redis: Redis, task_id: str, *, until: str = "finished", bound: float = 60) -> list[Event]:
-    """The task's events, once one of type `until` is among them; the bound only catches hangs."""
-    deadline = time.monotonic() + bound
-    while True:
-        entries = await redis.xrange(EVENTS_STREAM)
-        events = [Event.from_fields(fields) for _, fields in entries]
+    """The task's events, once one of type `until` is among them."""
+
+    async def arrived() -> list[Event] | None:
+        events = [Event.from_fields(fields) for _, fields in await redis.xrange(EVENTS_STREAM)]
         mine = [event for event in events if event.task_id == task_id]
-        if any(event.type == until for event in mine):
-            return mine
-        assert time.monotonic() < deadline, f"no {until} event for {task_id} within {bound}s: {mine}"
-        await asyncio.sleep(0.05)
+        return mine if any(event.type == until for event in mine) else None
+
+    result: list[Event] = await waiting.until(arrived, f"a {until} event of task {task_id}", bound)
+    return result
 
 
 async def wait_for_log(fleet: Fleet, name: str, text: str, bound: float = 30) -> None:
-    deadline = time.monotonic() + bound
-    while text not in (log := fleet.log(name)):
-        assert time.monotonic() < deadline, f"{text!r} not in the log of {name} within {bound}s:\n{log}"
-        await asyncio.sleep(0.05)
+    async def logged() -> bool:
+        return text in fleet.log(name)
+
+    await waiting.until(logged, f"{text!r} in the log of worker {name}", bound)
+
+
+def script_blob(tmp_path: Path, publish: Publish, name: str, script: str) -> BlobRef:
+    """Publish a template holding one `run.sh` (unique content: the bucket lives for the whole session)."""
+    directory = tmp_path / name
+    directory.mkdir()
+    (directory / "run.sh").write_text(f"# {secrets.token_hex(8)}\n{script}")
+    return publish(directory)
 
 
 async def log_of(redis: Redis, task_id: str) -> list[LogLine]:
@@ -165,11 +172,9 @@ async def test_a_cancel_before_the_start_means_the_script_never_runs(
 async def test_output_beyond_the_limit_keeps_the_newest_lines(
     fleet: Fleet, queue: ArqRedis, redis: Redis, tmp_path: Path, publish: Publish
 ) -> None:
-    directory = tmp_path / "chatty"
-    directory.mkdir()
-    (directory / "run.sh").write_text(f"# {secrets.token_hex(8)}\nfor i in $(seq 1 500); do echo line $i; done\n")
+    blob = script_blob(tmp_path, publish, "chatty", "for i in $(seq 1 500); do echo line $i; done\n")
     fleet.start("w1")
-    job = a_job(publish(directory), params={}, log_limit=100)
+    job = a_job(blob, params={}, log_limit=100)
     await enqueue(queue, job)
     finished = (await events_of(redis, job.task_id))[-1]
     assert (finished.status, finished.log_lines, finished.log_truncated) == ("success", 500, True)
@@ -181,11 +186,8 @@ async def test_output_beyond_the_limit_keeps_the_newest_lines(
 async def test_on_sigterm_a_worker_takes_no_new_job_and_lets_the_running_one_finish(
     fleet: Fleet, queue: ArqRedis, redis: Redis, tmp_path: Path, publish: Publish
 ) -> None:
-    directory = tmp_path / "slow"
-    directory.mkdir()
-    (directory / "run.sh").write_text(f"# {secrets.token_hex(8)}\necho started\nsleep 2\necho done\n")
+    blob = script_blob(tmp_path, publish, "slow", "echo started\nsleep 2\necho done\n")
     worker = fleet.start("w1", AHOP_WORKER_SHUTDOWN_GRACE="60")
-    blob = publish(directory)
     running = a_job(blob, params={})
     await enqueue(queue, running)
     await events_of(redis, running.task_id, until="started")
@@ -210,10 +212,7 @@ async def test_a_short_redis_outage_during_a_run_loses_neither_the_output_nor_th
 ) -> None:
     server = RedisServer.start(tmp_path / "own-redis", durable=True)
     fleet = Fleet({**worker_env, "AHOP_REDIS_URL": server.url()}, tmp_path / "own-logs")
-    directory = tmp_path / "steady"
-    directory.mkdir()
-    (directory / "run.sh").write_text(f"# {secrets.token_hex(8)}\necho before\nsleep 4\necho after\n")
-    blob = publish(directory)
+    blob = script_blob(tmp_path, publish, "steady", "echo before\nsleep 4\necho after\n")
     try:
         fleet.start("w1")
         pool = await create_pool(RedisSettings.from_dsn(server.url()), job_serializer=serialize)
