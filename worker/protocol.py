@@ -23,6 +23,7 @@ import dataclasses
 import json
 import re
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 PROTOCOL_VERSION = 1
@@ -87,6 +88,13 @@ def worker_digests_key(worker_id: str) -> str:
 def worker_inbox_key(worker_id: str) -> str:
     """List of messages for one worker (JSON `BlobRef`s to prefetch), pushed by the server."""
     return f"ahop:worker:{worker_id}:inbox"
+
+
+def parse_time(value: str) -> datetime:
+    """A timestamp of this protocol (`Event.at`, `Heartbeat.at`, …: ISO 8601, UTC when no offset is written) as an
+    aware datetime; a value that is not one raises ValueError."""
+    moment = datetime.fromisoformat(value)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def serialize(value: dict[str, Any]) -> bytes:

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.control.outcomes import Outcome, Outcomes
 from app.db.models import Task, TaskStatus
-from worker.protocol import EVENTS_GROUP, EVENTS_STREAM, Event, ProtocolError
+from worker.protocol import EVENTS_GROUP, EVENTS_STREAM, Event, ProtocolError, parse_time
 
 log = logging.getLogger("ahop.control")
 
@@ -33,10 +33,9 @@ Entry = tuple[Any, Any]
 def event_time(value: str) -> datetime:
     """A worker's ISO 8601 timestamp as an aware datetime; now when it cannot be read."""
     try:
-        moment = datetime.fromisoformat(value)
+        return parse_time(value)
     except (TypeError, ValueError):
         return datetime.now(UTC)
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def parse(fields: Any) -> tuple[Event, uuid.UUID]:

@@ -19,7 +19,15 @@ from redis.exceptions import RedisError
 
 from app.db.models import Blob
 from app.services.errors import Unavailable
-from worker.protocol import WORKERS_KEY, BlobRef, Heartbeat, ProtocolError, worker_digests_key, worker_inbox_key
+from worker.protocol import (
+    WORKERS_KEY,
+    BlobRef,
+    Heartbeat,
+    ProtocolError,
+    parse_time,
+    worker_digests_key,
+    worker_inbox_key,
+)
 
 log = logging.getLogger("ahop.workers")
 
@@ -54,11 +62,6 @@ def blob_ref(blob: Blob) -> BlobRef:
                    files=blob.files)  # fmt: skip
 
 
-def _parse_time(value: str) -> datetime:
-    moment = datetime.fromisoformat(value)
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 class Workers:
     """Reads the workers' heartbeats and digests; asks workers to prefetch blobs."""
 
@@ -81,7 +84,7 @@ class Workers:
             worker_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
             try:
                 heartbeat = Heartbeat.from_json(raw)
-                last_seen, started_at = _parse_time(heartbeat.at), _parse_time(heartbeat.started_at)
+                last_seen, started_at = parse_time(heartbeat.at), parse_time(heartbeat.started_at)
             except (ProtocolError, ValueError, TypeError) as exc:
                 log.warning("ignored the malformed heartbeat of worker %r: %s", worker_id, exc)
                 continue
