@@ -69,6 +69,19 @@ class AppSettings(BaseSettings):
         description="Seconds a worker event may stay unrecorded by a server (that died) before another takes it.",
     )
     redis_timeout: float = Field(default=5.0, gt=0, description="Seconds one Redis command of tasks may take.")
+    keep_versions: int = Field(
+        default=10, ge=1, description="Versions kept per template (besides the current one); GC frees older ones."
+    )
+    task_retention_days: float = Field(
+        default=30.0, gt=0, description="Days finished tasks, their output and maintenance reports are kept."
+    )
+    gc_grace: float = Field(
+        default=3600.0,
+        ge=0,
+        description="Seconds a blob must go unreferenced and untouched (an object: unlisted by any row) before GC "
+        "deletes it; covers imports in flight.",
+    )
+    verify_concurrency: int = Field(default=4, ge=1, le=64, description="Blobs one verify run checks at once.")
 
     @field_validator("database_url")
     @classmethod

@@ -56,10 +56,10 @@ def database_url(stack: LocalStack) -> Iterator[str]:
     url = with_database(server_url, name)
     migrate.upgrade(url)
     yield url
-    asyncio.run(_drop_database(server_url, name))
+    asyncio.run(drop_database(server_url, name))
 
 
-async def _drop_database(server_url: str, name: str) -> None:
+async def drop_database(server_url: str, name: str) -> None:
     connection = await asyncpg.connect(server_url.replace("+asyncpg", ""))
     try:
         await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

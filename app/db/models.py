@@ -96,6 +96,9 @@ class Blob(Base):
     state: Mapped[str] = mapped_column(String(16), server_default="stored")
     touched_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     verified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    verify_outcome: Mapped[str | None] = mapped_column(String(16))
+    """The last verify's outcome: ok, missing, corrupt or size-mismatch (`storage.verify.Outcome`)."""
+    verify_detail: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
@@ -210,3 +213,34 @@ class TaskLogLine(Base):
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     stream: Mapped[str] = mapped_column(String(6))
     line: Mapped[str] = mapped_column(Text)
+
+
+class RunKind(enum.StrEnum):
+    GC = "gc"
+    VERIFY = "verify"
+
+
+class RunStatus(enum.StrEnum):
+    """`problems`: a verify that finished and found blobs that are not ok; `failed`: the run itself stopped."""
+
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    PROBLEMS = "problems"
+    FAILED = "failed"
+
+
+class MaintenanceRun(Base):
+    """One GC or verify run, from the command line or the API: its options, its progress and finally its report."""
+
+    __tablename__ = "maintenance_runs"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, server_default=text("gen_random_uuid()"))
+    kind: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), server_default=RunStatus.RUNNING.value)
+    options: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    report: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    error: Mapped[str | None] = mapped_column(Text)
+    started_by: Mapped[str] = mapped_column(String(200), server_default="")
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -4,11 +4,15 @@ An import (1) upserts the blob row, touching `touched_at`; (2) uploads the objec
 that inserts the version, touches the row again and records the metadata of the object actually stored. A GC
 that deletes only rows untouched for its grace period, and locks a row before deleting its object, can then never
 delete a blob that a committed version references.
+
+GC also deletes objects that have no row (crashed imports). The upsert holds a shared advisory lock on the digest
+until it commits, and that sweep takes the same lock exclusively while it checks for a row and deletes the object:
+an import that found the object already stored can therefore never lose it to the sweep.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import delete, exists, select, text, update
+from sqlalchemy import delete, exists, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -24,8 +28,24 @@ async def cached_digest(session: AsyncSession, content_key: str) -> str | None:
     )
 
 
+LOCK_NAMESPACE = 0x61686F70
+"""The first key of every per-digest advisory lock ("ahop"); the second is `digest_lock_key(digest)`."""
+
+
+def digest_lock_key(digest: str) -> int:
+    """A 32-bit advisory lock key for the digest: its first 8 hex digits, signed. Collisions only make two digests
+    wait for each other."""
+    value = int(digest[:8], 16)
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
 async def upsert_blob(session: AsyncSession, snapshot: Snapshot) -> bool:
-    """Insert the blob row, or touch the existing one (whose figures stay: the first writer's). True if inserted."""
+    """Insert the blob row, or touch the existing one (whose figures stay: the first writer's). True if inserted.
+
+    Takes the digest's advisory lock (shared) until the transaction ends; see the module's docstring."""
+    await session.execute(
+        select(func.pg_advisory_xact_lock_shared(LOCK_NAMESPACE, digest_lock_key(snapshot.digest.hex)))
+    )
     statement = (
         insert(Blob)
         .values(

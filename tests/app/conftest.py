@@ -32,7 +32,7 @@ class Caller:
         return self.headers[role]
 
 
-async def _tenant(database_url: str) -> Caller:
+async def make_tenant(database_url: str) -> Caller:
     engine = create_engine(database_url, pool_size=1)
     try:
         async with create_session_factory(engine)() as session, session.begin():
@@ -65,12 +65,12 @@ async def client(api_settings: AppSettings) -> AsyncIterator[AsyncTestClient[Lit
 
 @pytest.fixture
 async def alice(database_url: str) -> Caller:
-    return await _tenant(database_url)
+    return await make_tenant(database_url)
 
 
 @pytest.fixture
 async def bob(database_url: str) -> Caller:
-    return await _tenant(database_url)
+    return await make_tenant(database_url)
 
 
 def git(repo: Path, *args: str) -> str:

@@ -1,0 +1,217 @@
+"""Online garbage collection (DESIGN §6): retention, then mark, then sweep under row locks, then orphan objects.
+
+1. Retention deletes version rows that are no longer retained and finished tasks past their days.
+2. Mark: blob rows that nothing references (`references.unreferenced`) and that nobody touched within the grace.
+3. Sweep, in batches: lock the candidates' rows (skipping rows an import or a task is holding right now), check
+   again in a new statement (which sees everything committed while we waited), delete those objects with one
+   DeleteObjects request, delete their rows, commit. An import touches the row in the transaction that inserts its
+   version, and inserting a version locks the row too (its foreign key), so an import either commits before our
+   check (and the blob is kept) or finds the row gone afterwards (and stores the blob again).
+4. Orphans: objects with no row, older than the grace, each checked and deleted under the digest's advisory lock
+   (see `app.services.blobs`).
+
+Work scales with the number of blobs: nothing reads an object's bytes. A dry run changes nothing and reports what
+a real run would delete now.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import Integer, delete, func, literal, select
+from sqlalchemy.dialects.postgresql import array
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.db.models import Blob
+from app.maintenance import references, retention
+from app.maintenance.listing import blob_pages, older_than
+from app.maintenance.progress import Progress, Silent
+from app.services.blobs import LOCK_NAMESPACE, digest_lock_key
+from storage.blobstore import DELETE_BATCH, BlobStore
+from storage.digest import Digest
+
+LISTED_DIGESTS = 10_000
+"""Digests named in a report (the counts are always complete)."""
+
+
+@dataclass(frozen=True)
+class GcOptions:
+    grace: float = 3600.0
+    """Seconds a blob row must stay untouched, and an orphan object unlisted, before it can go."""
+    keep_versions: int = 10
+    task_retention: timedelta = timedelta(days=30)
+    dry_run: bool = False
+    batch: int = 500
+    """Blob rows locked and deleted per transaction (and per DeleteObjects request)."""
+
+
+@dataclass
+class GcReport:
+    dry_run: bool
+    grace_seconds: float
+    blobs_examined: int = 0
+    candidates: int = 0
+    candidate_bytes: int = 0
+    deleted: int = 0
+    bytes_freed: int = 0
+    kept_in_use: int = 0
+    """Candidates that an import or a task took while the run went on: kept."""
+    orphans_found: int = 0
+    orphans_removed: int = 0
+    orphan_bytes_freed: int = 0
+    versions_pruned: int = 0
+    tasks_pruned: int = 0
+    runs_pruned: int = 0
+    duration_seconds: float = 0.0
+    mark_seconds: float = 0.0
+    sweep_seconds: float = 0.0
+    candidate_digests: list[str] = field(default_factory=list)
+    """The candidates (up to LISTED_DIGESTS), as sha256:<hex>."""
+    deleted_digests: list[str] = field(default_factory=list)
+    orphan_digests: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class GarbageCollector:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], store: BlobStore, options: GcOptions,
+                 progress: Progress | None = None) -> None:  # fmt: skip
+        self.sessions = sessions
+        self.store = store
+        self.options = options
+        self.progress = progress or Silent()
+
+    async def run(self) -> GcReport:
+        """One collection. The caller holds the GC lock (`app.maintenance.runs.gc_lock`)."""
+        started = time.monotonic()
+        report = GcReport(dry_run=self.options.dry_run, grace_seconds=self.options.grace)
+        self.progress.phase("retention")
+        pruned = await retention.prune(
+            self.sessions,
+            keep=self.options.keep_versions,
+            retention=self.options.task_retention,
+            dry_run=self.options.dry_run,
+        )
+        report.versions_pruned, report.tasks_pruned, report.runs_pruned = pruned.versions, pruned.tasks, pruned.runs
+        candidates = await self._mark(report)
+        report.mark_seconds = time.monotonic() - started
+        if not self.options.dry_run:
+            await self._sweep(candidates, report)
+        await self._sweep_orphans(report)
+        report.duration_seconds = time.monotonic() - started
+        report.sweep_seconds = report.duration_seconds - report.mark_seconds
+        return report
+
+    async def _mark(self, report: GcReport) -> list[tuple[str, int]]:
+        self.progress.phase("mark")
+        async with self.sessions() as session:
+            report.blobs_examined = int(await session.scalar(select(func.count()).select_from(Blob)) or 0)
+            rows = (
+                await session.execute(
+                    select(Blob.digest, Blob.zst_size)
+                    .where(
+                        Blob.touched_at < func.now() - self._grace(),
+                        references.unreferenced(self.options.keep_versions),
+                    )
+                    .order_by(Blob.digest)
+                )
+            ).all()
+        candidates = [(digest, size) for digest, size in rows]
+        report.candidates = len(candidates)
+        report.candidate_bytes = sum(size for _, size in candidates)
+        report.candidate_digests = [f"sha256:{digest}" for digest, _ in candidates[:LISTED_DIGESTS]]
+        self.progress.advance(report.blobs_examined)
+        return candidates
+
+    def _grace(self) -> Any:
+        return literal(timedelta(seconds=self.options.grace))
+
+    async def _sweep(self, candidates: list[tuple[str, int]], report: GcReport) -> None:
+        self.progress.phase("sweep", len(candidates))
+        step = min(self.options.batch, DELETE_BATCH)
+        async with self.sessions() as session:
+            for start in range(0, len(candidates), step):
+                batch = [digest for digest, _ in candidates[start : start + step]]
+                deleted = await self._delete_batch(session, batch)
+                report.deleted += len(deleted)
+                freed = sum(size for _, size in deleted)
+                report.bytes_freed += freed
+                report.kept_in_use += len(batch) - len(deleted)
+                room = LISTED_DIGESTS - len(report.deleted_digests)
+                report.deleted_digests += [f"sha256:{digest}" for digest, _ in deleted[: max(room, 0)]]
+                self.progress.advance(len(batch), freed)
+
+    async def _delete_batch(self, session: AsyncSession, batch: list[str]) -> list[tuple[str, int]]:
+        async with session.begin():
+            locked = list(
+                await session.scalars(
+                    select(Blob.digest).where(Blob.digest.in_(batch)).with_for_update(skip_locked=True)
+                )
+            )
+            if not locked:
+                return []
+            confirmed = [
+                (digest, size)
+                for digest, size in (
+                    await session.execute(
+                        select(Blob.digest, Blob.zst_size).where(
+                            Blob.digest.in_(locked),
+                            Blob.touched_at < func.now() - self._grace(),
+                            references.unreferenced_now(),
+                        )
+                    )
+                ).all()
+            ]
+            if not confirmed:
+                return []
+            digests = [digest for digest, _ in confirmed]
+            # The object goes first, the row in the same transaction: if the delete fails, both stay.
+            await asyncio.to_thread(self.store.delete, [Digest(digest) for digest in digests])
+            await session.execute(delete(Blob).where(Blob.digest.in_(digests)))
+        return confirmed
+
+    async def _sweep_orphans(self, report: GcReport) -> None:
+        """Objects without a row, listed page by page; deleted unless a row appeared meanwhile."""
+        self.progress.phase("orphans")
+        cutoff = older_than(self.options.grace)
+        async with self.sessions() as session:
+            async for page in blob_pages(self.store):
+                old = {item.digest.hex: item.size for item in page if item.last_modified < cutoff}
+                orphans = await _without_rows(session, old)
+                await session.rollback()
+                if orphans and not self.options.dry_run:
+                    orphans = await self._delete_orphans(session, orphans)
+                report.orphans_found += len(orphans)
+                if not self.options.dry_run:
+                    report.orphans_removed += len(orphans)
+                    report.orphan_bytes_freed += sum(old[digest] for digest in orphans)
+                room = LISTED_DIGESTS - len(report.orphan_digests)
+                report.orphan_digests += [f"sha256:{digest}" for digest in orphans[: max(room, 0)]]
+                self.progress.advance(len(page), sum(item.size for item in page))
+
+    async def _delete_orphans(self, session: AsyncSession, orphans: list[str]) -> list[str]:
+        async with session.begin():
+            keys = sorted({digest_lock_key(digest) for digest in orphans})
+            await session.execute(
+                select(func.count()).select_from(
+                    select(
+                        func.pg_advisory_xact_lock(LOCK_NAMESPACE, func.unnest(array(keys, type_=Integer)))
+                    ).subquery()
+                )
+            )
+            still = await _without_rows(session, dict.fromkeys(orphans, 0))
+            if still:
+                await asyncio.to_thread(self.store.delete, [Digest(digest) for digest in still])
+        return still
+
+
+async def _without_rows(session: AsyncSession, digests: dict[str, int]) -> list[str]:
+    if not digests:
+        return []
+    present = set(await session.scalars(select(Blob.digest).where(Blob.digest.in_(list(digests)))))
+    return sorted(digest for digest in digests if digest not in present)

@@ -1,0 +1,71 @@
+"""Maintenance fixtures: a database and a bucket of each test's own, since GC deletes what nothing references."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from app.db import migrate
+from app.db.engine import create_engine, create_session_factory
+from app.devstack.postgres import ensure_database
+from app.devstack.stack import LocalStack
+from app.main import create_app
+from app.maintenance.service import Maintenance, policy_of
+from app.settings import AppSettings
+from storage.blobstore import BlobStore
+from tests.app.conftest import Caller, make_tenant
+from tests.conftest import drop_database, with_database
+
+
+@pytest.fixture
+async def own_settings(api_settings: AppSettings, stack: LocalStack, tmp_path: Path) -> AsyncIterator[AppSettings]:
+    database = f"ahop_gc_{secrets.token_hex(5)}"
+    server_url = stack.env["AHOP_DATABASE_URL"]
+    await asyncio.to_thread(ensure_database, server_url, database)  # they run event loops of their own
+    url = with_database(server_url, database)
+    await asyncio.to_thread(migrate.upgrade, url)
+    bucket = f"ahop-gc-{secrets.token_hex(4)}"
+    stack.ensure_bucket(bucket)
+    yield api_settings.model_copy(update={"database_url": url, "s3_bucket": bucket, "data_dir": tmp_path / "own"})
+    await drop_database(server_url, database)
+
+
+@pytest.fixture
+async def own_client(own_settings: AppSettings) -> AsyncIterator[AsyncTestClient[Litestar]]:
+    async with AsyncTestClient(create_app(own_settings)) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+async def carol(own_settings: AppSettings) -> Caller:
+    return await make_tenant(own_settings.database_url)
+
+
+@pytest.fixture
+async def engine(own_settings: AppSettings) -> AsyncIterator[AsyncEngine]:
+    created = create_engine(own_settings.database_url, pool_size=5)
+    yield created
+    await created.dispose()
+
+
+@pytest.fixture
+def sessions(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return create_session_factory(engine)
+
+
+@pytest.fixture
+def store(own_settings: AppSettings) -> BlobStore:
+    return BlobStore(own_settings.s3_location())
+
+
+@pytest.fixture
+def maintenance(engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession], store: BlobStore,
+                own_settings: AppSettings) -> Maintenance:  # fmt: skip
+    return Maintenance(engine, sessions, store, policy_of(own_settings))

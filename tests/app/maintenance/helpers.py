@@ -1,0 +1,76 @@
+"""Building blocks of the maintenance tests: templates imported through the API, raw objects, blob states."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from pathlib import Path
+from typing import Any
+
+import zstandard
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.db.models import Blob, Role
+from storage.blobstore import BlobStore
+from storage.digest import Digest
+from storage.errors import BlobNotFound
+from storage.keys import blob_key
+from tests.app.conftest import Caller, git
+from tests.app.test_templates import add_repository, body, s3_client
+
+Client = AsyncTestClient[Litestar]
+
+
+async def import_template(client: Client, caller: Caller, origin: Path, code: str, repository_id: int | None = None,
+                          path: str = "scripts/disk_cleanup") -> dict[str, Any]:  # fmt: skip
+    """Import `path` of `origin` as template `code`; the response's JSON (with `digest` of the current version)."""
+    if repository_id is None:
+        repository_id = await add_repository(client, caller, origin, name=f"repo-{code}")
+    response = await client.post(
+        "/api/v1/task-templates",
+        json=body(repository_id, code=code, original_path=path, parameters=[]),
+        headers=caller[Role.ADMIN],
+    )
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
+def commit_new_content(origin: Path, path: str = "scripts/disk_cleanup") -> None:
+    """A new commit that changes the directory's content (so its next import packs a new digest)."""
+    (origin / path / "changes.txt").write_text(secrets.token_hex(16))
+    git(origin, "add", "-A")
+    git(origin, "commit", "-q", "-m", "change")
+
+
+def put_orphan(settings_s3: Any, bucket: str) -> Digest:
+    """An object under a blob key that no row names, as a crashed import leaves one."""
+    tar = secrets.token_bytes(2048)
+    digest = Digest(hashlib.sha256(tar).hexdigest())
+    compressed = zstandard.ZstdCompressor().compress(tar)
+    settings_s3.put_object(
+        Bucket=bucket,
+        Key=blob_key(digest),
+        Body=compressed,
+        Metadata={"tar-size": str(len(tar)), "files": "1", "zst-sha256": hashlib.sha256(compressed).hexdigest()},
+    )
+    return digest
+
+
+def stored(store: BlobStore, digest: str | Digest) -> bool:
+    """Whether an object is stored under the digest's key."""
+    try:
+        store.head(digest if isinstance(digest, Digest) else Digest.parse(digest))
+    except BlobNotFound:
+        return False
+    return True
+
+
+async def blob_rows(sessions: async_sessionmaker[AsyncSession]) -> set[str]:
+    async with sessions() as session:
+        return {f"sha256:{digest}" for digest in await session.scalars(select(Blob.digest))}
+
+
+__all__ = ["Client", "add_repository", "s3_client"]

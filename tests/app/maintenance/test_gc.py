@@ -1,0 +1,136 @@
+"""GC (DESIGN §6): what nothing references goes, what something references stays, a dry run tells the truth,
+orphan objects wait out the grace, and one GC runs at a time."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.db.models import Role, RunStatus
+from app.maintenance.runs import AlreadyRunning
+from app.maintenance.service import Maintenance
+from app.settings import AppSettings
+from storage.blobstore import BlobStore
+from tests.app.conftest import Caller, git
+from tests.app.maintenance.helpers import (
+    Client,
+    blob_rows,
+    commit_new_content,
+    import_template,
+    put_orphan,
+    s3_client,
+    stored,
+)
+
+
+async def gc(maintenance: Maintenance, *, grace: float = 0, dry_run: bool = False) -> dict[str, Any]:
+    started = await maintenance.start_gc(dry_run=dry_run, grace=grace, wait=False, started_by="test")
+    result = await started.execute(None)
+    assert result.status is RunStatus.SUCCEEDED, result.error
+    return result.report
+
+
+async def test_gc_frees_what_nothing_references_and_keeps_the_rest(
+    own_client: Client, carol: Caller, origin: Path, own_settings: AppSettings, maintenance: Maintenance,
+    store: BlobStore, sessions: async_sessionmaker[AsyncSession],
+) -> None:  # fmt: skip
+    kept = await import_template(own_client, carol, origin, "kept", path="scripts/disk_cleanup")
+    (origin / "other").mkdir()
+    (origin / "other" / "cleanup.sh").write_text("echo other\n")
+    git(origin, "add", "-A")
+    git(origin, "commit", "-q", "-m", "other")
+    gone = await import_template(own_client, carol, origin, "gone", path="other")
+    response = await own_client.delete(f"/api/v1/task-templates/{gone['id']}", headers=carol[Role.ADMIN])
+    assert response.status_code == 204, response.text
+    orphan = put_orphan(s3_client(own_settings), own_settings.s3_bucket)
+
+    report = await gc(maintenance)
+
+    kept_digest, gone_digest = kept["artifact"]["digest"], gone["artifact"]["digest"]
+    assert report["candidates"] == 1
+    assert report["deleted"] == 1
+    assert report["deleted_digests"] == [gone_digest]
+    assert report["bytes_freed"] == gone["artifact"]["zst_size"]
+    assert report["orphans_removed"] == 1
+    assert report["orphan_digests"] == [str(orphan)]
+    assert report["blobs_examined"] == 2
+    assert stored(store, kept_digest)
+    assert not stored(store, gone_digest)
+    assert not stored(store, orphan)
+    assert await blob_rows(sessions) == {kept_digest}
+    # What stays still runs: the kept template's content verifies.
+    response = await own_client.get(f"/api/v1/task-templates/{kept['id']}", headers=carol[Role.VIEWER])
+    assert response.json()["artifact"]["digest"] == kept_digest
+
+
+async def test_a_dry_run_changes_nothing_and_names_what_a_real_run_then_deletes(
+    own_client: Client, carol: Caller, origin: Path, own_settings: AppSettings, maintenance: Maintenance,
+    store: BlobStore, sessions: async_sessionmaker[AsyncSession],
+) -> None:  # fmt: skip
+    imported = await import_template(own_client, carol, origin, "svc")
+    digests = [imported["artifact"]["digest"]]
+    for _ in range(3):  # versions 2..4; with AHOP_KEEP_VERSIONS=2 versions 1 and 2 are no longer retained
+        commit_new_content(origin)
+        response = await own_client.post(f"/api/v1/task-templates/{imported['id']}/sync", headers=carol[Role.ADMIN])
+        assert response.status_code in (200, 201), response.text
+        detail = await own_client.get(f"/api/v1/task-templates/{imported['id']}", headers=carol[Role.VIEWER])
+        digests.append(detail.json()["artifact"]["digest"])
+    orphan = put_orphan(s3_client(own_settings), own_settings.s3_bucket)
+    maintenance.policy = type(maintenance.policy)(**{**maintenance.policy.__dict__, "keep_versions": 2})
+    rows_before = await blob_rows(sessions)
+
+    dry = await gc(maintenance, dry_run=True)
+
+    assert dry["dry_run"] is True
+    assert sorted(dry["candidate_digests"]) == sorted(digests[:2])
+    assert dry["versions_pruned"] == 2
+    assert dry["orphans_found"] == 1
+    assert dry["orphan_digests"] == [str(orphan)]
+    assert dry["deleted"] == 0
+    assert dry["orphans_removed"] == 0
+    assert await blob_rows(sessions) == rows_before
+    assert all(stored(store, digest) for digest in digests)
+    assert stored(store, orphan)
+    versions = await own_client.get(f"/api/v1/task-templates/{imported['id']}/versions", headers=carol[Role.VIEWER])
+    assert len(versions.json()) == 4
+
+    real = await gc(maintenance)
+
+    assert sorted(real["deleted_digests"]) == sorted(dry["candidate_digests"])
+    assert real["bytes_freed"] == dry["candidate_bytes"]
+    assert real["orphan_digests"] == dry["orphan_digests"]
+    assert await blob_rows(sessions) == set(digests[2:])
+    assert [stored(store, digest) for digest in digests] == [False, False, True, True]
+    versions = await own_client.get(f"/api/v1/task-templates/{imported['id']}/versions", headers=carol[Role.VIEWER])
+    assert sorted(entry["version"] for entry in versions.json()) == [3, 4]
+
+
+async def test_an_object_without_a_row_survives_within_the_grace_and_goes_after_it(
+    own_settings: AppSettings, maintenance: Maintenance, store: BlobStore
+) -> None:
+    orphan = put_orphan(s3_client(own_settings), own_settings.s3_bucket)
+
+    within = await gc(maintenance, grace=3600)
+    assert within["orphans_found"] == 0
+    assert stored(store, orphan)
+
+    after = await gc(maintenance, grace=0)
+    assert after["orphans_removed"] == 1
+    assert not stored(store, orphan)
+
+
+async def test_two_gc_runs_at_once_exactly_one_proceeds(maintenance: Maintenance) -> None:
+    first = await maintenance.start_gc(dry_run=False, grace=0, wait=False, started_by="first")
+    with pytest.raises(AlreadyRunning, match=rf"already running \(run {first.run_id}"):
+        await maintenance.start_gc(dry_run=False, grace=0, wait=False, started_by="second")
+
+    waiting = asyncio.create_task(maintenance.start_gc(dry_run=True, grace=0, wait=True, started_by="third"))
+    await asyncio.sleep(0.3)
+    assert not waiting.done(), "a GC with wait=True must wait for the lock"
+    assert (await first.execute(None)).status is RunStatus.SUCCEEDED
+    third = await asyncio.wait_for(waiting, timeout=30)
+    assert (await third.execute(None)).status is RunStatus.SUCCEEDED
