@@ -304,6 +304,17 @@ class BlobStore:
         stored = self.head(digest)
         return written and stored.zst_sha256 == ours.zst_sha256, stored
 
+    def replace(self, digest: Digest, source: Path, *, tar_size: int, files: int, zst_sha256: str) -> BlobInfo:
+        """Store `source` as the blob of `digest` whether or not an object is there: how a repair puts back a blob
+        whose stored bytes went missing or bad. The server checks the bytes against `zst_sha256`."""
+        key = blob_key(_checked(digest))
+        ours = BlobInfo(digest, source.stat().st_size, tar_size, files, zst_sha256)
+        if ours.zst_size > self.multipart_threshold:
+            self._put_in_parts(key, source, ours, conditional=False)
+        else:
+            self._put(key, source, ours, conditional=False)
+        return self.head(digest)
+
     def _write_if_absent(self, write: Callable[[_Condition], object]) -> bool:
         """Run `write` with `If-None-Match: *` where the server honours it; False when the key already exists."""
         while True:
@@ -320,8 +331,8 @@ class BlobStore:
                     raise
                 self._conditional_writes = False  # and write again, unconditionally: see __init__
 
-    def _put(self, key: str, source: Path, info: BlobInfo) -> bool:
-        """One PUT of `source`; False when an object already sits under `key`."""
+    def _put(self, key: str, source: Path, info: BlobInfo, *, conditional: bool = True) -> bool:
+        """One PUT of `source`; False when an object already sits under `key` (and `conditional`)."""
         with self._translated("upload", key), source.open("rb") as body:
 
             def write(condition: _Condition) -> None:
@@ -336,9 +347,12 @@ class BlobStore:
                     **condition,
                 )
 
+            if not conditional:
+                write({})
+                return True
             return self._write_if_absent(write)
 
-    def _put_in_parts(self, key: str, source: Path, info: BlobInfo) -> bool:
+    def _put_in_parts(self, key: str, source: Path, info: BlobInfo, *, conditional: bool = True) -> bool:
         """A multipart upload of `source`; False when an object already sits under `key`.
 
         S3 checks each part's ChecksumSHA256, but has no whole-object SHA-256 for multipart uploads; so we hash
@@ -352,11 +366,17 @@ class BlobStore:
             completed = False
             try:
                 parts = self._upload_parts(key, upload_id, source, info.zst_sha256)
-                completed = self._write_if_absent(
-                    lambda condition: self._s3.complete_multipart_upload(
+
+                def complete(condition: _Condition) -> None:
+                    self._s3.complete_multipart_upload(
                         Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}, **condition
                     )
-                )
+
+                if conditional:
+                    completed = self._write_if_absent(complete)
+                else:
+                    complete({})
+                    completed = True
                 return completed
             finally:
                 if not completed:

@@ -12,12 +12,19 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from app.db.engine import create_session_factory
 from app.db.models import RunKind, RunStatus
+from app.git.mirror import GitOptions, Mirrors
 from app.maintenance.gc import GarbageCollector, GcOptions
 from app.maintenance.progress import Progress
+from app.maintenance.repair import Repairer
 from app.maintenance.runs import GcLock, RunRecorder, create_run
+from app.maintenance.verify import Verifier, VerifyOptions
+from app.services.errors import InvalidInput
 from app.settings import AppSettings
 from storage.blobstore import BlobStore
+from storage.canonical import Limits
+from storage.digest import Digest
 from storage.errors import StorageError
 
 log = logging.getLogger("ahop.maintenance")
@@ -65,11 +72,12 @@ class Policy:
 
 class Maintenance:
     def __init__(self, engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession], store: BlobStore,
-                 policy: Policy) -> None:  # fmt: skip
+                 policy: Policy, repairer: Repairer | None = None) -> None:  # fmt: skip
         self.engine = engine
         self.sessions = sessions
         self.store = store
         self.policy = policy
+        self.repairer = repairer
 
     async def start_gc(self, *, dry_run: bool, grace: float | None, wait: bool, started_by: str) -> StartedRun:
         """Take the GC lock (AlreadyRunning unless `wait`) and record the run; the lock goes when it ends."""
@@ -98,6 +106,31 @@ class Maintenance:
                 await lock.release()
 
         return StartedRun(run_id, execute)
+
+    async def start_verify(self, *, digest: Digest | None, sample: int | None, grace: float | None, repair: bool,
+                           started_by: str) -> StartedRun:  # fmt: skip
+        """Record a verify run (several may run at once: they only read, and a repair rewrites what is broken)."""
+        options = VerifyOptions(
+            digest=digest, sample=sample, grace=self.policy.default_grace if grace is None else grace,
+            repair=repair, concurrency=self.policy.verify_concurrency,
+        )  # fmt: skip
+        if repair and self.repairer is None:
+            raise InvalidInput("repair needs the server's Git mirrors, which this process does not have")
+        recorded = {"scope": options.scope, "digest": str(digest) if digest else None, "sample": sample,
+                    "grace_seconds": options.grace, "repair": repair}  # fmt: skip
+        run_id = await create_run(self.sessions, RunKind.VERIFY, recorded, started_by)
+
+        async def execute(progress: Progress | None) -> RunResult:
+            async with RunRecorder(self.sessions, run_id) as recorder:
+                verifier = Verifier(self.sessions, self.store, options, self.repairer, _Both(recorder, progress))
+                return await _finish(recorder, run_id, lambda: _verify_report(verifier))
+
+        return StartedRun(run_id, execute)
+
+
+async def _verify_report(verifier: Verifier) -> tuple[RunStatus, dict[str, Any]]:
+    report = await verifier.run()
+    return (RunStatus.SUCCEEDED if report.all_ok else RunStatus.PROBLEMS), report.to_json()
 
 
 async def _gc_report(collector: GarbageCollector) -> tuple[RunStatus, dict[str, Any]]:
@@ -130,3 +163,13 @@ def policy_of(settings: AppSettings) -> Policy:
         default_grace=settings.gc_grace,
         verify_concurrency=settings.verify_concurrency,
     )
+
+
+def build_maintenance(settings: AppSettings, engine: AsyncEngine, store: BlobStore) -> Maintenance:
+    """Maintenance as a server or `ahop gc|verify` runs it, from the settings (repairs use the server's mirrors)."""
+    mirrors = Mirrors(
+        settings.data_dir, GitOptions(settings.git_timeout, settings.git_known_hosts, settings.allowed_schemes())
+    )
+    limits = Limits(max_bytes=settings.max_template_bytes, max_files=settings.max_template_files)
+    repairer = Repairer(create_session_factory(engine), store, mirrors, limits, settings.data_dir / "tmp")
+    return Maintenance(engine, create_session_factory(engine), store, policy_of(settings), repairer)

@@ -101,6 +101,9 @@ async def stored_lines(session: AsyncSession, task_id: uuid.UUID, after: int) ->
     return [LogLine(seq=row.seq, stream=row.stream, line=row.line) for row in rows]  # type: ignore[arg-type]
 
 
+_KEY_SHARE = {"read": True, "key_share": True}
+
+
 class Tasks:
     def __init__(self, session: AsyncSession, dispatcher: Dispatcher,
                  session_factory: async_sessionmaker[AsyncSession], follow_block: float = 1.0) -> None:  # fmt: skip
@@ -113,8 +116,12 @@ class Tasks:
         """Validate, record the task (`pending`), then enqueue it; with Redis down it stays `pending` for the
         reconciler. Nothing is written when the template, the version or a parameter is wrong."""
         async with self.session.begin():
+            # Key-share locks on the template and the version until the task is recorded: a template deletion or
+            # a retention pass waits for us and then sees the unfinished task (and so keeps what it runs).
             template = await self.session.scalar(
-                select(TaskTemplate).where(TaskTemplate.id == new.template_id, TaskTemplate.tenant_id == tenant_id)
+                select(TaskTemplate)
+                .where(TaskTemplate.id == new.template_id, TaskTemplate.tenant_id == tenant_id)
+                .with_for_update(read=True, key_share=True)
             )
             if template is None:
                 raise NotFound(f"no template {new.template_id}")
@@ -135,7 +142,7 @@ class Tasks:
     async def _version(self, template: TaskTemplate, number: int | None) -> TemplateVersion:
         if number is None:
             current = (
-                await self.session.get(TemplateVersion, template.current_version_id)
+                await self.session.get(TemplateVersion, template.current_version_id, with_for_update=_KEY_SHARE)
                 if template.current_version_id is not None
                 else None
             )
@@ -143,7 +150,9 @@ class Tasks:
                 raise Conflict(f"template {template.id} has no current version to run; import or sync it first")
             return current
         version = await self.session.scalar(
-            select(TemplateVersion).where(TemplateVersion.template_id == template.id, TemplateVersion.version == number)
+            select(TemplateVersion)
+            .where(TemplateVersion.template_id == template.id, TemplateVersion.version == number)
+            .with_for_update(read=True, key_share=True)
         )
         if version is None:
             newest = await self.session.scalar(

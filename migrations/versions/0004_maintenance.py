@@ -28,9 +28,7 @@ def upgrade() -> None:
     )
 
     # Retention deletes finished tasks by age: only finished rows are in this index.
-    op.create_index(
-        "tasks_finished_at", "tasks", ["finished_at"], postgresql_where=sa.text("finished_at IS NOT NULL")
-    )
+    op.create_index("tasks_finished_at", "tasks", ["finished_at"], postgresql_where=sa.text("finished_at IS NOT NULL"))
 
     op.create_table(
         "maintenance_runs",

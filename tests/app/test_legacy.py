@@ -27,7 +27,7 @@ from storage.keys import blob_key
 from tests.app.conftest import git
 from tests.app.test_migrations import SCHEMA
 from tests.app.test_templates import s3_client
-from tests.conftest import _drop_database, with_database
+from tests.conftest import drop_database, with_database
 
 # The original system's tables as GORM made them (internal/models/*.go), trimmed to what the adoption reads plus a
 # few columns it must ignore, and one table it knows nothing of.
@@ -53,7 +53,7 @@ def legacy_database(stack: LocalStack) -> Iterator[str]:
     name = f"ahop_legacy_{secrets.token_hex(4)}"
     ensure_database(server_url, name)
     yield with_database(server_url, name)
-    asyncio.run(_drop_database(server_url, name))
+    asyncio.run(drop_database(server_url, name))
 
 
 def _repository(root: Path, files: dict[str, str]) -> Path:

@@ -12,7 +12,7 @@ import pytest
 from app.db import migrate
 from app.devstack.postgres import ensure_database
 from app.devstack.stack import LocalStack
-from tests.conftest import _drop_database, with_database
+from tests.conftest import drop_database, with_database
 
 SCHEMA = {
     "tenants",
@@ -33,7 +33,7 @@ def empty_database(stack: LocalStack) -> Iterator[str]:
     name = f"ahop_migrations_{secrets.token_hex(4)}"
     ensure_database(server_url, name)
     yield with_database(server_url, name)
-    asyncio.run(_drop_database(server_url, name))
+    asyncio.run(drop_database(server_url, name))
 
 
 async def _tables(url: str) -> set[str]:

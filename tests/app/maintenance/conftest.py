@@ -17,7 +17,7 @@ from app.db.engine import create_engine, create_session_factory
 from app.devstack.postgres import ensure_database
 from app.devstack.stack import LocalStack
 from app.main import create_app
-from app.maintenance.service import Maintenance, policy_of
+from app.maintenance.service import Maintenance, build_maintenance
 from app.settings import AppSettings
 from storage.blobstore import BlobStore
 from tests.app.conftest import Caller, make_tenant
@@ -66,6 +66,6 @@ def store(own_settings: AppSettings) -> BlobStore:
 
 
 @pytest.fixture
-def maintenance(engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession], store: BlobStore,
-                own_settings: AppSettings) -> Maintenance:  # fmt: skip
-    return Maintenance(engine, sessions, store, policy_of(own_settings))
+def maintenance(engine: AsyncEngine, store: BlobStore, own_settings: AppSettings) -> Maintenance:
+    """Maintenance as `ahop gc|verify` builds it, over this test's database, bucket and the API's Git mirrors."""
+    return build_maintenance(own_settings, engine, store)
