@@ -1,7 +1,7 @@
 """The `ahop` command line. Each subcommand imports what it needs when it runs, so that `ahop worker` never
 loads `app`, Litestar, SQLAlchemy or asyncpg.
 
-Exit codes: 0 ok, 1 problems found, 2 bad input, 3 a service unavailable.
+Exit codes: 0 ok, 1 problems found, 2 bad input, 3 a service unavailable, 4 another GC is running.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from ahop.blob_commands import snapshot, unpack
 from ahop.client_commands import repo, template, worker_list
 from ahop.console import EXIT_PROBLEMS, EXIT_UNAVAILABLE, configure_logging, fail, load_settings
 from ahop.legacy_commands import adopt_legacy, backfill
+from ahop.maintenance_commands import gc, verify
 from ahop.task_commands import task
 from ahop.tenant_commands import tenant, token
 
@@ -154,6 +155,8 @@ cli.add_command(token)
 cli.add_command(repo)
 cli.add_command(template)
 cli.add_command(task)
+cli.add_command(gc)
+cli.add_command(verify)
 db.add_command(adopt_legacy)
 template.add_command(backfill)
 

@@ -13,14 +13,14 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.db.engine import create_session_factory
-from app.db.models import RunKind, RunStatus
+from app.db.models import Blob, RunKind, RunStatus
 from app.git.mirror import GitOptions, Mirrors
 from app.maintenance.gc import GarbageCollector, GcOptions
 from app.maintenance.progress import Progress
 from app.maintenance.repair import Repairer
 from app.maintenance.runs import GcLock, RunRecorder, create_run
 from app.maintenance.verify import Verifier, VerifyOptions
-from app.services.errors import InvalidInput
+from app.services.errors import InvalidInput, NotFound
 from app.settings import AppSettings
 from storage.blobstore import BlobStore
 from storage.canonical import Limits
@@ -116,6 +116,10 @@ class Maintenance:
         )  # fmt: skip
         if repair and self.repairer is None:
             raise InvalidInput("repair needs the server's Git mirrors, which this process does not have")
+        if digest is not None:
+            async with self.sessions() as session:
+                if await session.get(Blob, digest.hex) is None:
+                    raise NotFound(f"no blob {digest} is recorded")
         recorded = {"scope": options.scope, "digest": str(digest) if digest else None, "sample": sample,
                     "grace_seconds": options.grace, "repair": repair}  # fmt: skip
         run_id = await create_run(self.sessions, RunKind.VERIFY, recorded, started_by)
