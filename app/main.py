@@ -14,10 +14,12 @@ from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.api.admin import AdminController
 from app.api.artifacts import ArtifactController
 from app.api.auth import provide_principal, provide_session
 from app.api.errors import EXCEPTION_HANDLERS
 from app.api.health import HealthController
+from app.api.metrics import MetricsController
 from app.api.repositories import RepositoryController
 from app.api.tasks import TaskController
 from app.api.templates import TemplateController
@@ -25,6 +27,9 @@ from app.api.workers import WorkerController
 from app.control.runner import build_control_loop
 from app.db.engine import create_engine, create_session_factory
 from app.git.mirror import GitOptions, Mirrors
+from app.maintenance.launcher import RunLauncher
+from app.maintenance.service import build_maintenance
+from app.metrics import ApiMetrics
 from app.services.artifacts import Artifacts
 from app.services.credentials import CredentialBox
 from app.services.dispatch import Dispatcher, connect
@@ -70,13 +75,16 @@ def create_app(settings: AppSettings) -> Litestar:
     workers = Workers(redis, heartbeat_timeout=settings.heartbeat_timeout, forget_after=settings.worker_forget_after,
                       prefetch_on_import=settings.prefetch_on_import)  # fmt: skip
     dispatcher = Dispatcher(connect(settings.redis_url, settings.redis_timeout), box, settings.task_log_limit)
-    control = build_control_loop(settings, session_factory, dispatcher, workers)
+    metrics = ApiMetrics(session_factory, timeout=settings.health_timeout)
+    control = build_control_loop(settings, session_factory, dispatcher, workers, metrics=metrics)
+    maintenance = build_maintenance(settings, engine, store)
+    launcher = RunLauncher()
 
     def provide_repositories(db_session: NamedDependency[AsyncSession]) -> Repositories:
         return Repositories(db_session, mirrors, box)
 
     def provide_importer(db_session: NamedDependency[AsyncSession]) -> Importer:
-        return Importer(db_session, mirrors, box, store, limits, settings.data_dir / "tmp")
+        return Importer(db_session, mirrors, box, store, limits, settings.data_dir / "tmp", metrics=metrics)
 
     def provide_templates(db_session: NamedDependency[AsyncSession]) -> Templates:
         return Templates(db_session)
@@ -99,6 +107,7 @@ def create_app(settings: AppSettings) -> Litestar:
         try:
             yield
         finally:
+            await launcher.stop()
             await control.stop()
             await dispatcher.redis.aclose()
             await redis.aclose()
@@ -107,14 +116,17 @@ def create_app(settings: AppSettings) -> Litestar:
     return Litestar(
         route_handlers=[
             HealthController,
+            MetricsController,
             RepositoryController,
             TemplateController,
             ArtifactController,
             WorkerController,
             TaskController,
+            AdminController,
         ],
         dependencies={
             "health_probe": Provide(lambda: health_probe, use_cache=True, sync_to_thread=False),
+            "metrics": Provide(lambda: metrics, use_cache=True, sync_to_thread=False),
             "session_factory": Provide(lambda: session_factory, use_cache=True, sync_to_thread=False),
             "db_session": Provide(provide_session),
             "principal": Provide(provide_principal),
@@ -125,6 +137,8 @@ def create_app(settings: AppSettings) -> Litestar:
             "changer": Provide(provide_changer, sync_to_thread=False),
             "workers": Provide(lambda: workers, use_cache=True, sync_to_thread=False),
             "tasks": Provide(provide_tasks, sync_to_thread=False),
+            "maintenance": Provide(lambda: maintenance, use_cache=True, sync_to_thread=False),
+            "launcher": Provide(lambda: launcher, use_cache=True, sync_to_thread=False),
         },
         exception_handlers=EXCEPTION_HANDLERS,
         logging_config=LoggingConfig(log_exceptions="always"),  # an operator must see every 500's traceback

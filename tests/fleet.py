@@ -35,8 +35,9 @@ class Fleet:
 
     def start(self, name: str, **settings: str) -> ManagedProcess:
         # ansible-playbook comes with the test tools; the system's interpreters stay first on the scripts' PATH.
+        # Metrics are off unless a test asks for a port: workers side by side cannot share one.
         env = {**self.env, **FAST, "AHOP_WORKER_ID": name, "AHOP_WORKER_SCRIPT_PATH": f"{DEFAULT_PATH}:{VENV_BIN}",
-               **settings}  # fmt: skip
+               "AHOP_WORKER_METRICS_PORT": "0", **settings}  # fmt: skip
         process = ManagedProcess.start(
             name, [sys.executable, "-m", "ahop", "worker"],
             log_path=self.logs / f"{name}.log", pid_file=self.logs / f"{name}.pid", env=env,

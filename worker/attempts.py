@@ -61,6 +61,10 @@ class Attempts:
     def running(self) -> list[str]:
         return sorted(self._running)
 
+    def running_count(self) -> int:
+        """How many tasks run now; safe to call from another thread (the metrics server's), unlike `running`."""
+        return len(self._running)
+
     async def run(self, wire: dict[str, Any]) -> dict[str, Any]:
         """Run the attempt that `wire` describes; the answer is for arq's job result, the events are for the server."""
         try:

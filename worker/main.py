@@ -14,6 +14,7 @@ from storage.blobstore import BlobStore
 from worker import jobs
 from worker.attempts import Attempts
 from worker.hardening import make_non_dumpable, root_without_run_as_warning
+from worker.metrics import MetricsServer, WorkerMetrics, serve
 from worker.presence import Presence
 from worker.protocol import PING_JOB, RUN_JOB, deserialize, queue_name, serialize
 from worker.settings import WorkerSettings
@@ -30,6 +31,8 @@ def build_worker(settings: WorkerSettings) -> Worker:
     blobs = BlobStore(settings.s3_location())
     worker_id = settings.resolved_worker_id()
     background: list[asyncio.Task[None]] = []
+    metrics = WorkerMetrics()
+    served: list[MetricsServer] = []
 
     async def on_startup(ctx: dict[str, Any]) -> None:
         make_non_dumpable()  # scripts of the same user cannot read our environment through /proc
@@ -37,8 +40,12 @@ def build_worker(settings: WorkerSettings) -> Worker:
             log.warning(warning)
         # Fail at start, not at the first job, when the blob store is out of reach.
         await asyncio.to_thread(blobs.check_bucket)
-        store = LocalStore(settings.worker_root, blobs, max_bytes=settings.worker_cache_max_bytes)
+        store = LocalStore(settings.worker_root, blobs, max_bytes=settings.worker_cache_max_bytes, metrics=metrics)
         attempts = Attempts(settings, ctx["redis"], store, worker_id)
+        metrics.watch_store(store.stats)
+        metrics.watch_running(attempts.running_count)
+        if server := serve(metrics, settings.worker_metrics_host, settings.worker_metrics_port):
+            served.append(server)
         presence = Presence(
             ctx["redis"], store, worker_id, [settings.worker_pool], attempts.running, settings.worker_heartbeat_interval
         )
@@ -55,6 +62,8 @@ def build_worker(settings: WorkerSettings) -> Worker:
                 await task
         if presence := ctx.get("presence"):
             await presence.leave()
+        for server in served:
+            await asyncio.to_thread(server.stop)
 
     return Worker(
         functions=[

@@ -43,6 +43,11 @@ class WorkerSettings(BaseSettings):
         default=DEFAULT_PATH, description="PATH of scripts, and where their interpreters (bash, python3, …) are found."
     )
     worker_run_as: str | None = Field(default=None, description="User that scripts run as (the worker must be root).")
+    worker_metrics_port: int = Field(
+        default=9464, ge=0, le=65535,
+        description="Port of the Prometheus metrics (GET /metrics); 0 turns them off. One port per worker on a host.",
+    )  # fmt: skip
+    worker_metrics_host: str = Field(default="0.0.0.0", description="Address the metrics port listens on.")  # noqa: S104
 
     def s3_location(self) -> S3Location:
         return S3Location(

@@ -39,6 +39,7 @@ from storage.digest import Digest
 from storage.errors import SnapshotRefused
 from storage.snapshot import snapshot_directory
 from storage.unpack import DEFAULT_LIMITS, unpack_file
+from worker.metrics import WorkerMetrics, download_result
 from worker.protocol import BlobRef
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -149,16 +150,24 @@ def _remove_tree(path: Path) -> None:
 
 
 class LocalStore:
-    """The store under `root`, filled from `blobs`, capped at `max_bytes` of content when given. Thread-safe."""
+    """The store under `root`, filled from `blobs`, capped at `max_bytes` of content when given. Thread-safe.
+    Counts its hits, misses and downloads into `metrics` (a registry nobody serves when not given)."""
 
     def __init__(
-        self, root: Path, blobs: BlobStore, *, max_bytes: int | None = None, tmp_grace: float = TMP_GRACE
+        self,
+        root: Path,
+        blobs: BlobStore,
+        *,
+        max_bytes: int | None = None,
+        tmp_grace: float = TMP_GRACE,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         if max_bytes is not None and max_bytes < 0:
             raise ValueError(f"max_bytes must be zero or more bytes of content, or None for no cap; got {max_bytes}")
         self.root = root
         self.max_bytes = max_bytes
         self.tmp_grace = tmp_grace
+        self.metrics = metrics or WorkerMetrics()
         self.downloads = 0
         """Blobs this instance fetched from S3."""
         self._blobs = blobs
@@ -185,6 +194,8 @@ class LocalStore:
 
         A corrupt blob raises `IntegrityError`, a missing one `BlobNotFound` (storage errors name the digest's key);
         either way nothing of it is left in the store."""
+        hit = self.entry(blob.digest).is_dir()
+        (self.metrics.cache_hits if hit else self.metrics.cache_misses).inc()
         with self._using(blob) as (path, _):
             yield path
 
@@ -218,7 +229,12 @@ class LocalStore:
         try:
             if path.is_dir():  # fetched by another thread or process while we waited
                 return False
-            self._fetch(digest, blob, path)
+            try:
+                self._fetch(digest, blob, path)
+            except Exception as exc:
+                self.metrics.downloads.labels(result=download_result(exc)).inc()
+                raise
+            self.metrics.downloads.labels(result=download_result(None)).inc()
             return True
         finally:
             os.close(descriptor)
@@ -229,8 +245,11 @@ class LocalStore:
             self._blobs.download(digest, compressed)
             with self._counter:
                 self.downloads += 1
+            self.metrics.download_bytes.inc(compressed.stat().st_size)
             unpacked = work / digest.hex
+            started = time.perf_counter()
             unpack_file(compressed, unpacked, digest, tar_size=blob.tar_size)
+            self.metrics.unpack_seconds.observe(time.perf_counter() - started)
             compressed.unlink()
             size, files = _seal(unpacked)
             meta = work / "meta.json"

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.control.outcomes import Outcome, Outcomes
 from app.db.models import Task, TaskStatus
+from app.metrics import ApiMetrics
 from worker.protocol import EVENTS_GROUP, EVENTS_STREAM, Event, ProtocolError, parse_time
 
 log = logging.getLogger("ahop.control")
@@ -59,14 +60,18 @@ def parse(fields: Any) -> tuple[Event, uuid.UUID]:
 
 
 class EventConsumer:
+    """Records the events of the stream; with `metrics`, observes how long each task waited for its first start."""
+
     def __init__(self, redis: Redis, session_factory: async_sessionmaker[AsyncSession], outcomes: Outcomes, *,
-                 consumer: str, block: float, claim_after: float) -> None:  # fmt: skip
+                 consumer: str, block: float, claim_after: float,
+                 metrics: ApiMetrics | None = None) -> None:  # fmt: skip
         self.redis = redis
         self.session_factory = session_factory
         self.outcomes = outcomes
         self.consumer = consumer
         self.block_ms = max(1, round(block * 1000))
         self.claim_after_ms = max(1, round(claim_after * 1000))
+        self.metrics = metrics
         self._group_ready = False
 
     async def run_once(self) -> int:
@@ -132,8 +137,9 @@ class EventConsumer:
             await pipe.execute()
 
     async def _started(self, event: Event, task_id: uuid.UUID) -> None:
+        started_at = event_time(event.at)
         async with self.session_factory() as session, session.begin():
-            await session.execute(
+            recorded = await session.execute(
                 update(Task)
                 .where(
                     Task.id == task_id,
@@ -143,11 +149,16 @@ class EventConsumer:
                 .values(
                     status=TaskStatus.RUNNING.value,
                     worker_id=event.worker[:255],
-                    started_at=event_time(event.at),
+                    started_at=started_at,
                     updated_at=func.now(),
                 )
+                .returning(Task.created_at)
                 .execution_options(synchronize_session=False)
             )
+            created_at = recorded.scalar_one_or_none()
+        # Only the first attempt, and only when this pass recorded the start: an entry handled twice counts once.
+        if self.metrics is not None and created_at is not None and event.attempt == 1:
+            self.metrics.dispatched((started_at - created_at).total_seconds())
 
     async def leave(self) -> None:
         """Remove this consumer from the group when it holds no unrecorded entries (a clean stop)."""

@@ -23,6 +23,7 @@ from app.control.events import EventConsumer
 from app.control.outcomes import Outcomes
 from app.control.reaper import Reaper
 from app.control.reconciler import Reconciler
+from app.metrics import ApiMetrics
 from app.services.dispatch import REDIS_ERRORS, Dispatcher
 from app.services.errors import Unavailable
 from app.services.workers import Workers
@@ -105,13 +106,14 @@ class ControlLoop:
 
 
 def build_control_loop(settings: AppSettings, session_factory: async_sessionmaker[AsyncSession],
-                       dispatcher: Dispatcher, workers: Workers) -> ControlLoop:  # fmt: skip
-    """The event consumer, the reconciler and the reaper of one server process."""
+                       dispatcher: Dispatcher, workers: Workers, *,
+                       metrics: ApiMetrics | None = None) -> ControlLoop:  # fmt: skip
+    """The event consumer, the reconciler and the reaper of one server process; the consumer counts into `metrics`."""
     outcomes = Outcomes(session_factory, dispatcher, settings.task_log_limit)
     consumer = EventConsumer(
         dispatcher.redis, session_factory, outcomes,
         consumer=f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}",
-        block=min(CONSUMER_BLOCK, settings.control_interval), claim_after=settings.event_claim_after,
+        block=min(CONSUMER_BLOCK, settings.control_interval), claim_after=settings.event_claim_after, metrics=metrics,
     )  # fmt: skip
     reconciler = Reconciler(session_factory, dispatcher, settings.requeue_after)
     reaper = Reaper(session_factory, workers, outcomes, settings.heartbeat_timeout, settings.lost_grace)

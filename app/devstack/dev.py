@@ -163,6 +163,7 @@ def run_dev(options: DevOptions, environ: Mapping[str, str], out: TextIO) -> int
             env = dict(stack.env)
             env.setdefault("AHOP_DATA_DIR", str(state_dir / "data"))
             env.setdefault("AHOP_WORKER_ROOT", str(state_dir / "worker"))
+            env.setdefault("AHOP_WORKER_METRICS_HOST", "127.0.0.1")  # the local worker's /metrics stays local
             env.setdefault("AHOP_GIT_ALLOWED_SCHEMES", "https,ssh,file")  # local repositories by path, for trying it
             env.setdefault("AHOP_SECRET_KEYS", _secret_key(state_dir / "secret-key"))
             migrate.upgrade(env["AHOP_DATABASE_URL"])

@@ -3,9 +3,10 @@ run's row, and hand back what executes the run, records its progress and stores 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -41,7 +42,7 @@ class RunResult:
 @dataclass(frozen=True)
 class StartedRun:
     run_id: uuid.UUID
-    execute: Callable[[Progress | None], Awaitable[RunResult]]
+    execute: Callable[[Progress | None], Coroutine[Any, Any, RunResult]]
     """Runs it to its end (with optional progress for a terminal); never raises for a failure of the run itself."""
 
 
@@ -147,6 +148,11 @@ async def _finish(recorder: RunRecorder, run_id: uuid.UUID,
     """Run `work` and record how it ended; a failure of the storage or the database ends the run as failed."""
     try:
         status, report = await work()
+    except asyncio.CancelledError:
+        await asyncio.shield(
+            recorder.finish(RunStatus.FAILED, {"progress": dict(recorder.state)}, "stopped before it ended")
+        )
+        raise
     except StorageError as exc:
         error = f"S3: {exc}"
     except Exception as exc:

@@ -24,16 +24,18 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import Blob, GitRepository, TaskTemplate, TemplateVersion
 from app.git.mirror import Mirrors
+from app.metrics import ApiMetrics
 from app.services import blobs
 from app.services.credentials import CredentialBox
 from app.services.errors import Conflict, InvalidInput, Unavailable
 from storage.blobstore import BlobInfo, BlobStore
 from storage.canonical import Limits
-from storage.errors import SnapshotRefused, StorageUnavailable
+from storage.errors import BlobNotFound, SnapshotRefused, StorageUnavailable
 from storage.snapshot import Snapshot, pack
 from storage.trees import GitTree, locate_git_path
 
 _GC_RACE_RETRIES = 3
+_KEPT_DISAPPEARING = "the blob kept disappearing while importing (is a GC with a very short grace running?); try again"
 WrittenT = TypeVar("WrittenT")
 
 
@@ -86,14 +88,17 @@ class Source:
 
 
 class Importer:
+    """Imports templates and their new versions; counts them into `metrics` when given."""
+
     def __init__(self, session: AsyncSession, mirrors: Mirrors, box: CredentialBox, store: BlobStore,
-                 limits: Limits, work_dir: Path) -> None:  # fmt: skip
+                 limits: Limits, work_dir: Path, *, metrics: ApiMetrics | None = None) -> None:  # fmt: skip
         self.session = session
         self.mirrors = mirrors
         self.box = box
         self.store = store
         self.limits = limits
         self.work_dir = work_dir
+        self.metrics = metrics
 
     async def import_template(self, tenant_id: uuid.UUID, spec: TemplateSpec, created_by: uuid.UUID | None) -> Imported:
         taken = await self.session.scalar(
@@ -185,22 +190,33 @@ class Importer:
         except SnapshotRefused as exc:  # including LimitExceeded, whose message gives the figures
             raise InvalidInput(str(exc), {"original_path": str(exc)}) from exc
         try:
+            uploaded, stored = await self._upload(snapshot, blob_file)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                blob_file.unlink()
+        if not uploaded and self.metrics is not None:
+            self.metrics.deduplicated()
+        return Stored(snapshot.digest.hex, stored, packed=True)
+
+    async def _upload(self, snapshot: Snapshot, blob_file: Path) -> tuple[bool, BlobInfo]:
+        """Upsert the blob row, then store the object unless it is there. A GC with a grace shorter than an import
+        may delete the object between our write and our look at it (BlobNotFound): then both again."""
+        for _ in range(_GC_RACE_RETRIES):
             inserted = await blobs.upsert_blob(self.session, snapshot)
             await self.session.commit()
             try:
-                _, stored = await asyncio.to_thread(
+                return await asyncio.to_thread(
                     self.store.put_if_absent, snapshot.digest, blob_file,
                     tar_size=snapshot.tar_size, files=snapshot.files, zst_sha256=snapshot.zst_sha256,
                 )  # fmt: skip
+            except BlobNotFound:
+                continue
             except StorageUnavailable as exc:
                 if inserted:
                     await blobs.forget_unused_blob(self.session, snapshot.digest.hex)
                     await self.session.commit()
                 raise Unavailable(f"S3 is unavailable, nothing was imported: {exc}") from exc
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                blob_file.unlink()
-        return Stored(snapshot.digest.hex, stored, packed=True)
+        raise Unavailable(_KEPT_DISAPPEARING)
 
     async def commit_version(
         self, source: Source, stored: Stored, write: Callable[[str], Awaitable[WrittenT]]
@@ -212,9 +228,13 @@ class Importer:
                 blob = await blobs.touch_stored(self.session, stored.digest, stored.info)
                 if blob is not None:
                     await blobs.remember_tree(self.session, source.content_key, stored.digest)
-                    return await write(stored.digest), blob, stored.packed
+                    written = await write(stored.digest)
+            if blob is not None:
+                if self.metrics is not None:  # counted once committed
+                    self.metrics.imported(packed=stored.packed)
+                return written, blob, stored.packed
             stored = await self.store_content(source, use_cache=False)
-        raise Unavailable("the blob kept disappearing while importing (is a GC with grace 0 running?); try again")
+        raise Unavailable(_KEPT_DISAPPEARING)
 
     async def _insert(self, tenant_id: uuid.UUID, spec: TemplateSpec, source: Source, digest: str,
                       created_by: uuid.UUID | None) -> tuple[TaskTemplate, TemplateVersion]:  # fmt: skip

@@ -138,7 +138,10 @@ async def test_a_job_delivered_twice_runs_once(fleet: Fleet, queue: ArqRedis, re
     await enqueue(queue, job, suffix=":again")  # the same attempt under another arq id: a redelivery
     fleet.start("w1")
     deliveries = [job_id(job.task_id, job.attempt) + suffix for suffix in ("", ":again")]
-    results = [await Job(name, queue, _deserializer=deserialize).result(timeout=60) for name in deliveries]
+    results = [
+        await Job(name, queue, _queue_name=queue_name("default"), _deserializer=deserialize).result(timeout=60)
+        for name in deliveries
+    ]
     assert sorted(result["status"] for result in results) == ["duplicate", "success"]
     events = await events_of(redis, job.task_id)
     assert [event.type for event in events] == ["started", "finished"]

@@ -1,0 +1,81 @@
+"""`/api/v1/admin`: GC and verify over HTTP for system tokens: 202 with a run id, then the report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from app.db.models import Role
+from app.maintenance.service import Maintenance
+from app.settings import AppSettings
+from storage.digest import Digest
+from storage.keys import blob_key
+from tests.app.conftest import Caller
+from tests.app.maintenance.helpers import Client, import_template, put_orphan, s3_client
+from tests.waiting import until
+
+
+async def finished_run(client: Client, caller: Caller, run_id: str) -> dict[str, Any]:
+    async def poll() -> dict[str, Any] | None:
+        response = await client.get(f"/api/v1/admin/runs/{run_id}", headers=caller[Role.SYSTEM])
+        assert response.status_code == 200, response.text
+        run: dict[str, Any] = response.json()
+        return run if run["status"] != "running" else None
+
+    run: dict[str, Any] = await until(poll, f"run {run_id} to finish", bound=120)
+    return run
+
+
+async def test_gc_over_http_answers_202_and_its_report_is_read_later(
+    own_client: Client, carol: Caller, own_settings: AppSettings
+) -> None:
+    orphan = put_orphan(s3_client(own_settings), own_settings.s3_bucket)
+
+    response = await own_client.post("/api/v1/admin/gc", json={"grace_seconds": 0}, headers=carol[Role.SYSTEM])
+
+    assert response.status_code == 202, response.text
+    started = response.json()
+    assert started["report_url"] == f"/api/v1/admin/runs/{started['run_id']}"
+    run = await finished_run(own_client, carol, started["run_id"])
+    assert run["status"] == "succeeded"
+    assert run["kind"] == "gc"
+    assert run["report"]["orphan_digests"] == [str(orphan)]
+    assert run["started_by"].startswith("token ")
+    listed = await own_client.get("/api/v1/admin/runs?kind=gc", headers=carol[Role.SYSTEM])
+    assert [item["id"] for item in listed.json()["items"]] == [started["run_id"]]
+
+
+async def test_admin_routes_need_a_system_token_and_refuse_a_second_gc(
+    own_client: Client, carol: Caller, maintenance: Maintenance
+) -> None:
+    for role in (Role.VIEWER, Role.OPERATOR, Role.ADMIN):
+        response = await own_client.post("/api/v1/admin/gc", json={}, headers=carol[role])
+        assert response.status_code == 403, response.text
+    held = await maintenance.start_gc(dry_run=True, grace=0, wait=False, started_by="cli")
+    busy = await own_client.post("/api/v1/admin/gc", json={}, headers=carol[Role.SYSTEM])
+    assert busy.status_code == 409
+    assert f"already running (run {held.run_id}" in busy.json()["detail"]
+    await held.execute(None)
+
+
+async def test_verify_over_http_names_the_missing_blob_and_refuses_bad_input(
+    own_client: Client, carol: Caller, origin: Path, own_settings: AppSettings
+) -> None:
+    imported = await import_template(own_client, carol, origin, "watched")
+    digest = imported["artifact"]["digest"]
+    s3_client(own_settings).delete_object(Bucket=own_settings.s3_bucket, Key=blob_key(Digest.parse(digest)))
+
+    response = await own_client.post("/api/v1/admin/verify", json={"grace_seconds": 0}, headers=carol[Role.SYSTEM])
+    assert response.status_code == 202, response.text
+    run = await finished_run(own_client, carol, response.json()["run_id"])
+    assert run["status"] == "problems"
+    assert run["report"]["problems"][0]["digest"] == digest
+    assert run["report"]["problems"][0]["outcome"] == "missing"
+
+    bad = await own_client.post("/api/v1/admin/verify", json={"digest": "md5:abc"}, headers=carol[Role.SYSTEM])
+    assert bad.status_code == 422
+    assert bad.json()["extra"]["errors"][0]["field"] == "digest"
+    unknown = await own_client.post(
+        "/api/v1/admin/verify", json={"digest": "sha256:" + "a" * 64}, headers=carol[Role.SYSTEM]
+    )
+    assert unknown.status_code == 404
