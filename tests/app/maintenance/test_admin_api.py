@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from app.db.models import Role
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.db.models import MaintenanceRun, Role
 from app.maintenance.service import Maintenance
 from app.settings import AppSettings
 from storage.digest import Digest
@@ -79,3 +83,20 @@ async def test_verify_over_http_names_the_missing_blob_and_refuses_bad_input(
         "/api/v1/admin/verify", json={"digest": "sha256:" + "a" * 64}, headers=carol[Role.SYSTEM]
     )
     assert unknown.status_code == 404
+
+
+async def test_a_run_whose_process_died_reads_as_failed(
+    own_client: Client, carol: Caller, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    run_id = uuid.uuid4()
+    async with sessions() as session, session.begin():  # what a crashed `ahop gc` leaves behind
+        session.add(MaintenanceRun(id=run_id, kind="gc", started_by="crashed",
+                                   updated_at=datetime.now(UTC) - timedelta(minutes=10)))  # fmt: skip
+
+    response = await own_client.get(f"/api/v1/admin/runs/{run_id}", headers=carol[Role.SYSTEM])
+
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "failed"
+    assert "stopped reporting" in response.json()["error"]
+    missing = await own_client.get(f"/api/v1/admin/runs/{uuid.uuid4()}", headers=carol[Role.SYSTEM])
+    assert missing.status_code == 404
