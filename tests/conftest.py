@@ -21,6 +21,7 @@ from app.db import migrate
 from app.devstack.postgres import ensure_database
 from app.devstack.stack import LocalStack
 from app.settings import AppSettings
+from tests.fleet import Fleet
 
 SERVICE_KEYS = (
     "AHOP_DATABASE_URL",
@@ -112,3 +113,11 @@ def worker_env(stack: LocalStack, redis_url: str, bucket: str, tmp_path: Path) -
         AHOP_WORKER_ROOT=str(tmp_path / "worker"),
     )
     return env
+
+
+@pytest.fixture
+def fleet(worker_env: dict[str, str], tmp_path: Path) -> Iterator[Fleet]:
+    """Real `ahop worker` processes started by the test, all stopped (by pid) at its end."""
+    workers = Fleet(worker_env, tmp_path / "worker-logs")
+    yield workers
+    workers.stop_all()

@@ -31,10 +31,10 @@ from tests.app.test_tasks import (  # noqa: F401  (the fixtures of the tasks API
     queued_job,
     redis_client,
     show,
-    sql,
     task_in,
 )
 from tests.app.test_templates import Client
+from tests.database import sql
 from tests.waiting import until
 from worker.protocol import (
     EVENTS_GROUP,

@@ -126,13 +126,6 @@ async def server(e2e_settings: AppSettings) -> AsyncIterator[Client]:
         yield test_client
 
 
-@pytest.fixture
-def fleet(worker_env: dict[str, str], tmp_path: Path) -> Iterator[Fleet]:
-    workers = Fleet(worker_env, tmp_path / "worker-logs")
-    yield workers
-    workers.stop_all()
-
-
 class Templates:
     """Imports the scripts repository's templates on demand, one per code."""
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
@@ -21,10 +20,11 @@ from app.settings import AppSettings
 from tests import waiting
 from tests.app.conftest import Caller, git
 from tests.app.test_templates import add_repository, body
+from tests.database import sql
 from tests.fleet import Fleet
+from tests.metrics_text import Samples, parse_samples, value
 
 Client = AsyncTestClient[Litestar]
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 API_METRICS = {
     "ahop_imports", "ahop_import_dedup", "ahop_task_dispatch_seconds", "ahop_metrics_database_up", "ahop_blobs",
@@ -36,23 +36,7 @@ async def scrape(client: Client) -> Samples:
     """Every sample of `GET /metrics` (asked without a token), by name and labels."""
     response = await client.get("/metrics")
     assert response.status_code == 200, response.text
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(response.text)
-        for sample in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples[(name, tuple(sorted(labels.items())))]
-
-
-async def sql(database_url: str, statement: str, *args: Any) -> list[asyncpg.Record]:
-    connection = await asyncpg.connect(database_url.replace("+asyncpg", ""))
-    try:
-        return list(await connection.fetch(statement, *args))
-    finally:
-        await connection.close()
+    return parse_samples(response.text)
 
 
 async def import_template(client: Client, caller: Caller, repository_id: int, code: str, **fields: Any) -> int:
@@ -193,13 +177,6 @@ async def server(api_settings: AppSettings) -> AsyncIterator[Client]:
     """The API with its control loop at a test's pace, so worker events are recorded promptly."""
     async with AsyncTestClient(create_app(api_settings.model_copy(update={"control_interval": 0.2}))) as client:
         yield client
-
-
-@pytest.fixture
-def fleet(worker_env: dict[str, str], tmp_path: Path) -> Iterator[Fleet]:
-    workers = Fleet(worker_env, tmp_path / "worker-logs")
-    yield workers
-    workers.stop_all()
 
 
 async def test_the_start_of_a_task_on_a_worker_is_timed_from_its_creation(

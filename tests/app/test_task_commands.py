@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from redis import Redis
 
 from ahop.task_commands import ServerEvent, parse_events
@@ -144,13 +142,6 @@ SHOUT_PARAMS = [
     {"name": "code", "type": "integer", "default": 0},
     {"name": "nap", "type": "integer", "default": 0},
 ]
-
-
-@pytest.fixture
-def fleet(worker_env: dict[str, str], tmp_path: Path) -> Iterator[Fleet]:
-    workers = Fleet(worker_env, tmp_path / "worker-logs")
-    yield workers
-    workers.stop_all()
 
 
 def import_shout(url: str, caller: Caller, root: Path, codes: tuple[str, ...]) -> dict[str, int]:

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 from arq.jobs import Job
 from litestar.testing import AsyncTestClient
@@ -19,6 +18,7 @@ from app.main import create_app
 from app.settings import AppSettings
 from tests.app.conftest import Caller
 from tests.app.test_templates import Client, add_repository, body
+from tests.database import sql
 from tests.waiting import until
 from worker.protocol import TaskJob, cancel_key, deserialize, job_id, queue_name
 
@@ -38,14 +38,6 @@ def fast_api_settings(api_settings: AppSettings) -> AppSettings:
     return api_settings.model_copy(
         update={"control_interval": 0.1, "requeue_after": 0.5, "heartbeat_timeout": 600.0, "event_claim_after": 0.5}
     )
-
-
-async def sql(database_url: str, statement: str, *args: Any) -> list[asyncpg.Record]:
-    connection = await asyncpg.connect(database_url.replace("+asyncpg", ""))
-    try:
-        return list(await connection.fetch(statement, *args))
-    finally:
-        await connection.close()
 
 
 @pytest.fixture(name="no_unfinished_tasks_left", autouse=True)

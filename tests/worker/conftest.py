@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
+from arq import create_pool
+from arq.connections import ArqRedis, RedisSettings
 
 from app.devstack.stack import LocalStack
 from storage.blobstore import BlobStore, S3Location
 from storage.snapshot import snapshot_directory
-from worker.protocol import BlobRef
+from worker.protocol import BlobRef, serialize
 
 Publish = Callable[[Path], BlobRef]
 
@@ -51,3 +53,11 @@ def publish(blobs: BlobStore, tmp_path_factory: pytest.TempPathFactory) -> Publi
         )
 
     return publish
+
+
+@pytest.fixture
+async def queue(redis_url: str) -> AsyncIterator[ArqRedis]:
+    """The arq queue of jobs, as the server enqueues them (JSON)."""
+    pool = await create_pool(RedisSettings.from_dsn(redis_url), job_serializer=serialize)
+    yield pool
+    await pool.aclose()

@@ -3,36 +3,19 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
-from arq.connections import ArqRedis, RedisSettings, create_pool
-from prometheus_client.parser import text_string_to_metric_families
+from arq.connections import ArqRedis
 from redis.asyncio import Redis
 
 from tests import waiting
 from tests.fleet import Fleet
+from tests.metrics_text import Samples, parse_samples, value
 from tests.worker.conftest import Publish
 from tests.worker.test_worker_process import a_job, enqueue, events_of, script_blob
-from worker.protocol import serialize
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-@pytest.fixture
-def fleet(worker_env: dict[str, str], tmp_path: Path) -> Iterator[Fleet]:
-    workers = Fleet(worker_env, tmp_path / "worker-logs")
-    yield workers
-    workers.stop_all()
-
-
-@pytest.fixture
-async def queue(redis_url: str) -> AsyncIterator[ArqRedis]:
-    pool = await create_pool(RedisSettings.from_dsn(redis_url), job_serializer=serialize)
-    yield pool
-    await pool.aclose()
 
 
 @pytest.fixture
@@ -56,15 +39,7 @@ async def scrape(port: int) -> Samples:
     async with httpx.AsyncClient() as client:
         response = await client.get(f"http://127.0.0.1:{port}/metrics")
     assert response.status_code == 200, response.text
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(response.text)
-        for sample in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples[(name, tuple(sorted(labels.items())))]
+    return parse_samples(response.text)
 
 
 async def test_a_worker_counts_a_miss_with_its_download_then_a_hit_and_its_running_tasks(

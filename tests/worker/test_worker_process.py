@@ -6,7 +6,7 @@ import asyncio
 import secrets
 import signal
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -34,20 +34,6 @@ from worker.protocol import (
     queue_name,
     serialize,
 )
-
-
-@pytest.fixture
-def fleet(worker_env: dict[str, str], tmp_path: Path) -> Iterator[Fleet]:
-    workers = Fleet(worker_env, tmp_path / "worker-logs")
-    yield workers
-    workers.stop_all()
-
-
-@pytest.fixture
-async def queue(redis_url: str) -> AsyncIterator[ArqRedis]:
-    pool = await create_pool(RedisSettings.from_dsn(redis_url), job_serializer=serialize)
-    yield pool
-    await pool.aclose()
 
 
 @pytest.fixture
