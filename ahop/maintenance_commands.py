@@ -114,7 +114,9 @@ def _gc_summary(result: RunResult) -> list[str]:
         f"  objects without a row: {orphans} {verb.split()[-1] if report['dry_run'] else 'removed'}",
         f"  retention: {report['versions_pruned']} versions, {report['tasks_pruned']} finished tasks, "
         f"{report['runs_pruned']} run reports",
-        f"  duration: {report['duration_seconds']:.2f} s (mark {report['mark_seconds']:.2f} s)",
+        f"  duration: {report['duration_seconds']:.2f} s (retention {report['retention_seconds']:.2f} s, "
+        f"mark {report['mark_seconds']:.2f} s, sweep {report['sweep_seconds']:.2f} s, "
+        f"orphans {report['orphans_seconds']:.2f} s)",
     ]
     if report["dry_run"]:
         lines += [f"  candidate {digest}" for digest in report["candidate_digests"]]

@@ -67,8 +67,13 @@ class GcReport:
     tasks_pruned: int = 0
     runs_pruned: int = 0
     duration_seconds: float = 0.0
+    retention_seconds: float = 0.0
     mark_seconds: float = 0.0
+    """Finding the candidates: one query over the blob rows."""
     sweep_seconds: float = 0.0
+    """Deleting the candidates (objects and rows), batch by batch, under their row locks."""
+    orphans_seconds: float = 0.0
+    """Listing the bucket and deleting objects without rows."""
     candidate_digests: list[str] = field(default_factory=list)
     """The candidates (up to LISTED_DIGESTS), as sha256:<hex>."""
     deleted_digests: list[str] = field(default_factory=list)
@@ -98,13 +103,16 @@ class GarbageCollector:
             dry_run=self.options.dry_run,
         )
         report.versions_pruned, report.tasks_pruned, report.runs_pruned = pruned.versions, pruned.tasks, pruned.runs
+        lap = time.monotonic()
+        report.retention_seconds = round(lap - started, 3)
         candidates = await self._mark(report)
-        report.mark_seconds = time.monotonic() - started
+        report.mark_seconds, lap = round(time.monotonic() - lap, 3), time.monotonic()
         if not self.options.dry_run:
             await self._sweep(candidates, report)
+        report.sweep_seconds, lap = round(time.monotonic() - lap, 3), time.monotonic()
         await self._sweep_orphans(report)
-        report.duration_seconds = time.monotonic() - started
-        report.sweep_seconds = report.duration_seconds - report.mark_seconds
+        report.orphans_seconds = round(time.monotonic() - lap, 3)
+        report.duration_seconds = round(time.monotonic() - started, 3)
         return report
 
     async def _mark(self, report: GcReport) -> list[tuple[str, int]]:
