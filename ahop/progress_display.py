@@ -9,6 +9,7 @@ import time
 from types import TracebackType
 from typing import TextIO
 
+from rich.console import Console
 from rich.filesize import decimal
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
@@ -36,7 +37,7 @@ class TerminalProgress:
         if self.interactive:
             self._bar = Progress(
                 TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[size]}"), TimeElapsedColumn(), transient=False,
+                TextColumn("{task.fields[size]}"), TimeElapsedColumn(), console=Console(file=self.stream),
             )  # fmt: skip
             self._bar.start()
         return self

@@ -94,7 +94,7 @@ class Verifier:
         started = time.monotonic()
         report = VerifyReport(scope=self.options.scope)
         total = await self._total()
-        self.progress.phase("verify", total)
+        self.progress.phase("blobs", total)
         loop = asyncio.get_running_loop()
 
         def on_loop(work: Coroutine[Any, Any, ResultT]) -> ResultT:

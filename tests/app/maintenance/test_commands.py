@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import pty
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +19,8 @@ from tests.app.conftest import Caller
 from tests.app.maintenance.helpers import Client, import_template, put_orphan, s3_client
 
 
-async def ahop(settings: AppSettings, *args: str) -> subprocess.CompletedProcess[str]:
+def command_env(settings: AppSettings) -> dict[str, str]:
+    """The environment of `ahop gc|verify` on a server host: the database, S3 and the server's data directory."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("AHOP_")}
     location = settings.s3_location()
     env.update(
@@ -26,9 +29,14 @@ async def ahop(settings: AppSettings, *args: str) -> subprocess.CompletedProcess
         AHOP_S3_SECRET_ACCESS_KEY=location.secret_access_key or "", AHOP_DATA_DIR=str(settings.data_dir),
         AHOP_GIT_ALLOWED_SCHEMES="https,ssh,file",
     )  # fmt: skip
+    return env
+
+
+async def ahop(settings: AppSettings, *args: str) -> subprocess.CompletedProcess[str]:
     return await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-m", "ahop", *args], capture_output=True, text=True, env=env, check=False
-    )
+        subprocess.run, [sys.executable, "-m", "ahop", *args], capture_output=True, text=True,
+        env=command_env(settings), check=False,
+    )  # fmt: skip
 
 
 async def test_gc_prints_its_report_and_a_second_gc_at_once_exits_4(
@@ -81,3 +89,33 @@ async def test_verify_exits_0_when_all_is_well_1_on_a_problem_and_2_on_bad_input
     assert f"no blob sha256:{'0' * 64} is recorded" in unknown.stderr
     both = await ahop(own_settings, "verify", "--sample", "3", "--all")
     assert both.returncode == 2
+
+
+async def test_on_a_terminal_verify_draws_a_progress_bar_with_counts_and_bytes(
+    own_client: Client, carol: Caller, origin: Path, own_settings: AppSettings
+) -> None:
+    imported = await import_template(own_client, carol, origin, "shown")
+    controller, terminal = pty.openpty()
+    try:
+        env = command_env(own_settings)
+        env.update(COLUMNS="120", TERM="xterm")
+        process = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "ahop", "verify", "--grace", "0"], stdout=subprocess.PIPE,
+            stderr=terminal, text=True, env=env, check=False,
+        )  # fmt: skip
+        os.close(terminal)
+        terminal = -1
+        drawn = b""
+        with contextlib.suppress(OSError):  # EIO once the other end is closed and drained
+            while chunk := os.read(controller, 65536):
+                drawn += chunk
+    finally:
+        os.close(controller)
+        if terminal >= 0:
+            os.close(terminal)
+    assert process.returncode == 0, process.stdout
+    screen = drawn.decode(errors="replace")
+    assert "verify blobs" in screen
+    assert "1/1" in screen
+    assert f"{imported['artifact']['zst_size']} bytes" in screen
+    assert "ok 1" in process.stdout  # the report stays on stdout
