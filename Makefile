@@ -31,6 +31,8 @@ bench: venv
 	$(BIN)/python -m bench.snapshot
 	$(BIN)/python -m bench.imports
 	$(BIN)/python -m bench.tasks
+	$(BIN)/python -m bench.gc
+	$(BIN)/python -m bench.verify
 
 format: venv
 	$(BIN)/ruff format .

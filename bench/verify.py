@@ -1,14 +1,20 @@
-"""Verify throughput: `check_blobs` over stored blobs, beside plain GET + `zstd -dc` + `openssl sha256` of the same.
+"""Verify throughput: the app's verify run over stored blobs, beside GET + `zstd -dc` + `openssl sha256` of the same.
 
     python -m bench.verify                          # 40 blobs of ~4-8 MB compressed + 200 small ones, 3 runs
     python -m bench.verify --blobs 80 --small 0 --concurrency 2 --runs 5
 
 Blobs are packed (`snapshot_directory`) from semi-compressible data (`bench.corpus`: random bytes over a 16- or
-64-symbol alphabet, with a little text) and stored in a fresh bucket; then, in the same run, interleaved
-(ours, limit, limit+tee, GET only, ours, …) after one untimed warm-up run of each, the median of `--runs` runs of:
+64-symbol alphabet, with a little text) and stored, each set in a fresh bucket with a fresh database whose blob rows
+describe them; then, in the same run, interleaved (ours, storage only, limit, limit+tee, GET only, ours, …) after
+one untimed warm-up run of each, the median of `--runs` runs of:
 
-- ours:       `check_blobs(store, records, concurrency=C)` — GET, compressed size and sha256, zstd frame walk,
-              bounded zstd, tar size and digest; every check must be ok.
+- ours:       what `ahop verify --all` runs: `Maintenance.start_verify(digest=None, sample=None, grace=0,
+              repair=False)`, then its `execute` (built by `build_maintenance` from the settings): the run's row,
+              rows read page by page, `check_blobs` at `AHOP_VERIFY_CONCURRENCY` checks at once, outcomes recorded
+              on the rows, the bucket listed for objects without a row, the report stored. Every blob must be ok
+              and no object an orphan. Only the process start and imports of the command are left out.
+- storage only: `check_blobs(store, records, concurrency=C)` alone — GET, compressed size and sha256, zstd frame
+              walk, bounded zstd, tar size and digest — so that the cost of the app layer shows (ours ÷ it).
 - limit:      for each object `curl -sf <presigned GET> | zstd -dcq | openssl sha256`, C pipelines at a time (a
               pool of C threads, each running one pipeline after another); every hash must equal the digest.
               It checks less than we do (no compressed sha256, no sizes) and pays a process start per tool and
@@ -17,9 +23,11 @@ Blobs are packed (`snapshot_directory`) from semi-compressible data (`bench.corp
               `{ curl -sf URL | tee /dev/fd/3 | zstd -dcq | openssl sha256 >&4; } 3>&1 | openssl sha256`.
 - GET only:   `curl -sf -o /dev/null URL`, C at a time: what the S3 server delivers, for reference (no target).
 
-Throughput is MB (10^6 bytes) of compressed data per second of wall-clock time. Target: ours ≥ 0.7 times the limit.
-The S3 server (SeaweedFS, started like the tests' unless AHOP_S3_* name one) runs on the same cores and its CPU
-time is shown apart ("S3 CPU s", when we started it). `openssl sha256`, not `sha256sum` (PERF_NOTES).
+C is the app's `verify_concurrency` (AHOP_VERIFY_CONCURRENCY, default 4) unless `--concurrency` sets it; every side
+uses the same C. Throughput is MB (10^6 bytes) of compressed data per second of wall-clock time. Target: ours ≥ 0.7
+times the limit. The S3 server (SeaweedFS, started like the tests' unless AHOP_S3_* name one) runs on the same cores
+and its CPU time is shown apart ("S3 CPU s", when we started it); PostgreSQL runs there too (ours only). `openssl
+sha256`, not `sha256sum` (PERF_NOTES).
 
 Prints a Markdown table and writes the raw timings and machine facts to `bench-results/verify-<UTC>.json`.
 """
@@ -27,6 +35,8 @@ Prints a Markdown table and writes the raw timings and machine facts to `bench-r
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import functools
 import hashlib
 import json
@@ -48,13 +58,19 @@ from typing import Any
 import boto3
 import psutil
 from botocore.config import Config
+from sqlalchemy import insert
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.db.engine import create_engine, create_session_factory
+from app.db.models import Blob, RunStatus
 from app.devstack.seaweed import SeaweedS3
 from app.devstack.stack import LocalStack
+from app.maintenance.service import Maintenance, RunResult, build_maintenance
 from bench import machine
 from bench.corpus import _semi_compressible
-from bench.imports import SERVICE_KEYS
+from bench.imports import SERVICE_KEYS, fresh_database_and_bucket
 from bench.snapshot import code_under_test, cpu_seconds, fmt, progress
+from bench.tasks import app_settings
 from storage.blobstore import BlobStore, S3Location
 from storage.keys import blob_key
 from storage.snapshot import snapshot_directory
@@ -81,7 +97,7 @@ PIPELINES = {
     ),
     "GET only": Pipeline('curl -sf -o /dev/null -w "%{size_download}\\n" "$1"', lambda blob: {str(blob.zst_size)}),
 }
-SIDES = ("ours", *PIPELINES)
+SIDES = ("ours", "storage only", *PIPELINES)
 
 
 @dataclass
@@ -90,6 +106,8 @@ class BlobSet:
 
     name: str
     records: list[Expected]
+    files: list[int] = field(default_factory=list)
+    """The file count of each blob (its row records it)."""
     urls: list[str] = field(default_factory=list)
 
     @property
@@ -109,6 +127,8 @@ class Row:
     cpu_seconds: dict[str, list[float]] = field(default_factory=lambda: {side: [] for side in SIDES})
     server_cpu_seconds: dict[str, list[float]] = field(default_factory=lambda: {side: [] for side in SIDES})
     """CPU seconds of the S3 server during each run (when we started it)."""
+    app_reports: list[dict[str, Any]] = field(default_factory=list)
+    """The report of each timed run of ours, as `ahop verify --json` prints it."""
 
     def median(self, side: str) -> float | None:
         return statistics.median(self.seconds[side]) if self.seconds[side] else None
@@ -125,7 +145,7 @@ class Row:
 
     def to_json(self) -> dict[str, Any]:
         speeds = {side: self.speed(side) for side in self.seconds}
-        ratios = {side: self.ratio(side) for side in PIPELINES}
+        ratios = {side: self.ratio(side) for side in SIDES[1:]}
         return {**asdict(self), "mb_per_s": speeds, "cpu_median_s": self.cpu(self.cpu_seconds),
                 "server_cpu_median_s": self.cpu(self.server_cpu_seconds), "ours_speed_over": ratios,
                 "target": TARGET}  # fmt: skip
@@ -150,6 +170,7 @@ def make_blobs(store: BlobStore, scratch: Path, name: str, count: int, sizes: tu
             snap = snapshot_directory(root, out)
         store.put_if_absent(snap.digest, blob, tar_size=snap.tar_size, files=snap.files, zst_sha256=snap.zst_sha256)
         blobs.records.append(Expected(snap.digest, snap.zst_size, snap.zst_sha256, snap.tar_size))
+        blobs.files.append(snap.files)
         shutil.rmtree(root)
         blob.unlink()
     return blobs
@@ -171,7 +192,41 @@ def presign(location: S3Location, blobs: BlobSet) -> None:
     client.close()
 
 
-def ours(store: BlobStore, blobs: BlobSet, concurrency: int) -> None:
+async def record_rows(engine: AsyncEngine, blobs: BlobSet) -> None:
+    """The blob rows an import would have written for these objects."""
+    rows = [{"digest": record.digest.hex, "tar_size": record.tar_size, "zst_size": record.zst_size,
+             "zst_sha256": record.zst_sha256, "files": files} for record, files in zip(blobs.records, blobs.files,
+                                                                                      strict=True)]  # fmt: skip
+    async with create_session_factory(engine)() as session, session.begin():
+        await session.execute(insert(Blob), rows)
+
+
+@dataclass
+class AppVerify:
+    """`ahop verify --all` over one blob set's database and bucket, on an event loop that outlives the runs."""
+
+    runner: asyncio.Runner
+    maintenance: Maintenance
+    blobs: BlobSet
+    reports: list[dict[str, Any]] = field(default_factory=list)
+
+    def __call__(self) -> None:
+        result = self.runner.run(self._run())
+        report = {key: value for key, value in result.report.items() if key not in ("problems", "orphan_digests")}
+        if result.status is not RunStatus.SUCCEEDED or report.get("ok") != len(self.blobs.records) or report["orphans"]:
+            raise SystemExit(
+                f"FAIL: the verify run ended {result.status.value} ({result.error}) with {report}, not "
+                f"{len(self.blobs.records)} ok and no orphans; problems: {result.report.get('problems')}"
+            )
+        self.reports.append(report)
+
+    async def _run(self) -> RunResult:
+        started = await self.maintenance.start_verify(digest=None, sample=None, grace=0, repair=False,
+                                                      started_by="bench.verify")  # fmt: skip
+        return await started.execute(None)
+
+
+def storage_only(store: BlobStore, blobs: BlobSet, concurrency: int) -> None:
     bad = [check for check in check_blobs(store, blobs.records, concurrency=concurrency) if check.outcome != Outcome.OK]
     if bad:
         raise SystemExit(f"FAIL: verify found {len(bad)} blobs not ok, first: {bad[0]}")
@@ -207,9 +262,13 @@ def timed(run: Callable[[], None], server: psutil.Process | None) -> tuple[float
     return wall, cpu_seconds() - cpu, server_cpu() - served if server is not None else None
 
 
-def measure(store: BlobStore, blobs: BlobSet, concurrency: int, runs: int, server: psutil.Process | None) -> Row:
+def measure(store: BlobStore, app: AppVerify, concurrency: int, runs: int, server: psutil.Process | None) -> Row:
+    blobs = app.blobs
     row = Row(blobs.name, len(blobs.records), blobs.zst_bytes, sum(record.tar_size for record in blobs.records))
-    sides: dict[str, Callable[[], None]] = {"ours": lambda: ours(store, blobs, concurrency)}
+    sides: dict[str, Callable[[], None]] = {
+        "ours": app,
+        "storage only": lambda: storage_only(store, blobs, concurrency),
+    }
     for name, pipeline in PIPELINES.items():
         sides[name] = functools.partial(limit, blobs, concurrency, pipeline)
     for run in range(runs + 1):  # run 0 is the warm-up (connections, page cache of the server) and the check
@@ -220,6 +279,7 @@ def measure(store: BlobStore, blobs: BlobSet, concurrency: int, runs: int, serve
                 row.cpu_seconds[side].append(cpu)
                 if server_cpu is not None:
                     row.server_cpu_seconds[side].append(server_cpu)
+    row.app_reports = app.reports[1:]  # the first is the warm-up's
     speeds = ", ".join(f"{side} {fmt(row.speed(side), 0)}" for side in SIDES)
     progress(f"  {blobs.name}: {speeds} MB/s (medians)")
     return row
@@ -259,14 +319,37 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--small", type=int, default=200, help="small blobs, ~4-60 KB compressed (default 200; 0: none)"
     )
-    parser.add_argument("--concurrency", type=int, default=4, help="checks / pipelines at once, both sides (default 4)")
+    parser.add_argument(
+        "--concurrency", type=int, default=None, help="checks / pipelines at once, every side (default: the app's)"
+    )
     parser.add_argument("--runs", type=int, default=3, help="timed runs of each side (default 3)")
     parser.add_argument("--scratch", type=Path, default=Path("/dev/shm"), help="where blobs are packed")  # noqa: S108
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the JSON goes")
     args = parser.parse_args(argv)
-    if min(args.runs, args.concurrency) < 1 or min(args.blobs, args.small) < 0 or args.blobs + args.small == 0:
+    if min(args.runs, args.concurrency or 1) < 1 or min(args.blobs, args.small) < 0 or args.blobs + args.small == 0:
         parser.error("--runs and --concurrency must be ≥ 1, --blobs and --small ≥ 0 and not both 0")
     return args
+
+
+def prepare(stack: LocalStack, runner: asyncio.Runner, closing: contextlib.ExitStack, work: Path, scratch: Path,
+            name: str, count: int, sizes: tuple[int, int], seed: int,
+            concurrency: int | None) -> tuple[BlobStore, AppVerify]:  # fmt: skip
+    """A fresh database and bucket holding one blob set and its rows, and the app's maintenance over them."""
+    started = time.perf_counter()
+    database_url, bucket = fresh_database_and_bucket(stack)
+    location = stack.s3_location(bucket)
+    store = closing.enter_context(BlobStore(location))
+    blobs = make_blobs(store, scratch, name, count, sizes, seed)
+    presign(location, blobs)
+    settings = app_settings(stack, database_url, bucket, work / "server", None)
+    if concurrency is not None:
+        settings = settings.model_copy(update={"verify_concurrency": concurrency})
+    engine = create_engine(settings.database_url, pool_size=3)  # as `ahop verify` does
+    closing.callback(lambda: runner.run(engine.dispose()))
+    runner.run(record_rows(engine, blobs))
+    progress(f"{name}: {count} blobs, {blobs.zst_bytes / 1e6:.1f} MB compressed, stored in "
+             f"{time.perf_counter() - started:.1f} s")  # fmt: skip
+    return store, AppVerify(runner, build_maintenance(settings, engine, store), blobs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -287,28 +370,24 @@ def main(argv: list[str] | None = None) -> int:
         work, scratch = Path(work_dir), Path(scratch_dir)
         stack = LocalStack.start(work / "stack", given, database="postgres", durable=False)
         try:
-            bucket = f"ahop-bench-{os.urandom(4).hex()}"
-            stack.ensure_bucket(bucket)
-            location = stack.s3_location(bucket)
-            with BlobStore(location) as store:
-                sets = []
+            with asyncio.Runner() as runner, contextlib.ExitStack() as closing:
+                prepared = []
                 for name, count, sizes, seed in (("large", args.blobs, (7_500_000, 10_500_000), 1),
                                                  ("small", args.small, (6_000, 80_000), 2)):  # fmt: skip
                     if count:
-                        started = time.perf_counter()
-                        sets.append(make_blobs(store, scratch, name, count, sizes, seed))
-                        presign(location, sets[-1])
-                        progress(f"{name}: {count} blobs, {sets[-1].zst_bytes / 1e6:.1f} MB compressed, stored in "
-                                 f"{time.perf_counter() - started:.1f} s")  # fmt: skip
+                        prepared.append(prepare(stack, runner, closing, work, scratch, name, count, sizes, seed,
+                                                args.concurrency))  # fmt: skip
+                concurrency = prepared[0][1].maintenance.policy.verify_concurrency
+                report["concurrency"] = concurrency
                 ours_server = [server for server in stack.servers if isinstance(server, SeaweedS3)]
                 server = psutil.Process(ours_server[0].process.pid) if ours_server else None
-                rows = [measure(store, blobs, args.concurrency, args.runs, server) for blobs in sets]
+                rows = [measure(store, app, concurrency, args.runs, server) for store, app in prepared]
         finally:
             stack.stop()
         report["machine"] = machine.describe({"work": work, "scratch": scratch})
     report["loadavg_end"] = os.getloadavg()
     report["results"] = [row.to_json() for row in rows]
-    print(table(rows, args.concurrency))
+    print(table(rows, report["concurrency"]))
     args.results.mkdir(parents=True, exist_ok=True)
     out = args.results / f"verify-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
     out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
