@@ -24,6 +24,7 @@ SCHEMA = {
     "tree_digests",
     "tasks",
     "task_log_lines",
+    "maintenance_runs",
 }
 
 
