@@ -3,10 +3,11 @@
 1. Retention deletes version rows that are no longer retained and finished tasks past their days.
 2. Mark: blob rows that nothing references (`references.unreferenced`) and that nobody touched within the grace.
 3. Sweep, in batches: lock the candidates' rows (skipping rows an import or a task is holding right now), check
-   again in a new statement (which sees everything committed while we waited), delete those objects with one
-   DeleteObjects request, delete their rows, commit. An import touches the row in the transaction that inserts its
-   version, and inserting a version locks the row too (its foreign key), so an import either commits before our
-   check (and the blob is kept) or finds the row gone afterwards (and stores the blob again).
+   again in a new statement (which sees everything committed while we waited), delete their rows, delete the
+   objects with one DeleteObjects request while the row locks hold, and commit even when that request fails.
+   An import touches the row in the transaction that inserts its version, and inserting a version locks the row
+   too (its foreign key), so an import either commits before our check (and the blob is kept) or finds the row
+   gone afterwards (and stores the blob again).
 4. Orphans: objects with no row, older than the grace, each checked and deleted under the digest's advisory lock
    (see `app.services.blobs`).
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -155,33 +157,42 @@ class GarbageCollector:
                 self.progress.advance(len(batch), freed)
 
     async def _delete_batch(self, session: AsyncSession, batch: list[str]) -> list[tuple[str, int]]:
-        async with session.begin():
-            locked = list(
-                await session.scalars(
-                    select(Blob.digest).where(Blob.digest.in_(batch)).with_for_update(skip_locked=True)
-                )
-            )
-            if not locked:
-                return []
-            confirmed = [
-                (digest, size)
-                for digest, size in (
-                    await session.execute(
-                        select(Blob.digest, Blob.zst_size).where(
-                            Blob.digest.in_(locked),
-                            Blob.touched_at < func.now() - self._grace(),
-                            references.unreferenced_now(),
-                        )
-                    )
-                ).all()
-            ]
-            if not confirmed:
-                return []
-            digests = [digest for digest, _ in confirmed]
-            # The object goes first, the row in the same transaction: if the delete fails, both stay.
-            await asyncio.to_thread(self.store.delete, [Digest(digest) for digest in digests])
-            await session.execute(delete(Blob).where(Blob.digest.in_(digests)))
+        """Delete the rows first and the objects while their row locks are still held, then commit whatever
+        became of the objects: an object left behind is an orphan that a later sweep removes, whereas a row whose
+        object is gone would be handed out by the tree cache. An import waiting on a row lock finds the row gone
+        once we commit, and stores its blob again."""
+        try:
+            confirmed = await self._lock_unreferenced(session, batch)
+            if confirmed:
+                await session.execute(delete(Blob).where(Blob.digest.in_([digest for digest, _ in confirmed])))
+        except BaseException:
+            await session.rollback()
+            raise
+        if not confirmed:
+            await session.rollback()
+            return []
+        try:
+            await _to_the_end(asyncio.to_thread(self.store.delete, [Digest(digest) for digest, _ in confirmed]))
+        finally:
+            await _to_the_end(session.commit())
         return confirmed
+
+    async def _lock_unreferenced(self, session: AsyncSession, batch: list[str]) -> list[tuple[str, int]]:
+        """Lock the batch's rows (skipping rows an import or a task holds right now), then keep those that are
+        still unreferenced and untouched: a new statement, which sees everything committed while we waited."""
+        locked = list(
+            await session.scalars(select(Blob.digest).where(Blob.digest.in_(batch)).with_for_update(skip_locked=True))
+        )
+        if not locked:
+            return []
+        rows = await session.execute(
+            select(Blob.digest, Blob.zst_size).where(
+                Blob.digest.in_(locked),
+                Blob.touched_at < func.now() - self._grace(),
+                references.unreferenced_now(),
+            )
+        )
+        return [(digest, size) for digest, size in rows.all()]
 
     async def _sweep_orphans(self, report: GcReport) -> None:
         """Objects without a row, listed page by page; deleted unless a row appeared meanwhile."""
@@ -214,8 +225,19 @@ class GarbageCollector:
             )
             still = await _without_rows(session, dict.fromkeys(orphans, 0))
             if still:
-                await asyncio.to_thread(self.store.delete, [Digest(digest) for digest in still])
+                await _to_the_end(asyncio.to_thread(self.store.delete, [Digest(digest) for digest in still]))
         return still
+
+
+async def _to_the_end(step: Awaitable[object]) -> None:
+    """Await `step` to its end even when cancelled (the cancellation is raised afterwards). A thread deleting
+    objects cannot be stopped, and the locks that make its deletions safe must not be let go before it ends."""
+    work = asyncio.ensure_future(step)
+    try:
+        await asyncio.shield(work)
+    except asyncio.CancelledError:
+        await asyncio.wait({work})
+        raise
 
 
 async def _without_rows(session: AsyncSession, digests: dict[str, int]) -> list[str]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db.models import Blob, Role
-from storage.blobstore import BlobStore
+from storage.blobstore import BlobInfo, BlobStore
 from storage.digest import Digest
 from storage.errors import BlobNotFound
 from storage.keys import blob_key
@@ -47,16 +49,37 @@ def commit_new_content(origin: Path, path: str = "scripts/disk_cleanup") -> None
 
 def put_orphan(settings_s3: Any, bucket: str) -> Digest:
     """An object under a blob key that no row names, as a crashed import leaves one."""
+    return _put_random_object(settings_s3, bucket).digest
+
+
+def _put_random_object(settings_s3: Any, bucket: str) -> BlobInfo:
     tar = secrets.token_bytes(2048)
-    digest = Digest(hashlib.sha256(tar).hexdigest())
     compressed = zstandard.ZstdCompressor().compress(tar)
-    settings_s3.put_object(
-        Bucket=bucket,
-        Key=blob_key(digest),
-        Body=compressed,
-        Metadata={"tar-size": str(len(tar)), "files": "1", "zst-sha256": hashlib.sha256(compressed).hexdigest()},
-    )
-    return digest
+    info = BlobInfo(Digest(hashlib.sha256(tar).hexdigest()), len(compressed), len(tar), 1,
+                    hashlib.sha256(compressed).hexdigest())  # fmt: skip
+    settings_s3.put_object(Bucket=bucket, Key=blob_key(info.digest), Body=compressed, Metadata=info.metadata())
+    return info
+
+
+async def put_unreferenced(settings_s3: Any, bucket: str, sessions: async_sessionmaker[AsyncSession],
+                           count: int) -> set[str]:  # fmt: skip
+    """`count` stored blobs with rows untouched for two days that nothing references: GC's to free."""
+    with ThreadPoolExecutor(8) as pool:
+        infos = list(pool.map(lambda _: _put_random_object(settings_s3, bucket), range(count)))
+    touched = datetime.now(UTC) - timedelta(days=2)
+    async with sessions.begin() as session:
+        session.add_all(_row(info, touched) for info in infos)
+    return {str(info.digest) for info in infos}
+
+
+def _row(info: BlobInfo, touched: datetime) -> Blob:
+    return Blob(digest=info.digest.hex, tar_size=info.tar_size, zst_size=info.zst_size, zst_sha256=info.zst_sha256,
+                files=info.files, touched_at=touched, created_at=touched)  # fmt: skip
+
+
+def listed(store: BlobStore) -> set[str]:
+    """The digests of every object in the store's bucket."""
+    return {str(item.digest) for item in store.list_blobs()}
 
 
 def stored(store: BlobStore, digest: str | Digest) -> bool:

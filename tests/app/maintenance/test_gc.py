@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db.models import Role, RunStatus
+from app.maintenance.gc import GarbageCollector, GcOptions
 from app.maintenance.runs import AlreadyRunning
 from app.maintenance.service import Maintenance
 from app.settings import AppSettings
@@ -21,7 +22,9 @@ from tests.app.maintenance.helpers import (
     blob_rows,
     commit_new_content,
     import_template,
+    listed,
     put_orphan,
+    put_unreferenced,
     s3_client,
     stored,
 )
@@ -134,3 +137,43 @@ async def test_two_gc_runs_at_once_exactly_one_proceeds(maintenance: Maintenance
     assert (await first.execute(None)).status is RunStatus.SUCCEEDED
     third = await asyncio.wait_for(waiting, timeout=30)
     assert (await third.execute(None)).status is RunStatus.SUCCEEDED
+
+
+class CancelDuringSweep:
+    """Progress that cancels the GC's task a moment after the sweep starts, while a DeleteObjects request of the
+    first batch is on its way (the lock and the check before it take milliseconds; the request about a second)."""
+
+    def __init__(self, task: asyncio.Task[Any], delay: float) -> None:
+        self.task, self.delay = task, delay
+
+    def phase(self, name: str, total: int | None = None) -> None:
+        if name == "sweep":
+            asyncio.get_running_loop().call_later(self.delay, self.task.cancel)
+
+    def advance(self, items: int = 1, nbytes: int = 0) -> None:
+        pass
+
+
+async def test_a_gc_cancelled_while_deleting_leaves_no_row_without_its_object(
+    own_settings: AppSettings, store: BlobStore, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    """A row whose object is gone would be handed out as a tree-cache hit; an object whose row is gone is only an
+    orphan that a later GC removes. So a cancelled sweep must never leave the first kind."""
+    created = await put_unreferenced(s3_client(own_settings), own_settings.s3_bucket, sessions, 1000)
+    for _ in range(2):  # 1,000 rows, then what is left
+        remaining = await blob_rows(sessions)
+        collector = GarbageCollector(sessions, store, GcOptions(grace=0, batch=500))
+        running = asyncio.create_task(collector.run())
+        collector.progress = CancelDuringSweep(running, delay=0.3)
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(running, timeout=120)
+        rows = await blob_rows(sessions)
+        objects = await asyncio.to_thread(listed, store)
+        assert rows <= objects, f"{len(rows - objects)} rows lost their objects"
+        assert rows < remaining, "the cancel must land during the sweep, after a batch began"
+
+    report = (await GarbageCollector(sessions, store, GcOptions(grace=0)).run()).to_json()
+
+    assert await blob_rows(sessions) == set()
+    assert await asyncio.to_thread(listed, store) == set()
+    assert report["deleted"] + report["orphans_removed"] <= len(created)
