@@ -168,7 +168,8 @@ def _verify_summary(result: RunResult) -> list[str]:
         f"{report['duration_seconds']:.2f} s ({report['megabytes_per_second']} MB/s)",
         f"  ok {report['ok']}, missing {report['missing']}, corrupt {report['corrupt']}, "
         f"size-mismatch {report['size_mismatch']}, objects without a row {report['orphans']}"
-        + (f", in flight {report['in_flight']}" if report["in_flight"] else ""),
+        + (f", in flight {report['in_flight']}" if report["in_flight"] else "")
+        + (f", deleted by GC meanwhile {report['gone']}" if report["gone"] else ""),
     ]
     for problem in report["problems"]:
         lines.append(f"  {problem['outcome']}: {problem['detail'] or problem['digest']}")

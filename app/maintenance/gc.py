@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -32,6 +31,7 @@ from app.db.models import Blob
 from app.maintenance import references, retention
 from app.maintenance.listing import blob_pages, older_than
 from app.maintenance.progress import Progress, Silent
+from app.maintenance.to_the_end import to_the_end
 from app.services.blobs import LOCK_NAMESPACE, digest_lock_key
 from storage.blobstore import DELETE_BATCH, BlobStore
 from storage.digest import Digest
@@ -172,9 +172,9 @@ class GarbageCollector:
             await session.rollback()
             return []
         try:
-            await _to_the_end(asyncio.to_thread(self.store.delete, [Digest(digest) for digest, _ in confirmed]))
+            await to_the_end(asyncio.to_thread(self.store.delete, [Digest(digest) for digest, _ in confirmed]))
         finally:
-            await _to_the_end(session.commit())
+            await to_the_end(session.commit())
         return confirmed
 
     async def _lock_unreferenced(self, session: AsyncSession, batch: list[str]) -> list[tuple[str, int]]:
@@ -225,19 +225,8 @@ class GarbageCollector:
             )
             still = await _without_rows(session, dict.fromkeys(orphans, 0))
             if still:
-                await _to_the_end(asyncio.to_thread(self.store.delete, [Digest(digest) for digest in still]))
+                await to_the_end(asyncio.to_thread(self.store.delete, [Digest(digest) for digest in still]))
         return still
-
-
-async def _to_the_end(step: Awaitable[object]) -> None:
-    """Await `step` to its end even when cancelled (the cancellation is raised afterwards). A thread deleting
-    objects cannot be stopped, and the locks that make its deletions safe must not be let go before it ends."""
-    work = asyncio.ensure_future(step)
-    try:
-        await asyncio.shield(work)
-    except asyncio.CancelledError:
-        await asyncio.wait({work})
-        raise
 
 
 async def _without_rows(session: AsyncSession, digests: dict[str, int]) -> list[str]:

@@ -2,35 +2,49 @@
 
 Rows are read page by page on the event loop and handed to `storage.verify.check_blobs`, which runs in a thread
 with `concurrency` checks at once; the generator of rows asks the loop for the next page when it needs one, and
-outcomes are recorded on the rows (`verified_at`, `verify_outcome`, `verify_detail`) a page at a time. A full run
-also lists the bucket for objects that no row names. Rows without an object and objects without a row are
-ignored while younger than the grace: an import in flight writes the row first and the object next.
+each page of outcomes is settled on the loop: problems are judged against the rows as they are now, outcomes are
+recorded on the rows (`verified_at`, `verify_outcome`, `verify_detail`) and counted, so memory stays bounded. A
+full run also lists the bucket for objects that no row names.
+
+Verify runs beside imports and GC, so a problem is only a problem once the row confirms it: a missing object whose
+row nothing references yet and that was touched within the grace is an import in flight (it writes the row first
+and the object next); a row that GC deleted meanwhile is not judged (the row is read under a key-share lock, which
+waits for a GC batch holding it); an object without a row counts as an orphan only when it is older than the grace
+and still there after the row was looked up.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
+import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import Table, bindparam, func, select, update
+from sqlalchemy import Table, and_, bindparam, func, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db.models import Blob
+from app.maintenance import references
 from app.maintenance.listing import blob_pages, older_than
 from app.maintenance.progress import Progress, Silent
 from app.maintenance.repair import Repairer
+from app.maintenance.to_the_end import to_the_end
 from storage.blobstore import BlobStore
 from storage.digest import Digest
+from storage.errors import BlobNotFound
 from storage.verify import Check, Expected, Outcome, check_blobs
 
 PAGE = 500
 LISTED = 1000
 """Problems and orphans named in a report (the counts are always complete)."""
 ResultT = TypeVar("ResultT")
+OnLoop = Callable[[Coroutine[Any, Any, Any]], Any]
+"""Runs a coroutine on the event loop from the checking thread and returns its result."""
 
 
 @dataclass(frozen=True)
@@ -57,7 +71,9 @@ class VerifyReport:
     corrupt: int = 0
     size_mismatch: int = 0
     in_flight: int = 0
-    """Rows without an object that are younger than the grace: not judged."""
+    """Problems of rows that nothing references yet, touched within the grace (imports in flight): not judged."""
+    gone: int = 0
+    """Problems of rows that GC deleted while the run went on: not judged."""
     orphans: int = 0
     """Objects older than the grace that no row names (GC removes them)."""
     repaired: int = 0
@@ -81,6 +97,13 @@ class VerifyReport:
         setattr(self, name, getattr(self, name) + 1)
 
 
+class Standing(enum.Enum):
+    STORED = "stored"
+    """The row stands: its check's outcome is the blob's."""
+    IN_FLIGHT = "in-flight"
+    """Touched within the grace and referenced by nothing yet: an import between its row and its upload."""
+
+
 class Verifier:
     def __init__(self, sessions: async_sessionmaker[AsyncSession], store: BlobStore, options: VerifyOptions,
                  repairer: Repairer | None = None, progress: Progress | None = None) -> None:  # fmt: skip
@@ -93,19 +116,14 @@ class Verifier:
     async def run(self) -> VerifyReport:
         started = time.monotonic()
         report = VerifyReport(scope=self.options.scope)
-        total = await self._total()
-        self.progress.phase("blobs", total)
+        self.progress.phase("blobs", await self._total())
         loop = asyncio.get_running_loop()
 
         def on_loop(work: Coroutine[Any, Any, ResultT]) -> ResultT:
             return asyncio.run_coroutine_threadsafe(work, loop).result()
 
-        checks = await asyncio.to_thread(self._check_all, on_loop)
-        problems = [check for check in checks if check.outcome is not Outcome.OK]
-        await self._judge(problems, report)
-        report.examined = len(checks)
-        report.ok = len(checks) - len(problems)
-        report.bytes_read = sum(check.zst_bytes for check in checks)
+        stop = threading.Event()
+        await to_the_end(asyncio.to_thread(self._check_all, on_loop, stop, report), on_cancel=stop.set)
         if self.options.scope == "all":
             await self._find_orphans(report)
         report.duration_seconds = round(time.monotonic() - started, 3)
@@ -120,23 +138,25 @@ class Verifier:
             count = int(await session.scalar(select(func.count()).select_from(Blob)) or 0)
         return count if self.options.sample is None else min(count, self.options.sample)
 
-    def _check_all(self, on_loop: Callable[[Coroutine[Any, Any, Any]], Any]) -> list[Check]:
-        """In a thread: every check of the scope, recording each page of outcomes as it completes."""
-        done: list[Check] = []
-        unrecorded: list[Check] = []
-        for check in check_blobs(self.store, self._rows(on_loop), concurrency=self.options.concurrency):
-            done.append(check)
-            unrecorded.append(check)
-            self.progress.advance(1, check.zst_bytes)
-            if len(unrecorded) >= PAGE:
-                on_loop(self._record(unrecorded))
-                unrecorded = []
-        on_loop(self._record(unrecorded))
-        return done
+    def _check_all(self, on_loop: OnLoop, stop: threading.Event, report: VerifyReport) -> None:
+        """In a thread: every check of the scope, settled a page at a time; ends early once `stop` is set."""
+        page: list[Check] = []
+        with closing(
+            check_blobs(self.store, self._rows(on_loop, stop), concurrency=self.options.concurrency)
+        ) as checks:
+            for check in checks:
+                if stop.is_set():
+                    return
+                page.append(check)
+                self.progress.advance(1, check.zst_bytes)
+                if len(page) >= PAGE:
+                    on_loop(self._settle(page, report))
+                    page = []
+        on_loop(self._settle(page, report))
 
-    def _rows(self, on_loop: Callable[[Coroutine[Any, Any, Any]], Any]) -> Iterator[Expected]:
+    def _rows(self, on_loop: OnLoop, stop: threading.Event) -> Iterator[Expected]:
         after = ""
-        while True:
+        while not stop.is_set():
             page: list[Expected] = on_loop(self._page(after))
             yield from page
             if len(page) < PAGE or self.options.scope != "all":
@@ -157,18 +177,41 @@ class Verifier:
             Expected(Digest(digest), zst_size, zst_sha256, tar_size) for digest, zst_size, zst_sha256, tar_size in rows
         ]
 
-    async def _record(self, checks: list[Check]) -> None:
-        """Outcomes on the rows; a `missing` of a row younger than the grace is not recorded (see `_judge`)."""
+    async def _settle(self, checks: list[Check], report: VerifyReport) -> None:
+        """Judge a page of checks, record their outcomes on the rows and count them in the report."""
         if not checks:
             return
-        young = await self._young({check.digest.hex for check in checks if check.outcome is Outcome.MISSING})
+        report.examined += len(checks)
+        report.bytes_read += sum(check.zst_bytes for check in checks)
+        problems = sorted((check for check in checks if check.outcome is not Outcome.OK), key=lambda c: c.digest)
+        report.ok += len(checks) - len(problems)
+        standing = await self._standing({check.digest.hex for check in problems})
+        judged = [check for check in problems if standing.get(check.digest.hex) is Standing.STORED]
+        report.gone += sum(1 for check in problems if check.digest.hex not in standing)
+        report.in_flight += sum(1 for check in problems if standing.get(check.digest.hex) is Standing.IN_FLIGHT)
+        await self._record([check for check in checks if check.outcome is Outcome.OK] + judged)
+        for check in judged:
+            await self._judge(check, report)
+
+    async def _standing(self, digests: set[str]) -> dict[str, Standing]:
+        """How the rows of these problem blobs stand now (absent: GC deleted the row)."""
+        if not digests:
+            return {}
+        in_flight = and_(Blob.touched_at >= func.now() - literal(timedelta(seconds=self.options.grace)),
+                         references.unreferenced_now())  # fmt: skip
+        async with self.sessions() as session, session.begin():
+            rows = await session.execute(
+                select(Blob.digest, in_flight).where(Blob.digest.in_(digests)).with_for_update(key_share=True, of=Blob)
+            )
+            return {digest: Standing.IN_FLIGHT if young else Standing.STORED for digest, young in rows.all()}
+
+    async def _record(self, checks: list[Check]) -> None:
+        if not checks:
+            return
         values = [
             {"key": check.digest.hex, "outcome": check.outcome.value, "detail": check.detail or None}
             for check in checks
-            if check.digest.hex not in young
         ]
-        if not values:
-            return
         table = cast("Table", Blob.__table__)
         blobs = table.c
         async with self.sessions() as session, session.begin():
@@ -180,36 +223,19 @@ class Verifier:
                 values,
             )
 
-    async def _young(self, digests: set[str]) -> set[str]:
-        if not digests:
-            return set()
-        cutoff = datetime.now(UTC) - timedelta(seconds=self.options.grace)
-        async with self.sessions() as session:
-            rows = await session.scalars(select(Blob.digest).where(Blob.digest.in_(digests), Blob.touched_at >= cutoff))
-            return set(rows)
-
-    async def _judge(self, problems: list[Check], report: VerifyReport) -> None:
-        young = await self._young({check.digest.hex for check in problems if check.outcome is Outcome.MISSING})
-        for check in sorted(problems, key=lambda check: check.digest):
-            if check.digest.hex in young:
-                report.in_flight += 1
-                continue
-            report.count(check.outcome)
-            entry: dict[str, Any] = {
-                "digest": str(check.digest),
-                "outcome": check.outcome.value,
-                "detail": check.detail,
-            }
-            if self.options.repair and self.repairer is not None:
-                repaired, how = await self.repairer.repair(check.digest.hex)
-                entry.update(repaired=repaired, repair=how)
-                if repaired:
-                    report.repaired += 1
-                    await self._record_repaired(check.digest)
-                else:
-                    report.not_repaired += 1
-            if len(report.problems) < LISTED:
-                report.problems.append(entry)
+    async def _judge(self, check: Check, report: VerifyReport) -> None:
+        report.count(check.outcome)
+        entry: dict[str, Any] = {"digest": str(check.digest), "outcome": check.outcome.value, "detail": check.detail}
+        if self.options.repair and self.repairer is not None:
+            repaired, how = await self.repairer.repair(check.digest.hex)
+            entry.update(repaired=repaired, repair=how)
+            if repaired:
+                report.repaired += 1
+                await self._record_repaired(check.digest)
+            else:
+                report.not_repaired += 1
+        if len(report.problems) < LISTED:
+            report.problems.append(entry)
 
     async def _record_repaired(self, digest: Digest) -> None:
         async with self.sessions() as session, session.begin():
@@ -227,8 +253,19 @@ class Verifier:
                 old = [item.digest.hex for item in page if item.last_modified < cutoff]
                 known = set(await session.scalars(select(Blob.digest).where(Blob.digest.in_(old)))) if old else set()
                 await session.rollback()
-                orphans = sorted(digest for digest in old if digest not in known)
+                orphans = await asyncio.to_thread(self._still_stored, sorted(set(old) - known))
                 report.orphans += len(orphans)
                 room = LISTED - len(report.orphan_digests)
                 report.orphan_digests += [f"sha256:{digest}" for digest in orphans[: max(room, 0)]]
                 self.progress.advance(len(page), sum(item.size for item in page))
+
+    def _still_stored(self, digests: list[str]) -> list[str]:
+        """Those of `digests` whose object is still there (GC may have deleted it since the listing)."""
+        still = []
+        for digest in digests:
+            try:
+                self.store.head(Digest(digest))
+            except BlobNotFound:
+                continue
+            still.append(digest)
+        return still

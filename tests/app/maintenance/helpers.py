@@ -52,13 +52,27 @@ def put_orphan(settings_s3: Any, bucket: str) -> Digest:
     return _put_random_object(settings_s3, bucket).digest
 
 
-def _put_random_object(settings_s3: Any, bucket: str) -> BlobInfo:
+def _random_blob() -> tuple[BlobInfo, bytes]:
     tar = secrets.token_bytes(2048)
     compressed = zstandard.ZstdCompressor().compress(tar)
     info = BlobInfo(Digest(hashlib.sha256(tar).hexdigest()), len(compressed), len(tar), 1,
                     hashlib.sha256(compressed).hexdigest())  # fmt: skip
+    return info, compressed
+
+
+def _put_random_object(settings_s3: Any, bucket: str) -> BlobInfo:
+    info, compressed = _random_blob()
     settings_s3.put_object(Bucket=bucket, Key=blob_key(info.digest), Body=compressed, Metadata=info.metadata())
     return info
+
+
+async def row_without_object(sessions: async_sessionmaker[AsyncSession]) -> str:
+    """A blob row touched now whose object is not stored yet and that nothing references: an import in flight,
+    between writing its row and finishing its upload."""
+    info, _ = _random_blob()
+    async with sessions.begin() as session:
+        session.add(_row(info, datetime.now(UTC)))
+    return str(info.digest)
 
 
 async def put_unreferenced(settings_s3: Any, bucket: str, sessions: async_sessionmaker[AsyncSession],

@@ -2,22 +2,35 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
 import zstandard
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.db.models import Blob, RunStatus
+from app.db.models import Blob, RunStatus, TemplateVersion
+from app.maintenance.gc import GarbageCollector, GcOptions
 from app.maintenance.service import Maintenance
+from app.maintenance.verify import Verifier, VerifyOptions
 from app.settings import AppSettings
 from storage.blobstore import BlobStore
 from storage.digest import Digest
 from storage.keys import blob_key
 from storage.verify import Expected, Outcome, check_blob
-from tests.app.conftest import Caller
-from tests.app.maintenance.helpers import Client, import_template, put_orphan, s3_client
+from tests.app.conftest import Caller, git
+from tests.app.maintenance.helpers import (
+    Client,
+    blob_rows,
+    import_template,
+    put_orphan,
+    put_unreferenced,
+    row_without_object,
+    s3_client,
+)
 
 
 async def verify(maintenance: Maintenance, **options: Any) -> tuple[RunStatus, dict[str, Any]]:
@@ -45,8 +58,6 @@ async def outcome_on_row(sessions: async_sessionmaker[AsyncSession], digest: str
 
 async def two_templates(client: Client, caller: Caller, origin: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     first = await import_template(client, caller, origin, "first")
-    from tests.app.conftest import git
-
     (origin / "second").mkdir()
     (origin / "second" / "cleanup.sh").write_text("echo second\n")
     git(origin, "add", "-A")
@@ -96,22 +107,25 @@ async def test_overwritten_deleted_and_extra_objects_are_each_named(
     assert (await outcome_on_row(sessions, missing))[0] == "missing"
 
 
-async def test_a_row_without_its_object_is_in_flight_within_the_grace(
+async def test_a_young_row_that_nothing_references_yet_is_in_flight_but_a_referenced_one_is_missing(
     own_client: Client, carol: Caller, origin: Path, maintenance: Maintenance, own_settings: AppSettings,
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:  # fmt: skip
     imported = await import_template(own_client, carol, origin, "fresh")
-    digest = imported["artifact"]["digest"]
-    s3_client(own_settings).delete_object(Bucket=own_settings.s3_bucket, Key=blob_key(Digest.parse(digest)))
+    referenced = imported["artifact"]["digest"]
+    s3_client(own_settings).delete_object(Bucket=own_settings.s3_bucket, Key=blob_key(Digest.parse(referenced)))
+    pending = await row_without_object(sessions)
 
     status, report = await verify(maintenance, grace=3600.0)
-    assert status is RunStatus.SUCCEEDED
-    assert (report["in_flight"], report["missing"]) == (1, 0)
-    assert (await outcome_on_row(sessions, digest))[0] is None
-
-    status, report = await verify(maintenance, digest=Digest.parse(digest), grace=0.0)
     assert status is RunStatus.PROBLEMS
-    assert (report["examined"], report["missing"]) == (1, 1)
+    assert (report["examined"], report["in_flight"], report["missing"]) == (2, 1, 1)
+    assert [problem["digest"] for problem in report["problems"]] == [referenced]
+    assert (await outcome_on_row(sessions, pending))[0] is None
+    assert (await outcome_on_row(sessions, referenced))[0] == "missing"
+
+    status, report = await verify(maintenance, digest=Digest.parse(pending), grace=0.0)
+    assert status is RunStatus.PROBLEMS
+    assert (report["examined"], report["missing"], report["in_flight"]) == (1, 1, 0)
 
 
 async def test_repair_packs_a_damaged_blob_again_from_its_commit(
@@ -123,8 +137,6 @@ async def test_repair_packs_a_damaged_blob_again_from_its_commit(
     overwrite(own_settings, damaged, b"garbage")
     s3_client(own_settings).delete_object(Bucket=own_settings.s3_bucket, Key=blob_key(Digest.parse(gone)))
     async with sessions() as session, session.begin():  # a version whose source no mirror has: cannot be repaired
-        from app.db.models import TemplateVersion
-
         await session.execute(
             update(TemplateVersion)
             .where(TemplateVersion.digest == Digest.parse(gone).hex)
@@ -146,3 +158,61 @@ async def test_repair_packs_a_damaged_blob_again_from_its_commit(
     check = check_blob(store, Expected(Digest(row.digest), row.zst_size, row.zst_sha256, row.tar_size))
     assert check.outcome is Outcome.OK, check.detail
     assert (await outcome_on_row(sessions, damaged))[0] == "ok"
+
+
+class CancelWhileChecking:
+    """Progress that cancels the verify run's task once `after` blobs have been checked."""
+
+    def __init__(self, after: int) -> None:
+        self.after, self.checked = after, 0
+        self.task: asyncio.Task[Any] | None = None
+        self.loop = asyncio.get_running_loop()
+
+    def phase(self, name: str, total: int | None = None) -> None:
+        pass
+
+    def advance(self, items: int = 1, nbytes: int = 0) -> None:  # called from the checking thread
+        self.checked += items
+        if self.checked == self.after and self.task is not None:
+            self.loop.call_soon_threadsafe(self.task.cancel)
+
+
+async def test_a_cancelled_verify_stops_reading_before_it_returns(
+    own_settings: AppSettings, store: BlobStore, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    """Ctrl-C on `ahop verify`, or the server shutting down, must not leave checks running behind its back."""
+    await put_unreferenced(s3_client(own_settings), own_settings.s3_bucket, sessions, 1200)
+    progress = CancelWhileChecking(after=100)
+    verifier = Verifier(sessions, store, VerifyOptions(grace=0), progress=progress)
+    progress.task = running = asyncio.create_task(verifier.run())
+
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(running, timeout=120)
+
+    assert [thread.name for thread in threading.enumerate() if thread.name.startswith("verify")] == []
+    recorded = await verified_rows(sessions)
+    await asyncio.sleep(1.0)
+    assert await verified_rows(sessions) == recorded
+    assert progress.checked < 1200
+
+
+async def verified_rows(sessions: async_sessionmaker[AsyncSession]) -> int:
+    async with sessions() as session:
+        return int(await session.scalar(select(func.count()).where(Blob.verified_at.is_not(None))) or 0)
+
+
+async def test_verify_beside_a_gc_reports_no_problem_that_gc_made_on_purpose(
+    own_settings: AppSettings, store: BlobStore, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    """GC deletes rows and objects while verify reads them: neither the deleted objects nor the rows read before
+    their deletion are problems, and every blob is either checked ok or gone."""
+    await put_unreferenced(s3_client(own_settings), own_settings.s3_bucket, sessions, 1200)
+    verifier = Verifier(sessions, store, VerifyOptions(grace=0))
+    collector = GarbageCollector(sessions, store, GcOptions(grace=0, batch=100))
+
+    report, collected = await asyncio.gather(verifier.run(), collector.run())
+
+    assert (report.missing, report.corrupt, report.size_mismatch, report.orphans) == (0, 0, 0, 0), report.problems
+    assert report.ok + report.gone == report.examined
+    # GC skips the rows verify is writing its outcomes on at that moment, and says so.
+    assert len(await blob_rows(sessions)) == collected.kept_in_use == 1200 - collected.deleted
