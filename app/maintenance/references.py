@@ -8,25 +8,43 @@ definition, so that a dry run (which deletes no version) names the blobs a real 
 from __future__ import annotations
 
 from sqlalchemy import ColumnElement, SQLColumnExpression, and_, exists, func, or_, select
-from sqlalchemy.sql import Select
+from sqlalchemy.sql import Select, Subquery
+from sqlalchemy.sql.expression import Exists
 
 from app.db.models import UNFINISHED_STATUSES, Blob, Task, TaskTemplate, TemplateVersion
 
 UNFINISHED = [status.value for status in UNFINISHED_STATUSES]
 
 
-def retained_versions(keep: int) -> Select[int, str]:
-    """(id, digest) of every retained version."""
-    ranked = select(
+def _ranked_versions() -> Subquery:
+    """Every version with its rank among its template's versions, newest first."""
+    return select(
         TemplateVersion.id,
         TemplateVersion.digest,
         func.row_number()
         .over(partition_by=TemplateVersion.template_id, order_by=TemplateVersion.version.desc())
         .label("rank"),
     ).subquery("ranked")
-    current = exists().where(TaskTemplate.current_version_id == ranked.c.id)
-    running = exists().where(Task.version_id == ranked.c.id, Task.status.in_(UNFINISHED))
-    return select(ranked.c.id, ranked.c.digest).where(or_(ranked.c.rank <= keep, current, running))
+
+
+def _current(ranked: Subquery) -> Exists:
+    return exists().where(TaskTemplate.current_version_id == ranked.c.id)
+
+
+def _running(ranked: Subquery) -> Exists:
+    return exists().where(Task.version_id == ranked.c.id, Task.status.in_(UNFINISHED))
+
+
+def retained_versions(keep: int) -> Select[int, str]:
+    """(id, digest) of every retained version."""
+    ranked = _ranked_versions()
+    return select(ranked.c.id, ranked.c.digest).where(or_(ranked.c.rank <= keep, _current(ranked), _running(ranked)))
+
+
+def unretained_versions(keep: int) -> Select[int]:
+    """The id of every version that is not retained (the complement of `retained_versions`)."""
+    ranked = _ranked_versions()
+    return select(ranked.c.id).where(ranked.c.rank > keep, ~_current(ranked), ~_running(ranked))
 
 
 def held_by_task(digest: SQLColumnExpression[str]) -> ColumnElement[bool]:

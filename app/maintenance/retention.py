@@ -15,10 +15,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.sql import Select
 
 from app.db.models import MaintenanceRun, RunStatus, Task, TemplateVersion
-from app.maintenance.references import retained_versions
+from app.maintenance.references import unretained_versions
 
 TASK_BATCH = 1000
 """Finished tasks deleted per transaction (their output lines go with them)."""
+VERSION_BATCH = 500
+"""Versions locked and deleted per transaction."""
 
 
 @dataclass(frozen=True)
@@ -55,8 +57,7 @@ def _cutoff(retention: timedelta) -> ColumnElement[datetime]:
 
 
 def _unretained(keep: int) -> Select[int]:
-    retained = retained_versions(keep).subquery("retained")
-    return select(TemplateVersion.id).where(TemplateVersion.id.not_in(select(retained.c.id)))
+    return select(TemplateVersion.id).where(TemplateVersion.id.in_(unretained_versions(keep)))
 
 
 def _old_runs(retention: timedelta) -> Select[uuid.UUID]:
@@ -70,19 +71,29 @@ async def _count(session: AsyncSession, query: Select[Any]) -> int:
 
 
 async def _prune_versions(session: AsyncSession, keep: int) -> int:
-    """Lock the versions that are not retained (skipping any a task is locking to run), then delete those that
-    are still not retained: the second statement sees tasks that committed while we waited for the locks."""
-    async with session.begin():
-        locked = list(await session.scalars(_unretained(keep).with_for_update(skip_locked=True)))
-        if not locked:
-            return 0
-        retained = retained_versions(keep).subquery("retained")
-        return await _deleted(
-            session,
-            delete(TemplateVersion).where(
-                TemplateVersion.id.in_(locked), TemplateVersion.id.not_in(select(retained.c.id))
-            ),
-        )
+    """In batches by id: lock versions that are not retained (skipping any a task is locking to run), then delete
+    those that are still not retained: the second statement sees tasks that committed while we waited."""
+    pruned, after = 0, 0
+    while True:
+        async with session.begin():
+            locked = list(
+                await session.scalars(
+                    _unretained(keep)
+                    .where(TemplateVersion.id > after)
+                    .order_by(TemplateVersion.id)
+                    .limit(VERSION_BATCH)
+                    .with_for_update(skip_locked=True)
+                )
+            )
+            if not locked:
+                return pruned
+            after = locked[-1]
+            pruned += await _deleted(
+                session,
+                delete(TemplateVersion).where(
+                    TemplateVersion.id.in_(locked), TemplateVersion.id.in_(unretained_versions(keep))
+                ),
+            )
 
 
 async def _prune_tasks(session: AsyncSession, retention: timedelta) -> int:

@@ -109,10 +109,11 @@ class TemplateChanger:
                     setattr(template, name, getattr(changes, name))
             template.updated_at = datetime.now(UTC)
             if changes.version is not None:
+                # Locked so that retention, which deletes versions no longer kept, cannot take it meanwhile.
                 target = await self.session.scalar(
-                    select(TemplateVersion).where(
-                        TemplateVersion.template_id == template.id, TemplateVersion.version == changes.version
-                    )
+                    select(TemplateVersion)
+                    .where(TemplateVersion.template_id == template.id, TemplateVersion.version == changes.version)
+                    .with_for_update(key_share=True)
                 )
                 if target is None:
                     raise InvalidInput(f"template {template_id} has no version {changes.version}",

@@ -1,4 +1,5 @@
-"""Maintenance: the reports of GC and verify runs, each blob's last verify outcome, and task retention's index.
+"""Maintenance: the reports of GC and verify runs, each blob's last verify outcome, and the indexes GC and
+retention delete by.
 
 Revision ID: 0004
 Revises: 0003
@@ -30,6 +31,11 @@ def upgrade() -> None:
     # Retention deletes finished tasks by age: only finished rows are in this index.
     op.create_index("tasks_finished_at", "tasks", ["finished_at"], postgresql_where=sa.text("finished_at IS NOT NULL"))
 
+    # Deleting blob and version rows (GC, retention, template deletion) checks the rows that refer to them.
+    op.create_index("tree_digests_digest", "tree_digests", ["digest"])  # cascades from blobs
+    op.create_index("tasks_version", "tasks", ["version_id"])  # set to NULL when a version goes; retention asks it
+    op.create_index("task_templates_current_version", "task_templates", ["current_version_id"])  # restricts
+
     op.create_table(
         "maintenance_runs",
         sa.Column("id", sa.Uuid(), primary_key=True, server_default=sa.text("gen_random_uuid()")),
@@ -56,6 +62,9 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("maintenance_runs_kind_started", table_name="maintenance_runs")
     op.drop_table("maintenance_runs")
+    op.drop_index("task_templates_current_version", table_name="task_templates")
+    op.drop_index("tasks_version", table_name="tasks")
+    op.drop_index("tree_digests_digest", table_name="tree_digests")
     op.drop_index("tasks_finished_at", table_name="tasks")
     op.drop_constraint("blobs_verified_with_outcome", "blobs", type_="check")
     op.drop_constraint("blobs_verify_outcome_known", "blobs", type_="check")
