@@ -7,10 +7,12 @@ Both record a run (its report is also readable over the API), show progress on s
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import json
 import socket
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -95,7 +97,15 @@ def gc(dry_run: bool, grace: float | None, wait: bool, as_json: bool) -> None:  
         return await maintenance.start_gc(dry_run=dry_run, grace=grace, wait=wait, started_by=_started_by())
 
     result = _run(start, "gc", as_json)
-    _finish(result, as_json, _gc_summary(result) if result.error is None else [])
+    _finish(result, as_json, _gc_summary(result) if result.error is None else _so_far(result, _gc_summary))
+
+
+def _so_far(result: RunResult, summary: Callable[[RunResult], list[str]]) -> list[str]:
+    """What a run that failed or was stopped had done, from the report it left."""
+    so_far = result.report.get("so_far")
+    if not so_far:
+        return []
+    return ["before it stopped:", *summary(dataclasses.replace(result, report=so_far))]
 
 
 def _gc_summary(result: RunResult) -> list[str]:
@@ -111,7 +121,8 @@ def _gc_summary(result: RunResult) -> list[str]:
         f"  {verb}: {report['candidates'] if report['dry_run'] else report['deleted']} blobs, "
         f"{decimal(report['candidate_bytes'] if report['dry_run'] else report['bytes_freed'])}"
         + (f"; {report['kept_in_use']} kept (taken by an import or a task meanwhile)" if report["kept_in_use"] else ""),
-        f"  objects without a row: {orphans} {verb.split()[-1] if report['dry_run'] else 'removed'}",
+        f"  objects without a row: {orphans} {verb.split()[-1] if report['dry_run'] else 'removed'} "
+        f"({decimal(report['orphan_bytes'])})",
         f"  retention: {report['versions_pruned']} versions, {report['tasks_pruned']} finished tasks, "
         f"{report['runs_pruned']} run reports",
         f"  duration: {report['duration_seconds']:.2f} s (retention {report['retention_seconds']:.2f} s, "
@@ -154,7 +165,7 @@ def verify(digest: str | None, sample: int | None, everything: bool, grace: floa
                                               started_by=_started_by())  # fmt: skip
 
     result = _run(start, "verify", as_json)
-    _finish(result, as_json, _verify_summary(result) if result.error is None else [])
+    _finish(result, as_json, _verify_summary(result) if result.error is None else _so_far(result, _verify_summary))
     if not result.report.get("all_ok", False):
         sys.exit(EXIT_PROBLEMS)
 

@@ -65,6 +65,8 @@ class GcReport:
     orphans_found: int = 0
     orphans_removed: int = 0
     orphan_bytes_freed: int = 0
+    orphan_bytes: int = 0
+    """The size of the orphans found (removed or, in a dry run, that would be)."""
     versions_pruned: int = 0
     tasks_pruned: int = 0
     runs_pruned: int = 0
@@ -92,11 +94,13 @@ class GarbageCollector:
         self.store = store
         self.options = options
         self.progress = progress or Silent()
+        self.report = GcReport(dry_run=options.dry_run, grace_seconds=options.grace)
+        """Filled in as the run goes: what it did so far when it fails or is stopped."""
 
     async def run(self) -> GcReport:
-        """One collection. The caller holds the GC lock (`app.maintenance.runs.gc_lock`)."""
+        """One collection (a collector runs once). The caller holds the GC lock (`app.maintenance.runs.GcLock`)."""
         started = time.monotonic()
-        report = GcReport(dry_run=self.options.dry_run, grace_seconds=self.options.grace)
+        report = self.report
         self.progress.phase("retention")
         pruned = await retention.prune(
             self.sessions,
@@ -147,20 +151,17 @@ class GarbageCollector:
         async with self.sessions() as session:
             for start in range(0, len(candidates), step):
                 batch = [digest for digest, _ in candidates[start : start + step]]
-                deleted = await self._delete_batch(session, batch)
-                report.deleted += len(deleted)
-                freed = sum(size for _, size in deleted)
-                report.bytes_freed += freed
-                report.kept_in_use += len(batch) - len(deleted)
-                room = LISTED_DIGESTS - len(report.deleted_digests)
-                report.deleted_digests += [f"sha256:{digest}" for digest, _ in deleted[: max(room, 0)]]
-                self.progress.advance(len(batch), freed)
+                deleted, freed = report.deleted, report.bytes_freed
+                await self._delete_batch(session, batch, report)
+                report.kept_in_use += len(batch) - (report.deleted - deleted)
+                self.progress.advance(len(batch), report.bytes_freed - freed)
 
-    async def _delete_batch(self, session: AsyncSession, batch: list[str]) -> list[tuple[str, int]]:
+    async def _delete_batch(self, session: AsyncSession, batch: list[str], report: GcReport) -> None:
         """Delete the rows first and the objects while their row locks are still held, then commit whatever
         became of the objects: an object left behind is an orphan that a later sweep removes, whereas a row whose
         object is gone would be handed out by the tree cache. An import waiting on a row lock finds the row gone
-        once we commit, and stores its blob again."""
+        once we commit, and stores its blob again. The report counts the batch once its rows are gone, even when
+        the run is being stopped."""
         try:
             confirmed = await self._lock_unreferenced(session, batch)
             if confirmed:
@@ -170,12 +171,15 @@ class GarbageCollector:
             raise
         if not confirmed:
             await session.rollback()
-            return []
+            return
         try:
             await to_the_end(asyncio.to_thread(self.store.delete, [Digest(digest) for digest, _ in confirmed]))
         finally:
             await to_the_end(session.commit())
-        return confirmed
+            report.deleted += len(confirmed)
+            report.bytes_freed += sum(size for _, size in confirmed)
+            room = LISTED_DIGESTS - len(report.deleted_digests)
+            report.deleted_digests += [f"sha256:{digest}" for digest, _ in confirmed[: max(room, 0)]]
 
     async def _lock_unreferenced(self, session: AsyncSession, batch: list[str]) -> list[tuple[str, int]]:
         """Lock the batch's rows (skipping rows an import or a task holds right now), then keep those that are
@@ -206,6 +210,7 @@ class GarbageCollector:
                 if orphans and not self.options.dry_run:
                     orphans = await self._delete_orphans(session, orphans)
                 report.orphans_found += len(orphans)
+                report.orphan_bytes += sum(old[digest] for digest in orphans)
                 if not self.options.dry_run:
                     report.orphans_removed += len(orphans)
                     report.orphan_bytes_freed += sum(old[digest] for digest in orphans)

@@ -102,7 +102,7 @@ class Maintenance:
             try:
                 async with RunRecorder(self.sessions, run_id) as recorder:
                     collector = GarbageCollector(self.sessions, self.store, options, _Both(recorder, progress))
-                    return await _finish(recorder, run_id, lambda: _gc_report(collector))
+                    return await _finish(recorder, run_id, lambda: _gc_report(collector), collector.report.to_json)
             finally:
                 await lock.release()
 
@@ -128,7 +128,7 @@ class Maintenance:
         async def execute(progress: Progress | None) -> RunResult:
             async with RunRecorder(self.sessions, run_id) as recorder:
                 verifier = Verifier(self.sessions, self.store, options, self.repairer, _Both(recorder, progress))
-                return await _finish(recorder, run_id, lambda: _verify_report(verifier))
+                return await _finish(recorder, run_id, lambda: _verify_report(verifier), verifier.report.to_json)
 
         return StartedRun(run_id, execute)
 
@@ -144,14 +144,15 @@ async def _gc_report(collector: GarbageCollector) -> tuple[RunStatus, dict[str, 
 
 
 async def _finish(recorder: RunRecorder, run_id: uuid.UUID,
-                  work: Callable[[], Awaitable[tuple[RunStatus, dict[str, Any]]]]) -> RunResult:  # fmt: skip
-    """Run `work` and record how it ended; a failure of the storage or the database ends the run as failed."""
+                  work: Callable[[], Awaitable[tuple[RunStatus, dict[str, Any]]]],
+                  so_far: Callable[[], dict[str, Any]]) -> RunResult:  # fmt: skip
+    """Run `work` and record how it ended; a failure of the storage or the database ends the run as failed, with
+    the phase it was in and what it had done (`so_far`: for GC, what it had deleted)."""
     try:
         status, report = await work()
     except asyncio.CancelledError:
-        await asyncio.shield(
-            recorder.finish(RunStatus.FAILED, {"progress": dict(recorder.state)}, "stopped before it ended")
-        )
+        stopped = {"progress": dict(recorder.state), "so_far": so_far()}
+        await asyncio.shield(recorder.finish(RunStatus.FAILED, stopped, "stopped before it ended"))
         raise
     except StorageError as exc:
         error = f"S3: {exc}"
@@ -161,7 +162,7 @@ async def _finish(recorder: RunRecorder, run_id: uuid.UUID,
     else:
         await recorder.finish(status, report)
         return RunResult(run_id, status, report)
-    report = {"progress": dict(recorder.state)}
+    report = {"progress": dict(recorder.state), "so_far": so_far()}
     await recorder.finish(RunStatus.FAILED, report, error)
     return RunResult(run_id, RunStatus.FAILED, report, error)
 

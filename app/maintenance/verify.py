@@ -112,10 +112,13 @@ class Verifier:
         self.options = options
         self.repairer = repairer
         self.progress = progress or Silent()
+        self.report = VerifyReport(scope=options.scope)
+        """Filled in as the run goes: what it found so far when it fails or is stopped."""
 
     async def run(self) -> VerifyReport:
+        """One verification (a verifier runs once)."""
         started = time.monotonic()
-        report = VerifyReport(scope=self.options.scope)
+        report = self.report
         self.progress.phase("blobs", await self._total())
         loop = asyncio.get_running_loop()
 

@@ -11,8 +11,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db.models import Role, RunStatus
-from app.maintenance.gc import GarbageCollector, GcOptions
-from app.maintenance.runs import AlreadyRunning
+from app.maintenance.runs import AlreadyRunning, get_run
 from app.maintenance.service import Maintenance
 from app.settings import AppSettings
 from storage.blobstore import BlobStore
@@ -93,6 +92,7 @@ async def test_a_dry_run_changes_nothing_and_names_what_a_real_run_then_deletes(
     assert dry["versions_pruned"] == 2
     assert dry["orphans_found"] == 1
     assert dry["orphan_digests"] == [str(orphan)]
+    assert dry["orphan_bytes"] == store.head(orphan).zst_size
     assert dry["deleted"] == 0
     assert dry["orphans_removed"] == 0
     assert await blob_rows(sessions) == rows_before
@@ -106,6 +106,7 @@ async def test_a_dry_run_changes_nothing_and_names_what_a_real_run_then_deletes(
     assert sorted(real["deleted_digests"]) == sorted(dry["candidate_digests"])
     assert real["bytes_freed"] == dry["candidate_bytes"]
     assert real["orphan_digests"] == dry["orphan_digests"]
+    assert real["orphan_bytes_freed"] == real["orphan_bytes"] == dry["orphan_bytes"]
     assert await blob_rows(sessions) == set(digests[2:])
     assert [stored(store, digest) for digest in digests] == [False, False, True, True]
     versions = await own_client.get(f"/api/v1/task-templates/{imported['id']}/versions", headers=carol[Role.VIEWER])
@@ -143,36 +144,45 @@ class CancelDuringSweep:
     """Progress that cancels the GC's task a moment after the sweep starts, while a DeleteObjects request of the
     first batch is on its way (the lock and the check before it take milliseconds; the request about a second)."""
 
-    def __init__(self, task: asyncio.Task[Any], delay: float) -> None:
-        self.task, self.delay = task, delay
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.task: asyncio.Task[Any] | None = None
 
     def phase(self, name: str, total: int | None = None) -> None:
-        if name == "sweep":
+        if name == "sweep" and self.task is not None:
             asyncio.get_running_loop().call_later(self.delay, self.task.cancel)
 
     def advance(self, items: int = 1, nbytes: int = 0) -> None:
         pass
 
 
-async def test_a_gc_cancelled_while_deleting_leaves_no_row_without_its_object(
-    own_settings: AppSettings, store: BlobStore, sessions: async_sessionmaker[AsyncSession]
-) -> None:
+async def test_a_gc_stopped_while_deleting_leaves_no_row_without_its_object_and_reports_what_it_did(
+    own_settings: AppSettings, maintenance: Maintenance, store: BlobStore,
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:  # fmt: skip
     """A row whose object is gone would be handed out as a tree-cache hit; an object whose row is gone is only an
-    orphan that a later GC removes. So a cancelled sweep must never leave the first kind."""
+    orphan that a later GC removes. So a stopped sweep must never leave the first kind."""
     created = await put_unreferenced(s3_client(own_settings), own_settings.s3_bucket, sessions, 1000)
     for _ in range(2):  # 1,000 rows, then what is left
         remaining = await blob_rows(sessions)
-        collector = GarbageCollector(sessions, store, GcOptions(grace=0, batch=500))
-        running = asyncio.create_task(collector.run())
-        collector.progress = CancelDuringSweep(running, delay=0.3)
+        started = await maintenance.start_gc(dry_run=False, grace=0, wait=False, started_by="test")
+        progress = CancelDuringSweep(delay=0.3)
+        progress.task = running = asyncio.create_task(started.execute(progress))
         with pytest.raises(asyncio.CancelledError):
             await asyncio.wait_for(running, timeout=120)
+
         rows = await blob_rows(sessions)
         objects = await asyncio.to_thread(listed, store)
         assert rows <= objects, f"{len(rows - objects)} rows lost their objects"
         assert rows < remaining, "the cancel must land during the sweep, after a batch began"
+        async with sessions() as session:
+            run = await get_run(session, started.run_id)
+        assert (run.status, run.error) == (RunStatus.FAILED.value, "stopped before it ended")
+        assert run.report["progress"]["phase"] == "sweep"
+        assert run.report["so_far"]["deleted"] == len(remaining) - len(rows)
+        assert set(run.report["so_far"]["deleted_digests"]) == remaining - rows
 
-    report = (await GarbageCollector(sessions, store, GcOptions(grace=0)).run()).to_json()
+    report = await gc(maintenance)
 
     assert await blob_rows(sessions) == set()
     assert await asyncio.to_thread(listed, store) == set()
