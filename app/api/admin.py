@@ -11,14 +11,13 @@ from litestar import Controller, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody
 from pydantic import BaseModel, Field
-from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.auth import Principal
 from app.api.schemas import Page, PageNumber, PageSize, Timestamped
-from app.db.models import MaintenanceRun, Role
+from app.db.models import MaintenanceRun, Role, RunKind
 from app.maintenance.launcher import RunLauncher
-from app.maintenance.runs import get_run
+from app.maintenance.runs import get_run, list_runs
 from app.maintenance.service import Maintenance, StartedRun
 from app.services.errors import InvalidInput
 from storage.digest import Digest
@@ -115,13 +114,8 @@ class AdminController(Controller):
     @get("/runs", summary="GC and verify runs, newest first")
     async def runs(
         self, principal: NamedDependency[Principal], db_session: NamedDependency[AsyncSession],
-        kind: FromQuery[str | None] = None, page: PageNumber = 1, page_size: PageSize = 20,
+        kind: FromQuery[RunKind | None] = None, page: PageNumber = 1, page_size: PageSize = 20,
     ) -> Page[RunOut]:  # fmt: skip
         principal.require(Role.SYSTEM)
-        conditions = [MaintenanceRun.kind == kind] if kind else []
-        total = await db_session.scalar(select(func.count()).select_from(MaintenanceRun).where(*conditions)) or 0
-        rows = await db_session.scalars(
-            select(MaintenanceRun).where(*conditions).order_by(MaintenanceRun.started_at.desc())
-            .offset((page - 1) * page_size).limit(page_size)
-        )  # fmt: skip
+        total, rows = await list_runs(db_session, kind, (page - 1) * page_size, page_size)
         return Page[RunOut](items=[RunOut.of(row) for row in rows], total=total, page=page, page_size=page_size)

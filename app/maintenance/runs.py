@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -97,24 +97,41 @@ async def create_run(sessions: async_sessionmaker[AsyncSession], kind: RunKind, 
 async def get_run(session: AsyncSession, run_id: uuid.UUID) -> MaintenanceRun:
     """The run; a `running` row whose writer fell silent is marked failed first."""
     async with session.begin():
-        stale_before = func.now() - ABANDONED_AFTER
-        await session.execute(
-            update(MaintenanceRun)
-            .where(
-                MaintenanceRun.id == run_id,
-                MaintenanceRun.status == RunStatus.RUNNING.value,
-                MaintenanceRun.updated_at < stale_before,
-            )
-            .values(
-                status=RunStatus.FAILED.value,
-                finished_at=func.now(),
-                error="the process running it stopped reporting (it was stopped or crashed); start a new run",
-            )
-        )
+        await _mark_abandoned(session, MaintenanceRun.id == run_id)
         run = await session.get(MaintenanceRun, run_id, populate_existing=True)
     if run is None:
         raise NotFound(f"no maintenance run {run_id}")
     return run
+
+
+async def list_runs(session: AsyncSession, kind: RunKind | None, offset: int,
+                    limit: int) -> tuple[int, list[MaintenanceRun]]:  # fmt: skip
+    """(how many runs there are, a page of them newest first); abandoned ones are marked failed first."""
+    conditions = [MaintenanceRun.kind == kind.value] if kind is not None else []
+    async with session.begin():
+        await _mark_abandoned(session, *conditions)
+        total = await session.scalar(select(func.count()).select_from(MaintenanceRun).where(*conditions))
+        rows = await session.scalars(
+            select(MaintenanceRun).where(*conditions).order_by(MaintenanceRun.started_at.desc())
+            .offset(offset).limit(limit).execution_options(populate_existing=True)
+        )  # fmt: skip
+        return int(total or 0), list(rows)
+
+
+async def _mark_abandoned(session: AsyncSession, *conditions: ColumnElement[bool]) -> None:
+    await session.execute(
+        update(MaintenanceRun)
+        .where(
+            *conditions,
+            MaintenanceRun.status == RunStatus.RUNNING.value,
+            MaintenanceRun.updated_at < func.now() - ABANDONED_AFTER,
+        )
+        .values(
+            status=RunStatus.FAILED.value,
+            finished_at=func.now(),
+            error="the process running it stopped reporting (it was stopped or crashed); start a new run",
+        )
+    )
 
 
 @dataclass

@@ -88,15 +88,24 @@ async def test_verify_over_http_names_the_missing_blob_and_refuses_bad_input(
 async def test_a_run_whose_process_died_reads_as_failed(
     own_client: Client, carol: Caller, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
-    run_id = uuid.uuid4()
+    run_id, listed_id = uuid.uuid4(), uuid.uuid4()
     async with sessions() as session, session.begin():  # what a crashed `ahop gc` leaves behind
-        session.add(MaintenanceRun(id=run_id, kind="gc", started_by="crashed",
-                                   updated_at=datetime.now(UTC) - timedelta(minutes=10)))  # fmt: skip
+        for crashed in (run_id, listed_id):
+            session.add(MaintenanceRun(id=crashed, kind="gc", started_by="crashed",
+                                       updated_at=datetime.now(UTC) - timedelta(minutes=10)))  # fmt: skip
 
     response = await own_client.get(f"/api/v1/admin/runs/{run_id}", headers=carol[Role.SYSTEM])
 
     assert response.status_code == 200, response.text
     assert response.json()["status"] == "failed"
     assert "stopped reporting" in response.json()["error"]
+    listed = await own_client.get("/api/v1/admin/runs?kind=gc", headers=carol[Role.SYSTEM])
+    assert {item["id"]: item["status"] for item in listed.json()["items"]} == {
+        str(run_id): "failed",
+        str(listed_id): "failed",
+    }
+    bad_kind = await own_client.get("/api/v1/admin/runs?kind=backup", headers=carol[Role.SYSTEM])
+    assert bad_kind.status_code == 422, bad_kind.text
+    assert bad_kind.json()["extra"]["errors"][0]["field"] == "kind"
     missing = await own_client.get(f"/api/v1/admin/runs/{uuid.uuid4()}", headers=carol[Role.SYSTEM])
     assert missing.status_code == 404
