@@ -129,6 +129,9 @@ def _gc_summary(result: RunResult) -> list[str]:
         f"mark {report['mark_seconds']:.2f} s, sweep {report['sweep_seconds']:.2f} s, "
         f"orphans {report['orphans_seconds']:.2f} s)",
     ]
+    if report["stale_uploads"]:
+        lines.append(f"  multipart uploads never finished: {report['stale_uploads']}"
+                     f"{' found' if report['dry_run'] else ', aborted ' + str(report['uploads_aborted'])}")  # fmt: skip
     if report["dry_run"]:
         lines += [f"  candidate {digest}" for digest in report["candidate_digests"]]
     return lines

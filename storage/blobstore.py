@@ -93,6 +93,14 @@ class ListedBlob(NamedTuple):
     last_modified: datetime
 
 
+class PendingUpload(NamedTuple):
+    """A multipart upload under the blob prefix that was started and neither completed nor aborted."""
+
+    key: str
+    upload_id: str
+    initiated: datetime
+
+
 class _Condition(TypedDict, total=False):
     IfNoneMatch: str
 
@@ -466,6 +474,24 @@ class BlobStore:
         for item in self._objects():
             if digest_from_key(item["Key"]) is None:
                 yield item["Key"]
+
+    def list_pending_uploads(self) -> Iterator[PendingUpload]:
+        """Multipart uploads under the blob prefix still open: a writer's in flight, or one that crashed (the store
+        keeps their parts, and bills them, until they are aborted)."""
+        paginator = self._s3.get_paginator("list_multipart_uploads")
+        with self._translated("listing of multipart uploads"):
+            for page in paginator.paginate(Bucket=self.location.bucket, Prefix=BLOB_PREFIX):
+                for upload in page.get("Uploads", []):
+                    yield PendingUpload(upload["Key"], upload["UploadId"], upload["Initiated"])
+
+    def abort_upload(self, upload: PendingUpload) -> None:
+        """Abort a pending multipart upload and free its parts; one already gone counts as aborted."""
+        with self._translated("abort of a multipart upload", upload.key):
+            try:
+                self._s3.abort_multipart_upload(Bucket=self.location.bucket, Key=upload.key, UploadId=upload.upload_id)
+            except botocore.exceptions.ClientError as exc:
+                if _code(exc) != "NoSuchUpload":
+                    raise
 
     def delete(self, digests: Iterable[Digest]) -> list[Digest]:
         """Delete these blobs, 1,000 per request; return them. Absent blobs count as deleted (S3 semantics).

@@ -9,7 +9,7 @@
    too (its foreign key), so an import either commits before our check (and the blob is kept) or finds the row
    gone afterwards (and stores the blob again).
 4. Orphans: objects with no row, older than the grace, each checked and deleted under the digest's advisory lock
-   (see `app.services.blobs`).
+   (see `app.services.blobs`); and multipart uploads started before the grace and never finished, aborted.
 
 Work scales with the number of blobs: nothing reads an object's bytes. A dry run changes nothing and reports what
 a real run would delete now.
@@ -67,6 +67,9 @@ class GcReport:
     orphan_bytes_freed: int = 0
     orphan_bytes: int = 0
     """The size of the orphans found (removed or, in a dry run, that would be)."""
+    stale_uploads: int = 0
+    """Multipart uploads started before the grace and never finished (a crashed import of a large blob)."""
+    uploads_aborted: int = 0
     versions_pruned: int = 0
     tasks_pruned: int = 0
     runs_pruned: int = 0
@@ -77,7 +80,7 @@ class GcReport:
     sweep_seconds: float = 0.0
     """Deleting the candidates (objects and rows), batch by batch, under their row locks."""
     orphans_seconds: float = 0.0
-    """Listing the bucket and deleting objects without rows."""
+    """Listing the bucket, deleting objects without rows and aborting stale multipart uploads."""
     candidate_digests: list[str] = field(default_factory=list)
     """The candidates (up to LISTED_DIGESTS), as sha256:<hex>."""
     deleted_digests: list[str] = field(default_factory=list)
@@ -117,6 +120,7 @@ class GarbageCollector:
             await self._sweep(candidates, report)
         report.sweep_seconds, lap = round(time.monotonic() - lap, 3), time.monotonic()
         await self._sweep_orphans(report)
+        await self._abort_stale_uploads(report)
         report.orphans_seconds = round(time.monotonic() - lap, 3)
         report.duration_seconds = round(time.monotonic() - started, 3)
         return report
@@ -217,6 +221,18 @@ class GarbageCollector:
                 room = LISTED_DIGESTS - len(report.orphan_digests)
                 report.orphan_digests += [f"sha256:{digest}" for digest in orphans[: max(room, 0)]]
                 self.progress.advance(len(page), sum(item.size for item in page))
+
+    async def _abort_stale_uploads(self, report: GcReport) -> None:
+        """Abort multipart uploads older than the grace: their parts take space until someone does."""
+        cutoff = older_than(self.options.grace)
+        pending = await asyncio.to_thread(lambda: list(self.store.list_pending_uploads()))
+        for upload in pending:
+            if upload.initiated >= cutoff:
+                continue
+            report.stale_uploads += 1
+            if not self.options.dry_run:
+                await asyncio.to_thread(self.store.abort_upload, upload)
+                report.uploads_aborted += 1
 
     async def _delete_orphans(self, session: AsyncSession, orphans: list[str]) -> list[str]:
         async with session.begin():

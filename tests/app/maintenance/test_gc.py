@@ -4,6 +4,7 @@ orphan objects wait out the grace, and one GC runs at a time."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,8 @@ from app.db.models import Role, RunStatus
 from app.maintenance.runs import AlreadyRunning, get_run
 from app.maintenance.service import Maintenance
 from app.settings import AppSettings
-from storage.blobstore import BlobStore
+from storage.blobstore import BlobStore, PendingUpload
+from storage.keys import blob_key
 from tests.app.conftest import Caller, git
 from tests.app.maintenance.helpers import (
     Client,
@@ -116,15 +118,29 @@ async def test_a_dry_run_changes_nothing_and_names_what_a_real_run_then_deletes(
 async def test_an_object_without_a_row_survives_within_the_grace_and_goes_after_it(
     own_settings: AppSettings, maintenance: Maintenance, store: BlobStore
 ) -> None:
-    orphan = put_orphan(s3_client(own_settings), own_settings.s3_bucket)
+    """What a crashed import leaves: an object without a row, or a multipart upload never finished."""
+    s3 = s3_client(own_settings)
+    orphan = put_orphan(s3, own_settings.s3_bucket)
+    key = blob_key(put_orphan(s3, own_settings.s3_bucket))  # the key a large blob's upload was writing to
+    s3.delete_object(Bucket=own_settings.s3_bucket, Key=key)
+    upload = s3.create_multipart_upload(Bucket=own_settings.s3_bucket, Key=key)["UploadId"]
+    s3.upload_part(Bucket=own_settings.s3_bucket, Key=key, UploadId=upload, PartNumber=1, Body=b"part" * 1000)
 
     within = await gc(maintenance, grace=3600)
-    assert within["orphans_found"] == 0
+    assert (within["orphans_found"], within["stale_uploads"]) == (0, 0)
     assert stored(store, orphan)
+    assert [pending.upload_id for pending in store.list_pending_uploads()] == [upload]
+
+    dry = await gc(maintenance, grace=0, dry_run=True)
+    assert (dry["orphans_found"], dry["stale_uploads"], dry["uploads_aborted"]) == (1, 1, 0)
+    assert [pending.upload_id for pending in store.list_pending_uploads()] == [upload]
 
     after = await gc(maintenance, grace=0)
     assert after["orphans_removed"] == 1
+    assert (after["stale_uploads"], after["uploads_aborted"]) == (1, 1)
     assert not stored(store, orphan)
+    assert list(store.list_pending_uploads()) == []
+    store.abort_upload(PendingUpload(key, upload, datetime.now(UTC)))  # a second GC finding it gone is no error
 
 
 async def test_two_gc_runs_at_once_exactly_one_proceeds(maintenance: Maintenance) -> None:
