@@ -13,13 +13,14 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, NamedTuple, TypedDict
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple, TypedDict
 
 import boto3
 import botocore.exceptions
@@ -184,6 +185,18 @@ def _checked(digest: Digest) -> Digest:
     return digest
 
 
+@contextlib.contextmanager
+def _readable(source: Path | BinaryIO) -> Iterator[tuple[BinaryIO, int]]:
+    """`source` open for reading, with its size: a path is opened (and closed again), a file object is measured."""
+    if isinstance(source, Path):
+        with source.open("rb") as file:
+            yield file, os.fstat(file.fileno()).st_size
+        return
+    size = source.seek(0, os.SEEK_END)
+    source.seek(0)
+    yield source, size
+
+
 def _checksum(sha256: bytes) -> str:
     """The form S3's ChecksumSHA256 takes: base64 of the raw 32 bytes."""
     return base64.b64encode(sha256).decode("ascii")
@@ -289,9 +302,10 @@ class BlobStore:
         return _info(digest, response["ContentLength"], response["Metadata"], self._about("HEAD", key))
 
     def put_if_absent(
-        self, digest: Digest, source: Path, *, tar_size: int, files: int, zst_sha256: str
+        self, digest: Digest, source: Path | BinaryIO, *, tar_size: int, files: int, zst_sha256: str
     ) -> tuple[bool, BlobInfo]:
-        """Store the compressed bytes in `source` as the blob of `digest` unless a blob is already stored there.
+        """Store the compressed bytes in `source` (a file, or a seekable file object read from its start) as the
+        blob of `digest` unless a blob is already stored there.
 
         Returns whether we uploaded, and the figures of the object actually stored: when another writer got there
         first (before our HEAD, or between it and our write) those are its figures, not ours. The server checks
@@ -302,25 +316,28 @@ class BlobStore:
         except BlobNotFound:
             pass
         key = blob_key(digest)
-        ours = BlobInfo(digest, source.stat().st_size, tar_size, files, zst_sha256)
-        if ours.zst_size > self.multipart_threshold:
-            written = self._put_in_parts(key, source, ours)
-        else:
-            written = self._put(key, source, ours)
+        with _readable(source) as (body, size):
+            ours = BlobInfo(digest, size, tar_size, files, zst_sha256)
+            if ours.zst_size > self.multipart_threshold:
+                written = self._put_in_parts(key, body, ours)
+            else:
+                written = self._put(key, body, ours)
         # Always report what is stored, not what we sent: a server that ignores If-None-Match lets a second
         # writer replace the first, and the row must describe the object a worker will download.
         stored = self.head(digest)
         return written and stored.zst_sha256 == ours.zst_sha256, stored
 
-    def replace(self, digest: Digest, source: Path, *, tar_size: int, files: int, zst_sha256: str) -> BlobInfo:
+    def replace(self, digest: Digest, source: Path | BinaryIO, *, tar_size: int, files: int,
+                zst_sha256: str) -> BlobInfo:  # fmt: skip
         """Store `source` as the blob of `digest` whether or not an object is there: how a repair puts back a blob
         whose stored bytes went missing or bad. The server checks the bytes against `zst_sha256`."""
         key = blob_key(_checked(digest))
-        ours = BlobInfo(digest, source.stat().st_size, tar_size, files, zst_sha256)
-        if ours.zst_size > self.multipart_threshold:
-            self._put_in_parts(key, source, ours, conditional=False)
-        else:
-            self._put(key, source, ours, conditional=False)
+        with _readable(source) as (body, size):
+            ours = BlobInfo(digest, size, tar_size, files, zst_sha256)
+            if ours.zst_size > self.multipart_threshold:
+                self._put_in_parts(key, body, ours, conditional=False)
+            else:
+                self._put(key, body, ours, conditional=False)
         return self.head(digest)
 
     def _write_if_absent(self, write: Callable[[_Condition], object]) -> bool:
@@ -339,9 +356,9 @@ class BlobStore:
                     raise
                 self._conditional_writes = False  # and write again, unconditionally: see __init__
 
-    def _put(self, key: str, source: Path, info: BlobInfo, *, conditional: bool = True) -> bool:
-        """One PUT of `source`; False when an object already sits under `key` (and `conditional`)."""
-        with self._translated("upload", key), source.open("rb") as body:
+    def _put(self, key: str, body: BinaryIO, info: BlobInfo, *, conditional: bool = True) -> bool:
+        """One PUT of `body`; False when an object already sits under `key` (and `conditional`)."""
+        with self._translated("upload", key):
 
             def write(condition: _Condition) -> None:
                 body.seek(0)  # a retry without the condition sends the file again
@@ -360,8 +377,8 @@ class BlobStore:
                 return True
             return self._write_if_absent(write)
 
-    def _put_in_parts(self, key: str, source: Path, info: BlobInfo, *, conditional: bool = True) -> bool:
-        """A multipart upload of `source`; False when an object already sits under `key`.
+    def _put_in_parts(self, key: str, body: BinaryIO, info: BlobInfo, *, conditional: bool = True) -> bool:
+        """A multipart upload of `body`; False when an object already sits under `key`.
 
         S3 checks each part's ChecksumSHA256, but has no whole-object SHA-256 for multipart uploads; so we hash
         the file as we send it and abort instead of completing when it differs from `info.zst_sha256`.
@@ -373,7 +390,7 @@ class BlobStore:
             )["UploadId"]
             completed = False
             try:
-                parts = self._upload_parts(key, upload_id, source, info.zst_sha256)
+                parts = self._upload_parts(key, upload_id, body, info.zst_sha256)
 
                 def complete(condition: _Condition) -> None:
                     self._s3.complete_multipart_upload(
@@ -393,27 +410,27 @@ class BlobStore:
                     with contextlib.suppress(botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError):
                         self._s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
 
-    def _upload_parts(self, key: str, upload_id: str, source: Path, zst_sha256: str) -> list[CompletedPartTypeDef]:
+    def _upload_parts(self, key: str, upload_id: str, body: BinaryIO, zst_sha256: str) -> list[CompletedPartTypeDef]:
         # One part after another: PUT is server-bound on SeaweedFS (PERF_NOTES), and blobs this big are rare.
         whole = hashlib.sha256()
         parts: list[CompletedPartTypeDef] = []
-        with source.open("rb") as file:
-            while chunk := file.read(self.part_size):
-                whole.update(chunk)
-                checksum = _checksum(hashlib.sha256(chunk).digest())
-                number = len(parts) + 1
-                response = self._s3.upload_part(
-                    Bucket=self.location.bucket,
-                    Key=key,
-                    UploadId=upload_id,
-                    PartNumber=number,
-                    Body=chunk,
-                    ChecksumSHA256=checksum,
-                )
-                parts.append({"PartNumber": number, "ETag": response["ETag"], "ChecksumSHA256": checksum})
+        body.seek(0)
+        while chunk := body.read(self.part_size):
+            whole.update(chunk)
+            checksum = _checksum(hashlib.sha256(chunk).digest())
+            number = len(parts) + 1
+            response = self._s3.upload_part(
+                Bucket=self.location.bucket,
+                Key=key,
+                UploadId=upload_id,
+                PartNumber=number,
+                Body=chunk,
+                ChecksumSHA256=checksum,
+            )
+            parts.append({"PartNumber": number, "ETag": response["ETag"], "ChecksumSHA256": checksum})
         if whole.hexdigest() != zst_sha256:
             raise IntegrityError(
-                f"{self._about('multipart upload', key)}: {source} has sha256 {whole.hexdigest()}, "
+                f"{self._about('multipart upload', key)}: the bytes sent have sha256 {whole.hexdigest()}, "
                 f"not the {zst_sha256} recorded for it; nothing was stored"
             )
         return parts

@@ -7,15 +7,13 @@ in one short transaction that also touches the blob row, so a concurrent GC cann
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import tempfile
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar, cast
 
 import git
 from sqlalchemy import select
@@ -166,18 +164,17 @@ class Importer:
         }
         return Source(info, located.content_key, mirror)
 
-    def _pack(self, source: Source) -> tuple[Snapshot, Path]:
+    def _pack(self, source: Source) -> tuple[Snapshot, BinaryIO]:
+        """Pack into a spooled file: in memory up to the size the store sends in one request, on disk beyond."""
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        descriptor, name = tempfile.mkstemp(prefix="import-", suffix=".tar.zst", dir=self.work_dir)
+        spooled = tempfile.SpooledTemporaryFile(max_size=self.store.multipart_threshold, dir=str(self.work_dir))  # noqa: SIM115 -- closed by store_content once uploaded
+        out = cast("BinaryIO", spooled)
         try:
-            with os.fdopen(descriptor, "wb") as out:
-                snapshot = pack(
-                    source.tree(), out, what=source.snapshot_info["original_path"] or ".", limits=self.limits
-                )
+            snapshot = pack(source.tree(), out, what=source.snapshot_info["original_path"] or ".", limits=self.limits)
         except BaseException:
-            os.unlink(name)
+            out.close()
             raise
-        return snapshot, Path(name)
+        return snapshot, out
 
     async def store_content(self, source: Source, *, use_cache: bool = True) -> Stored:
         """The digest of the content, its blob row upserted and its object in S3. Skips packing on a cache hit."""
@@ -192,13 +189,12 @@ class Importer:
         try:
             uploaded, stored = await self._upload(snapshot, blob_file)
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                blob_file.unlink()
+            blob_file.close()
         if not uploaded and self.metrics is not None:
             self.metrics.deduplicated()
         return Stored(snapshot.digest.hex, stored, packed=True)
 
-    async def _upload(self, snapshot: Snapshot, blob_file: Path) -> tuple[bool, BlobInfo]:
+    async def _upload(self, snapshot: Snapshot, blob_file: BinaryIO) -> tuple[bool, BlobInfo]:
         """Upsert the blob row, then store the object unless it is there. A GC with a grace shorter than an import
         may delete the object between our write and our look at it (BlobNotFound): then both again."""
         for _ in range(_GC_RACE_RETRIES):
