@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import random
 import secrets
 import threading
@@ -182,6 +183,22 @@ def test_a_blob_above_the_multipart_threshold_round_trips(store: BlobStore, tmp_
             hasher.update(chunk)
     assert hasher.hexdigest() == blob.zst_sha256
     assert blob.put(store) == (False, info)
+
+
+@pytest.mark.parametrize("threshold", [64 * MiB, 5 * MiB], ids=["one request", "in parts"])
+def test_a_blob_given_as_an_open_file_is_sent_from_its_start(store: BlobStore, tmp_path: Path, threshold: int) -> None:
+    """What an import passes: the file its pack just wrote, positioned at its end."""
+    store.multipart_threshold, store.part_size = threshold, 5 * MiB
+    blob = raw(tmp_path / "spooled.tar.zst", 12_000_000)
+    body = io.BytesIO(blob.path.read_bytes())
+    body.seek(0, io.SEEK_END)
+
+    uploaded, info = store.put_if_absent(blob.digest, body, tar_size=blob.tar_size, files=3, zst_sha256=blob.zst_sha256)
+
+    assert uploaded
+    assert info == BlobInfo(blob.digest, 12_000_000, blob.tar_size, 3, blob.zst_sha256)
+    assert store.download(blob.digest, tmp_path / "back") == info
+    assert (tmp_path / "back").read_bytes() == blob.path.read_bytes()
 
 
 def test_a_blob_of_over_100_mb_round_trips_with_the_default_settings(store: BlobStore, tmp_path: Path) -> None:
