@@ -18,6 +18,7 @@ a real run would delete now.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
@@ -35,6 +36,9 @@ from app.maintenance.to_the_end import to_the_end
 from app.services.blobs import LOCK_NAMESPACE, digest_lock_key
 from storage.blobstore import DELETE_BATCH, BlobStore
 from storage.digest import Digest
+from storage.errors import StorageError
+
+log = logging.getLogger("ahop.maintenance")
 
 LISTED_DIGESTS = 10_000
 """Digests named in a report (the counts are always complete)."""
@@ -179,11 +183,40 @@ class GarbageCollector:
         try:
             await to_the_end(asyncio.to_thread(self.store.delete, [Digest(digest) for digest, _ in confirmed]))
         finally:
-            await to_the_end(session.commit())
-            report.deleted += len(confirmed)
-            report.bytes_freed += sum(size for _, size in confirmed)
-            room = LISTED_DIGESTS - len(report.deleted_digests)
-            report.deleted_digests += [f"sha256:{digest}" for digest, _ in confirmed[: max(room, 0)]]
+            committed = asyncio.ensure_future(session.commit())
+            try:
+                await to_the_end(committed)
+            except Exception:
+                await self._forget_rows_again(confirmed)
+                raise
+            finally:
+                if committed.done() and not committed.cancelled() and committed.exception() is None:
+                    self._count_deleted(confirmed, report)
+
+    async def _forget_rows_again(self, deleted: list[tuple[str, int]]) -> None:
+        """The commit that deletes the rows failed after their objects went: delete them again, in a new session,
+        where they are still unreferenced and untouched. What cannot be deleted is logged for `verify --repair`."""
+        digests = [digest for digest, _ in deleted]
+        try:
+            async with self.sessions() as session, session.begin():
+                await session.execute(
+                    delete(Blob).where(
+                        Blob.digest.in_(digests),
+                        Blob.touched_at < func.now() - self._grace(),
+                        references.unreferenced_now(),
+                    )
+                )
+        except Exception:
+            log.error("GC deleted the objects of %d blobs but could not delete their rows; run `ahop verify "
+                      "--repair` once the database is back: %s", len(digests), ", ".join(digests))  # fmt: skip
+            raise
+
+    @staticmethod
+    def _count_deleted(deleted: list[tuple[str, int]], report: GcReport) -> None:
+        report.deleted += len(deleted)
+        report.bytes_freed += sum(size for _, size in deleted)
+        room = LISTED_DIGESTS - len(report.deleted_digests)
+        report.deleted_digests += [f"sha256:{digest}" for digest, _ in deleted[: max(room, 0)]]
 
     async def _lock_unreferenced(self, session: AsyncSession, batch: list[str]) -> list[tuple[str, int]]:
         """Lock the batch's rows (skipping rows an import or a task holds right now), then keep those that are
@@ -230,9 +263,14 @@ class GarbageCollector:
             if upload.initiated >= cutoff:
                 continue
             report.stale_uploads += 1
-            if not self.options.dry_run:
+            if self.options.dry_run:
+                continue
+            try:
                 await asyncio.to_thread(self.store.abort_upload, upload)
-                report.uploads_aborted += 1
+            except StorageError as exc:  # the next run tries again
+                log.warning("could not abort the multipart upload %s of %s: %s", upload.upload_id, upload.key, exc)
+                continue
+            report.uploads_aborted += 1
 
     async def _delete_orphans(self, session: AsyncSession, orphans: list[str]) -> list[str]:
         async with session.begin():

@@ -20,9 +20,10 @@ import enum
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import asdict, dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import Table, and_, bindparam, func, literal, select, update
@@ -36,7 +37,7 @@ from app.maintenance.repair import Repairer
 from app.maintenance.to_the_end import to_the_end
 from storage.blobstore import BlobStore
 from storage.digest import Digest
-from storage.errors import BlobNotFound
+from storage.errors import BlobNotFound, IntegrityError
 from storage.verify import Check, Expected, Outcome, check_blobs
 
 PAGE = 500
@@ -114,6 +115,8 @@ class Verifier:
         self.progress = progress or Silent()
         self.report = VerifyReport(scope=options.scope)
         """Filled in as the run goes: what it found so far when it fails or is stopped."""
+        self._created: dict[str, datetime] = {}
+        """`created_at` of each row read and not yet settled: tells a row from one written again since."""
 
     async def run(self) -> VerifyReport:
         """One verification (a verifier runs once)."""
@@ -126,7 +129,10 @@ class Verifier:
             return asyncio.run_coroutine_threadsafe(work, loop).result()
 
         stop = threading.Event()
-        await to_the_end(asyncio.to_thread(self._check_all, on_loop, stop, report), on_cancel=stop.set)
+        # A thread of its own: it waits on the loop while a page settles (repairs use the default executor).
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="verify-pages") as pages:
+            checking = loop.run_in_executor(pages, self._check_all, on_loop, stop, report)
+            await to_the_end(checking, on_cancel=stop.set)
         if self.options.scope == "all":
             await self._find_orphans(report)
         report.duration_seconds = round(time.monotonic() - started, 3)
@@ -167,7 +173,7 @@ class Verifier:
             after = page[-1].digest.hex
 
     async def _page(self, after: str) -> list[Expected]:
-        query = select(Blob.digest, Blob.zst_size, Blob.zst_sha256, Blob.tar_size)
+        query = select(Blob.digest, Blob.zst_size, Blob.zst_sha256, Blob.tar_size, Blob.created_at)
         if self.options.digest is not None:
             query = query.where(Blob.digest == self.options.digest.hex)
         elif self.options.sample is not None:
@@ -176,9 +182,8 @@ class Verifier:
             query = query.where(Blob.digest > after).order_by(Blob.digest).limit(PAGE)
         async with self.sessions() as session:
             rows = (await session.execute(query)).all()
-        return [
-            Expected(Digest(digest), zst_size, zst_sha256, tar_size) for digest, zst_size, zst_sha256, tar_size in rows
-        ]
+        self._created.update((row.digest, row.created_at) for row in rows)
+        return [Expected(Digest(row.digest), row.zst_size, row.zst_sha256, row.tar_size) for row in rows]
 
     async def _settle(self, checks: list[Check], report: VerifyReport) -> None:
         """Judge a page of checks, record their outcomes on the rows and count them in the report."""
@@ -188,7 +193,8 @@ class Verifier:
         report.bytes_read += sum(check.zst_bytes for check in checks)
         problems = sorted((check for check in checks if check.outcome is not Outcome.OK), key=lambda c: c.digest)
         report.ok += len(checks) - len(problems)
-        standing = await self._standing({check.digest.hex for check in problems})
+        created = {check.digest.hex: self._created.pop(check.digest.hex, None) for check in checks}
+        standing = await self._standing({check.digest.hex: created[check.digest.hex] for check in problems})
         judged = [check for check in problems if standing.get(check.digest.hex) is Standing.STORED]
         report.gone += sum(1 for check in problems if check.digest.hex not in standing)
         report.in_flight += sum(1 for check in problems if standing.get(check.digest.hex) is Standing.IN_FLIGHT)
@@ -196,24 +202,31 @@ class Verifier:
         for check in judged:
             await self._judge(check, report)
 
-    async def _standing(self, digests: set[str]) -> dict[str, Standing]:
-        """How the rows of these problem blobs stand now (absent: GC deleted the row)."""
-        if not digests:
+    async def _standing(self, created: dict[str, datetime | None]) -> dict[str, Standing]:
+        """How the rows of these problem blobs (digest → the `created_at` the check was made for) stand now. Absent:
+        GC deleted the row, or deleted it and an import wrote it again since (a new `created_at`)."""
+        if not created:
             return {}
         in_flight = and_(Blob.touched_at >= func.now() - literal(timedelta(seconds=self.options.grace)),
                          references.unreferenced_now())  # fmt: skip
         async with self.sessions() as session, session.begin():
             rows = await session.execute(
-                select(Blob.digest, in_flight).where(Blob.digest.in_(digests)).with_for_update(key_share=True, of=Blob)
+                select(Blob.digest, Blob.created_at, in_flight)
+                .where(Blob.digest.in_(list(created)))
+                .with_for_update(key_share=True, of=Blob)
             )
-            return {digest: Standing.IN_FLIGHT if young else Standing.STORED for digest, young in rows.all()}
+            return {
+                digest: Standing.IN_FLIGHT if young else Standing.STORED
+                for digest, row_created, young in rows.all()
+                if row_created == created[digest]
+            }
 
     async def _record(self, checks: list[Check]) -> None:
         if not checks:
             return
-        values = [
+        values = [  # in digest order, as every verify run writes: two runs never wait on each other in a cycle
             {"key": check.digest.hex, "outcome": check.outcome.value, "detail": check.detail or None}
-            for check in checks
+            for check in sorted(checks, key=lambda check: check.digest)
         ]
         table = cast("Table", Blob.__table__)
         blobs = table.c
@@ -270,5 +283,7 @@ class Verifier:
                 self.store.head(Digest(digest))
             except BlobNotFound:
                 continue
+            except IntegrityError:  # an object without our metadata: still there, and still without a row
+                pass
             still.append(digest)
         return still
