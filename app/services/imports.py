@@ -7,6 +7,7 @@ in one short transaction that also touches the blob row, so a concurrent GC cann
 from __future__ import annotations
 
 import asyncio
+import logging
 import tempfile
 import uuid
 from collections.abc import Awaitable, Callable
@@ -28,13 +29,16 @@ from app.services.credentials import CredentialBox
 from app.services.errors import Conflict, InvalidInput, Unavailable
 from storage.blobstore import BlobInfo, BlobStore
 from storage.canonical import Limits
-from storage.errors import BlobNotFound, SnapshotRefused, StorageUnavailable
+from storage.digest import Digest
+from storage.errors import BlobNotFound, SnapshotRefused, StorageError, StorageUnavailable
 from storage.snapshot import Snapshot, pack
 from storage.trees import GitTree, locate_git_path
 
 _GC_RACE_RETRIES = 3
 _KEPT_DISAPPEARING = "the blob kept disappearing while importing (is a GC with a very short grace running?); try again"
 WrittenT = TypeVar("WrittenT")
+
+log = logging.getLogger("ahop.imports")
 
 
 @dataclass(frozen=True)
@@ -180,7 +184,7 @@ class Importer:
         """The digest of the content, its blob row upserted and its object in S3. Skips packing on a cache hit."""
         digest = await blobs.cached_digest(self.session, source.content_key) if use_cache else None
         await self.session.rollback()
-        if digest is not None:
+        if digest is not None and await self._still_stored(digest):
             return Stored(digest, None, packed=False)
         try:
             snapshot, blob_file = await asyncio.to_thread(self._pack, source)
@@ -193,6 +197,19 @@ class Importer:
         if not uploaded and self.metrics is not None:
             self.metrics.deduplicated()
         return Stored(snapshot.digest.hex, stored, packed=True)
+
+    async def _still_stored(self, digest: str) -> bool:
+        """Whether the object of a cached digest is still there (one HEAD): if something removed it behind the
+        row's back, the content is packed and stored again instead of handing out a blob that is gone. When S3
+        cannot answer, the row is trusted, as it always is by the version insert that follows."""
+        try:
+            await asyncio.to_thread(self.store.head, Digest(digest))
+        except BlobNotFound:
+            log.warning("blob sha256:%s is recorded but its object is gone: packing it again", digest)
+            return False
+        except StorageError:
+            return True
+        return True
 
     async def _upload(self, snapshot: Snapshot, blob_file: BinaryIO) -> tuple[bool, BlobInfo]:
         """Upsert the blob row, then store the object unless it is there. A GC with a grace shorter than an import
