@@ -184,7 +184,7 @@ class Importer:
         """The digest of the content, its blob row upserted and its object in S3. Skips packing on a cache hit."""
         digest = await blobs.cached_digest(self.session, source.content_key) if use_cache else None
         await self.session.rollback()
-        if digest is not None and await self._still_stored(digest):
+        if digest is not None:
             return Stored(digest, None, packed=False)
         try:
             snapshot, blob_file = await asyncio.to_thread(self._pack, source)
@@ -199,9 +199,9 @@ class Importer:
         return Stored(snapshot.digest.hex, stored, packed=True)
 
     async def _still_stored(self, digest: str) -> bool:
-        """Whether the object of a cached digest is still there (one HEAD): if something removed it behind the
-        row's back, the content is packed and stored again instead of handing out a blob that is gone. When S3
-        cannot answer, the row is trusted, as it always is by the version insert that follows."""
+        """Whether the object of a cached digest is still there (one HEAD, made only when a new version is about to
+        use it): if something removed it behind the row's back, the content is packed and stored again instead of
+        handing out a blob that is gone. When S3 cannot answer, the row is trusted."""
         try:
             await asyncio.to_thread(self.store.head, Digest(digest))
         except BlobNotFound:
@@ -236,6 +236,8 @@ class Importer:
     ) -> tuple[WrittenT, Blob, bool]:
         """Run `write(digest)` in the transaction that touches the blob row (DESIGN §6). If GC freed the blob
         since it was stored or found in the cache, store it again and retry."""
+        if not stored.packed and not await self._still_stored(stored.digest):
+            stored = await self.store_content(source, use_cache=False)
         for _ in range(_GC_RACE_RETRIES):
             async with self.session.begin():
                 blob = await blobs.touch_stored(self.session, stored.digest, stored.info)
