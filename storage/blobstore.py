@@ -295,6 +295,16 @@ class BlobStore:
             self.check_bucket()  # HEAD answers a bare 404 for a missing bucket too: say which is missing
             raise
 
+    def exists(self, digest: Digest) -> bool:
+        """Whether an object is stored under the digest's key (one with foreign metadata counts too)."""
+        try:
+            self.head(digest)
+        except BlobNotFound:
+            return False
+        except IntegrityError:
+            pass
+        return True
+
     def _head(self, digest: Digest) -> BlobInfo:
         key = blob_key(digest)
         with self._translated("HEAD", key):

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Integer, delete, func, literal, select
+from sqlalchemy import ColumnElement, Integer, and_, delete, func, literal, select
 from sqlalchemy.dialects.postgresql import array
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -153,6 +153,10 @@ class GarbageCollector:
     def _grace(self) -> Any:
         return literal(timedelta(seconds=self.options.grace))
 
+    def _still_collectable(self) -> ColumnElement[bool]:
+        """The check made just before a row goes: untouched within the grace, no version row, no unfinished task."""
+        return and_(Blob.touched_at < func.now() - self._grace(), references.unreferenced_now())
+
     async def _sweep(self, candidates: list[tuple[str, int]], report: GcReport) -> None:
         self.progress.phase("sweep", len(candidates))
         step = min(self.options.batch, DELETE_BATCH)
@@ -199,13 +203,7 @@ class GarbageCollector:
         digests = [digest for digest, _ in deleted]
         try:
             async with self.sessions() as session, session.begin():
-                await session.execute(
-                    delete(Blob).where(
-                        Blob.digest.in_(digests),
-                        Blob.touched_at < func.now() - self._grace(),
-                        references.unreferenced_now(),
-                    )
-                )
+                await session.execute(delete(Blob).where(Blob.digest.in_(digests), self._still_collectable()))
         except Exception:
             log.error("GC deleted the objects of %d blobs but could not delete their rows; run `ahop verify "
                       "--repair` once the database is back: %s", len(digests), ", ".join(digests))  # fmt: skip
@@ -227,11 +225,7 @@ class GarbageCollector:
         if not locked:
             return []
         rows = await session.execute(
-            select(Blob.digest, Blob.zst_size).where(
-                Blob.digest.in_(locked),
-                Blob.touched_at < func.now() - self._grace(),
-                references.unreferenced_now(),
-            )
+            select(Blob.digest, Blob.zst_size).where(Blob.digest.in_(locked), self._still_collectable())
         )
         return [(digest, size) for digest, size in rows.all()]
 

@@ -37,7 +37,6 @@ from app.maintenance.repair import Repairer
 from app.maintenance.to_the_end import to_the_end
 from storage.blobstore import BlobStore
 from storage.digest import Digest
-from storage.errors import BlobNotFound, IntegrityError
 from storage.verify import Check, Expected, Outcome, check_blobs
 
 PAGE = 500
@@ -277,13 +276,4 @@ class Verifier:
 
     def _still_stored(self, digests: list[str]) -> list[str]:
         """Those of `digests` whose object is still there (GC may have deleted it since the listing)."""
-        still = []
-        for digest in digests:
-            try:
-                self.store.head(Digest(digest))
-            except BlobNotFound:
-                continue
-            except IntegrityError:  # an object without our metadata: still there, and still without a row
-                pass
-            still.append(digest)
-        return still
+        return [digest for digest in digests if self.store.exists(Digest(digest))]

@@ -203,13 +203,12 @@ class Importer:
         use it): if something removed it behind the row's back, the content is packed and stored again instead of
         handing out a blob that is gone. When S3 cannot answer, the row is trusted."""
         try:
-            await asyncio.to_thread(self.store.head, Digest(digest))
-        except BlobNotFound:
-            log.warning("blob sha256:%s is recorded but its object is gone: packing it again", digest)
-            return False
+            exists = await asyncio.to_thread(self.store.exists, Digest(digest))
         except StorageError:
             return True
-        return True
+        if not exists:
+            log.warning("blob sha256:%s is recorded but its object is gone: packing it again", digest)
+        return exists
 
     async def _upload(self, snapshot: Snapshot, blob_file: BinaryIO) -> tuple[bool, BlobInfo]:
         """Upsert the blob row, then store the object unless it is there. A GC with a grace shorter than an import

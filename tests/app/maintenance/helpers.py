@@ -18,7 +18,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.db.models import Blob, Role
 from storage.blobstore import BlobInfo, BlobStore
 from storage.digest import Digest
-from storage.errors import BlobNotFound
 from storage.keys import blob_key
 from tests.app.conftest import Caller, git
 from tests.app.test_templates import add_repository, body, s3_client
@@ -98,11 +97,7 @@ def listed(store: BlobStore) -> set[str]:
 
 def stored(store: BlobStore, digest: str | Digest) -> bool:
     """Whether an object is stored under the digest's key."""
-    try:
-        store.head(digest if isinstance(digest, Digest) else Digest.parse(digest))
-    except BlobNotFound:
-        return False
-    return True
+    return store.exists(digest if isinstance(digest, Digest) else Digest.parse(digest))
 
 
 async def blob_rows(sessions: async_sessionmaker[AsyncSession]) -> set[str]:
