@@ -109,7 +109,9 @@ class _Condition(TypedDict, total=False):
 def _client(location: S3Location) -> S3Client:
     config = Config(
         region_name=location.region,
-        s3={"addressing_style": "path"},
+        # Every object or part we upload carries a ChecksumSHA256 header, signed and checked by the server; signing
+        # the payload as well (botocore's default over plain http) hashed each upload twice more, client and server.
+        s3={"addressing_style": "path", "payload_signing_enabled": False},
         connect_timeout=location.connect_timeout,
         read_timeout=location.read_timeout,
         retries={"max_attempts": location.max_attempts, "mode": "standard"},
@@ -244,6 +246,18 @@ class BlobStore:
         # MinIO answers 501 NotImplemented) get plain writes after our HEAD instead: a narrow race remains there,
         # so after such a write we HEAD again and report whatever object is stored.
         self._conditional_writes = True
+
+    def on_request(self, operation: str, hook: Callable[[], object]) -> Callable[[], None]:
+        """Call `hook` just before each request of the S3 `operation` ("DeleteObjects", "PutObject", …) leaves, in
+        the thread that sends it; returns the function that removes the hook. For tracing, and for tests that must
+        act while a request is on its way."""
+        event = f"before-send.s3.{operation}"
+
+        def before_send(**_: object) -> None:
+            hook()  # and return None: a value returned here would be taken as the response
+
+        self._s3.meta.events.register(event, before_send)
+        return lambda: self._s3.meta.events.unregister(event, before_send)
 
     def close(self) -> None:
         """Close the client's connections."""

@@ -156,20 +156,20 @@ async def test_two_gc_runs_at_once_exactly_one_proceeds(maintenance: Maintenance
     assert (await third.execute(None)).status is RunStatus.SUCCEEDED
 
 
-class CancelDuringSweep:
-    """Progress that cancels the GC's task a moment after the sweep starts, while a DeleteObjects request of the
-    first batch is on its way (the lock and the check before it take milliseconds; the request about a second)."""
+class CancelWhileDeleting:
+    """Cancels the GC's task from inside its first DeleteObjects request, just before the request leaves: the
+    cancel then lands while the objects of a batch are being deleted, however fast the machine is."""
 
-    def __init__(self, delay: float) -> None:
-        self.delay = delay
-        self.task: asyncio.Task[Any] | None = None
+    def __init__(self, store: BlobStore, task: asyncio.Task[Any]) -> None:
+        self.task = task
+        self.loop = asyncio.get_running_loop()
+        self.fired = False
+        self.remove = store.on_request("DeleteObjects", self.cancel)
 
-    def phase(self, name: str, total: int | None = None) -> None:
-        if name == "sweep" and self.task is not None:
-            asyncio.get_running_loop().call_later(self.delay, self.task.cancel)
-
-    def advance(self, items: int = 1, nbytes: int = 0) -> None:
-        pass
+    def cancel(self) -> None:
+        if not self.fired:
+            self.fired = True
+            self.loop.call_soon_threadsafe(self.task.cancel)
 
 
 async def test_a_gc_stopped_while_deleting_leaves_no_row_without_its_object_and_reports_what_it_did(
@@ -182,10 +182,14 @@ async def test_a_gc_stopped_while_deleting_leaves_no_row_without_its_object_and_
     for _ in range(2):  # 1,000 rows, then what is left
         remaining = await blob_rows(sessions)
         started = await maintenance.start_gc(dry_run=False, grace=0, wait=False, started_by="test")
-        progress = CancelDuringSweep(delay=0.3)
-        progress.task = running = asyncio.create_task(started.execute(progress))
-        with pytest.raises(asyncio.CancelledError):
-            await asyncio.wait_for(running, timeout=120)
+        running = asyncio.create_task(started.execute(None))
+        canceller = CancelWhileDeleting(store, running)
+        try:
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(running, timeout=120)
+        finally:
+            canceller.remove()
+        assert canceller.fired, "the GC must have sent a DeleteObjects request"
 
         rows = await blob_rows(sessions)
         objects = await asyncio.to_thread(listed, store)
