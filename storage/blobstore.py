@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, BinaryIO, NamedTuple, TypedDict
 
 import boto3
 import botocore.exceptions
+import botocore.session
+import botocore.utils
 from botocore.config import Config
 
 from storage.digest import Digest
@@ -106,6 +108,17 @@ class _Condition(TypedDict, total=False):
     IfNoneMatch: str
 
 
+def _timestamp(text: str) -> datetime:
+    """An S3 timestamp: ISO 8601 in listings (parsed by the standard library), anything else as botocore would.
+
+    botocore's own parser goes through dateutil for every one, which was most of our CPU in a bucket listing (the
+    one per GC and per full verify): ~70 µs a key, against ~10 µs."""
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return botocore.utils.parse_timestamp(text)
+
+
 def _client(location: S3Location) -> S3Client:
     config = Config(
         region_name=location.region,
@@ -122,7 +135,9 @@ def _client(location: S3Location) -> S3Client:
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
     )
-    return boto3.session.Session().client(
+    session = botocore.session.get_session()
+    session.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=_timestamp)
+    return boto3.session.Session(botocore_session=session).client(
         "s3",
         endpoint_url=location.endpoint_url,
         aws_access_key_id=location.access_key_id,
