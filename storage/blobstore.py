@@ -356,13 +356,7 @@ class BlobStore:
             return False, self._head(_checked(digest))
         except BlobNotFound:
             pass
-        key = blob_key(digest)
-        with _readable(source) as (body, size):
-            ours = BlobInfo(digest, size, tar_size, files, zst_sha256)
-            if ours.zst_size > self.multipart_threshold:
-                written = self._put_in_parts(key, body, ours)
-            else:
-                written = self._put(key, body, ours)
+        written, ours = self._write(digest, source, tar_size, files, zst_sha256, conditional=True)
         # Always report what is stored, not what we sent: a server that ignores If-None-Match lets a second
         # writer replace the first, and the row must describe the object a worker will download.
         stored = self.head(digest)
@@ -372,14 +366,17 @@ class BlobStore:
                 zst_sha256: str) -> BlobInfo:  # fmt: skip
         """Store `source` as the blob of `digest` whether or not an object is there: how a repair puts back a blob
         whose stored bytes went missing or bad. The server checks the bytes against `zst_sha256`."""
-        key = blob_key(_checked(digest))
+        self._write(_checked(digest), source, tar_size, files, zst_sha256, conditional=False)
+        return self.head(digest)
+
+    def _write(self, digest: Digest, source: Path | BinaryIO, tar_size: int, files: int, zst_sha256: str, *,
+               conditional: bool) -> tuple[bool, BlobInfo]:  # fmt: skip
+        """Send `source` in one PUT, or in parts above the multipart threshold; whether it was written (False when
+        `conditional` and an object was there), and the figures of what we sent."""
         with _readable(source) as (body, size):
             ours = BlobInfo(digest, size, tar_size, files, zst_sha256)
-            if ours.zst_size > self.multipart_threshold:
-                self._put_in_parts(key, body, ours, conditional=False)
-            else:
-                self._put(key, body, ours, conditional=False)
-        return self.head(digest)
+            send = self._put_in_parts if size > self.multipart_threshold else self._put
+            return send(blob_key(digest), body, ours, conditional=conditional), ours
 
     def _write_if_absent(self, write: Callable[[_Condition], object]) -> bool:
         """Run `write` with `If-None-Match: *` where the server honours it; False when the key already exists."""
@@ -455,7 +452,6 @@ class BlobStore:
         # One part after another: PUT is server-bound on SeaweedFS (PERF_NOTES), and blobs this big are rare.
         whole = hashlib.sha256()
         parts: list[CompletedPartTypeDef] = []
-        body.seek(0)
         while chunk := body.read(self.part_size):
             whole.update(chunk)
             checksum = _checksum(hashlib.sha256(chunk).digest())
