@@ -31,9 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import boto3
 import git
-from botocore.config import Config
 from cryptography.fernet import Fernet
 from litestar.testing import AsyncTestClient
 from pydantic import SecretStr
@@ -48,6 +46,7 @@ from app.services.tokens import create_tenant, issue_token
 from app.settings import AppSettings
 from bench import machine
 from bench.corpus import _GIT_ENV, SPECS, TEMPLATE_PATH, generate
+from bench.presign import presigned_urls
 from storage.blobstore import S3Location
 from storage.snapshot import snapshot_git
 
@@ -83,15 +82,7 @@ class ByHand:
         self.mirror = work / "by-hand.git"
         self.blob = work / "by-hand.tar.zst"
         subprocess.run(["git", "init", "--quiet", "--bare", str(self.mirror)], check=True)
-        client = boto3.session.Session().client(
-            "s3", endpoint_url=location.endpoint_url, aws_access_key_id=location.access_key_id,
-            aws_secret_access_key=location.secret_access_key,
-            config=Config(region_name=location.region, signature_version="s3v4", s3={"addressing_style": "path"}),
-        )  # fmt: skip
-        self.put_url = client.generate_presigned_url(
-            "put_object", Params={"Bucket": location.bucket, "Key": "by-hand.tar.zst"}, ExpiresIn=6 * 3600
-        )
-        client.close()
+        (self.put_url,) = presigned_urls(location, "put_object", ["by-hand.tar.zst"])
 
     def __call__(self, repo: Path, commit: str) -> float:
         started = time.perf_counter()

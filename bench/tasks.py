@@ -43,8 +43,6 @@ from pathlib import Path
 from shlex import quote
 from typing import Any
 
-import boto3
-from botocore.config import Config
 from cryptography.fernet import Fernet
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
@@ -58,6 +56,7 @@ from app.settings import AppSettings
 from bench import machine
 from bench.corpus import _GIT_ENV, SPECS, generate
 from bench.imports import SERVICE_KEYS, fresh_database_and_bucket, tenant_token
+from bench.presign import presigned_urls
 from bench.snapshot import Measurement, code_under_test, fmt, prepare, progress, remove, run_shell, table, timed
 from storage.blobstore import BlobStore, S3Location
 from storage.digest import Digest
@@ -129,14 +128,8 @@ def upload(name: str, blobs: BlobStore, scratch: Path) -> BlobRef:
 
 def presigned_get(location: S3Location, digest: Digest) -> str:
     """A GET URL for the blob, signed with the same endpoint and credentials as the worker's."""
-    client = boto3.session.Session().client(
-        "s3", endpoint_url=location.endpoint_url, aws_access_key_id=location.access_key_id,
-        aws_secret_access_key=location.secret_access_key,
-        config=Config(region_name=location.region, signature_version="s3v4", s3={"addressing_style": "path"}),
-    )  # fmt: skip
-    return client.generate_presigned_url(
-        "get_object", Params={"Bucket": location.bucket, "Key": blob_key(digest)}, ExpiresIn=3600
-    )
+    (url,) = presigned_urls(location, "get_object", [blob_key(digest)])
+    return url
 
 
 def remove_tree(path: Path, *, sync: bool) -> None:

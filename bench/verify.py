@@ -55,9 +55,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import boto3
 import psutil
-from botocore.config import Config
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -69,6 +67,7 @@ from app.maintenance.service import Maintenance, RunResult, build_maintenance
 from bench import machine
 from bench.corpus import _semi_compressible
 from bench.imports import SERVICE_KEYS, fresh_database_and_bucket
+from bench.presign import presigned_urls
 from bench.snapshot import code_under_test, cpu_seconds, fmt, progress
 from bench.tasks import app_settings
 from storage.blobstore import BlobStore, S3Location
@@ -178,18 +177,7 @@ def make_blobs(store: BlobStore, scratch: Path, name: str, count: int, sizes: tu
 
 def presign(location: S3Location, blobs: BlobSet) -> None:
     """A GET URL for every blob, signed with the store's endpoint and credentials."""
-    client = boto3.session.Session().client(
-        "s3", endpoint_url=location.endpoint_url, aws_access_key_id=location.access_key_id,
-        aws_secret_access_key=location.secret_access_key,
-        config=Config(region_name=location.region, signature_version="s3v4", s3={"addressing_style": "path"}),
-    )  # fmt: skip
-    blobs.urls = [
-        client.generate_presigned_url(
-            "get_object", Params={"Bucket": location.bucket, "Key": blob_key(record.digest)}, ExpiresIn=6 * 3600
-        )
-        for record in blobs.records
-    ]
-    client.close()
+    blobs.urls = presigned_urls(location, "get_object", [blob_key(record.digest) for record in blobs.records])
 
 
 async def record_rows(engine: AsyncEngine, blobs: BlobSet) -> None:
