@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Container
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 import click
 from pydantic import Field, SecretStr
@@ -167,15 +167,56 @@ TEMPLATE_COLUMNS = ["id", "code", "name", "script_type", "pool", "version", "art
 @click.option("--max-attempts", type=int, default=1, show_default=True, help="Attempts a task gets in all (1-10).")
 @click.option("--retry-on", type=click.Choice(["failed", "timeout", "lost"]), multiple=True,
               help="An outcome that starts another attempt (repeatable); none by default.")  # fmt: skip
+@click.option("--parameters", "parameters_file", type=click.File("r"), default=None,
+              help="A JSON list of parameters to record instead of the scanned ones; - for stdin.")  # fmt: skip
 @json_option
 def template_import(repository_id: int, original_path: str, entry_file: str, code: str, name: str,
                     script_type: str, description: str, timeout: int, pool: str, max_attempts: int,
-                    retry_on: tuple[str, ...], as_json: bool) -> None:  # fmt: skip
-    """Import a template from a repository path at its branch head."""
+                    retry_on: tuple[str, ...], parameters_file: TextIO | None, as_json: bool) -> None:  # fmt: skip
+    """Import a template from a repository path at its branch head.
+
+    Its parameters are those the scan shows (the entry's `@param` header, or the directory's survey) unless
+    --parameters gives others."""
     payload = {"repository_id": repository_id, "original_path": original_path, "entry_file": entry_file,
                "code": code, "name": name, "script_type": script_type, "description": description,
                "timeout": timeout, "pool": pool, "max_attempts": max_attempts, "retry_on": list(retry_on)}  # fmt: skip
-    show(call_api("POST", "/api/v1/task-templates", payload), as_json, TEMPLATE_COLUMNS)
+    if parameters_file is not None:
+        payload["parameters"] = _parameter_schema(parameters_file)
+    imported = call_api("POST", "/api/v1/task-templates", payload)
+    show(imported, as_json, TEMPLATE_COLUMNS)
+    if not as_json:
+        print_parameters(imported)
+
+
+def _parameter_schema(source: TextIO) -> list[Any]:
+    try:
+        schema = json.load(source)
+    except ValueError as exc:
+        fail(f"--parameters: {source.name} is not JSON: {exc}", EXIT_BAD_INPUT)
+    if not isinstance(schema, list):
+        fail(f"--parameters: {source.name} holds a {type(schema).__name__}; expected a list of parameters",
+             EXIT_BAD_INPUT)  # fmt: skip
+    return schema
+
+
+def print_parameters(template: dict[str, Any]) -> None:
+    """The parameters a template's current version takes, a line each, and where the schema came from."""
+    parameters = template.get("parameters") or []
+    source = template.get("parameters_source") or "unknown"
+    if not parameters:
+        click.echo(f"parameters ({source}): none")
+        return
+    click.echo(f"parameters ({source}):")
+    for parameter in parameters:
+        facts = [parameter.get("type", "text")]
+        if parameter.get("required"):
+            facts.append("required")
+        if parameter.get("default") is not None:
+            facts.append(f"default {parameter['default']}")
+        if parameter.get("options"):
+            facts.append("one of " + "/".join(parameter["options"]))
+        about = f" — {parameter['description']}" if parameter.get("description") else ""
+        click.echo(f"  {parameter['name']}: {', '.join(facts)}{about}")
 
 
 @template.command("list")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from litestar import Controller, delete, get, post, put
 from litestar.di import NamedDependency
@@ -15,7 +15,7 @@ from app.api.schemas import Page, PageNumber, PageSize, Timestamped
 from app.db.models import Blob, Role, TemplateVersion
 from app.services.errors import Conflict, Unavailable
 from app.services.imports import Importer, TemplateSpec
-from app.services.template_changes import TemplateChanger, TemplateChanges
+from app.services.template_changes import Synced, TemplateChanger, TemplateChanges
 from app.services.templates import Templates, TemplateView
 from app.services.workers import Workers, blob_ref
 
@@ -60,7 +60,11 @@ class TemplateIn(BaseModel):
     repository_id: int
     original_path: str = Field(default="", max_length=1000)
     description: str = Field(default="", max_length=10_000)
-    parameters: list[ParameterSpec] = Field(default_factory=list)
+    parameters: list[ParameterSpec] | None = Field(
+        default=None,
+        description="Omitted: the schema the scan shows for this path and entry (the entry's `@param` header, or "
+        "the directory's survey), read again by each sync. Given (`[]` too): replaces it, and syncs keep it.",
+    )
     timeout: int = Field(default=3600, ge=1, le=7 * 86400)
     pool: str = Field(default="default", min_length=1, max_length=64, pattern=POOL_PATTERN,
                       description=POOL_DESCRIPTION)  # fmt: skip
@@ -89,9 +93,34 @@ class TemplateUpdate(BaseModel):
     _unique_retry_on = field_validator("retry_on")(_unique)
 
 
+ParametersSource = Literal["scanned", "manual"]
+PARAMETERS_SOURCE_DESCRIPTION = (
+    "Where the parameter schema came from: `scanned` (the entry's header or the directory's survey, read again by "
+    "each sync) or `manual` (set by hand, kept across syncs)."
+)
+
+
 class SyncResult(BaseModel):
     changed: bool
     version: int | None = None
+    parameters_source: ParametersSource = Field(description=PARAMETERS_SOURCE_DESCRIPTION)
+    parameters_changed: bool = Field(description="The new version's schema differs from the previous version's.")
+    detail: str
+
+    @classmethod
+    def of(cls, synced: Synced) -> SyncResult:
+        if synced.version is None:
+            what = "nothing changed"
+        else:
+            what = f"version {synced.version}" + (", with a new parameter schema" if synced.parameters_changed else "")
+        kept = (
+            "parameters as the header or survey at this commit declares them"
+            if synced.parameters_source == "scanned"
+            else "parameters kept: they were set by hand"
+        )
+        return cls(changed=synced.version is not None, version=synced.version,
+                   parameters_source=cast(ParametersSource, synced.parameters_source),
+                   parameters_changed=synced.parameters_changed, detail=f"{what}; {kept}")  # fmt: skip
 
 
 class Artifact(BaseModel):
@@ -113,6 +142,7 @@ class TemplateOut(Timestamped):
     script_type: str | None
     entry_file: str | None
     parameters: list[dict[str, Any]]
+    parameters_source: ParametersSource | None = Field(description=PARAMETERS_SOURCE_DESCRIPTION)
     timeout: int
     pool: str
     max_attempts: int
@@ -130,7 +160,9 @@ class TemplateOut(Timestamped):
         return cls(
             id=template.id, code=template.code, name=template.name, description=template.description,
             script_type=version.script_type if version else None, entry_file=version.entry_file if version else None,
-            parameters=version.parameters if version else [], timeout=template.timeout, pool=template.pool,
+            parameters=version.parameters if version else [],
+            parameters_source=cast(ParametersSource, version.parameters_source) if version else None,
+            timeout=template.timeout, pool=template.pool,
             max_attempts=template.max_attempts, retry_on=list(template.retry_on),
             version=version.version if version else None, import_state=template.import_state,
             source_git_info=template.source_git_info, artifact=Artifact.of(view.blob) if view.blob else None,
@@ -176,6 +208,7 @@ class VersionOut(Timestamped):
     script_type: str
     entry_file: str
     parameters: list[dict[str, Any]]
+    parameters_source: ParametersSource = Field(description=PARAMETERS_SOURCE_DESCRIPTION)
     source: dict[str, Any] | None
     artifact: Artifact
     created_at: datetime
@@ -183,7 +216,9 @@ class VersionOut(Timestamped):
     @classmethod
     def of(cls, version: TemplateVersion, blob: Blob) -> VersionOut:
         return cls(version=version.version, script_type=version.script_type, entry_file=version.entry_file,
-                   parameters=version.parameters, source=version.source, artifact=Artifact.of(blob),
+                   parameters=version.parameters,
+                   parameters_source=cast(ParametersSource, version.parameters_source), source=version.source,
+                   artifact=Artifact.of(blob),
                    created_at=version.created_at)  # fmt: skip
 
 
@@ -197,8 +232,8 @@ class TemplateController(Controller):
         importer: NamedDependency[Importer], templates: NamedDependency[Templates], workers: NamedDependency[Workers],
     ) -> TemplateDetail:  # fmt: skip
         principal.require(Role.ADMIN)
-        spec = TemplateSpec(**data.model_dump(exclude={"parameters"}),
-                            parameters=[p.model_dump() for p in data.parameters])  # fmt: skip
+        parameters = [p.model_dump() for p in data.parameters] if data.parameters is not None else None
+        spec = TemplateSpec(**data.model_dump(exclude={"parameters"}), parameters=parameters)
         imported = await importer.import_template(principal.tenant_id, spec, principal.token_id)
         await workers.announce(imported.template.pool, blob_ref(imported.blob))
         return await TemplateDetail.build(await templates.get(principal.tenant_id, imported.template.id), workers)
@@ -255,12 +290,12 @@ class TemplateController(Controller):
         workers: NamedDependency[Workers],
     ) -> SyncResult:  # fmt: skip
         principal.require(Role.ADMIN)
-        number = await changer.sync(principal.tenant_id, template_id, principal.token_id)
-        if number is not None:
+        synced = await changer.sync(principal.tenant_id, template_id, principal.token_id)
+        if synced.version is not None:
             view = await templates.get(principal.tenant_id, template_id)
             if view.blob is not None:
                 await workers.announce(view.template.pool, blob_ref(view.blob))
-        return SyncResult(changed=number is not None, version=number)
+        return SyncResult.of(synced)
 
     @post(
         "/{template_id:int}/prefetch",

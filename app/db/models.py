@@ -136,6 +136,9 @@ class TemplateVersion(Base):
     script_type: Mapped[str] = mapped_column(String(16))
     entry_file: Mapped[str] = mapped_column(Text)
     parameters: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, server_default=text("'[]'::jsonb"))
+    parameters_source: Mapped[str] = mapped_column(String(16), server_default="manual")
+    """`scanned`: read from the entry's `@param` header or the directory's survey, and read again by each sync;
+    `manual`: given by the client, kept across syncs."""
     source: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     created_by: Mapped[uuid.UUID | None] = mapped_column()

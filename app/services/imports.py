@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.db.models import Blob, GitRepository, TaskTemplate, TemplateVersion
 from app.git.mirror import Mirrors
 from app.metrics import ApiMetrics
+from app.scan.schema import ScannedSchema, read_schema
 from app.services import blobs
 from app.services.credentials import CredentialBox
 from app.services.errors import Conflict, InvalidInput, Unavailable
@@ -35,6 +36,8 @@ from storage.snapshot import Snapshot, pack
 from storage.trees import GitTree, locate_git_path
 
 _GC_RACE_RETRIES = 3
+PARAMETERS_SCANNED, PARAMETERS_MANUAL = "scanned", "manual"
+"""Where a version's parameter schema came from (`TemplateVersion.parameters_source`)."""
 _KEPT_DISAPPEARING = "the blob kept disappearing while importing (is a GC with a very short grace running?); try again"
 WrittenT = TypeVar("WrittenT")
 
@@ -52,7 +55,8 @@ class TemplateSpec:
     repository_id: int
     original_path: str
     description: str = ""
-    parameters: list[dict[str, Any]] = field(default_factory=list)
+    parameters: list[dict[str, Any]] | None = None
+    """None: the schema the scan reads for this path and entry (`app.scan.schema`); a list replaces it."""
     timeout: int = 3600
     pool: str = "default"
     max_attempts: int = 1
@@ -84,9 +88,17 @@ class Source:
     snapshot_info: dict[str, Any]
     content_key: str
     mirror: Path
+    is_file: bool
+    """The content is a single file (`original_path` names a blob), not a directory."""
 
     def tree(self) -> GitTree:
         return GitTree(git.Repo(self.mirror), self.snapshot_info["commit_sha"], self.snapshot_info["original_path"])
+
+    def read_schema(self, script_type: str, entry_file: str) -> ScannedSchema:
+        """The parameter schema a scan shows for this content with this entry (blocking: call it in a thread)."""
+        with git.Repo(self.mirror) as repo:
+            return read_schema(repo, self.snapshot_info["tree_id"], self.snapshot_info["original_path"], entry_file,
+                               script_type, is_file=self.is_file)  # fmt: skip
 
 
 class Importer:
@@ -109,10 +121,15 @@ class Importer:
         if taken is not None:
             raise Conflict(f"a template with code {spec.code!r} already exists")
         source = await self.locate(tenant_id, spec.repository_id, spec.original_path, spec.entry_file)
+        if spec.parameters is None:
+            schema = await asyncio.to_thread(source.read_schema, spec.script_type, spec.entry_file)
+            parameters, parameters_source = schema.parameters_json(), PARAMETERS_SCANNED
+        else:
+            parameters, parameters_source = spec.parameters, PARAMETERS_MANUAL
         stored = await self.store_content(source)
 
         async def insert(digest: str) -> tuple[TaskTemplate, TemplateVersion]:
-            return await self._insert(tenant_id, spec, source, digest, created_by)
+            return await self._insert(tenant_id, spec, source, digest, created_by, parameters, parameters_source)
 
         try:
             (template, version), blob, packed = await self.commit_version(source, stored, insert)
@@ -166,7 +183,7 @@ class Importer:
             "original_path": original_path,
             "created_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
         }
-        return Source(info, located.content_key, mirror)
+        return Source(info, located.content_key, mirror, is_file=located.kind == "blob")
 
     def _pack(self, source: Source) -> tuple[Snapshot, BinaryIO]:
         """Pack into a spooled file: in memory up to the size the store sends in one request, on disk beyond."""
@@ -251,7 +268,8 @@ class Importer:
         raise Unavailable(_KEPT_DISAPPEARING)
 
     async def _insert(self, tenant_id: uuid.UUID, spec: TemplateSpec, source: Source, digest: str,
-                      created_by: uuid.UUID | None) -> tuple[TaskTemplate, TemplateVersion]:  # fmt: skip
+                      created_by: uuid.UUID | None, parameters: list[dict[str, Any]],
+                      parameters_source: str) -> tuple[TaskTemplate, TemplateVersion]:  # fmt: skip
         template = TaskTemplate(
             tenant_id=tenant_id, code=spec.code, name=spec.name, description=spec.description,
             timeout=spec.timeout, pool=spec.pool, max_attempts=spec.max_attempts, retry_on=list(spec.retry_on),
@@ -261,7 +279,8 @@ class Importer:
         await self.session.flush()
         version = TemplateVersion(
             template_id=template.id, version=1, digest=digest, script_type=spec.script_type,
-            entry_file=spec.entry_file, parameters=spec.parameters, source=source.snapshot_info, created_by=created_by,
+            entry_file=spec.entry_file, parameters=parameters, parameters_source=parameters_source,
+            source=source.snapshot_info, created_by=created_by,
         )  # fmt: skip
         self.session.add(version)
         await self.session.flush()

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import UNFINISHED_STATUSES, Task, TaskTemplate, TemplateVersion
 from app.services.errors import Conflict, InvalidInput, NotFound
-from app.services.imports import Importer
+from app.services.imports import PARAMETERS_MANUAL, PARAMETERS_SCANNED, Importer
 from storage.errors import SnapshotRefused
 from storage.trees import GitTree
 
@@ -38,6 +38,16 @@ class TemplateChanges:
     pool: str | None = None
     max_attempts: int | None = None
     retry_on: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class Synced:
+    """What a sync did: the new version's number (None when nothing changed) and what became of the schema."""
+
+    version: int | None
+    parameters_source: str
+    """`scanned`: the schema was read again from the new commit; `manual`: the schema set by hand was kept."""
+    parameters_changed: bool
 
 
 async def unfinished_tasks(session: AsyncSession, template_id: int) -> int:
@@ -80,6 +90,7 @@ class TemplateChanger:
             script_type=fields.get("script_type") or base.script_type,
             entry_file=fields.get("entry_file") or base.entry_file,
             parameters=fields["parameters"] if fields.get("parameters") is not None else base.parameters,
+            parameters_source=fields.get("parameters_source") or base.parameters_source,
             source=source, created_by=created_by,
         )  # fmt: skip
         self.session.add(version)
@@ -126,14 +137,18 @@ class TemplateChanger:
                     if current.source is None:
                         raise InvalidInput("this version has no recorded source to check entry_file against")
                     await asyncio.to_thread(self._check_entry_file, tenant_id, current.source, changes.entry_file)
+                given = PARAMETERS_MANUAL if changes.parameters is not None else None
                 await self._add_version(template, current, digest=current.digest, source=current.source,
-                                        created_by=created_by, **runtime)  # fmt: skip
+                                        created_by=created_by, parameters_source=given, **runtime)  # fmt: skip
 
-    async def sync(self, tenant_id: uuid.UUID, template_id: int, created_by: uuid.UUID | None) -> int | None:
-        """Re-import from the recorded path at the branch head: the new version's number, or None if unchanged."""
+    async def sync(self, tenant_id: uuid.UUID, template_id: int, created_by: uuid.UUID | None) -> Synced:
+        """Re-import from the recorded path at the branch head. A scanned schema is read again from the new commit
+        (a changed header or survey gives a new version, even when the files' digest is the same); a schema set by
+        hand is kept."""
         template, current = await self._template(tenant_id, template_id)
         info = dict(template.source_git_info or {})
-        entry_file, current_digest = current.entry_file, current.digest
+        entry_file, script_type, current_digest = current.entry_file, current.script_type, current.digest
+        origin, current_parameters = current.parameters_source, current.parameters
         await self.session.rollback()
         if "repository_id" not in info:
             raise Conflict(f"template {template_id} has no recorded Git source to sync from")
@@ -143,19 +158,24 @@ class TemplateChanger:
             )
         except InvalidInput as exc:
             raise Conflict(f"template {template_id} cannot be synced: {exc}") from exc
+        parameters = None
+        if origin == PARAMETERS_SCANNED:
+            schema = await asyncio.to_thread(source.read_schema, script_type, entry_file)
+            parameters = schema.parameters_json()
+        changed_schema = parameters is not None and parameters != current_parameters
         stored = await self.importer.store_content(source)
-        if stored.digest == current_digest:
-            return None
+        if stored.digest == current_digest and not changed_schema:
+            return Synced(None, origin, parameters_changed=False)
 
         async def write(digest: str) -> int:
             template, current = await self._template(tenant_id, template_id)
             template.source_git_info = source.snapshot_info
             version = await self._add_version(template, current, digest=digest, source=source.snapshot_info,
-                                              created_by=created_by)  # fmt: skip
+                                              created_by=created_by, parameters=parameters)  # fmt: skip
             return version.version
 
         number, _, _ = await self.importer.commit_version(source, stored, write)
-        return number
+        return Synced(number, origin, parameters_changed=changed_schema)
 
     async def delete(self, tenant_id: uuid.UUID, template_id: int) -> None:
         """Delete a template and its versions (their blobs go at the next GC), unless a task still needs it."""

@@ -55,9 +55,9 @@ def test_bad_input_exits_2_naming_what_is_wrong(api_url: str, alice: Caller, ori
         result = ahop(api_url, token, *args)
         assert result.returncode == 2, (args, result.stdout, result.stderr)
         assert message in result.stderr, (args, result.stderr)
-    unknown = ahop(api_url, token, "task", "run", "cleanup", "-p", "days=3")  # the server's schema check speaks
+    unknown = ahop(api_url, token, "task", "run", "cleanup", "-p", "weeks=3")  # the server's schema check speaks
     assert unknown.returncode == 2, unknown.stderr
-    assert "params.days: unknown parameter; this template takes no parameters" in unknown.stderr
+    assert "params.weeks: unknown parameter; expected one of: days" in unknown.stderr
     assert _json(ahop(api_url, token, "task", "list", "--json"))["total"] == 0
 
 

@@ -21,7 +21,8 @@ async def test_sync_makes_a_version_only_when_the_content_changed(client: Client
     url = f"/api/v1/task-templates/{created['id']}"
     unchanged = await client.post(f"{url}/sync", headers=alice[Role.ADMIN])
     assert unchanged.status_code == 201, unchanged.text
-    assert unchanged.json() == {"changed": False, "version": None}
+    assert (unchanged.json()["changed"], unchanged.json()["version"]) == (False, None)
+    assert unchanged.json()["detail"].startswith("nothing changed")
 
     (origin / "unrelated.txt").write_text("outside the template's path\n")
     git(origin, "add", "-A")
@@ -31,7 +32,7 @@ async def test_sync_makes_a_version_only_when_the_content_changed(client: Client
     (origin / "scripts" / "disk_cleanup" / "cleanup.sh").write_text("#!/bin/bash\necho v2\n")
     git(origin, "commit", "-qam", "v2")
     changed = await client.post(f"{url}/sync", headers=alice[Role.ADMIN])
-    assert changed.json() == {"changed": True, "version": 2}
+    assert (changed.json()["changed"], changed.json()["version"]) == (True, 2)
     shown = (await client.get(url, headers=alice[Role.VIEWER])).json()
     assert shown["version"] == 2
     assert shown["artifact"]["digest"] != created["artifact"]["digest"]  # type: ignore[index]
