@@ -4,7 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv run test lint format bench clean
+# Commands the tests run that no wheel ships, as command:Debian-package pairs.
+SYSTEM_PACKAGES := zstd:zstd curl:curl
+
+.PHONY: venv run test lint format bench clean system-packages
 
 venv: $(STAMP)
 
@@ -18,8 +21,22 @@ $(STAMP): pyproject.toml
 run: venv
 	$(BIN)/ahop dev
 
-test: venv
+test: venv system-packages
 	$(BIN)/python -m pytest
+
+# Installs what is missing with apt-get when run as root (as CI is); otherwise names the command to run.
+system-packages:
+	@missing=""; for pair in $(SYSTEM_PACKAGES); do \
+		command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing:$$missing"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq$$missing; \
+		else \
+			echo "the tests need:$$missing; install them with: sudo apt-get install -y$$missing" >&2; exit 1; \
+		fi; \
+	fi
 
 lint: venv
 	$(BIN)/ruff check .

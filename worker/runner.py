@@ -30,6 +30,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -41,6 +42,10 @@ log = logging.getLogger("ahop.worker")
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 INTERPRETERS = {"shell": "bash", "python": "python3", "ansible": "ansible-playbook"}
+OWN_BIN = str(Path(sys.executable).parent)
+"""Where an interpreter not on the script PATH is looked for next: beside the worker's own Python, where installing
+ansible-core into the worker's environment puts `ansible-playbook`. The script PATH comes first, so `bash` and
+`python3` are the system's, and scripts' own PATH stays the script PATH."""
 MAX_LINE_BYTES = 64 * 1024
 """A longer line (or output without any newline) is passed on in pieces of at most this many bytes."""
 MASK = "********"
@@ -88,6 +93,8 @@ class RunRequest:
     extra_env: Mapping[str, str] = field(default_factory=dict)
     search_path: str = DEFAULT_PATH
     """PATH of the script, and where its interpreter is looked up."""
+    own_bin: str | None = OWN_BIN
+    """Where an interpreter not on `search_path` is looked up next (None: nowhere)."""
 
 
 @dataclass(frozen=True)
@@ -151,10 +158,12 @@ def _plan(request: RunRequest) -> _Plan:
     if name is None:
         raise _NotRunnable(f"unknown script type {request.script_type!r}; expected one of {', '.join(INTERPRETERS)}")
     interpreter = shutil.which(name, path=request.search_path)
+    if interpreter is None and request.own_bin is not None:
+        interpreter = shutil.which(name, path=request.own_bin)
     if interpreter is None:
+        looked = request.search_path + (f" and {request.own_bin}" if request.own_bin is not None else "")
         raise _NotRunnable(
-            f"{name} is not installed on this worker (needed for {request.script_type} templates); "
-            f"looked in {request.search_path}"
+            f"{name} is not installed on this worker (needed for {request.script_type} templates); looked in {looked}"
         )
     if not _TASK_ID.fullmatch(request.task_id):
         raise _NotRunnable(f"task id {request.task_id!r} cannot name a run directory; expected letters, digits, . _ -")

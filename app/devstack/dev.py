@@ -132,11 +132,34 @@ async def _worker_answers(redis_url: str, wait: float) -> bool:
         await pool.aclose()
 
 
-def _dev_env_text(env: Mapping[str, str], api_url: str, token: str) -> str:
-    keys = ["AHOP_DATABASE_URL", "AHOP_REDIS_URL", "AHOP_S3_ENDPOINT_URL", "AHOP_S3_BUCKET",
-            "AHOP_S3_ACCESS_KEY_ID", "AHOP_S3_SECRET_ACCESS_KEY"]  # fmt: skip
+DEV_ENV_KEYS = (
+    "AHOP_DATABASE_URL", "AHOP_REDIS_URL", "AHOP_S3_ENDPOINT_URL", "AHOP_S3_BUCKET", "AHOP_S3_ACCESS_KEY_ID",
+    "AHOP_S3_SECRET_ACCESS_KEY", "AHOP_S3_REGION", "AHOP_DATA_DIR", "AHOP_WORKER_ROOT", "AHOP_SECRET_KEYS",
+    "AHOP_GIT_ALLOWED_SCHEMES",
+)  # fmt: skip
+"""What `ahop` commands run beside the stack need: `verify --repair` reads the server's mirrors (AHOP_DATA_DIR) and
+opens repository credentials (AHOP_SECRET_KEYS); `worker verify` checks the local worker's store."""
+AWS_CLI_KEYS = {
+    "AWS_ENDPOINT_URL": "AHOP_S3_ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID": "AHOP_S3_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY": "AHOP_S3_SECRET_ACCESS_KEY",
+    "AWS_DEFAULT_REGION": "AHOP_S3_REGION",
+}
+"""The same S3 server and keys for the AWS CLI, so a blob can be checked by hand (`aws s3 cp … - | zstd -dc`)."""
+
+
+def _aws_cli_config(state_dir: Path) -> Path:
+    """An AWS CLI config for the local S3 server: path-style addressing, as our own client uses."""
+    config = state_dir / "aws-config"
+    config.write_text("[default]\ns3 =\n    addressing_style = path\n")
+    return config
+
+
+def _dev_env_text(env: Mapping[str, str], api_url: str, token: str, aws_config: Path) -> str:
     lines = [f"AHOP_API_URL={api_url}", f"AHOP_TOKEN={token}"]
-    lines += [f"{key}={env[key]}" for key in keys if key in env]
+    lines += [f"{key}={env[key]}" for key in DEV_ENV_KEYS if key in env]
+    lines += [f"{aws}={env[ahop]}" for aws, ahop in AWS_CLI_KEYS.items() if env.get(ahop)]
+    lines.append(f"AWS_CONFIG_FILE={aws_config}")
     return "\n".join(lines) + "\n"
 
 
@@ -164,6 +187,7 @@ def run_dev(options: DevOptions, environ: Mapping[str, str], out: TextIO) -> int
             env.setdefault("AHOP_DATA_DIR", str(state_dir / "data"))
             env.setdefault("AHOP_WORKER_ROOT", str(state_dir / "worker"))
             env.setdefault("AHOP_WORKER_METRICS_HOST", "127.0.0.1")  # the local worker's /metrics stays local
+            env.setdefault("AHOP_S3_REGION", "us-east-1")
             env.setdefault("AHOP_GIT_ALLOWED_SCHEMES", "https,ssh,file")  # local repositories by path, for trying it
             env.setdefault("AHOP_SECRET_KEYS", _secret_key(state_dir / "secret-key"))
             migrate.upgrade(env["AHOP_DATABASE_URL"])
@@ -193,7 +217,7 @@ def run_dev(options: DevOptions, environ: Mapping[str, str], out: TextIO) -> int
                 lambda: asyncio.run(_worker_answers(env["AHOP_REDIS_URL"], 2.0)),
                 where=f"pool {DEFAULT_POOL!r}", timeout=READY_TIMEOUT,
             )  # fmt: skip
-            _write_private(dev_env_file, _dev_env_text(env, api_url, token))
+            _write_private(dev_env_file, _dev_env_text(env, api_url, token, _aws_cli_config(state_dir)))
             out.write(
                 f"\nahop is running.\n"
                 f"  API:      {api_url}\n"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import stat
 import subprocess
@@ -12,44 +11,14 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
 import pytest
 
-from app.devstack.postgres import ROOT_HOME
 from app.devstack.processes import free_ports
 from app.devstack.stack import LocalStack
-
-UP_TIMEOUT = 180.0  # generous: only catches a hang
-
-
-def _read_env_file(path: Path) -> dict[str, str]:
-    return dict(line.split("=", 1) for line in path.read_text().splitlines() if line)
-
-
-@contextmanager
-def running_dev(state_dir: Path, env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[str], dict[str, str]]]:
-    """Start `ahop dev`, wait until it has written dev.env, yield it; always stop it and wait for it."""
-    (port,) = free_ports(1)
-    output = state_dir.parent / f"ahop-dev-{time.monotonic_ns()}.out"
-    with open(output, "w") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "ahop", "dev", "--state-dir", str(state_dir), "--port", str(port)],
-            env=env, stdout=out, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + UP_TIMEOUT
-        while "ahop is running." not in output.read_text():
-            assert process.poll() is None, output.read_text()
-            assert time.monotonic() < deadline, "ahop dev did not come up"
-            time.sleep(0.2)
-        yield process, _read_env_file(state_dir / "dev.env")
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-        process.wait(timeout=UP_TIMEOUT)
+from tests.dev_runs import UP_TIMEOUT, clean_env, remove_root_database, running_dev
 
 
 def _recorded_pids(state_dir: Path) -> dict[str, int]:
@@ -66,24 +35,19 @@ def _get(url: str) -> tuple[int, dict[str, str]]:
 
 @pytest.fixture
 def state_dir(tmp_path: Path) -> Iterator[Path]:
-    """A state directory for `ahop dev`; as root its database lives under ROOT_HOME, removed here too."""
     state = tmp_path / "state"
     yield state
-    link = state / "postgres"
-    if link.is_symlink() and link.resolve().parent.parent == ROOT_HOME:
-        shutil.rmtree(link.resolve().parent)
-
-
-def _clean_env() -> dict[str, str]:
-    return {key: value for key, value in os.environ.items() if not key.startswith("AHOP_")}
+    remove_root_database(state)
 
 
 def test_dev_starts_its_own_services_stops_them_all_and_restarts_on_the_same_data(state_dir: Path) -> None:
-    with running_dev(state_dir, _clean_env()) as (process, env):
+    with running_dev(state_dir, clean_env()) as (process, env):
         assert stat.S_IMODE((state_dir / "dev.env").stat().st_mode) == 0o600
         assert set(env) >= {"AHOP_API_URL", "AHOP_TOKEN", "AHOP_DATABASE_URL", "AHOP_REDIS_URL",
                             "AHOP_S3_ENDPOINT_URL", "AHOP_S3_BUCKET", "AHOP_S3_ACCESS_KEY_ID",
-                            "AHOP_S3_SECRET_ACCESS_KEY"}  # fmt: skip
+                            "AHOP_S3_SECRET_ACCESS_KEY", "AHOP_DATA_DIR", "AHOP_WORKER_ROOT", "AWS_ENDPOINT_URL",
+                            "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"}  # fmt: skip
+        assert env["AHOP_WORKER_ROOT"] == str(state_dir.resolve() / "worker")  # the worker `make run` started
         assert _get(env["AHOP_API_URL"] + "/health/ready") == (
             200,
             {"database": "ok", "redis": "ok", "s3": "ok"},
@@ -95,7 +59,7 @@ def test_dev_starts_its_own_services_stops_them_all_and_restarts_on_the_same_dat
     assert [name for name, pid in pids.items() if psutil.pid_exists(pid)] == []
     assert not (state_dir / "dev.env").exists()
 
-    with running_dev(state_dir, _clean_env()) as (_, again):
+    with running_dev(state_dir, clean_env()) as (_, again):
         assert again["AHOP_TOKEN"] == env["AHOP_TOKEN"]  # the same tenant and token: the same database
         assert again["AHOP_S3_ACCESS_KEY_ID"] == env["AHOP_S3_ACCESS_KEY_ID"]
         assert _get(again["AHOP_API_URL"] + "/health/ready")[0] == 200
@@ -105,7 +69,7 @@ def test_dev_with_given_services_starts_none_of_its_own(
     state_dir: Path, stack: LocalStack, database_url: str, bucket: str
 ) -> None:
     given = {
-        **_clean_env(),
+        **clean_env(),
         "AHOP_DATABASE_URL": database_url,
         "AHOP_REDIS_URL": stack.env["AHOP_REDIS_URL"],
         "AHOP_S3_ENDPOINT_URL": stack.env["AHOP_S3_ENDPOINT_URL"],
@@ -127,7 +91,7 @@ def test_dev_with_given_services_starts_none_of_its_own(
 
 
 def test_dev_after_a_crash_stops_the_leftovers_of_the_earlier_run(state_dir: Path, stack: LocalStack) -> None:
-    given = {**_clean_env(), "AHOP_DATABASE_URL": stack.env["AHOP_DATABASE_URL"]}
+    given = {**clean_env(), "AHOP_DATABASE_URL": stack.env["AHOP_DATABASE_URL"]}
     with running_dev(state_dir, given) as (process, _):
         orphans = _recorded_pids(state_dir)
         process.kill()  # SIGKILL: no chance to stop its children
@@ -148,7 +112,7 @@ def test_dev_interrupted_while_starting_leaves_nothing_running(tmp_path: Path, s
     with open(tmp_path / "out", "w") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "ahop", "dev", "--state-dir", str(state_dir), "--port", str(port)],
-            env=_clean_env(), stdout=out, stderr=subprocess.STDOUT,
+            env=clean_env(), stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:
         deadline = time.monotonic() + UP_TIMEOUT
