@@ -18,7 +18,7 @@ Candidates:
   header (a Name, Description or @param line, `app.scan.headers`), except
   - files inside an Ansible candidate: they belong to its playbook;
   - files a role or a playbook puts on hosts: under `roles/<role>/files/` or `roles/<role>/templates/`, or under
-    `files/` or `templates/` inside a playbook's directory;
+    the `files/` or `templates/` beside a playbook;
   - files with a directory named lib, libs, vendor, node_modules or __pycache__, or any hidden (`.`) component,
     on their path: helpers and tooling, which go along with the script that sits above them;
   - `__init__.py`.

@@ -19,8 +19,8 @@ bytes of the name, as the canonical tar orders paths). One refinement: a file th
 way a note on the candidate says which file was chosen, why, and which others there were.
 
 Files that belong to a role or a playbook and are never templates of their own (`is_playbook_content`): anything
-under `roles/<role>/files/` or `roles/<role>/templates/`, and under a `files/` or `templates/` directory anywhere
-inside a directory that holds a playbook.
+under `roles/<role>/files/` or `roles/<role>/templates/`, and under the `files/` or `templates/` directory beside a
+playbook (in the directory that holds it), where Ansible looks them up.
 """
 
 from __future__ import annotations
@@ -149,12 +149,9 @@ def is_playbook_content(path: str, playbook_directories: Iterable[str]) -> bool:
     parts = path.split("/")[:-1]
     if any(part in CONTENT_DIRS and index >= 2 and parts[index - 2] == "roles" for index, part in enumerate(parts)):
         return True
-    for directory in playbook_directories:
-        if not directory or path.startswith(directory + "/"):
-            below = parts[len(directory.split("/")) :] if directory else parts
-            if not CONTENT_DIRS.isdisjoint(below):
-                return True
-    return False
+    # A playbook looks up what its tasks copy and render in `files/` and `templates/` beside it.
+    directories = set(playbook_directories)
+    return any(part in CONTENT_DIRS and "/".join(parts[:index]) in directories for index, part in enumerate(parts))
 
 
 def _join(directory: str, name: str) -> str:

@@ -110,8 +110,15 @@ def test_what_roles_and_playbooks_put_on_hosts() -> None:
         "roles/nginx/files/reload.sh",
         "site/roles/db/templates/backup.sh.j2",
         "ansible/web/files/check.sh",
-        "ansible/web/tasks/templates/render.py",
+        "ansible/web/templates/cron/render.py",
     ]
-    other = ["scripts/files/cleanup.sh", "ansible/web/tools/check.sh", "ansible/webfiles/files.sh", "files/x.sh"]
+    other = [
+        "scripts/files/cleanup.sh",
+        "ansible/web/tools/check.sh",
+        "ansible/web/tools/templates/gen.sh",
+        "ansible/webfiles/files.sh",
+        "ansible/files.sh",
+        "files/x.sh",
+    ]
     assert [path for path in content + other if is_playbook_content(path, playbook_directories)] == content
     assert is_playbook_content("files/x.sh", [""])
