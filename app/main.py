@@ -81,7 +81,7 @@ def create_app(settings: AppSettings) -> Litestar:
     launcher = RunLauncher()
 
     def provide_repositories(db_session: NamedDependency[AsyncSession]) -> Repositories:
-        return Repositories(db_session, mirrors, box)
+        return Repositories(db_session, mirrors, box, limits)
 
     def provide_importer(db_session: NamedDependency[AsyncSession]) -> Importer:
         return Importer(db_session, mirrors, box, store, limits, settings.data_dir / "tmp", metrics=metrics)

@@ -1,7 +1,8 @@
 """The scan of a commit's tree, read from the Git object database (never a work tree): `scan_git`.
 
 One `git ls-tree -r -l -z` lists the tree with modes and sizes; one `git cat-file --batch` process then answers
-the few reads the scan makes (script headers, surveys), one object at a time, keeping only the bytes asked for.
+the few reads the scan makes (script headers, surveys, the first bytes of likely playbooks), one object at a time,
+keeping only the bytes asked for.
 """
 
 from __future__ import annotations
@@ -15,13 +16,15 @@ import gitdb.exc
 
 from app.scan.candidates import Candidate, ScanFile, scan
 from app.scan.errors import ScanError
+from storage.canonical import Limits
 
 CHUNK = 1 << 20
 GIT_EXECUTABLE, GIT_SYMLINK, GIT_SUBMODULE = "100755", "120000", "160000"
 
 
-def scan_git(repo: git.Repo, rev: str) -> list[Candidate]:
-    """The candidates at `rev` (a branch, tag or commit) of `repo`, a bare mirror or any repository.
+def scan_git(repo: git.Repo, rev: str, limits: Limits | None = None) -> list[Candidate]:
+    """The candidates at `rev` (a branch, tag or commit) of `repo`, a bare mirror or any repository; with the
+    server's import `limits`, candidates over them say so in their problems.
 
     Pass a resolved commit id when the caller records which commit it scanned: a branch may move meanwhile.
     """
@@ -35,7 +38,7 @@ def scan_git(repo: git.Repo, rev: str) -> list[Candidate]:
         raise ScanError(f"cannot list the tree of {rev!r} in {repo.git_dir}: {exc.stderr.strip()}") from exc
     files, object_ids = parse_listing(listing)
     with _BlobReader(repo) as blobs:
-        return scan(files, lambda path, limit: blobs.read(object_ids[path], limit))
+        return scan(files, lambda path, limit: blobs.read(object_ids[path], limit), limits)
 
 
 def parse_listing(listing: bytes) -> tuple[list[ScanFile], dict[str, str]]:

@@ -11,6 +11,10 @@ choices, min, max}]}`. Each spec item becomes one `Parameter`:
 - `choices`: a list, or one string with a choice per line (AWX) → options; only the choice types keep them.
 - `min`/`max` (AWX semantics): the value's bounds for integer and float → `validation.min`/`max`; the length's for
   text, textarea and password → `validation.min_length`/`max_length`; ignored for the choice types.
+- `min_length`/`max_length` (the original system's keys): the length's bounds of text, textarea and password, and
+  the number of choices of a multiselect, as `app.services.task_params` enforces them. They win over `min`/`max`
+  when both are given (a disagreement is a problem). On other types, or negative, they are problems and ignored;
+  a `min_length` above the `max_length` is a problem and neither is kept (no value could pass).
 - `required`: true/false, missing means not required. `default`: coerced to the type (a multiselect default may be
   a string with a choice per line); AWX's `$encrypted$` placeholder for a password is no default.
 
@@ -43,6 +47,8 @@ SURVEY_NAMES = ("survey.yml", "survey.yaml", "survey.json")
 """In order of preference when a directory holds more than one."""
 SURVEY_BYTES = 1 << 20
 AWX_ENCRYPTED = "$encrypted$"
+_LENGTH_TYPES = frozenset({"text", "textarea", "password", "multiselect"})
+_LENGTH_KEYS = ("min_length", "max_length")
 
 
 @dataclass(frozen=True)
@@ -175,7 +181,7 @@ def _parameter(path: str, line: int | None, item: object, problems: list[Problem
         required=_required(item.get("required"), report),
         default=default,
         options=options,
-        validation=_validation(kind, item.get("min"), item.get("max"), report),
+        validation=_validation(kind, item, report),
     )
 
 
@@ -201,20 +207,43 @@ def _required(raw: object, report: Callable[[str], None]) -> bool:
     return False
 
 
-def _validation(kind: ParamType, low: object, high: object, report: Callable[[str], None]) -> Validation:
-    if kind not in ("integer", "float", "text", "textarea", "password"):
-        return Validation()
-    integer = kind != "float"
-    bounds = []
-    for key, raw in (("min", low), ("max", high)):
-        value, error = coerce_number(raw, integer=integer)
-        if error:
-            report(f"{key!r} {error}; ignored")
-        bounds.append(value)
+def _validation(kind: ParamType, item: dict[object, object], report: Callable[[str], None]) -> Validation:
+    if kind not in _LENGTH_TYPES:
+        for key in _LENGTH_KEYS:
+            if item.get(key) not in (None, ""):
+                report(f"{key!r} applies to text, textarea, password and multiselect, not {kind}; ignored")
     if kind in ("integer", "float"):
-        return Validation(min=bounds[0], max=bounds[1])
-    return Validation(min_length=_as_int(bounds[0]), max_length=_as_int(bounds[1]))
+        low, high = (_number(item, key, integer=kind == "integer", report=report) for key in ("min", "max"))
+        return Validation(min=low, max=high)
+    if kind not in _LENGTH_TYPES:
+        return Validation()
+    shortest = _length(kind, item, "min_length", "min", report)
+    longest = _length(kind, item, "max_length", "max", report)
+    if shortest is not None and longest is not None and shortest > longest:
+        report(f"min_length {shortest} is above max_length {longest}: no value could pass; both ignored")
+        return Validation()
+    return Validation(min_length=shortest, max_length=longest)
 
 
-def _as_int(value: int | float | None) -> int | None:
-    return None if value is None else int(value)
+def _length(
+    kind: ParamType, item: dict[object, object], key: str, awx_key: str, report: Callable[[str], None]
+) -> int | None:
+    """A length bound: `key` (min_length, max_length) when given, else AWX's `awx_key` (min, max) for text."""
+    named = _number(item, key, integer=True, report=report)
+    awx = None if kind == "multiselect" else _number(item, awx_key, integer=True, report=report)
+    if named is not None and awx is not None and named != awx:
+        report(f"{awx_key!r} {awx} and {key!r} {named} disagree; {key} is used")
+    length = named if named is not None else awx
+    if length is not None and length < 0:
+        report(f"{key if named is not None else awx_key!r} {length} is negative; ignored")
+        return None
+    return None if length is None else int(length)
+
+
+def _number(
+    item: dict[object, object], key: str, *, integer: bool, report: Callable[[str], None]
+) -> int | float | None:
+    value, error = coerce_number(item.get(key), integer=integer)
+    if error:
+        report(f"{key!r} {error}; ignored")
+    return value

@@ -20,6 +20,7 @@ from app.scan.errors import ScanError
 from app.scan.gitsource import scan_git
 from app.services.credentials import CredentialBox, Credentials
 from app.services.errors import Conflict, NotFound, Upstream
+from storage.canonical import Limits
 
 
 @dataclass(frozen=True)
@@ -34,10 +35,12 @@ class RepositoryFields:
 
 
 class Repositories:
-    def __init__(self, session: AsyncSession, mirrors: Mirrors, box: CredentialBox) -> None:
+    def __init__(self, session: AsyncSession, mirrors: Mirrors, box: CredentialBox, limits: Limits) -> None:
         self.session = session
         self.mirrors = mirrors
         self.box = box
+        self.limits = limits
+        """The import's limits: the scan marks candidates over them."""
 
     async def get(self, tenant_id: uuid.UUID, repository_id: int) -> GitRepository:
         row = await self.session.scalar(
@@ -100,14 +103,15 @@ class Repositories:
         await asyncio.to_thread(self.mirrors.remove, tenant_id, repository_id)
 
     async def scan(self, tenant_id: uuid.UUID, repository_id: int) -> tuple[str, list[Candidate]]:
-        """Sync, then list the template candidates at the branch head (and the commit scanned)."""
+        """Sync, then list the template candidates at the branch head (and the commit scanned); a candidate the
+        import would refuse for its size or file count says so in its problems."""
         row = await self.sync(tenant_id, repository_id)
         commit = row.head_commit or ""
         await self.session.rollback()
 
         def scan_mirror() -> list[Candidate]:
             with git.Repo(self.mirrors.path(tenant_id, repository_id)) as repo:
-                return scan_git(repo, commit)
+                return scan_git(repo, commit, self.limits)
 
         try:
             return commit, await asyncio.to_thread(scan_mirror)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
+from typing import Any
 
 import pytest
 from litestar import Litestar
@@ -179,3 +181,91 @@ async def test_database_down_answers_503(api_settings: AppSettings, alice: Calle
         response = await down.get("/api/v1/git-repositories", headers=alice[Role.ADMIN])
     assert response.status_code == 503
     assert "database is unavailable" in response.json()["detail"]
+
+
+def _commit_tree(repo: Path, files: dict[str, str]) -> None:
+    for path, text in files.items():
+        (repo / path).parent.mkdir(parents=True, exist_ok=True)
+        (repo / path).write_text(text)
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "layout")
+
+
+async def _scan(client: Client, caller: Caller, repo: Path) -> tuple[object, dict[str, dict[str, Any]]]:
+    """Add `repo`, scan it: its id and its candidates by path."""
+    created = await _add(client, caller, repo)
+    response = await client.post(
+        f"/api/v1/git-repositories/{created['id']}/scan-templates", headers=caller[Role.OPERATOR]
+    )
+    assert response.status_code == 201, response.text
+    return created["id"], {candidate["path"]: candidate for candidate in response.json()["candidates"]}
+
+
+async def test_a_scan_marks_candidates_over_the_servers_import_limits(
+    api_settings: AppSettings, alice: Caller, tmp_path: Path
+) -> None:
+    repo = tmp_path / "limits"
+    _commit_tree(
+        repo,
+        {
+            "big/big.sh": "# Name: big\n" + "#" * 30_000,
+            "many/many.sh": "# Name: many\n",
+            **{f"many/conf/{index}.ini": "a=1\n" for index in range(3)},
+            "fits/fits.sh": "# Name: fits\n",
+        },
+    )
+    limited = api_settings.model_copy(update={"max_template_bytes": 20_480, "max_template_files": 3})
+    async with AsyncTestClient(create_app(limited)) as client:
+        _, found = await _scan(client, alice, repo)
+    assert {path: candidate["problems"] for path, candidate in found.items()} == {
+        "big/big.sh": [
+            {
+                "file": "big",
+                "line": None,
+                "message": "makes a tar of 40,960 bytes; the server imports at most 20,480 (AHOP_MAX_TEMPLATE_BYTES)",
+            }
+        ],
+        "many/many.sh": [
+            {"file": "many", "line": None, "message": "4 files; the server imports at most 3 (AHOP_MAX_TEMPLATE_FILES)"}
+        ],
+        "fits/fits.sh": [],
+    }
+
+
+async def test_the_original_systems_playbooks_scan_import_and_keep_their_length_limits(
+    client: Client, alice: Caller, tmp_path: Path
+) -> None:
+    repo = tmp_path / "original"
+    _commit_tree(
+        repo,
+        {
+            "test/playbooks/survey.yml": "name: Nginx部署配置\nspec:\n"
+            "  - {type: text, variable: server_name, required: true, min_length: 3, max_length: 255}\n",
+            "test/playbooks/deploy_nginx.yml": "- hosts: all\n  tasks: []\n",
+            "test/playbooks/test_realtime.yml": "- hosts: all\n  tasks: []\n",
+            "test/playbooks/templates/nginx_site.conf.j2": f"server {{}}  # {secrets.token_hex(8)}\n",
+        },
+    )
+    repository_id, found = await _scan(client, alice, repo)
+    candidate = found["test/playbooks"]
+    assert candidate["entry_file"] == "deploy_nginx.yml"
+    assert [problem["message"].split(";")[0] for problem in candidate["problems"]] == [
+        "no playbook.yml/main.yml/site.yml/deploy.yml"
+    ]
+    fields = ("name", "code", "script_type", "entry_file", "original_path", "description", "parameters")
+    template = await client.post(
+        "/api/v1/task-templates",
+        json={**{key: candidate[key] for key in fields}, "repository_id": repository_id, "timeout": 600},
+        headers=alice[Role.ADMIN],
+    )
+    assert template.status_code == 201, template.text
+    short = await client.post(
+        "/api/v1/tasks",
+        json={"template_id": template.json()["id"], "params": {"server_name": "ab"}},
+        headers=alice[Role.OPERATOR],
+    )
+    assert short.status_code == 422, short.text
+    assert {item["field"]: item["message"] for item in short.json()["extra"]["errors"]} == {
+        "params.server_name": "must have at least 3 characters, got 2"
+    }

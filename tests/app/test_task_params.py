@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from app.scan.params import Parameter, ParamType, Validation
+from app.scan.survey import parse_survey
 from app.services.errors import InvalidInput
 from app.services.task_params import MASK, masked, password_names, validate_params
 
@@ -266,6 +267,23 @@ def test_lengths_count_characters_of_text_and_choices_of_a_multiselect() -> None
     options = ["a", "b", "c"]
     assert problem("multiselect", "a", options=options, min_length=2) == "must have at least 2 choices, got 1"
     assert problem("multiselect", "a,b,c", options=options, max_length=1) == "must have at most 1 choice, got 3"
+
+
+def test_a_surveys_min_length_and_max_length_bound_the_task_parameters() -> None:
+    survey = """\
+spec:
+  - {type: text, variable: server_name, required: true, min_length: 3, max_length: 20}
+  - {type: textarea, variable: motd, max_length: 5}
+  - {type: password, variable: admin_password, min_length: 8}
+"""
+    schema = [p.to_json() for p in parse_survey("test/playbooks/survey.yml", survey.encode()).parameters]
+    assert validate_params(schema, {"server_name": "example.com"}) == {"server_name": "example.com"}
+    assert problems(schema, {"server_name": "ab", "motd": "hello!", "admin_password": "short"}) == {
+        "params.server_name": "must have at least 3 characters, got 2",
+        "params.motd": "must have at most 5 characters, got 6",
+        "params.admin_password": "must have at least 8 characters, got 5",
+    }
+    assert "must have at most 20 characters" in problems(schema, {"server_name": "x" * 21})["params.server_name"]
 
 
 def test_pattern_must_match_the_whole_value() -> None:

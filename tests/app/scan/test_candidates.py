@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from app.scan.candidates import Candidate, ScanFile, scan
 from app.scan.headers import HEADER_BYTES
+from app.scan.playbooks import PLAYBOOK_BYTES
 from app.scan.survey import SURVEY_BYTES
+from storage.canonical import Limits
+from storage.tarformat import archive_size
 
 
 class Tree:
@@ -133,3 +136,136 @@ def test_symlinks_are_counted_but_never_candidates() -> None:
         26,
         3,
     )
+
+
+def test_an_ansible_directory_without_a_default_playbook_names_the_one_chosen() -> None:
+    tree = Tree(
+        {
+            "test/playbooks/survey.yml": "name: Nginx部署配置\nspec: []\n",
+            "test/playbooks/test_realtime.yml": "- hosts: all\n",
+            "test/playbooks/deploy_nginx.yml": "- name: Deploy nginx\n  hosts: web\n",
+            "test/playbooks/templates/nginx_site.conf.j2": "server {}\n",
+        }
+    )
+    [candidate] = tree.scan().values()
+    assert (candidate.path, candidate.original_path, candidate.entry_file) == (
+        "test/playbooks",
+        "test/playbooks",
+        "deploy_nginx.yml",
+    )
+    assert [(p.file, p.message) for p in candidate.problems] == [
+        (
+            "test/playbooks/deploy_nginx.yml",
+            "no playbook.yml/main.yml/site.yml/deploy.yml; chose deploy_nginx.yml, the first *.yml/*.yaml by name "
+            "that holds plays (others: test_realtime.yml)",
+        )
+    ]
+
+
+def test_a_playbook_without_a_survey_is_a_candidate_without_parameters() -> None:
+    tree = Tree(
+        {
+            "ansible/web/site.yml": "- hosts: web\n  roles: [nginx]\n",
+            "ansible/web/roles/nginx/tasks/main.yml": "- name: install\n  package: name=nginx\n",
+            "ansible/web/group_vars/all.yml": "- hosts: not a play, a vars file\n",
+            "ops/deploy_db.yml": "- hosts: db\n",
+            "ops/upgrade_db.yaml": "- import_playbook: deploy_db.yml\n",
+            "ops/vars.yml": "db_port: 5432\n",
+            "ops/requirements.yml": "- src: geerlingguy.postgresql\n",
+            "mixed/check.sh": "#!/bin/sh\n# Name: check\n",
+            "mixed/patch.yml": "- hosts: all\n",
+            ".github/workflows/ci.yml": "on: push\n",
+            "docker-compose.yml": "services: {}\n",
+        }
+    )
+    found = tree.scan()
+    assert sorted(found) == [
+        "ansible/web/site.yml",
+        "mixed/check.sh",
+        "mixed/patch.yml",
+        "ops/deploy_db.yml",
+        "ops/upgrade_db.yaml",
+    ]
+    web = found["ansible/web/site.yml"]
+    assert (web.original_path, web.entry_file, web.code, web.name, web.script_type) == (
+        "ansible/web",
+        "site.yml",
+        "web",
+        "web",
+        "ansible",
+    )
+    assert (web.parameters, web.problems, web.file_count) == ((), (), 3)
+    deploy, upgrade = found["ops/deploy_db.yml"], found["ops/upgrade_db.yaml"]
+    # two playbooks of one directory share it, each with its own entry
+    assert [(c.original_path, c.entry_file, c.code) for c in (deploy, upgrade)] == [
+        ("ops", "deploy_db.yml", "deploy_db"),
+        ("ops", "upgrade_db.yaml", "upgrade_db"),
+    ]
+    # beside a script, each is the file alone, as two scripts are
+    assert (found["mixed/patch.yml"].original_path, found["mixed/check.sh"].original_path) == (
+        "mixed/patch.yml",
+        "mixed/check.sh",
+    )
+    read = {path for path, _ in tree.reads}
+    assert {path for path in read if path.endswith((".yml", ".yaml"))} == {
+        "ops/deploy_db.yml",
+        "ops/upgrade_db.yaml",
+        "ops/vars.yml",
+        "ops/requirements.yml",
+        "mixed/patch.yml",
+        "ansible/web/site.yml",
+        "docker-compose.yml",
+    }
+    assert {limit for path, limit in tree.reads if path.endswith((".yml", ".yaml"))} == {PLAYBOOK_BYTES}
+
+
+def test_a_playbook_at_the_root_takes_the_whole_repository_unless_it_shares_it() -> None:
+    alone = Tree({"site.yml": "- hosts: all\n", "roles/app/tasks/main.yml": "- debug: msg=x\n"}).scan()
+    assert (alone["site.yml"].original_path, alone["site.yml"].code) == ("", "site")
+    shared = Tree({"site.yml": "- hosts: all\n", "tools/fix.sh": "# Name: fix\n"}).scan()
+    assert (shared["site.yml"].original_path, shared["site.yml"].file_count) == ("site.yml", 1)
+
+
+def test_files_and_templates_of_roles_and_playbooks_are_not_scripts() -> None:
+    found = Tree(
+        {
+            "roles/nginx/files/reload.sh": "#!/bin/sh\n# Name: reload nginx\n",
+            "roles/nginx/templates/check.py": "# Name: rendered check\n",
+            "roles/nginx/tasks/main.yml": "- name: reload\n  script: reload.sh\n",
+            "deploy/site.yml": "- hosts: all\n",
+            "deploy/files/bootstrap.sh": "# Name: bootstrap\n",
+            "deploy/templates/cron/job.sh": "# Name: cron job\n",
+            "scripts/files/cleanup.sh": "# Name: cleanup\n",
+        },
+        executable=frozenset({"roles/nginx/files/reload.sh"}),
+    ).scan()
+    assert sorted(found) == ["deploy/site.yml", "scripts/files/cleanup.sh"]
+    assert found["deploy/site.yml"].original_path == "deploy"
+
+
+def test_candidates_over_the_servers_limits_say_so_as_the_import_would() -> None:
+    tree = Tree(
+        {
+            "big/big.sh": "# Name: big\n" + "#" * 20_000,
+            "many/run.sh": "# Name: many\n",
+            **{f"many/data/{index}.txt": "x" for index in range(5)},
+            "small/small.sh": "# Name: small\n",
+            "play/survey.yml": "spec: []\n",
+            "play/main.yml": "- hosts: all\n",
+            "play/files/blob.bin": "\0" * 30_000,
+        }
+    )
+    listing, limits = tree.listing(), Limits(max_bytes=20_480, max_files=4)
+    found = {candidate.path: candidate for candidate in scan(listing, tree.read, limits)}
+    by_path = {path: [(p.file, p.message) for p in candidate.problems] for path, candidate in found.items()}
+    bytes_problem = "the server imports at most 20,480 (AHOP_MAX_TEMPLATE_BYTES)"
+    assert by_path == {
+        "big/big.sh": [("big", f"makes a tar of 30,720 bytes; {bytes_problem}")],
+        "many/run.sh": [("many", "6 files; the server imports at most 4 (AHOP_MAX_TEMPLATE_FILES)")],
+        "small/small.sh": [],
+        "play": [("play", f"makes a tar of 40,960 bytes; {bytes_problem}")],
+    }
+    # the figure is the one the import refuses with: the canonical tar of the candidate's files
+    big = [("big.sh", len(tree.contents["big/big.sh"]))]
+    assert archive_size(big) == 30_720
+    assert all(not candidate.problems for candidate in scan(listing, tree.read))

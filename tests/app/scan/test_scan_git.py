@@ -261,7 +261,8 @@ def test_malformed_and_incomplete_surveys_are_problems_on_their_candidate(ops_re
         (
             "playbooks/nospec/survey.yml",
             None,
-            "no playbook in playbooks/nospec: expected one of playbook.yml, main.yml, site.yml, deploy.yml",
+            "no playbook in playbooks/nospec: expected one of playbook.yml, main.yml, site.yml, deploy.yml, "
+            "or another *.yml/*.yaml",
         ),
     ]
 
@@ -305,3 +306,64 @@ def test_an_empty_repository_commit_has_no_candidates(tmp_path: Path) -> None:
     root.mkdir()
     commit_all(root)
     assert scan_by_path(root) == {}
+
+
+ORIGINAL_SURVEY = """\
+name: Nginx部署配置
+description: 部署和配置Nginx Web服务器
+spec:
+  - type: text
+    variable: server_name
+    question_name: 服务器域名
+    required: true
+    default: "example.com"
+    min_length: 3
+    max_length: 255
+  - type: integer
+    variable: listen_port
+    default: 80
+    min: 1
+    max: 65535
+"""
+
+
+def test_the_original_systems_layouts_scan_as_it_scanned_them(tmp_path: Path) -> None:
+    root = tmp_path / "original"
+    root.mkdir()
+    # its test/playbooks: a survey, two playbooks of other names than the defaults, a template they render
+    write(root, "test/playbooks/survey.yml", ORIGINAL_SURVEY)
+    write(root, "test/playbooks/test_realtime.yml", "---\n- name: 实时日志\n  hosts: all\n  gather_facts: false\n")
+    write(root, "test/playbooks/deploy_nginx.yml", "- name: 部署Nginx\n  hosts: all\n  become: true\n  tasks: []\n")
+    write(root, "test/playbooks/templates/nginx_site.conf.j2", "server { listen {{ listen_port }}; }\n")
+    write(root, "test/scripts/system_info.sh", "#!/bin/bash\n# Name: 系统信息\n", executable=True)
+    # a playbook without a survey, whose role ships a script
+    write(root, "ansible/site.yml", "- hosts: all\n  roles: [web]\n")
+    write(root, "ansible/roles/web/tasks/main.yml", "- name: reload\n  script: reload.sh\n")
+    write(root, "ansible/roles/web/files/reload.sh", "#!/bin/sh\n# Name: reload\n", executable=True)
+    commit_all(root)
+    found = scan_by_path(root)
+    assert sorted(found) == ["ansible/site.yml", "test/playbooks", "test/scripts/system_info.sh"]
+    nginx = found["test/playbooks"]
+    assert (nginx.original_path, nginx.entry_file, nginx.name) == (
+        "test/playbooks",
+        "deploy_nginx.yml",
+        "Nginx部署配置",
+    )
+    assert [(p.file, p.message) for p in nginx.problems] == [
+        (
+            "test/playbooks/deploy_nginx.yml",
+            "no playbook.yml/main.yml/site.yml/deploy.yml; chose deploy_nginx.yml, the first *.yml/*.yaml by name "
+            "that holds plays (others: test_realtime.yml)",
+        )
+    ]
+    server_name = nginx.parameters[0].validation
+    assert (server_name.min_length, server_name.max_length) == (3, 255)
+    site = found["ansible/site.yml"]
+    assert (site.script_type, site.original_path, site.entry_file, site.code, site.parameters) == (
+        "ansible",
+        "ansible",
+        "site.yml",
+        "ansible",
+        (),
+    )
+    assert (site.file_count, site.size) == (3, tree_size(root, "ansible"))

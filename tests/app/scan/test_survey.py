@@ -165,3 +165,64 @@ spec:
         (12, "port: 'min' 'low' is not an integer"),
         (17, "variable 'ok' is asked twice"),
     ]
+
+
+ORIGINAL_SURVEY = """\
+name: Nginx部署配置
+spec:
+  - type: text
+    variable: server_name
+    question_name: 服务器域名
+    required: true
+    default: "example.com"
+    min_length: 3
+    max_length: 255
+  - type: textarea
+    variable: motd
+    max_length: 80
+  - type: password
+    variable: admin_password
+    min_length: 12
+    min: 12
+  - type: multiselect
+    variable: modules
+    choices: [gzip, ssl, http2]
+    min_length: 1
+    max_length: 2
+"""
+
+
+def test_the_original_systems_min_length_and_max_length_are_kept() -> None:
+    survey = parse_survey("test/playbooks/survey.yml", ORIGINAL_SURVEY.encode())
+    assert survey.problems == ()
+    lengths = {p.name: (p.validation.min_length, p.validation.max_length) for p in survey.parameters}
+    assert lengths == {
+        "server_name": (3, 255),
+        "motd": (None, 80),
+        "admin_password": (12, None),
+        "modules": (1, 2),
+    }
+
+
+def test_length_limits_that_cannot_apply_are_problems() -> None:
+    text = """\
+spec:
+  - {type: integer, variable: port, min: 1, max_length: 5}
+  - {type: boolean, variable: force, min_length: 1}
+  - {type: text, variable: a, min: 2, min_length: 3}
+  - {type: text, variable: b, min_length: -1, max_length: many}
+  - {type: text, variable: c, min_length: 9, max_length: 3}
+"""
+    survey = parse_survey("s/survey.yml", text.encode())
+    limits = {p.name: p.validation for p in survey.parameters}
+    assert (limits["port"].min, limits["port"].max_length) == (1, None)
+    assert (limits["a"].min_length, limits["b"].min_length, limits["b"].max_length) == (3, None, None)
+    assert (limits["c"].min_length, limits["c"].max_length) == (None, None)
+    assert [(p.line, p.message) for p in survey.problems] == [
+        (2, "port: 'max_length' applies to text, textarea, password and multiselect, not integer; ignored"),
+        (3, "force: 'min_length' applies to text, textarea, password and multiselect, not boolean; ignored"),
+        (4, "a: 'min' 2 and 'min_length' 3 disagree; min_length is used"),
+        (5, "b: 'min_length' -1 is negative; ignored"),
+        (5, "b: 'max_length' 'many' is not an integer; ignored"),
+        (6, "c: min_length 9 is above max_length 3: no value could pass; both ignored"),
+    ]
