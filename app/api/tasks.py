@@ -6,7 +6,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 from litestar import Controller, get, post
 from litestar.di import NamedDependency
@@ -20,6 +20,7 @@ from app.api.schemas import Page, PageNumber, PageSize, Timestamped
 from app.db.models import Role, Task
 from app.services.errors import InvalidInput
 from app.services.tasks import Ending, KeepAlive, NewTask, Tasks
+from app.services.workers import Workers
 
 EVENT_STREAM = "text/event-stream; charset=utf-8"
 StatusName = Literal["pending", "queued", "running", "success", "failed", "timeout", "cancelled", "lost"]
@@ -63,7 +64,7 @@ class TaskOut(Timestamped):
     finished_at: datetime | None
 
     @classmethod
-    def of(cls, task: Task) -> TaskOut:
+    def of(cls, task: Task) -> Self:
         return cls(
             id=str(task.id), status=task.status, template_id=task.template_id, template_code=task.template_code,
             version=task.version, digest=f"sha256:{task.digest}", pool=task.pool, name=task.name, params=task.params,
@@ -72,6 +73,15 @@ class TaskOut(Timestamped):
             log_lines=task.log_lines, log_truncated=task.log_truncated, created_at=task.created_at,
             queued_at=task.queued_at, started_at=task.started_at, finished_at=task.finished_at,
         )  # fmt: skip
+
+
+class TaskCreated(TaskOut):
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="What may keep the task from running soon, although it was accepted and queued: no live worker "
+        "serves the template's pool (`no live worker serves pool NAME; ...`), or the workers' heartbeats could not "
+        "be read from Redis. Empty when a live worker serves the pool.",
+    )
 
 
 class LogLineOut(BaseModel):
@@ -114,12 +124,16 @@ class TaskController(Controller):
 
     @post("/", summary="Run a template: the task is recorded, then queued for a worker of the template's pool")
     async def create(
-        self, data: JSONBody[TaskIn], principal: NamedDependency[Principal], tasks: NamedDependency[Tasks]
-    ) -> TaskOut:
+        self, data: JSONBody[TaskIn], principal: NamedDependency[Principal], tasks: NamedDependency[Tasks],
+        workers: NamedDependency[Workers],
+    ) -> TaskCreated:  # fmt: skip
         principal.require(Role.OPERATOR)
         new = NewTask(template_id=data.template_id, params=data.params, version=data.version, timeout=data.timeout,
                       name=data.name)  # fmt: skip
-        return TaskOut.of(await tasks.create(principal.tenant_id, new, principal.token_id))
+        task = await tasks.create(principal.tenant_id, new, principal.token_id)
+        created = TaskCreated.of(task)
+        created.warnings = await workers.pool_warnings(task.pool)
+        return created
 
     @get("/", summary="List tasks, newest first")
     async def index(
