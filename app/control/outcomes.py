@@ -101,5 +101,7 @@ class Outcomes:
         task.exit_code = outcome.exit_code
         task.error = outcome.error
         task.worker_id = task.worker_id or outcome.worker
-        task.finished_at = outcome.at or datetime.now(UTC)
+        finished_at = outcome.at or datetime.now(UTC)
+        # The end is the worker's clock (or ours, for a lost task): never before the start the database recorded.
+        task.finished_at = max(finished_at, task.started_at) if task.started_at is not None else finished_at
         return task.status

@@ -95,6 +95,9 @@ class Dispatcher:
         for the reconciler), or the job cannot be built (the task fails, saying why).
         """
         async with session.begin():
+            # The queue time is taken before the job reaches Redis: a worker may start it (and its `started` event
+            # be recorded) before the UPDATE below runs, and a queue time after the start would be a lie.
+            queued_at = await session.scalar(select(func.clock_timestamp()))
             row = (
                 await session.execute(
                     select(Task, TemplateVersion, Blob)
@@ -128,7 +131,7 @@ class Dispatcher:
             marked = await session.execute(
                 update(Task)
                 .where(Task.id == task.id, Task.attempt == task.attempt, Task.status.in_(SENDABLE))
-                .values(status=TaskStatus.QUEUED.value, queued_at=func.now(), updated_at=func.now())
+                .values(status=TaskStatus.QUEUED.value, queued_at=queued_at, updated_at=func.now())
                 .execution_options(synchronize_session=False)
             )
         return bool(marked.rowcount)  # type: ignore[attr-defined]

@@ -30,6 +30,7 @@ from storage.keys import blob_key
 from tests import waiting
 from tests.app.conftest import Caller, git
 from tests.app.test_templates import add_repository, s3_client
+from tests.database import sql
 from tests.fleet import Fleet
 from worker.protocol import queue_name
 
@@ -80,6 +81,14 @@ while [ "$pid" -gt 1 ]; do
 done
 """
 
+QUICK_SH = """#!/bin/bash
+echo "attempt $AHOP_TASK_ATTEMPT"
+"""
+FLAKY_SH = """#!/bin/bash
+for i in $(seq 1 "$AHOP_PARAM_LINES"); do echo "attempt $AHOP_TASK_ATTEMPT line $i"; done
+[ "$AHOP_TASK_ATTEMPT" -ge "$AHOP_PARAM_PASS_ON" ]
+"""
+
 
 def scripts_repo(root: Path) -> Path:
     """A repository with one template of each kind; unique content, since the tree cache is session-wide."""
@@ -90,6 +99,8 @@ def scripts_repo(root: Path) -> Path:
         "hello/site.yml": SITE_YML,
         "sleepy/run.sh": SLEEPY_SH,
         "envdump/run.sh": ENVDUMP_SH,
+        "quick/run.sh": QUICK_SH,
+        "flaky/run.sh": FLAKY_SH,
     }
     for name, text in files.items():
         path = repo / name
@@ -112,6 +123,14 @@ TEMPLATES: dict[str, dict[str, Any]] = {
     "hello": {"script_type": "ansible", "entry_file": "site.yml", "parameters": [{"name": "greeting", "type": "text"}]},
     "sleepy": {"script_type": "shell", "entry_file": "run.sh", "parameters": [{"name": "marker", "type": "text"}]},
     "envdump": {"script_type": "shell", "entry_file": "run.sh", "parameters": []},
+    "quick": {"script_type": "shell", "entry_file": "run.sh", "parameters": []},
+    "flaky": {
+        "script_type": "shell",
+        "entry_file": "run.sh",
+        "parameters": [{"name": "lines", "type": "integer", "default": 3}, {"name": "pass_on", "type": "integer"}],
+        "max_attempts": 3,
+        "retry_on": ["failed"],
+    },
 }
 
 
@@ -491,3 +510,29 @@ async def test_a_task_created_while_redis_is_down_runs_when_it_returns(
     finally:
         fleet.stop_all()
         redis_server.stop()
+
+
+QUICK_TASKS = 150
+
+
+async def test_no_task_starts_before_it_was_queued_or_ends_before_it_started(
+    server: Client, alice: Caller, templates: Templates, fleet: Fleet, database_url: str
+) -> None:
+    template_id = await templates.id("quick")
+    fleet.start("w1")
+    fleet.start("w2")
+    ids = [uuid.UUID((await run(server, alice, template_id))["id"]) for _ in range(QUICK_TASKS)]
+
+    async def all_finished() -> list[Any] | None:
+        rows = await sql(database_url, "SELECT * FROM tasks WHERE id = ANY($1) AND finished_at IS NOT NULL", ids)
+        return rows if len(rows) == len(ids) else None
+
+    rows = await waiting.until(all_finished, f"{QUICK_TASKS} quick tasks to finish", bound=600)
+    assert {row["status"] for row in rows} == {"success"}
+    out_of_order = [
+        {key: row[key] for key in ("id", "created_at", "queued_at", "started_at", "finished_at")}
+        for row in rows
+        if row["queued_at"] is None
+        or not row["created_at"] <= row["queued_at"] <= row["started_at"] <= row["finished_at"]
+    ]
+    assert out_of_order == []
