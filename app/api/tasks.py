@@ -21,6 +21,7 @@ from app.db.models import Role, Task
 from app.services.errors import InvalidInput
 from app.services.tasks import Ending, KeepAlive, NewTask, Tasks
 from app.services.workers import Workers
+from worker.protocol import LogLine
 
 EVENT_STREAM = "text/event-stream; charset=utf-8"
 StatusName = Literal["pending", "queued", "running", "success", "failed", "timeout", "cancelled", "lost"]
@@ -85,9 +86,17 @@ class TaskCreated(TaskOut):
 
 
 class LogLineOut(BaseModel):
-    seq: int
+    seq: int = Field(description="The line's number in the task's output, counted over all its attempts.")
     stream: Literal["stdout", "stderr"]
     line: str
+    attempt: int | None = Field(
+        description="The attempt that wrote the line; null for a stored line of a retried task whose attempt "
+        "boundaries are no longer known (they are kept for 30 days)."
+    )
+
+    @classmethod
+    def of(cls, line: LogLine) -> LogLineOut:
+        return cls(seq=line.seq, stream=line.stream, line=line.line, attempt=line.attempt or None)
 
 
 class LogsOut(BaseModel):
@@ -114,8 +123,7 @@ async def _events(tasks: Tasks, task_id: uuid.UUID, after: int) -> AsyncIterator
             end = {"status": item.status, "exit_code": item.exit_code, "error": item.error}
             yield ServerSentEventMessage(event="end", data=json.dumps(end))
         else:
-            line = {"seq": item.seq, "stream": item.stream, "line": item.line}
-            yield ServerSentEventMessage(id=item.seq, data=json.dumps(line))
+            yield ServerSentEventMessage(id=item.seq, data=LogLineOut.of(item).model_dump_json())
 
 
 class TaskController(Controller):
@@ -168,8 +176,9 @@ class TaskController(Controller):
     @get(
         "/{task_id:uuid}/logs",
         summary="A task's output after line `after`; with follow=true, a stream of server-sent events",
-        description="Following sends each line as an event with its seq as id and its JSON as data, then an "
-        "`end` event with the task's status, exit code and error. Resume with `after` or `Last-Event-ID`.",
+        description="Following sends each line once as an event with its seq as id and its JSON (seq, stream, "
+        "line, attempt) as data, then an `end` event with the task's status, exit code and error. Resume with "
+        "`after` or `Last-Event-ID`.",
         responses={200: ResponseSpec(data_container=LogsOut, description="The lines (or, following, the events)")},
     )
     async def logs(
@@ -184,5 +193,5 @@ class TaskController(Controller):
             # The route's JSON media type would win over the stream's own; the header keeps the stream's.
             return ServerSentEvent(_events(tasks, task_id, after), headers={"Content-Type": EVENT_STREAM})
         page = await tasks.logs(principal.tenant_id, task_id, after)
-        items = [LogLineOut(seq=line.seq, stream=line.stream, line=line.line) for line in page.items]
+        items = [LogLineOut.of(line) for line in page.items]
         return LogsOut(items=items, truncated=page.truncated, status=page.status)

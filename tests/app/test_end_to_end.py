@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import secrets
 import signal
@@ -21,6 +22,7 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis as AsyncRedis
 
+from ahop.task_commands import parse_events
 from app.db.models import Role
 from app.devstack.redis import RedisServer
 from app.main import create_app
@@ -512,7 +514,42 @@ async def test_a_task_created_while_redis_is_down_runs_when_it_returns(
         redis_server.stop()
 
 
+FOLLOWED_TASKS = 25
+LINES = 30
+ATTEMPTS = 3
 QUICK_TASKS = 150
+
+
+async def follow(client: Client, caller: Caller, task_id: str) -> list[tuple[str, str | None, dict[str, Any]]]:
+    """The events of a task's followed log, from its first line to its end: (name, id, data)."""
+    response = await client.get(f"/api/v1/tasks/{task_id}/logs?follow=true", headers=caller[Role.VIEWER])
+    assert response.status_code == 200, response.text
+    return [(event.name, event.id, json.loads(event.data)) for event in parse_events(response.text.splitlines())]
+
+
+async def test_the_live_log_of_a_retried_task_shows_each_line_once_tagged_with_its_attempt(
+    server: Client, alice: Caller, templates: Templates, fleet: Fleet
+) -> None:
+    template_id = await templates.id("flaky")
+    fleet.start("w1")
+    fleet.start("w2")
+    expected = [
+        (attempt, (attempt - 1) * LINES + number, f"attempt {attempt} line {number}")
+        for attempt in range(1, ATTEMPTS + 1)
+        for number in range(1, LINES + 1)
+    ]
+    for repetition in range(FOLLOWED_TASKS):
+        task = await run(server, alice, template_id, params={"lines": LINES, "pass_on": ATTEMPTS})
+        events = await follow(server, alice, task["id"])
+        where = f"repetition {repetition}, task {task['id']}"
+        assert (events[-1][0], events[-1][2]) == ("end", {"status": "success", "exit_code": 0, "error": None}), where
+        lines = [data for name, _, data in events if name == "message"]
+        assert [(line["seq"], line["line"]) for line in lines] == [(seq, text) for _, seq, text in expected], where
+        assert [line["attempt"] for line in lines] == [attempt for attempt, _, _ in expected], where
+        assert [event_id for name, event_id, _ in events if name == "message"] == [str(seq) for _, seq, _ in expected]
+
+        stored = await server.get(f"/api/v1/tasks/{task['id']}/logs", headers=alice[Role.VIEWER])
+        assert [(line["attempt"], line["seq"], line["line"]) for line in stored.json()["items"]] == expected, where
 
 
 async def test_no_task_starts_before_it_was_queued_or_ends_before_it_started(
