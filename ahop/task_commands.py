@@ -200,6 +200,8 @@ def task_run(template_ref: str, pairs: tuple[str, ...], version: int | None, tim
     if timeout is not None:
         payload["timeout"] = timeout
     created = _create(payload)
+    for warning in created.get("warnings", []):  # accepted, but it may wait: say why before waiting
+        click.echo(f"ahop: warning: {warning}", err=True)
     if not follow:
         show(created, as_json, TASK_COLUMNS)
         return

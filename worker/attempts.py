@@ -85,7 +85,7 @@ class Attempts:
             self._running.discard(job.task_id)
 
     async def _fetch_and_run(self, job: TaskJob) -> dict[str, Any]:
-        logs = LogWriter(self.redis, job.task_id, job.log_limit)
+        logs = LogWriter(self.redis, job.log_key(), job.attempt, job.log_limit)
         try:
             async with entered_in_thread(self.store.use(job.blob)) as entry:
                 await asyncio.to_thread(self.store.link_template, job.tenant_id, job.template_code, job.blob.digest)

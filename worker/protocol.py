@@ -8,13 +8,19 @@ Flow of one task attempt (DESIGN §4, §5):
    `TaskJob.to_wire()`. arq runs it at most once (`max_tries=1`); the worker also claims `claim_key(...)` with
    SET NX so that a job delivered twice runs once.
 2. The worker appends `Event`s to `EVENTS_STREAM` (`started`, then `finished`), each with the attempt number so that
-   the server records them idempotently, and log lines to `log_stream(task_id)` (`LogLine`, sequence numbers from 1,
-   the stream capped to the job's `log_limit` newest lines).
+   the server records them idempotently, and log lines to `log_stream(task_id, attempt)` (`LogLine`, tagged with the
+   attempt, sequence numbers from 1 within the attempt, the stream capped to the job's `log_limit` newest lines).
+   Each attempt has a stream of its own: an attempt that goes on after it was given up (`lost`) never mixes its
+   lines with the next attempt's, and a reader of one attempt's stream never sees another's.
 3. Cancel: the server sets `cancel_key(task_id)`; a worker checks it before it starts a task and polls it while the
    task runs.
 4. Every worker writes a `Heartbeat` into the hash `WORKERS_KEY` (field: worker id) and the digests its store holds
    into `worker_digests_key(worker_id)`; the server reads both. The server asks one worker to act (prefetch) by
    pushing a `BlobRef` message onto `worker_inbox_key(worker_id)`.
+
+Versions: a job carries `protocol`. Version 2 gave each attempt its own log stream and each line its attempt;
+version 1 jobs (from a server not upgraded yet) still run, writing to the task's one stream `legacy_log_stream`, as
+that server expects. A worker that only knows version 1 refuses version 2 jobs with a `finished` event saying so.
 """
 
 from __future__ import annotations
@@ -26,8 +32,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-PROTOCOL_VERSION = 1
-"""Carried by every job; a worker refuses versions it does not know."""
+PROTOCOL_VERSION = 2
+"""Carried by every job the server sends; a worker refuses versions it does not know."""
+SUPPORTED_PROTOCOLS = (1, 2)
+"""The job versions this worker runs: the current one and the one before it (see the module docstring)."""
 
 DEFAULT_POOL = "default"
 QUEUE_PREFIX = "ahop:queue:"
@@ -75,9 +83,21 @@ def cancel_key(task_id: str) -> str:
     return f"ahop:cancel:{task_id}"
 
 
-def log_stream(task_id: str) -> str:
-    """The Redis stream of a task's output lines, until the server has stored them."""
+def log_stream(task_id: str, attempt: int) -> str:
+    """The Redis stream of one attempt's output lines, until the server has stored them."""
+    return f"ahop:logs:{task_id}:{attempt}"
+
+
+def legacy_log_stream(task_id: str) -> str:
+    """The one stream that protocol version 1 shared between all attempts of a task."""
     return f"ahop:logs:{task_id}"
+
+
+def attempt_starts_key(task_id: str) -> str:
+    """Hash written by the server when an attempt is followed by another: attempt number → how many lines the
+    task's earlier attempts wrote (the attempt's first line is that number + 1 in the task's numbering). Readers
+    of the stored output tell the attempt of each line by it."""
+    return f"ahop:logs:{task_id}:starts"
 
 
 def worker_digests_key(worker_id: str) -> str:
@@ -157,12 +177,17 @@ class TaskJob:
     def to_wire(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def log_key(self) -> str:
+        """The stream this attempt's output goes to: its own, or the task's shared one for a version 1 job."""
+        return legacy_log_stream(self.task_id) if self.protocol == 1 else log_stream(self.task_id, self.attempt)
+
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> TaskJob:
         """Decode a job; a version this worker does not know, or a malformed job, raises `ProtocolError`."""
         version = data.get("protocol")
-        if version != PROTOCOL_VERSION:
-            raise ProtocolError(f"job protocol version {version!r}; this worker speaks version {PROTOCOL_VERSION}")
+        if version not in SUPPORTED_PROTOCOLS or isinstance(version, bool):
+            known = " and ".join(str(number) for number in SUPPORTED_PROTOCOLS)
+            raise ProtocolError(f"job protocol version {version!r}; this worker speaks versions {known}")
         values = _pick(cls, data)
         blob = values.get("blob")
         if not isinstance(blob, dict):
@@ -225,14 +250,17 @@ class Event:
 
 @dataclass(frozen=True)
 class LogLine:
-    """One line of a task's output: `seq` counts from 1 over the whole task, `stream` is `stdout` or `stderr`."""
+    """One line of an attempt's output: `seq` counts from 1 within the attempt, `stream` is `stdout` or `stderr`,
+    `attempt` the attempt that wrote it (0: not said, a version 1 worker's line). The server shows lines numbered
+    over the whole task, with the same type."""
 
     seq: int
     stream: Literal["stdout", "stderr"]
     line: str
+    attempt: int = 0
 
     def to_fields(self) -> dict[str, str]:
-        return {"seq": str(self.seq), "stream": self.stream, "line": self.line}
+        return {"seq": str(self.seq), "stream": self.stream, "line": self.line, "attempt": str(self.attempt)}
 
     @classmethod
     def from_fields(cls, fields: dict[bytes, bytes] | dict[str, str]) -> LogLine:
@@ -241,7 +269,8 @@ class LogLine:
             stream = values["stream"]
             if stream not in ("stdout", "stderr"):
                 raise ProtocolError(f"unknown log stream {stream!r}")
-            return cls(seq=int(values["seq"]), stream=stream, line=values["line"])  # type: ignore[arg-type]
+            return cls(seq=int(values["seq"]), stream=stream, line=values["line"],  # type: ignore[arg-type]
+                       attempt=int(values.get("attempt", "0")))  # fmt: skip
         except (KeyError, ValueError) as error:
             raise ProtocolError(f"a malformed log entry: {error}") from None
 

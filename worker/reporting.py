@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from worker.protocol import EVENTS_STREAM, Event, EventType, FinalStatus, LogLine, log_stream
+from worker.protocol import EVENTS_STREAM, Event, EventType, FinalStatus, LogLine
 
 log = logging.getLogger("ahop.worker")
 
@@ -69,15 +69,17 @@ async def _until_delivered(send: Callable[[], Awaitable[object]], what: str) -> 
 
 
 class LogWriter:
-    """Numbers a task's output lines from 1 and appends them to its log stream in batches.
+    """Numbers an attempt's output lines from 1, tags them with the attempt and appends them in batches to the
+    attempt's log stream `key` (`TaskJob.log_key`).
 
     The stream keeps the newest `limit` lines (exact trim); `written` counts every line, so the log is truncated
     when `written > limit`.
     """
 
-    def __init__(self, redis: Redis, task_id: str, limit: int) -> None:
+    def __init__(self, redis: Redis, key: str, attempt: int, limit: int) -> None:
         self._redis = redis
-        self._key = log_stream(task_id)
+        self._key = key
+        self._attempt = attempt
         self._limit = max(1, limit)
         self._pending: list[LogLine] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -90,7 +92,7 @@ class LogWriter:
 
     async def write(self, stream: str, line: str) -> None:
         self.written += 1
-        self._pending.append(LogLine(seq=self.written, stream=stream, line=line))  # type: ignore[arg-type]
+        self._pending.append(LogLine(seq=self.written, stream=stream, line=line, attempt=self._attempt))  # type: ignore[arg-type]
         if len(self._pending) >= FLUSH_LINES:
             await self.flush()
         elif self._flusher is None or self._flusher.done():

@@ -6,7 +6,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 from litestar import Controller, get, post
 from litestar.di import NamedDependency
@@ -20,6 +20,8 @@ from app.api.schemas import Page, PageNumber, PageSize, Timestamped
 from app.db.models import Role, Task
 from app.services.errors import InvalidInput
 from app.services.tasks import Ending, KeepAlive, NewTask, Tasks
+from app.services.workers import Workers
+from worker.protocol import LogLine
 
 EVENT_STREAM = "text/event-stream; charset=utf-8"
 StatusName = Literal["pending", "queued", "running", "success", "failed", "timeout", "cancelled", "lost"]
@@ -63,7 +65,7 @@ class TaskOut(Timestamped):
     finished_at: datetime | None
 
     @classmethod
-    def of(cls, task: Task) -> TaskOut:
+    def of(cls, task: Task) -> Self:
         return cls(
             id=str(task.id), status=task.status, template_id=task.template_id, template_code=task.template_code,
             version=task.version, digest=f"sha256:{task.digest}", pool=task.pool, name=task.name, params=task.params,
@@ -74,10 +76,27 @@ class TaskOut(Timestamped):
         )  # fmt: skip
 
 
+class TaskCreated(TaskOut):
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="What may keep the task from running soon, although it was accepted and queued: no live worker "
+        "serves the template's pool (`no live worker serves pool NAME; ...`), or the workers' heartbeats could not "
+        "be read from Redis. Empty when a live worker serves the pool.",
+    )
+
+
 class LogLineOut(BaseModel):
-    seq: int
+    seq: int = Field(description="The line's number in the task's output, counted over all its attempts.")
     stream: Literal["stdout", "stderr"]
     line: str
+    attempt: int | None = Field(
+        description="The attempt that wrote the line; null for a stored line of a retried task whose attempt "
+        "boundaries are no longer known (they are kept for 30 days)."
+    )
+
+    @classmethod
+    def of(cls, line: LogLine) -> LogLineOut:
+        return cls(seq=line.seq, stream=line.stream, line=line.line, attempt=line.attempt or None)
 
 
 class LogsOut(BaseModel):
@@ -104,8 +123,7 @@ async def _events(tasks: Tasks, task_id: uuid.UUID, after: int) -> AsyncIterator
             end = {"status": item.status, "exit_code": item.exit_code, "error": item.error}
             yield ServerSentEventMessage(event="end", data=json.dumps(end))
         else:
-            line = {"seq": item.seq, "stream": item.stream, "line": item.line}
-            yield ServerSentEventMessage(id=item.seq, data=json.dumps(line))
+            yield ServerSentEventMessage(id=item.seq, data=LogLineOut.of(item).model_dump_json())
 
 
 class TaskController(Controller):
@@ -114,12 +132,16 @@ class TaskController(Controller):
 
     @post("/", summary="Run a template: the task is recorded, then queued for a worker of the template's pool")
     async def create(
-        self, data: JSONBody[TaskIn], principal: NamedDependency[Principal], tasks: NamedDependency[Tasks]
-    ) -> TaskOut:
+        self, data: JSONBody[TaskIn], principal: NamedDependency[Principal], tasks: NamedDependency[Tasks],
+        workers: NamedDependency[Workers],
+    ) -> TaskCreated:  # fmt: skip
         principal.require(Role.OPERATOR)
         new = NewTask(template_id=data.template_id, params=data.params, version=data.version, timeout=data.timeout,
                       name=data.name)  # fmt: skip
-        return TaskOut.of(await tasks.create(principal.tenant_id, new, principal.token_id))
+        task = await tasks.create(principal.tenant_id, new, principal.token_id)
+        created = TaskCreated.of(task)
+        created.warnings = await workers.pool_warnings(task.pool)
+        return created
 
     @get("/", summary="List tasks, newest first")
     async def index(
@@ -154,8 +176,9 @@ class TaskController(Controller):
     @get(
         "/{task_id:uuid}/logs",
         summary="A task's output after line `after`; with follow=true, a stream of server-sent events",
-        description="Following sends each line as an event with its seq as id and its JSON as data, then an "
-        "`end` event with the task's status, exit code and error. Resume with `after` or `Last-Event-ID`.",
+        description="Following sends each line once as an event with its seq as id and its JSON (seq, stream, "
+        "line, attempt) as data, then an `end` event with the task's status, exit code and error. Resume with "
+        "`after` or `Last-Event-ID`.",
         responses={200: ResponseSpec(data_container=LogsOut, description="The lines (or, following, the events)")},
     )
     async def logs(
@@ -170,5 +193,5 @@ class TaskController(Controller):
             # The route's JSON media type would win over the stream's own; the header keeps the stream's.
             return ServerSentEvent(_events(tasks, task_id, after), headers={"Content-Type": EVENT_STREAM})
         page = await tasks.logs(principal.tenant_id, task_id, after)
-        items = [LogLineOut(seq=line.seq, stream=line.stream, line=line.line) for line in page.items]
+        items = [LogLineOut.of(line) for line in page.items]
         return LogsOut(items=items, truncated=page.truncated, status=page.status)

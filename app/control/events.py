@@ -16,7 +16,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
-from sqlalchemy import func, update
+from sqlalchemy import DateTime, func, literal, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.control.outcomes import Outcome, Outcomes
@@ -27,6 +27,7 @@ from worker.protocol import EVENTS_GROUP, EVENTS_STREAM, Event, ProtocolError, p
 log = logging.getLogger("ahop.control")
 
 BATCH = 100
+Moment = DateTime(timezone=True)
 Entry = tuple[Any, Any]
 """A stream entry as redis-py returns it: (id, fields), fields None when the entry was deleted."""
 
@@ -137,7 +138,12 @@ class EventConsumer:
             await pipe.execute()
 
     async def _started(self, event: Event, task_id: uuid.UUID) -> None:
+        # The start is the worker's clock (the reaper judges a task's age by it); queued_at is the database's,
+        # taken before the job reached Redis. A task never shows a start before its queue time: a worker whose
+        # clock is behind moves the queue time back to the start, and a start recorded before the dispatcher
+        # marked the task queued (it still says `pending`) gives the task its start as its queue time.
         started_at = event_time(event.at)
+        queued_at = func.least(Task.queued_at, literal(started_at, Moment), type_=Moment)  # LEAST skips a NULL
         async with self.session_factory() as session, session.begin():
             recorded = await session.execute(
                 update(Task)
@@ -149,6 +155,7 @@ class EventConsumer:
                 .values(
                     status=TaskStatus.RUNNING.value,
                     worker_id=event.worker[:255],
+                    queued_at=queued_at,
                     started_at=started_at,
                     updated_at=func.now(),
                 )

@@ -18,8 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db.models import Task, TaskLogLine, TaskStatus
 from app.services.dispatch import Dispatcher
-from app.services.tasks import UNFINISHED, read_stream
-from worker.protocol import LogLine, log_stream
+from app.services.tasks import ATTEMPT_STARTS_SECONDS, UNFINISHED, read_stream
+from worker.protocol import LogLine, attempt_starts_key, legacy_log_stream, log_stream
 
 log = logging.getLogger("ahop.control")
 
@@ -59,23 +59,37 @@ class Outcomes:
                     select(Task).where(Task.id == task_id).with_for_update().execution_options(populate_existing=True)
                 )
                 if task is None or task.attempt != attempt:
+                    if task is not None and attempt < task.attempt:
+                        # An attempt given up on (lost) that ran on: what it wrote since is not the task's output.
+                        await redis.delete(log_stream(str(task_id), attempt))
                     return None
+                lines = await read_stream(redis, task_id, attempt, legacy=True)
                 if task.status not in UNFINISHED:
                     if task.started_at is not None:
                         return None
                     # Cancelled before it started, yet a worker had already taken it: keep what the script wrote.
-                    await self._store(session, task, await read_stream(redis, task_id), outcome)
+                    await self._store(session, task, lines, outcome)
                     status = None
                 else:
-                    await self._store(session, task, await read_stream(redis, task_id), outcome)
+                    await self._store(session, task, lines, outcome)
                     status = self._conclude(task, outcome)
+                if status == TaskStatus.PENDING:
+                    # Before the commit: no reader may see the stored lines without knowing where this attempt ends.
+                    await self._remember_start(task)
+            await redis.delete(log_stream(str(task_id), attempt), legacy_log_stream(str(task_id)))
             if status == TaskStatus.PENDING:
-                # Sending the next attempt clears the stream for it (see `Dispatcher.dispatch`).
                 log.info("task %s: attempt %d %s; attempt %d follows", task_id, attempt, outcome.status, attempt + 1)
                 await self.dispatcher.dispatch(session, task_id)
-            else:
-                await redis.delete(log_stream(str(task_id)))
         return status
+
+    async def _remember_start(self, task: Task) -> None:
+        """Keep where the task's next attempt starts in its output (lines written before it), for the readers that
+        tell each stored line's attempt (`app.services.tasks.attempt_starts`)."""
+        key = attempt_starts_key(str(task.id))
+        async with self.dispatcher.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, str(task.attempt), str(task.log_lines))
+            pipe.expire(key, ATTEMPT_STARTS_SECONDS)
+            await pipe.execute()
 
     async def _store(self, session: AsyncSession, task: Task, lines: list[LogLine], outcome: Outcome) -> None:
         """Keep the attempt's newest lines, numbered after the lines of the task's earlier attempts."""
@@ -101,5 +115,7 @@ class Outcomes:
         task.exit_code = outcome.exit_code
         task.error = outcome.error
         task.worker_id = task.worker_id or outcome.worker
-        task.finished_at = outcome.at or datetime.now(UTC)
+        finished_at = outcome.at or datetime.now(UTC)
+        # The end is the worker's clock (or ours, for a lost task): never before the start the database recorded.
+        task.finished_at = max(finished_at, task.started_at) if task.started_at is not None else finished_at
         return task.status

@@ -15,7 +15,6 @@ from typing import Any
 
 from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix, job_key_prefix
-from arq.jobs import Job, JobStatus
 from redis.asyncio import ConnectionPool
 from redis.exceptions import RedisError
 from sqlalchemy import func, select, update
@@ -31,7 +30,6 @@ from worker.protocol import (
     cancel_key,
     deserialize,
     job_id,
-    log_stream,
     queue_name,
     serialize,
 )
@@ -95,6 +93,9 @@ class Dispatcher:
         for the reconciler), or the job cannot be built (the task fails, saying why).
         """
         async with session.begin():
+            # The queue time is taken before the job reaches Redis: a worker may start it (and its `started` event
+            # be recorded) before the UPDATE below runs, and a queue time after the start would be a lie.
+            queued_at = await session.scalar(select(func.clock_timestamp()))
             row = (
                 await session.execute(
                     select(Task, TemplateVersion, Blob)
@@ -115,10 +116,6 @@ class Dispatcher:
             return False
         name, queue = job_id(str(task.id), task.attempt), queue_name(task.pool)
         try:
-            if task.attempt > 1 and await Job(name, self.redis, _queue_name=queue).status() == JobStatus.not_found:
-                # The earlier attempts' lines are stored; this one numbers its lines from 1 again. (Once its job
-                # exists, a worker may be writing: then the stream is left alone.)
-                await self.redis.delete(log_stream(str(task.id)))
             await self.redis.enqueue_job(RUN_JOB, job.to_wire(), _job_id=name, _queue_name=queue, _expires=JOB_EXPIRES)
         except REDIS_ERRORS as exc:
             log.warning("task %s attempt %d stays %s: Redis did not take its job (%s)", task.id, task.attempt,
@@ -128,7 +125,7 @@ class Dispatcher:
             marked = await session.execute(
                 update(Task)
                 .where(Task.id == task.id, Task.attempt == task.attempt, Task.status.in_(SENDABLE))
-                .values(status=TaskStatus.QUEUED.value, queued_at=func.now(), updated_at=func.now())
+                .values(status=TaskStatus.QUEUED.value, queued_at=queued_at, updated_at=func.now())
                 .execution_options(synchronize_session=False)
             )
         return bool(marked.rowcount)  # type: ignore[attr-defined]

@@ -1,8 +1,14 @@
 """Tasks as operators see them: create (validated, recorded, then enqueued), list, read, cancel, read the output.
 
-A task's output is numbered over all its attempts: while an attempt runs its lines are in the Redis log stream
-(`worker.protocol.log_stream`), numbered by the worker from 1; they are shown, and stored when the attempt ends,
-shifted by the lines of the earlier attempts (`Task.log_lines` of an unfinished task). Stored lines are in Postgres.
+A task's output is numbered over all its attempts: while an attempt runs its lines are in its own Redis log stream
+(`worker.protocol.log_stream(task, attempt)`), numbered by the worker from 1; they are shown, and stored when the
+attempt ends, shifted by the lines of the earlier attempts (`Task.log_lines` of an unfinished task, read in the same
+snapshot as the attempt number). Stored lines are in Postgres.
+
+Every line shown says which attempt wrote it. A live line carries its attempt; a stored line's attempt is told by
+the number of lines the earlier attempts wrote, which the server keeps for a retried task in Redis
+(`worker.protocol.attempt_starts_key`, for `ATTEMPT_STARTS_SECONDS`) because stored lines have no attempt column
+yet. A stored line of a retried task whose figures Redis no longer holds shows attempt `None` (unknown).
 """
 
 from __future__ import annotations
@@ -22,12 +28,14 @@ from app.db.models import UNFINISHED_STATUSES, Task, TaskLogLine, TaskStatus, Ta
 from app.services.dispatch import REDIS_ERRORS, Dispatcher
 from app.services.errors import Conflict, InvalidInput, NotFound, Unavailable
 from app.services.task_params import masked, password_names, validate_params
-from worker.protocol import LogLine, ProtocolError, log_stream
+from worker.protocol import LogLine, ProtocolError, attempt_starts_key, legacy_log_stream, log_stream
 
 UNFINISHED = tuple(status.value for status in UNFINISHED_STATUSES)
 KEEPALIVE_SECONDS = 15.0
 """Silence after which a follower gets a keep-alive, so proxies keep an idle stream open."""
 STREAM_BATCH = 1000
+ATTEMPT_STARTS_SECONDS = 30 * 86_400
+"""How long Redis keeps where each attempt of a retried task starts in its output (the default task retention)."""
 
 
 @dataclass(frozen=True)
@@ -64,25 +72,36 @@ class KeepAlive:
     """Nothing new for a while; the follower is still there."""
 
 
-async def read_stream(redis: Redis, task_id: uuid.UUID | str) -> list[LogLine]:
-    """The lines in a task's log stream, in order; malformed entries are left out."""
+async def read_stream(redis: Redis, task_id: uuid.UUID | str, attempt: int, *, legacy: bool = False) -> list[LogLine]:
+    """The lines in the log stream of one attempt, in order, each tagged with `attempt`; malformed entries and
+    lines that say another attempt wrote them are left out. With `legacy`, an attempt whose own stream is empty is
+    read from the task's shared stream of protocol version 1 (a job sent before the server was upgraded)."""
+    lines = await _read_key(redis, log_stream(str(task_id), attempt), attempt)
+    if not lines and legacy:
+        lines = await _read_key(redis, legacy_log_stream(str(task_id)), attempt)
+    return lines
+
+
+async def _read_key(redis: Redis, key: str, attempt: int) -> list[LogLine]:
     lines: list[LogLine] = []
     start = "-"
     while True:
-        batch = await redis.xrange(log_stream(str(task_id)), min=start, max="+", count=STREAM_BATCH)
-        lines.extend(_lines(batch))
+        batch = await redis.xrange(key, min=start, max="+", count=STREAM_BATCH)
+        lines.extend(_lines(batch, attempt))
         if len(batch) < STREAM_BATCH:
             return lines
         start = "(" + _text(batch[-1][0])
 
 
-def _lines(batch: list[tuple[Any, Any]]) -> list[LogLine]:
+def _lines(batch: list[tuple[Any, Any]], attempt: int) -> list[LogLine]:
     lines = []
     for _, fields in batch:
         try:
-            lines.append(LogLine.from_fields(fields))
+            line = LogLine.from_fields(fields)
         except ProtocolError:
             continue
+        if line.attempt in (0, attempt):  # 0: a version 1 worker, which wrote only for the attempt it was sent
+            lines.append(LogLine(seq=line.seq, stream=line.stream, line=line.line, attempt=attempt))
     return lines
 
 
@@ -91,14 +110,45 @@ def _text(value: bytes | str) -> str:
 
 
 def shifted(line: LogLine, offset: int) -> LogLine:
-    return LogLine(seq=line.seq + offset, stream=line.stream, line=line.line) if offset else line
+    """An attempt's line numbered in the task's output, after the `offset` lines of the earlier attempts."""
+    return LogLine(seq=line.seq + offset, stream=line.stream, line=line.line, attempt=line.attempt)
 
 
 async def stored_lines(session: AsyncSession, task_id: uuid.UUID, after: int) -> list[LogLine]:
+    """The stored lines after `after`, with attempt 0 (not known yet: see `tag_attempts`)."""
     rows = await session.scalars(
         select(TaskLogLine).where(TaskLogLine.task_id == task_id, TaskLogLine.seq > after).order_by(TaskLogLine.seq)
     )
     return [LogLine(seq=row.seq, stream=row.stream, line=row.line) for row in rows]  # type: ignore[arg-type]
+
+
+async def attempt_starts(redis: Redis, task: Task) -> dict[int, int] | None:
+    """Attempt number → lines the task's earlier attempts wrote, for every attempt up to the task's current one;
+    None when one of them is not known (Redis away, or its figures expired)."""
+    starts = {1: 0}
+    if task.attempt > 1:
+        try:
+            recorded = await redis.hgetall(attempt_starts_key(str(task.id)))  # type: ignore[misc]
+        except REDIS_ERRORS:
+            return None
+        starts.update({int(_text(key)): int(_text(value)) for key, value in recorded.items()})
+    if task.status in UNFINISHED:
+        starts[task.attempt] = task.log_lines  # the row is the authority for the attempt that runs now
+    return starts if all(number in starts for number in range(1, task.attempt + 1)) else None
+
+
+def tag_attempts(lines: list[LogLine], starts: dict[int, int] | None) -> list[LogLine]:
+    """Stored lines with the attempt that wrote each (the last attempt that starts before it), or left at 0 when
+    the starts are not known. An attempt that wrote nothing starts where the next one does, and never claims a
+    line."""
+    if starts is None:
+        return lines
+    order = sorted(starts.items())
+
+    def attempt_of(seq: int) -> int:
+        return max(number for number, before in order if before < seq)
+
+    return [LogLine(seq=line.seq, stream=line.stream, line=line.line, attempt=attempt_of(line.seq)) for line in lines]
 
 
 _KEY_SHARE = {"read": True, "key_share": True}
@@ -244,19 +294,25 @@ class Tasks:
     async def logs(self, tenant_id: uuid.UUID, task_id: uuid.UUID, after: int = 0) -> LogPage:
         """The task's output after line `after`: stored lines, and while an attempt runs, its live lines."""
         task = await self.get(tenant_id, task_id)
+        redis = self.dispatcher.redis
         if task.status == TaskStatus.RUNNING:
+            attempt, offset = task.attempt, task.log_lines
             try:
-                live = await read_stream(self.dispatcher.redis, task.id)
+                live = await read_stream(redis, task.id, attempt)
             except REDIS_ERRORS as exc:
                 raise Unavailable(f"Redis is unavailable, so a running task's output cannot be read: {exc}") from exc
             if not live:  # the attempt may have ended just now: its lines moved to Postgres
                 task = await self.get(tenant_id, task_id)
             if task.status in UNFINISHED:
-                lines = await stored_lines(self.session, task.id, after)
-                lines += [shifted(line, task.log_lines) for line in live if line.seq + task.log_lines > after]
+                stored = await stored_lines(self.session, task.id, after)
+                lines = tag_attempts(stored, await attempt_starts(redis, task))
+                # The attempt may have ended between the two reads: a line already stored is not shown twice.
+                shown = lines[-1].seq if lines else after
+                lines += [shifted(line, offset) for line in live if line.seq + offset > shown]
                 truncated = task.log_truncated or bool(live and live[0].seq > 1)
                 return LogPage(lines, truncated, task.status)
-        return LogPage(await stored_lines(self.session, task.id, after), task.log_truncated, task.status)
+        lines = tag_attempts(await stored_lines(self.session, task.id, after), await attempt_starts(redis, task))
+        return LogPage(lines, task.log_truncated, task.status)
 
     async def follow(self, task_id: uuid.UUID, after: int = 0) -> AsyncIterator[LogLine | Ending | KeepAlive]:
         """The task's output after line `after` as it comes, then how the task ended.
@@ -266,19 +322,24 @@ class Tasks:
         last, attempt, position, quiet_since = after, 0, "0-0", time.monotonic()
         while True:
             async with self.session_factory() as session:
+                # One snapshot for the row and the stored lines: the attempt, the lines before it (`log_lines`,
+                # the shift of its live lines) and what is stored agree, whatever ends meanwhile.
+                await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
                 task = await session.get(Task, task_id)
                 if task is None:
                     return
                 lines = await stored_lines(session, task_id, last)
+            if lines:
+                lines = tag_attempts(lines, await attempt_starts(self.dispatcher.redis, task))
             for line in lines:
                 last, quiet_since = line.seq, time.monotonic()
                 yield line
             if task.status not in UNFINISHED:
                 yield Ending(task.status, task.exit_code, task.error)
                 return
-            if task.attempt != attempt:  # a new attempt writes a new stream
+            if task.attempt != attempt:  # each attempt writes a stream of its own
                 attempt, position = task.attempt, "0-0"
-            position, live = await self._wait_for_lines(task_id, position)
+            position, live = await self._wait_for_lines(task_id, attempt, position)
             for line in live:
                 if line.seq + task.log_lines > last:
                     line = shifted(line, task.log_lines)
@@ -288,10 +349,10 @@ class Tasks:
                 quiet_since = time.monotonic()
                 yield KeepAlive()
 
-    async def _wait_for_lines(self, task_id: uuid.UUID, position: str) -> tuple[str, list[LogLine]]:
-        """Lines after stream entry `position` (waiting up to `follow_block` seconds for the first) and the new
-        position; no lines while Redis is away, so the caller simply asks again."""
-        key = log_stream(str(task_id))
+    async def _wait_for_lines(self, task_id: uuid.UUID, attempt: int, position: str) -> tuple[str, list[LogLine]]:
+        """Lines of `attempt` after stream entry `position` (waiting up to `follow_block` seconds for the first)
+        and the new position; no lines while Redis is away, so the caller simply asks again."""
+        key = log_stream(str(task_id), attempt)
         try:
             answer = await self.dispatcher.redis.xread(
                 {key: position}, count=STREAM_BATCH, block=max(1, round(self.follow_block * 1000))
@@ -300,4 +361,4 @@ class Tasks:
             await asyncio.sleep(self.follow_block)
             return position, []
         batch = [entry for _, entries in answer or [] for entry in entries]
-        return (_text(batch[-1][0]) if batch else position), _lines(batch)
+        return (_text(batch[-1][0]) if batch else position), _lines(batch, attempt)

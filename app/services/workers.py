@@ -108,6 +108,18 @@ class Workers:
         """The live workers that take jobs of `pool`."""
         return [state for state in await self.known() if state.live and pool in state.heartbeat.pools]
 
+    async def pool_warnings(self, pool: str) -> list[str]:
+        """What an operator should hear before waiting on a task of `pool`: that no live worker serves it, or that
+        Redis could not be read to tell. Empty when a live worker serves the pool. Never raises: the task is
+        recorded and queued whatever this finds, so that a worker started later still runs it."""
+        try:
+            serving = await self.live(pool)
+        except Unavailable as exc:
+            return [f"whether a live worker serves pool {pool} is unknown: {exc}"]
+        if serving:
+            return []
+        return [f"no live worker serves pool {pool}; the task waits in its queue until a worker of the pool starts"]
+
     async def holders(self, pool: str, digest: str) -> list[WorkerState]:
         """The live workers of `pool` whose stores hold `digest` (64 hex)."""
         candidates = await self.live(pool)

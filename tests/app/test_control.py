@@ -60,9 +60,12 @@ async def send(redis: Redis, kind: str, task: dict[str, Any], attempt: int = 1, 
     await redis.xadd(EVENTS_STREAM, event.to_fields())  # type: ignore[arg-type]
 
 
-async def write(redis: Redis, task: dict[str, Any], *lines: tuple[str, str], first: int = 1) -> None:
+async def write(redis: Redis, task: dict[str, Any], *lines: tuple[str, str], first: int = 1,
+                attempt: int = 1) -> None:  # fmt: skip
+    """Append lines to an attempt's log stream as its worker does."""
     for seq, (stream, text) in enumerate(lines, start=first):
-        await redis.xadd(log_stream(task["id"]), LogLine(seq, stream, text).to_fields())  # type: ignore[arg-type]
+        line = LogLine(seq, stream, text, attempt)  # type: ignore[arg-type]
+        await redis.xadd(log_stream(task["id"], attempt), line.to_fields())  # type: ignore[arg-type]
 
 
 async def recorded(redis: Redis) -> None:
@@ -103,7 +106,7 @@ async def test_events_are_recorded_once_and_the_output_moves_to_postgres(
     done = await task_in(client, alice, task["id"], "failed", exit_code=3)
     assert (done["log_lines"], done["log_truncated"], done["attempt"]) == (3, False, 1)  # no retry by default
     assert done["finished_at"].endswith("Z")
-    assert await redis.exists(log_stream(task["id"])) == 0
+    assert await redis.exists(log_stream(task["id"], 1)) == 0
     stored = await logs(client, alice, task)
     assert lines_of(stored) == lines_of(live)
     assert stored["status"] == "failed"
@@ -197,16 +200,21 @@ async def test_a_failed_attempt_is_retried_when_the_template_opts_in(
     assert (await show(client, alice, task["id"]))["status"] == "queued"
 
     await send(redis, "started", task, attempt=2, worker="w2")
-    await write(redis, task, ("stderr", "c"))  # the new attempt numbers its lines from 1 again
+    await write(redis, task, ("stderr", "c"), attempt=2)  # the new attempt numbers its lines from 1 again
+    await write(redis, task, ("stdout", "late"), first=3)  # the first attempt's straggler: not the task's output
     await task_in(client, alice, task["id"], "running", attempt=2, worker="w2")
     expected = [(1, "stdout", "a"), (2, "stdout", "b"), (3, "stderr", "c")]
     assert lines_of(await logs(client, alice, task)) == expected
     assert lines_of(await logs(client, alice, task, "?after=2")) == expected[2:]
+    assert [item["attempt"] for item in (await logs(client, alice, task))["items"]] == [1, 1, 2]
 
     await send(redis, "finished", task, attempt=2, worker="w2", status="failed", exit_code=4, log_lines=1)
     final = await task_in(client, alice, task["id"], "failed", attempt=2, exit_code=4)  # no attempts left
     assert final["log_lines"] == 3
-    assert lines_of(await logs(client, alice, task)) == expected
+    stored = await logs(client, alice, task)
+    assert lines_of(stored) == expected
+    assert [item["attempt"] for item in stored["items"]] == [1, 1, 2]
+    assert await redis.exists(log_stream(task["id"], 2)) == 0
 
 
 async def test_the_reaper_marks_tasks_of_dead_workers_lost_and_spares_live_ones(
@@ -292,7 +300,8 @@ async def test_following_a_log_streams_its_lines_then_how_the_task_ended(
         """The rest of the run, from another thread: the test client blocks this event loop while it streams."""
         with SyncRedis.from_url(redis_url) as worker_redis:
             for seq, text in ((3, "three"), (4, "four")):
-                worker_redis.xadd(log_stream(task["id"]), LogLine(seq, "stdout", text).to_fields())
+                line = LogLine(seq, "stdout", text, 1)
+                worker_redis.xadd(log_stream(task["id"], 1), line.to_fields())
             finished = Event(type="finished", task_id=task["id"], attempt=1, worker="w1", at=iso(), status="failed",
                              exit_code=4, error="exit 4", log_lines=4)  # fmt: skip
             worker_redis.xadd(EVENTS_STREAM, finished.to_fields())

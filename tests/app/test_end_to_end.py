@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import secrets
 import signal
@@ -21,6 +22,7 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis as AsyncRedis
 
+from ahop.task_commands import parse_events
 from app.db.models import Role
 from app.devstack.redis import RedisServer
 from app.main import create_app
@@ -30,6 +32,7 @@ from storage.keys import blob_key
 from tests import waiting
 from tests.app.conftest import Caller, git
 from tests.app.test_templates import add_repository, s3_client
+from tests.database import sql
 from tests.fleet import Fleet
 from worker.protocol import queue_name
 
@@ -80,6 +83,14 @@ while [ "$pid" -gt 1 ]; do
 done
 """
 
+QUICK_SH = """#!/bin/bash
+echo "attempt $AHOP_TASK_ATTEMPT"
+"""
+FLAKY_SH = """#!/bin/bash
+for i in $(seq 1 "$AHOP_PARAM_LINES"); do echo "attempt $AHOP_TASK_ATTEMPT line $i"; done
+[ "$AHOP_TASK_ATTEMPT" -ge "$AHOP_PARAM_PASS_ON" ]
+"""
+
 
 def scripts_repo(root: Path) -> Path:
     """A repository with one template of each kind; unique content, since the tree cache is session-wide."""
@@ -90,6 +101,8 @@ def scripts_repo(root: Path) -> Path:
         "hello/site.yml": SITE_YML,
         "sleepy/run.sh": SLEEPY_SH,
         "envdump/run.sh": ENVDUMP_SH,
+        "quick/run.sh": QUICK_SH,
+        "flaky/run.sh": FLAKY_SH,
     }
     for name, text in files.items():
         path = repo / name
@@ -112,6 +125,14 @@ TEMPLATES: dict[str, dict[str, Any]] = {
     "hello": {"script_type": "ansible", "entry_file": "site.yml", "parameters": [{"name": "greeting", "type": "text"}]},
     "sleepy": {"script_type": "shell", "entry_file": "run.sh", "parameters": [{"name": "marker", "type": "text"}]},
     "envdump": {"script_type": "shell", "entry_file": "run.sh", "parameters": []},
+    "quick": {"script_type": "shell", "entry_file": "run.sh", "parameters": []},
+    "flaky": {
+        "script_type": "shell",
+        "entry_file": "run.sh",
+        "parameters": [{"name": "lines", "type": "integer", "default": 3}, {"name": "pass_on", "type": "integer"}],
+        "max_attempts": 3,
+        "retry_on": ["failed"],
+    },
 }
 
 
@@ -491,3 +512,64 @@ async def test_a_task_created_while_redis_is_down_runs_when_it_returns(
     finally:
         fleet.stop_all()
         redis_server.stop()
+
+
+FOLLOWED_TASKS = 25
+LINES = 30
+ATTEMPTS = 3
+QUICK_TASKS = 150
+
+
+async def follow(client: Client, caller: Caller, task_id: str) -> list[tuple[str, str | None, dict[str, Any]]]:
+    """The events of a task's followed log, from its first line to its end: (name, id, data)."""
+    response = await client.get(f"/api/v1/tasks/{task_id}/logs?follow=true", headers=caller[Role.VIEWER])
+    assert response.status_code == 200, response.text
+    return [(event.name, event.id, json.loads(event.data)) for event in parse_events(response.text.splitlines())]
+
+
+async def test_the_live_log_of_a_retried_task_shows_each_line_once_tagged_with_its_attempt(
+    server: Client, alice: Caller, templates: Templates, fleet: Fleet
+) -> None:
+    template_id = await templates.id("flaky")
+    fleet.start("w1")
+    fleet.start("w2")
+    expected = [
+        (attempt, (attempt - 1) * LINES + number, f"attempt {attempt} line {number}")
+        for attempt in range(1, ATTEMPTS + 1)
+        for number in range(1, LINES + 1)
+    ]
+    for repetition in range(FOLLOWED_TASKS):
+        task = await run(server, alice, template_id, params={"lines": LINES, "pass_on": ATTEMPTS})
+        events = await follow(server, alice, task["id"])
+        where = f"repetition {repetition}, task {task['id']}"
+        assert (events[-1][0], events[-1][2]) == ("end", {"status": "success", "exit_code": 0, "error": None}), where
+        lines = [data for name, _, data in events if name == "message"]
+        assert [(line["seq"], line["line"]) for line in lines] == [(seq, text) for _, seq, text in expected], where
+        assert [line["attempt"] for line in lines] == [attempt for attempt, _, _ in expected], where
+        assert [event_id for name, event_id, _ in events if name == "message"] == [str(seq) for _, seq, _ in expected]
+
+        stored = await server.get(f"/api/v1/tasks/{task['id']}/logs", headers=alice[Role.VIEWER])
+        assert [(line["attempt"], line["seq"], line["line"]) for line in stored.json()["items"]] == expected, where
+
+
+async def test_no_task_starts_before_it_was_queued_or_ends_before_it_started(
+    server: Client, alice: Caller, templates: Templates, fleet: Fleet, database_url: str
+) -> None:
+    template_id = await templates.id("quick")
+    fleet.start("w1")
+    fleet.start("w2")
+    ids = [uuid.UUID((await run(server, alice, template_id))["id"]) for _ in range(QUICK_TASKS)]
+
+    async def all_finished() -> list[Any] | None:
+        rows = await sql(database_url, "SELECT * FROM tasks WHERE id = ANY($1) AND finished_at IS NOT NULL", ids)
+        return rows if len(rows) == len(ids) else None
+
+    rows = await waiting.until(all_finished, f"{QUICK_TASKS} quick tasks to finish", bound=600)
+    assert {row["status"] for row in rows} == {"success"}
+    out_of_order = [
+        {key: row[key] for key in ("id", "created_at", "queued_at", "started_at", "finished_at")}
+        for row in rows
+        if row["queued_at"] is None
+        or not row["created_at"] <= row["queued_at"] <= row["started_at"] <= row["finished_at"]
+    ]
+    assert out_of_order == []

@@ -4,7 +4,11 @@ to its end, a real worker)."""
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import subprocess
+import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -144,8 +148,8 @@ SHOUT_PARAMS = [
 ]
 
 
-def import_shout(url: str, caller: Caller, root: Path, codes: tuple[str, ...]) -> dict[str, int]:
-    """Templates of one script, each under its own code; their ids by code."""
+def import_shout(url: str, caller: Caller, root: Path, codes: tuple[str, ...], pool: str = "default") -> dict[str, int]:
+    """Templates of one script, each under its own code (for the workers of `pool`); their ids by code."""
     repo = root / "shout-origin"
     (repo / "shout").mkdir(parents=True)
     (repo / "shout" / "run.sh").write_text(SHOUT_SH)
@@ -159,7 +163,7 @@ def import_shout(url: str, caller: Caller, root: Path, codes: tuple[str, ...]) -
     ids = {}
     for code in codes:
         body = {"name": code, "code": code, "script_type": "shell", "entry_file": "run.sh", "original_path": "shout",
-                "repository_id": added.json()["id"], "parameters": SHOUT_PARAMS}  # fmt: skip
+                "repository_id": added.json()["id"], "parameters": SHOUT_PARAMS, "pool": pool}  # fmt: skip
         imported = httpx.post(f"{url}/api/v1/task-templates", json=body, headers=headers, timeout=60)
         assert imported.status_code == 201, imported.text
         ids[code] = int(imported.json()["id"])
@@ -231,3 +235,41 @@ def test_task_logs_show_and_cancel(api_url: str, alice: Caller, fleet: Fleet, tm
     assert (viewer.returncode, "403" in viewer.stderr) == (2, True)
     unknown = ahop(api_url, token, "task", "show", "00000000-0000-0000-0000-000000000000")
     assert (unknown.returncode, "404" in unknown.stderr) == (1, True)
+
+
+def test_task_run_warns_when_no_live_worker_serves_the_pool_then_runs_once_one_starts(
+    api_url: str,  # noqa: F811
+    alice: Caller,
+    fleet: Fleet,
+    tmp_path: Path,
+) -> None:
+    import_shout(api_url, alice, tmp_path, ("shout_ansible",), pool="ansible")
+    fleet.start("w-default")  # a live worker, but of another pool
+    env = {key: value for key, value in os.environ.items() if not key.startswith("AHOP_")}
+    env.update(AHOP_API_URL=api_url, AHOP_TOKEN=token_of(alice))
+    stderr_path = tmp_path / "run.stderr"
+    with stderr_path.open("w") as stderr:
+        run = subprocess.Popen([sys.executable, "-m", "ahop", "task", "run", "shout_ansible", "-p", "who=pool"],
+                               stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)  # fmt: skip
+        try:
+            deadline = time.monotonic() + 60  # only catches a hang
+            while "no live worker serves pool ansible" not in stderr_path.read_text():
+                assert run.poll() is None, stderr_path.read_text()
+                assert time.monotonic() < deadline, f"no warning on stderr: {stderr_path.read_text()!r}"
+                time.sleep(0.05)
+            fleet.start("w-ansible", AHOP_WORKER_POOL="ansible")  # the task was accepted: it runs now
+            stdout, _ = run.communicate(timeout=120)
+        finally:
+            if run.poll() is None:
+                run.kill()
+                run.wait()
+    said = stderr_path.read_text()
+    assert run.returncode == 0, said
+    assert stdout == "hello pool\n"
+    warning = next(line for line in said.splitlines() if "warning" in line)
+    assert warning.startswith("ahop: warning: no live worker serves pool ansible")
+    assert said.index(warning) < said.index("to stderr")  # before the wait, not after the run
+
+    served = ahop(api_url, token_of(alice), "task", "run", "shout_ansible", "-p", "who=again")
+    assert served.returncode == 0, served.stderr
+    assert "warning" not in served.stderr

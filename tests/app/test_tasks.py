@@ -18,9 +18,10 @@ from app.main import create_app
 from app.settings import AppSettings
 from tests.app.conftest import Caller
 from tests.app.test_templates import Client, add_repository, body
+from tests.app.test_workers_api import beat
 from tests.database import sql
 from tests.waiting import until
-from worker.protocol import TaskJob, cancel_key, deserialize, job_id, queue_name
+from worker.protocol import WORKERS_KEY, TaskJob, cancel_key, deserialize, job_id, queue_name
 
 PARAMETERS: list[dict[str, Any]] = [
     {"name": "days", "type": "integer", "required": True, "validation": {"min": 1}},
@@ -306,3 +307,36 @@ async def test_a_template_with_unfinished_tasks_cannot_be_deleted(client: Client
     assert deleted.status_code == 204, deleted.text
     kept = await show(client, alice, task["id"])
     assert (kept["template_id"], kept["template_code"], kept["status"]) == (None, "disk_cleanup", "cancelled")
+
+
+async def test_a_task_for_a_pool_no_live_worker_serves_is_accepted_with_a_warning(
+    client: Client, alice: Caller, origin: Path, redis: Redis
+) -> None:
+    template = await import_template(client, alice, origin, pool="ansible")
+    await beat(redis, "w-default", pools=("default",))  # live, but another pool's
+    await beat(redis, "w-ansible-old", pools=("ansible",), age=3 * 600)  # the pool's, but its heartbeat is stale
+    try:
+        unserved = await create_task(client, alice, template["id"], params={"days": 1})
+        assert unserved["status"] == "queued"  # accepted and queued all the same
+        assert unserved["warnings"] == [
+            "no live worker serves pool ansible; the task waits in its queue until a worker of the pool starts"
+        ]
+        assert await queued_job(redis, unserved["id"], pool="ansible") is not None
+        assert "warnings" not in await show(client, alice, unserved["id"])  # an answer to the creation only
+
+        await beat(redis, "w-ansible", pools=("default", "ansible"))
+        served = await create_task(client, alice, template["id"], params={"days": 2})
+        assert (served["status"], served["warnings"]) == ("queued", [])
+    finally:
+        await redis.delete(WORKERS_KEY)
+
+
+async def test_with_redis_down_the_answer_says_the_workers_could_not_be_checked(
+    api_settings: AppSettings, alice: Caller, origin: Path
+) -> None:
+    async with AsyncTestClient(create_app(api_settings.model_copy(update={"redis_url": closed_port_url()}))) as cut_off:
+        template = await import_template(cut_off, alice, origin)
+        task = await create_task(cut_off, alice, template["id"], params={"days": 1})
+    assert task["status"] == "pending"
+    [warning] = task["warnings"]
+    assert warning.startswith("whether a live worker serves pool default is unknown: Redis is unavailable")

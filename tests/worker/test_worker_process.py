@@ -30,6 +30,7 @@ from worker.protocol import (
     cancel_key,
     deserialize,
     job_id,
+    legacy_log_stream,
     log_stream,
     queue_name,
     serialize,
@@ -90,8 +91,8 @@ def script_blob(tmp_path: Path, publish: Publish, name: str, script: str) -> Blo
     return publish(directory)
 
 
-async def log_of(redis: Redis, task_id: str) -> list[LogLine]:
-    return [LogLine.from_fields(fields) for _, fields in await redis.xrange(log_stream(task_id))]
+async def log_of(redis: Redis, task_id: str, attempt: int = 1) -> list[LogLine]:
+    return [LogLine.from_fields(fields) for _, fields in await redis.xrange(log_stream(task_id, attempt))]
 
 
 @pytest.fixture
@@ -116,6 +117,44 @@ async def test_a_job_runs_and_reports_started_then_finished_with_its_output(
         (1, "hello ops"),
         (2, "args: --who ops"),
     ]
+
+
+async def test_each_attempt_writes_its_own_stream_with_its_lines_tagged(
+    fleet: Fleet, queue: ArqRedis, redis: Redis, template: BlobRef
+) -> None:
+    fleet.start("w1")
+    first = a_job(template)
+    second = a_job(template, task_id=first.task_id, attempt=2, params={"who": "again"})
+    for job in (first, second):
+        await enqueue(queue, job)
+
+        async def finished(attempt: int = job.attempt) -> bool:
+            events = await events_of(redis, first.task_id)
+            return any(event.type == "finished" and event.attempt == attempt for event in events)
+
+        await waiting.until(finished, f"attempt {job.attempt} to finish")
+    assert [(line.attempt, line.seq, line.line) for line in await log_of(redis, first.task_id, 1)] == [
+        (1, 1, "hello ops"),
+        (1, 2, "args: --who ops"),
+    ]
+    assert [(line.attempt, line.seq, line.line) for line in await log_of(redis, first.task_id, 2)] == [
+        (2, 1, "hello again"),
+        (2, 2, "args: --who again"),
+    ]
+    assert await redis.exists(legacy_log_stream(first.task_id)) == 0
+
+
+async def test_a_version_1_job_still_runs_and_writes_the_tasks_shared_stream(
+    fleet: Fleet, queue: ArqRedis, redis: Redis, template: BlobRef
+) -> None:
+    fleet.start("w1")
+    job = a_job(template)
+    await enqueue(queue, job, {**job.to_wire(), "protocol": 1})  # sent by a server not upgraded yet
+    events = await events_of(redis, job.task_id)
+    assert (events[-1].status, events[-1].log_lines) == ("success", 2)
+    shared = [LogLine.from_fields(fields) for _, fields in await redis.xrange(legacy_log_stream(job.task_id))]
+    assert [(line.seq, line.line) for line in shared] == [(1, "hello ops"), (2, "args: --who ops")]
+    assert await log_of(redis, job.task_id) == []
 
 
 async def test_a_job_delivered_twice_runs_once(fleet: Fleet, queue: ArqRedis, redis: Redis, template: BlobRef) -> None:
