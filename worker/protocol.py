@@ -93,11 +93,6 @@ def legacy_log_stream(task_id: str) -> str:
     return f"ahop:logs:{task_id}"
 
 
-def attempt_starts_key(task_id: str) -> str:
-    """Hash written by the server when an attempt is followed by another: attempt number → how many lines the
-    task's earlier attempts wrote (the attempt's first line is that number + 1 in the task's numbering). Readers
-    of the stored output tell the attempt of each line by it."""
-    return f"ahop:logs:{task_id}:starts"
 
 
 def worker_digests_key(worker_id: str) -> str:

@@ -90,8 +90,8 @@ class LogLineOut(BaseModel):
     stream: Literal["stdout", "stderr"]
     line: str
     attempt: int | None = Field(
-        description="The attempt that wrote the line; null for a stored line of a retried task whose attempt "
-        "boundaries are no longer known (they are kept for 30 days)."
+        description="The attempt that wrote the line; null only for lines of a retried task stored before "
+        "attempts were recorded."
     )
 
     @classmethod

@@ -18,8 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db.models import Task, TaskLogLine, TaskStatus
 from app.services.dispatch import Dispatcher
-from app.services.tasks import ATTEMPT_STARTS_SECONDS, UNFINISHED, read_stream
-from worker.protocol import LogLine, attempt_starts_key, legacy_log_stream, log_stream
+from app.services.tasks import UNFINISHED, read_stream
+from worker.protocol import LogLine, legacy_log_stream, log_stream
 
 log = logging.getLogger("ahop.control")
 
@@ -73,31 +73,19 @@ class Outcomes:
                 else:
                     await self._store(session, task, lines, outcome)
                     status = self._conclude(task, outcome)
-                if status == TaskStatus.PENDING:
-                    # Before the commit: no reader may see the stored lines without knowing where this attempt ends.
-                    await self._remember_start(task)
             await redis.delete(log_stream(str(task_id), attempt), legacy_log_stream(str(task_id)))
             if status == TaskStatus.PENDING:
                 log.info("task %s: attempt %d %s; attempt %d follows", task_id, attempt, outcome.status, attempt + 1)
                 await self.dispatcher.dispatch(session, task_id)
         return status
 
-    async def _remember_start(self, task: Task) -> None:
-        """Keep where the task's next attempt starts in its output (lines written before it), for the readers that
-        tell each stored line's attempt (`app.services.tasks.attempt_starts`)."""
-        key = attempt_starts_key(str(task.id))
-        async with self.dispatcher.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, str(task.attempt), str(task.log_lines))
-            pipe.expire(key, ATTEMPT_STARTS_SECONDS)
-            await pipe.execute()
-
     async def _store(self, session: AsyncSession, task: Task, lines: list[LogLine], outcome: Outcome) -> None:
         """Keep the attempt's newest lines, numbered after the lines of the task's earlier attempts."""
         kept = lines[-self.log_limit :]
         offset = task.log_lines
         for start in range(0, len(kept), INSERT_BATCH):
-            rows = [{"task_id": task.id, "seq": line.seq + offset, "stream": line.stream, "line": line.line}
-                    for line in kept[start : start + INSERT_BATCH]]  # fmt: skip
+            rows = [{"task_id": task.id, "seq": line.seq + offset, "stream": line.stream, "line": line.line,
+                     "attempt": task.attempt} for line in kept[start : start + INSERT_BATCH]]  # fmt: skip
             await session.execute(insert(TaskLogLine).values(rows).on_conflict_do_nothing())
         written = max(outcome.log_lines, lines[-1].seq if lines else 0)
         task.log_lines = offset + written

@@ -16,6 +16,7 @@ from sqlalchemy import (
     Identity,
     Integer,
     LargeBinary,
+    SmallInteger,
     String,
     Text,
     func,
@@ -216,6 +217,8 @@ class TaskLogLine(Base):
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     stream: Mapped[str] = mapped_column(String(6))
     line: Mapped[str] = mapped_column(Text)
+    attempt: Mapped[int | None] = mapped_column(SmallInteger)
+    """The attempt that wrote the line; None for lines of a retried task stored before attempts were recorded."""
 
 
 class RunKind(enum.StrEnum):

@@ -5,10 +5,8 @@ A task's output is numbered over all its attempts: while an attempt runs its lin
 attempt ends, shifted by the lines of the earlier attempts (`Task.log_lines` of an unfinished task, read in the same
 snapshot as the attempt number). Stored lines are in Postgres.
 
-Every line shown says which attempt wrote it. A live line carries its attempt; a stored line's attempt is told by
-the number of lines the earlier attempts wrote, which the server keeps for a retried task in Redis
-(`worker.protocol.attempt_starts_key`, for `ATTEMPT_STARTS_SECONDS`) because stored lines have no attempt column
-yet. A stored line of a retried task whose figures Redis no longer holds shows attempt `None` (unknown).
+Every line shown says which attempt wrote it: a live line carries its attempt, a stored line records it (0, unknown,
+only for lines of a retried task stored before attempts were recorded).
 """
 
 from __future__ import annotations
@@ -28,14 +26,12 @@ from app.db.models import UNFINISHED_STATUSES, Task, TaskLogLine, TaskStatus, Ta
 from app.services.dispatch import REDIS_ERRORS, Dispatcher
 from app.services.errors import Conflict, InvalidInput, NotFound, Unavailable
 from app.services.task_params import masked, password_names, validate_params
-from worker.protocol import LogLine, ProtocolError, attempt_starts_key, legacy_log_stream, log_stream
+from worker.protocol import LogLine, ProtocolError, legacy_log_stream, log_stream
 
 UNFINISHED = tuple(status.value for status in UNFINISHED_STATUSES)
 KEEPALIVE_SECONDS = 15.0
 """Silence after which a follower gets a keep-alive, so proxies keep an idle stream open."""
 STREAM_BATCH = 1000
-ATTEMPT_STARTS_SECONDS = 30 * 86_400
-"""How long Redis keeps where each attempt of a retried task starts in its output (the default task retention)."""
 
 
 @dataclass(frozen=True)
@@ -115,40 +111,12 @@ def shifted(line: LogLine, offset: int) -> LogLine:
 
 
 async def stored_lines(session: AsyncSession, task_id: uuid.UUID, after: int) -> list[LogLine]:
-    """The stored lines after `after`, with attempt 0 (not known yet: see `tag_attempts`)."""
+    """The stored lines after `after`, each with its attempt (0 where it is not known)."""
     rows = await session.scalars(
         select(TaskLogLine).where(TaskLogLine.task_id == task_id, TaskLogLine.seq > after).order_by(TaskLogLine.seq)
     )
-    return [LogLine(seq=row.seq, stream=row.stream, line=row.line) for row in rows]  # type: ignore[arg-type]
-
-
-async def attempt_starts(redis: Redis, task: Task) -> dict[int, int] | None:
-    """Attempt number → lines the task's earlier attempts wrote, for every attempt up to the task's current one;
-    None when one of them is not known (Redis away, or its figures expired)."""
-    starts = {1: 0}
-    if task.attempt > 1:
-        try:
-            recorded = await redis.hgetall(attempt_starts_key(str(task.id)))  # type: ignore[misc]
-        except REDIS_ERRORS:
-            return None
-        starts.update({int(_text(key)): int(_text(value)) for key, value in recorded.items()})
-    if task.status in UNFINISHED:
-        starts[task.attempt] = task.log_lines  # the row is the authority for the attempt that runs now
-    return starts if all(number in starts for number in range(1, task.attempt + 1)) else None
-
-
-def tag_attempts(lines: list[LogLine], starts: dict[int, int] | None) -> list[LogLine]:
-    """Stored lines with the attempt that wrote each (the last attempt that starts before it), or left at 0 when
-    the starts are not known. An attempt that wrote nothing starts where the next one does, and never claims a
-    line."""
-    if starts is None:
-        return lines
-    order = sorted(starts.items())
-
-    def attempt_of(seq: int) -> int:
-        return max(number for number, before in order if before < seq)
-
-    return [LogLine(seq=line.seq, stream=line.stream, line=line.line, attempt=attempt_of(line.seq)) for line in lines]
+    return [LogLine(seq=row.seq, stream=row.stream, line=row.line, attempt=row.attempt or 0)  # type: ignore[arg-type]
+            for row in rows]  # fmt: skip
 
 
 _KEY_SHARE = {"read": True, "key_share": True}
@@ -304,15 +272,13 @@ class Tasks:
             if not live:  # the attempt may have ended just now: its lines moved to Postgres
                 task = await self.get(tenant_id, task_id)
             if task.status in UNFINISHED:
-                stored = await stored_lines(self.session, task.id, after)
-                lines = tag_attempts(stored, await attempt_starts(redis, task))
+                lines = await stored_lines(self.session, task.id, after)
                 # The attempt may have ended between the two reads: a line already stored is not shown twice.
                 shown = lines[-1].seq if lines else after
                 lines += [shifted(line, offset) for line in live if line.seq + offset > shown]
                 truncated = task.log_truncated or bool(live and live[0].seq > 1)
                 return LogPage(lines, truncated, task.status)
-        lines = tag_attempts(await stored_lines(self.session, task.id, after), await attempt_starts(redis, task))
-        return LogPage(lines, task.log_truncated, task.status)
+        return LogPage(await stored_lines(self.session, task.id, after), task.log_truncated, task.status)
 
     async def follow(self, task_id: uuid.UUID, after: int = 0) -> AsyncIterator[LogLine | Ending | KeepAlive]:
         """The task's output after line `after` as it comes, then how the task ended.
@@ -329,8 +295,6 @@ class Tasks:
                 if task is None:
                     return
                 lines = await stored_lines(session, task_id, last)
-            if lines:
-                lines = tag_attempts(lines, await attempt_starts(self.dispatcher.redis, task))
             for line in lines:
                 last, quiet_since = line.seq, time.monotonic()
                 yield line

@@ -1,0 +1,30 @@
+"""Each stored output line records the attempt that wrote it.
+
+Lines stored before this revision belong to attempt 1 when their task never had another attempt; for a task that
+was retried, which attempt wrote each of its older lines is not known, and they keep no attempt (shown as null).
+
+Revision ID: 0006
+Revises: 0005
+Create Date: 2026-12-03
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0006"
+down_revision = "0005"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.add_column("task_log_lines", sa.Column("attempt", sa.SmallInteger(), nullable=True))
+    op.execute(
+        "UPDATE task_log_lines AS line SET attempt = 1 FROM tasks WHERE tasks.id = line.task_id AND tasks.attempt = 1"
+    )
+
+
+def downgrade() -> None:
+    op.drop_column("task_log_lines", "attempt")
