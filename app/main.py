@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.admin import AdminController
+from app.api.answer_log import log_error_answer
 from app.api.artifacts import ArtifactController
 from app.api.auth import provide_principal, provide_session
 from app.api.docs import SCHEMA_PATH, OfflineSwaggerPlugin
@@ -141,7 +142,8 @@ def create_app(settings: AppSettings) -> Litestar:
             "launcher": Provide(lambda: launcher, use_cache=True, sync_to_thread=False),
         },
         exception_handlers=EXCEPTION_HANDLERS,
-        logging_config=LoggingConfig(log_exceptions="always"),  # an operator must see every 500's traceback
+        # Every exception reaches `log_error_answer`, which keeps tracebacks for the 5xx an operator must look at.
+        logging_config=LoggingConfig(log_exceptions="always", exception_logging_handler=log_error_answer),
         lifespan=[connections],
         openapi_config=OpenAPIConfig(
             title=API_TITLE,
