@@ -21,6 +21,7 @@ from app.api.docs import SCHEMA_PATH, OfflineSwaggerPlugin
 from app.api.errors import EXCEPTION_HANDLERS
 from app.api.health import HealthController
 from app.api.metrics import MetricsController
+from app.api.openapi import document_answers
 from app.api.repositories import RepositoryController
 from app.api.tasks import TaskController
 from app.api.templates import TemplateController
@@ -114,7 +115,7 @@ def create_app(settings: AppSettings) -> Litestar:
             await redis.aclose()
             await engine.dispose()
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             HealthController,
             MetricsController,
@@ -152,3 +153,4 @@ def create_app(settings: AppSettings) -> Litestar:
             render_plugins=[OfflineSwaggerPlugin(path="/swagger")],  # the first plugin also answers at /schema
         ),
     )
+    return document_answers(app)
