@@ -10,16 +10,18 @@ from litestar import Litestar
 from litestar.di import NamedDependency, Provide
 from litestar.logging import LoggingConfig
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.admin import AdminController
+from app.api.answer_log import log_error_answer
 from app.api.artifacts import ArtifactController
 from app.api.auth import provide_principal, provide_session
+from app.api.docs import SCHEMA_PATH, OfflineSwaggerPlugin
 from app.api.errors import EXCEPTION_HANDLERS
 from app.api.health import HealthController
 from app.api.metrics import MetricsController
+from app.api.openapi import document_answers
 from app.api.repositories import RepositoryController
 from app.api.tasks import TaskController
 from app.api.templates import TemplateController
@@ -113,7 +115,7 @@ def create_app(settings: AppSettings) -> Litestar:
             await redis.aclose()
             await engine.dispose()
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             HealthController,
             MetricsController,
@@ -141,12 +143,14 @@ def create_app(settings: AppSettings) -> Litestar:
             "launcher": Provide(lambda: launcher, use_cache=True, sync_to_thread=False),
         },
         exception_handlers=EXCEPTION_HANDLERS,
-        logging_config=LoggingConfig(log_exceptions="always"),  # an operator must see every 500's traceback
+        # Every exception reaches `log_error_answer`, which keeps tracebacks for the 5xx an operator must look at.
+        logging_config=LoggingConfig(log_exceptions="always", exception_logging_handler=log_error_answer),
         lifespan=[connections],
         openapi_config=OpenAPIConfig(
             title=API_TITLE,
             version="1",
-            path="/schema",
-            render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
+            path=SCHEMA_PATH,
+            render_plugins=[OfflineSwaggerPlugin(path="/swagger")],  # the first plugin also answers at /schema
         ),
     )
+    return document_answers(app)

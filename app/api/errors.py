@@ -1,6 +1,8 @@
 """The one mapping from errors to HTTP answers: `{"status_code", "detail"}`, plus `extra.errors` for 422.
 
-Validation errors answer 422 with every offending field (Litestar's default is 400), so a client can show them all.
+Validation errors answer 422 with every offending field (Litestar's default is 400), so a client can show them all:
+`extra.errors` lists the first `MAX_LISTED_PROBLEMS` of them and `extra.count` says how many there were, so a body
+with thousands of bad fields gets an answer of bounded size that still says how bad it was.
 """
 
 from __future__ import annotations
@@ -8,13 +10,16 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import MediaType, Request, Response
-from litestar.exceptions import ValidationException
+from litestar.exceptions import HTTPException, ValidationException
 from litestar.types import ExceptionHandlersMap
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from app.services.errors import AppError, Conflict, Forbidden, InvalidInput, NotFound, Unavailable, Upstream
 
 STATUS = {NotFound: 404, Conflict: 409, InvalidInput: 422, Forbidden: 403, Upstream: 502, Unavailable: 503}
+DATABASE_ERRORS = (OperationalError, InterfaceError, ConnectionError)
+"""What `database_unavailable` answers: the database did not answer (a dropped or refused connection)."""
+MAX_LISTED_PROBLEMS = 100
 
 
 def _answer(status: int, detail: str, extra: dict[str, Any] | None = None) -> Response[dict[str, Any]]:
@@ -25,11 +30,18 @@ def _answer(status: int, detail: str, extra: dict[str, Any] | None = None) -> Re
 
 
 def app_error(_: Request[Any, Any, Any], exc: AppError) -> Response[dict[str, Any]]:
-    status = next(code for kind, code in STATUS.items() if isinstance(exc, kind))
-    extra = None
+    status = status_of(exc)
     if isinstance(exc, InvalidInput) and exc.fields:
-        extra = {"errors": [{"field": field, "message": message} for field, message in exc.fields.items()]}
-    return _answer(status, str(exc), extra)
+        return _invalid(str(exc), [{"field": field, "message": message} for field, message in exc.fields.items()])
+    return _answer(status, str(exc))
+
+
+def _invalid(detail: str, problems: list[dict[str, str]]) -> Response[dict[str, Any]]:
+    """422 naming the first `MAX_LISTED_PROBLEMS` problems; with more, the detail says how many and that it cut."""
+    count = len(problems)
+    if count > MAX_LISTED_PROBLEMS:
+        detail = f"{count:,} problems; the first {MAX_LISTED_PROBLEMS} are listed"
+    return _answer(422, detail, {"errors": problems[:MAX_LISTED_PROBLEMS], "count": count})
 
 
 def validation_error(_: Request[Any, Any, Any], exc: ValidationException) -> Response[dict[str, Any]]:
@@ -37,11 +49,11 @@ def validation_error(_: Request[Any, Any, Any], exc: ValidationException) -> Res
     for item in exc.extra if isinstance(exc.extra, list) else []:
         if isinstance(item, dict):
             errors.append(
-                {"field": str(item.get("key") or item.get("source") or "body"), "message": item.get("message")}
+                {"field": str(item.get("key") or item.get("source") or "body"), "message": str(item.get("message"))}
             )
     if not errors:
         errors.append({"field": "body", "message": exc.detail})
-    return _answer(422, exc.detail or "the request is not valid", {"errors": errors})
+    return _invalid(exc.detail or "the request is not valid", errors)
 
 
 def database_unavailable(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
@@ -52,7 +64,16 @@ def database_unavailable(_: Request[Any, Any, Any], exc: Exception) -> Response[
 EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     AppError: app_error,
     ValidationException: validation_error,
-    OperationalError: database_unavailable,
-    InterfaceError: database_unavailable,
-    ConnectionError: database_unavailable,
+    **dict.fromkeys(DATABASE_ERRORS, database_unavailable),
 }
+
+
+def status_of(exc: BaseException) -> int:
+    """The status the handlers above (or Litestar's own, for its HTTP exceptions) answer for `exc`; else 500."""
+    if isinstance(exc, HTTPException):
+        return exc.status_code
+    if isinstance(exc, AppError):
+        return next(code for kind, code in STATUS.items() if isinstance(exc, kind))
+    if isinstance(exc, DATABASE_ERRORS):
+        return 503
+    return 500
