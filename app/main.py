@@ -21,6 +21,7 @@ from app.api.errors import EXCEPTION_HANDLERS
 from app.api.health import HealthController
 from app.api.metrics import MetricsController
 from app.api.repositories import RepositoryController
+from app.api.request_guard import refuse_unstorable_input
 from app.api.tasks import TaskController
 from app.api.templates import TemplateController
 from app.api.workers import WorkerController
@@ -140,6 +141,7 @@ def create_app(settings: AppSettings) -> Litestar:
             "maintenance": Provide(lambda: maintenance, use_cache=True, sync_to_thread=False),
             "launcher": Provide(lambda: launcher, use_cache=True, sync_to_thread=False),
         },
+        before_request=refuse_unstorable_input,
         exception_handlers=EXCEPTION_HANDLERS,
         logging_config=LoggingConfig(log_exceptions="always"),  # an operator must see every 500's traceback
         lifespan=[connections],
