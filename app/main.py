@@ -96,7 +96,7 @@ def create_app(settings: AppSettings) -> Litestar:
         return TemplateChanger(db_session, importer)
 
     def provide_artifacts(db_session: NamedDependency[AsyncSession]) -> Artifacts:
-        return Artifacts(db_session, store)
+        return Artifacts(db_session, store, settings.data_dir / "tmp")
 
     def provide_tasks(db_session: NamedDependency[AsyncSession]) -> Tasks:
         return Tasks(db_session, dispatcher, session_factory, follow_block=min(1.0, settings.control_interval))

@@ -1,5 +1,8 @@
 """The one mapping from errors to HTTP answers: `{"status_code", "detail"}`, plus `extra.errors` for 422.
 
+Damaged content answers 409: the stored object conflicts with what its row records, the request itself was fine,
+and only an operator's repair (`ahop verify --repair`) resolves it, so retrying the same request does not help.
+
 Validation errors answer 422 with every offending field (Litestar's default is 400), so a client can show them all.
 """
 
@@ -12,9 +15,17 @@ from litestar.exceptions import ValidationException
 from litestar.types import ExceptionHandlersMap
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from app.services.errors import AppError, Conflict, Forbidden, InvalidInput, NotFound, Unavailable, Upstream
+from app.services.errors import AppError, Conflict, Damaged, Forbidden, InvalidInput, NotFound, Unavailable, Upstream
 
-STATUS = {NotFound: 404, Conflict: 409, InvalidInput: 422, Forbidden: 403, Upstream: 502, Unavailable: 503}
+STATUS = {
+    NotFound: 404,
+    Conflict: 409,
+    Damaged: 409,
+    InvalidInput: 422,
+    Forbidden: 403,
+    Upstream: 502,
+    Unavailable: 503,
+}
 
 
 def _answer(status: int, detail: str, extra: dict[str, Any] | None = None) -> Response[dict[str, Any]]:
