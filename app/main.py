@@ -23,6 +23,7 @@ from app.api.health import HealthController
 from app.api.metrics import MetricsController
 from app.api.openapi import document_answers
 from app.api.repositories import RepositoryController
+from app.api.request_guard import refuse_unstorable_input
 from app.api.tasks import TaskController
 from app.api.templates import TemplateController
 from app.api.workers import WorkerController
@@ -97,7 +98,7 @@ def create_app(settings: AppSettings) -> Litestar:
         return TemplateChanger(db_session, importer)
 
     def provide_artifacts(db_session: NamedDependency[AsyncSession]) -> Artifacts:
-        return Artifacts(db_session, store)
+        return Artifacts(db_session, store, settings.data_dir / "tmp")
 
     def provide_tasks(db_session: NamedDependency[AsyncSession]) -> Tasks:
         return Tasks(db_session, dispatcher, session_factory, follow_block=min(1.0, settings.control_interval))
@@ -142,6 +143,7 @@ def create_app(settings: AppSettings) -> Litestar:
             "maintenance": Provide(lambda: maintenance, use_cache=True, sync_to_thread=False),
             "launcher": Provide(lambda: launcher, use_cache=True, sync_to_thread=False),
         },
+        before_request=refuse_unstorable_input,
         exception_handlers=EXCEPTION_HANDLERS,
         # Every exception reaches `log_error_answer`, which keeps tracebacks for the 5xx an operator must look at.
         logging_config=LoggingConfig(log_exceptions="always", exception_logging_handler=log_error_answer),

@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.auth import Principal
-from app.api.schemas import Page, PageNumber, PageSize, Timestamped
+from app.api.schemas import INT8_MAX, Page, PageNumber, PageSize, Timestamped
 from app.db.models import MaintenanceRun, Role, RunKind
 from app.maintenance.launcher import RunLauncher
 from app.maintenance.runs import get_run, list_runs
@@ -23,16 +23,20 @@ from app.services.errors import InvalidInput
 from storage.digest import Digest
 from storage.errors import InvalidDigest
 
+MAX_GRACE_SECONDS = 10 * 366 * 86400.0
+"""Ten years: a grace longer than that keeps everything, and far longer ones overflow date arithmetic."""
+GRACE_DESCRIPTION = "Seconds, at most ten years. Default: the server's AHOP_GC_GRACE."
+
 
 class GcIn(BaseModel):
     dry_run: bool = False
-    grace_seconds: float | None = Field(default=None, ge=0, description="Default: the server's AHOP_GC_GRACE.")
+    grace_seconds: float | None = Field(default=None, ge=0, le=MAX_GRACE_SECONDS, description=GRACE_DESCRIPTION)
 
 
 class VerifyIn(BaseModel):
     digest: str | None = Field(default=None, description="Only this blob, sha256:<64 hex>.")
-    sample: int | None = Field(default=None, ge=1, description="Only this many blobs, chosen at random.")
-    grace_seconds: float | None = Field(default=None, ge=0, description="Default: the server's AHOP_GC_GRACE.")
+    sample: int | None = Field(default=None, ge=1, le=INT8_MAX, description="Only this many blobs, chosen at random.")
+    grace_seconds: float | None = Field(default=None, ge=0, le=MAX_GRACE_SECONDS, description=GRACE_DESCRIPTION)
     repair: bool = False
 
 

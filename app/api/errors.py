@@ -3,6 +3,9 @@
 Validation errors answer 422 with every offending field (Litestar's default is 400), so a client can show them all:
 `extra.errors` lists the first `MAX_LISTED_PROBLEMS` of them and `extra.count` says how many there were, so a body
 with thousands of bad fields gets an answer of bounded size that still says how bad it was.
+
+Damaged content answers 409: the stored object conflicts with what its row records, the request itself was fine,
+and only an operator's repair (`ahop verify --repair`) resolves it, so retrying the same request does not help.
 """
 
 from __future__ import annotations
@@ -14,9 +17,17 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.types import ExceptionHandlersMap
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from app.services.errors import AppError, Conflict, Forbidden, InvalidInput, NotFound, Unavailable, Upstream
+from app.services.errors import AppError, Conflict, Damaged, Forbidden, InvalidInput, NotFound, Unavailable, Upstream
 
-STATUS = {NotFound: 404, Conflict: 409, InvalidInput: 422, Forbidden: 403, Upstream: 502, Unavailable: 503}
+STATUS = {
+    NotFound: 404,
+    Conflict: 409,
+    Damaged: 409,
+    InvalidInput: 422,
+    Forbidden: 403,
+    Upstream: 502,
+    Unavailable: 503,
+}
 DATABASE_ERRORS = (OperationalError, InterfaceError, ConnectionError)
 """What `database_unavailable` answers: the database did not answer (a dropped or refused connection)."""
 MAX_LISTED_PROBLEMS = 100

@@ -63,7 +63,7 @@ RAISES: dict[Key, tuple[int, ...]] = {
     ("POST", f"{TEMPLATE}/sync"): (403, 409, 502, 503),
     ("POST", f"{TEMPLATE}/prefetch"): (403, 409, 503),
     ("GET", "/api/v1/artifacts/{digest}"): (),
-    ("GET", "/api/v1/artifacts/{digest}/blob"): (503,),
+    ("GET", "/api/v1/artifacts/{digest}/blob"): (409, 503),  # 409: the stored object fails its check
     ("GET", "/api/v1/workers"): (503,),
     ("GET", "/api/v1/tasks"): (),
     ("POST", "/api/v1/tasks"): (403, 404, 409),

@@ -7,11 +7,11 @@ from typing import Any, Literal
 
 from litestar import Controller, delete, get, post, put
 from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody
+from litestar.params import JSONBody
 from pydantic import BaseModel, Field
 
 from app.api.auth import Principal
-from app.api.schemas import Page, PageNumber, PageSize, Timestamped
+from app.api.schemas import IdPath, Page, PageNumber, PageSize, Timestamped
 from app.db.models import GitRepository, Role
 from app.services.credentials import Credentials
 from app.services.repositories import Repositories, RepositoryFields
@@ -102,7 +102,7 @@ class RepositoryController(Controller):
     @get("/{repository_id:int}", summary="One repository")
     async def show(
         self,
-        repository_id: FromPath[int],
+        repository_id: IdPath,
         principal: NamedDependency[Principal],
         repositories: NamedDependency[Repositories],
     ) -> RepositoryOut:
@@ -110,7 +110,7 @@ class RepositoryController(Controller):
 
     @put("/{repository_id:int}", summary="Change a repository")
     async def update(
-        self, repository_id: FromPath[int], data: JSONBody[RepositoryUpdate], principal: NamedDependency[Principal],
+        self, repository_id: IdPath, data: JSONBody[RepositoryUpdate], principal: NamedDependency[Principal],
         repositories: NamedDependency[Repositories],
     ) -> RepositoryOut:  # fmt: skip
         principal.require(Role.ADMIN)
@@ -119,7 +119,7 @@ class RepositoryController(Controller):
     @delete("/{repository_id:int}", summary="Delete a repository (its templates keep working)")
     async def remove(
         self,
-        repository_id: FromPath[int],
+        repository_id: IdPath,
         principal: NamedDependency[Principal],
         repositories: NamedDependency[Repositories],
     ) -> None:
@@ -129,7 +129,7 @@ class RepositoryController(Controller):
     @post("/{repository_id:int}/sync", summary="Fetch the branch; answers the commit it now points at")
     async def sync(
         self,
-        repository_id: FromPath[int],
+        repository_id: IdPath,
         principal: NamedDependency[Principal],
         repositories: NamedDependency[Repositories],
     ) -> SyncOut:
@@ -139,7 +139,7 @@ class RepositoryController(Controller):
 
     @post("/{repository_id:int}/scan-templates", summary="Sync, then list template candidates at the branch head")
     async def scan(
-        self, repository_id: FromPath[int], principal: NamedDependency[Principal],
+        self, repository_id: IdPath, principal: NamedDependency[Principal],
         repositories: NamedDependency[Repositories],
     ) -> ScanOut:  # fmt: skip
         principal.require(Role.OPERATOR)

@@ -1,12 +1,18 @@
-"""Wire conventions shared by every resource: pages of items, ISO 8601 UTC timestamps."""
+"""Wire conventions shared by every resource: pages of items, ISO 8601 UTC timestamps, and integer bounds.
+
+Every integer a request gives is bounded by what the column it is compared with or stored in can hold, so a number
+beyond it is refused with a 422 naming the field and the range instead of failing in PostgreSQL: ids of
+repositories and templates are `bigint` (`RowId`, `IdPath`, `IdQuery`), version numbers and counts `integer`
+(`VersionNumber`). Page numbers stop at the `integer` range too, which keeps their offset inside `bigint`.
+"""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Annotated, Generic, TypeVar
 
-from litestar.params import QueryParameter
-from pydantic import BaseModel, field_serializer
+from litestar.params import PathParameter, QueryParameter
+from pydantic import BaseModel, Field, field_serializer
 
 ItemT = TypeVar("ItemT")
 
@@ -18,7 +24,21 @@ class Page(BaseModel, Generic[ItemT]):
     page_size: int
 
 
-PageNumber = Annotated[int, QueryParameter(ge=1)]
+INT4_MAX = 2**31 - 1
+"""The largest value of a PostgreSQL `integer` column."""
+INT8_MAX = 2**63 - 1
+"""The largest value of a PostgreSQL `bigint` column."""
+
+RowId = Annotated[int, Field(ge=1, le=INT8_MAX)]
+"""A body field naming a row by its `bigint` id."""
+VersionNumber = Annotated[int, Field(ge=1, le=INT4_MAX)]
+"""A body field naming a template version by its number (an `integer`)."""
+IdPath = Annotated[int, PathParameter(ge=1, le=INT8_MAX)]
+"""A path segment naming a row by its `bigint` id."""
+IdQuery = Annotated[int | None, QueryParameter(ge=1, le=INT8_MAX)]
+"""An optional query parameter naming a row by its `bigint` id."""
+
+PageNumber = Annotated[int, QueryParameter(ge=1, le=INT4_MAX)]
 PageSize = Annotated[int, QueryParameter(ge=1, le=500)]
 
 

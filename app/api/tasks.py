@@ -16,7 +16,7 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 from pydantic import AliasChoices, BaseModel, Field
 
 from app.api.auth import Principal
-from app.api.schemas import Page, PageNumber, PageSize, Timestamped
+from app.api.schemas import INT8_MAX, IdQuery, Page, PageNumber, PageSize, RowId, Timestamped, VersionNumber
 from app.db.models import Role, Task
 from app.services.errors import InvalidInput
 from app.services.tasks import Ending, KeepAlive, NewTask, Tasks
@@ -28,13 +28,15 @@ StatusName = Literal["pending", "queued", "running", "success", "failed", "timeo
 
 
 class TaskIn(BaseModel):
-    template_id: int = Field(ge=1)
+    template_id: RowId
     params: dict[str, Any] = Field(
         default_factory=dict,
         validation_alias=AliasChoices("params", "variables"),
         description="Parameter values by name (`variables` is accepted too); checked against the version's schema.",
     )
-    version: int | None = Field(default=None, ge=1, description="A version number of the template; default current.")
+    version: VersionNumber | None = Field(
+        default=None, description="A version number of the template; default current."
+    )
     timeout: int | None = Field(default=None, ge=1, le=7 * 86400, description="Seconds; default the template's.")
     name: str = Field(default="", max_length=200)
 
@@ -109,10 +111,13 @@ def _resume_point(after: int, last_event_id: str | None) -> int:
     if last_event_id is None or not last_event_id.strip():
         return after
     try:
-        return max(after, int(last_event_id))
+        seq = int(last_event_id)
     except ValueError:
+        seq = None
+    if seq is None or seq > INT8_MAX:
         raise InvalidInput(f"Last-Event-ID {last_event_id!r} is not a line number",
-                           {"Last-Event-ID": "expected the seq of the last line received"}) from None  # fmt: skip
+                           {"Last-Event-ID": "expected the seq of the last line received"})  # fmt: skip
+    return max(after, seq)
 
 
 async def _events(tasks: Tasks, task_id: uuid.UUID, after: int) -> AsyncIterator[ServerSentEventMessage]:
@@ -147,7 +152,7 @@ class TaskController(Controller):
     async def index(
         self, principal: NamedDependency[Principal], tasks: NamedDependency[Tasks],
         status: Annotated[StatusName | None, QueryParameter()] = None,
-        template_id: Annotated[int | None, QueryParameter(ge=1)] = None,
+        template_id: IdQuery = None,
         page: PageNumber = 1, page_size: PageSize = 50,
     ) -> Page[TaskOut]:  # fmt: skip
         rows, total = await tasks.page(principal.tenant_id, status=status, template_id=template_id, page=page,
@@ -183,7 +188,7 @@ class TaskController(Controller):
     )
     async def logs(
         self, task_id: FromPath[uuid.UUID], principal: NamedDependency[Principal], tasks: NamedDependency[Tasks],
-        after: Annotated[int, QueryParameter(ge=0)] = 0, follow: Annotated[bool, QueryParameter()] = False,
+        after: Annotated[int, QueryParameter(ge=0, le=INT8_MAX)] = 0, follow: Annotated[bool, QueryParameter()] = False,
         last_event_id: Annotated[str | None, HeaderParameter(name="Last-Event-ID")] = None,
     ) -> LogsOut | ServerSentEvent:  # fmt: skip
         after = _resume_point(after, last_event_id)

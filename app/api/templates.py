@@ -7,11 +7,11 @@ from typing import Annotated, Any, Literal, cast
 
 from litestar import Controller, delete, get, post, put
 from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.params import JSONBody, QueryParameter
 from pydantic import BaseModel, Field, field_validator
 
 from app.api.auth import Principal
-from app.api.schemas import Page, PageNumber, PageSize, Timestamped
+from app.api.schemas import IdPath, Page, PageNumber, PageSize, RowId, Timestamped, VersionNumber
 from app.db.models import Blob, Role, TemplateVersion
 from app.services.errors import Conflict, Unavailable
 from app.services.imports import Importer, TemplateSpec
@@ -57,7 +57,7 @@ class TemplateIn(BaseModel):
     code: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     script_type: Literal["shell", "python", "ansible"]
     entry_file: str = Field(min_length=1, max_length=1000)
-    repository_id: int
+    repository_id: RowId
     original_path: str = Field(default="", max_length=1000)
     description: str = Field(default="", max_length=10_000)
     parameters: list[ParameterSpec] | None = Field(
@@ -84,7 +84,7 @@ class TemplateUpdate(BaseModel):
     entry_file: str | None = Field(default=None, min_length=1, max_length=1000)
     script_type: Literal["shell", "python", "ansible"] | None = None
     parameters: list[ParameterSpec] | None = None
-    version: int | None = Field(default=None, ge=1)
+    version: VersionNumber | None = None
     pool: str | None = Field(default=None, min_length=1, max_length=64, pattern=POOL_PATTERN,
                              description=POOL_DESCRIPTION)  # fmt: skip
     max_attempts: int | None = Field(default=None, ge=1, le=10, description=MAX_ATTEMPTS_DESCRIPTION)
@@ -251,21 +251,21 @@ class TemplateController(Controller):
 
     @get("/{template_id:int}", summary="One template, with the live workers that hold its current content")
     async def show(
-        self, template_id: FromPath[int], principal: NamedDependency[Principal], templates: NamedDependency[Templates],
+        self, template_id: IdPath, principal: NamedDependency[Principal], templates: NamedDependency[Templates],
         workers: NamedDependency[Workers],
     ) -> TemplateDetail:  # fmt: skip
         return await TemplateDetail.build(await templates.get(principal.tenant_id, template_id), workers)
 
     @get("/{template_id:int}/versions", summary="A template's versions, newest first")
     async def versions(
-        self, template_id: FromPath[int], principal: NamedDependency[Principal], templates: NamedDependency[Templates]
+        self, template_id: IdPath, principal: NamedDependency[Principal], templates: NamedDependency[Templates]
     ) -> list[VersionOut]:
         rows = await templates.versions(principal.tenant_id, template_id)
         return [VersionOut.of(version, blob) for version, blob in rows]
 
     @put("/{template_id:int}", summary="Change a template (runtime fields add a version)")
     async def update(
-        self, template_id: FromPath[int], data: JSONBody[TemplateUpdate], principal: NamedDependency[Principal],
+        self, template_id: IdPath, data: JSONBody[TemplateUpdate], principal: NamedDependency[Principal],
         changer: NamedDependency[TemplateChanger], templates: NamedDependency[Templates],
         workers: NamedDependency[Workers],
     ) -> TemplateDetail:  # fmt: skip
@@ -277,7 +277,7 @@ class TemplateController(Controller):
 
     @delete("/{template_id:int}", summary="Delete a template (409 while unfinished tasks use it)")
     async def remove(
-        self, template_id: FromPath[int], principal: NamedDependency[Principal],
+        self, template_id: IdPath, principal: NamedDependency[Principal],
         changer: NamedDependency[TemplateChanger],
     ) -> None:  # fmt: skip
         principal.require(Role.ADMIN)
@@ -285,7 +285,7 @@ class TemplateController(Controller):
 
     @post("/{template_id:int}/sync", summary="Re-import from the recorded path at the branch head")
     async def sync(
-        self, template_id: FromPath[int], principal: NamedDependency[Principal],
+        self, template_id: IdPath, principal: NamedDependency[Principal],
         changer: NamedDependency[TemplateChanger], templates: NamedDependency[Templates],
         workers: NamedDependency[Workers],
     ) -> SyncResult:  # fmt: skip
@@ -305,7 +305,7 @@ class TemplateController(Controller):
         "fetches in the background and then shows up in the template's `workers`.",
     )
     async def prefetch(
-        self, template_id: FromPath[int], principal: NamedDependency[Principal],
+        self, template_id: IdPath, principal: NamedDependency[Principal],
         templates: NamedDependency[Templates], workers: NamedDependency[Workers],
     ) -> PrefetchResult:  # fmt: skip
         principal.require(Role.OPERATOR)

@@ -75,11 +75,12 @@ class Repositories:
             row.auth_kind, row.credentials = fields.credentials.kind, self.box.seal(fields.credentials)
 
     async def _commit(self, row: GitRepository) -> GitRepository:
+        name = row.name  # read now: after the rollback, reading an attribute of a stored row would query again
         try:
             await self.session.commit()
         except DatabaseIntegrityError as exc:
             await self.session.rollback()
-            raise Conflict(f"a repository named {row.name!r} already exists") from exc
+            raise Conflict(f"a repository named {name!r} already exists") from exc
         await self.session.refresh(row)
         return row
 

@@ -37,6 +37,15 @@ characters of text, textarea and password values, and the number of choices of a
 is no valid regular expression is a problem of that parameter. A select value must be one of `options`, and so must
 each choice of a multiselect.
 
+Size: a worker hands every value to the script as one `--name value` argument (shell, python) and one
+`AHOP_PARAM_<NAME>=value` environment string (every script type, Ansible too), as the text the script sees
+(true/false, choices joined with commas). Linux refuses to start a program with one such string over 128 KiB
+(MAX_ARG_STRLEN) or with arguments and environment over ARG_MAX together (2 MiB with the usual 8 MiB stack), and the
+task could never start. So a value is refused when its text exceeds `MAX_VALUE_BYTES` (96 KiB of UTF-8, which leaves
+room for `AHOP_PARAM_<NAME>=`), and a task when all its values together exceed `MAX_TOTAL_BYTES` (512 KiB: twice
+that, once in the arguments and once in the environment, stays at half of ARG_MAX). Larger inputs belong in a file
+the script fetches.
+
 Messages say what was wrong and what is expected, and never repeat a password's value. `masked` hides password values
 for logs and API responses.
 """
@@ -50,6 +59,11 @@ from typing import Any
 
 from app.scan.params import _FALSE, _TRUE, PARAM_TYPES, coerce_number
 from app.services.errors import InvalidInput
+
+MAX_VALUE_BYTES = 96 * 1024
+"""The most UTF-8 bytes one parameter's text may have (see "Size" above)."""
+MAX_TOTAL_BYTES = 512 * 1024
+"""The most UTF-8 bytes the texts of all of a task's parameters may have together."""
 
 MASK = "********"
 """What a password's value is replaced with in logs and API responses."""
@@ -112,16 +126,36 @@ def validate_params(schema: list[dict[str, Any]], given: Mapping[str, Any]) -> d
         except _Bad as exc:
             problems[f"params.{param.name}"] = str(exc)
             continue
-        if value is not None:
-            result[param.name] = value
+        if value is None:
+            continue
+        size = len(_script_text(value).encode("utf-8", "surrogatepass"))
+        if size > MAX_VALUE_BYTES:
+            problems[f"params.{param.name}"] = (
+                f"is {size} bytes as the script receives it; at most {MAX_VALUE_BYTES} bytes (96 KiB) fit in one "
+                "argument or environment variable"
+            )
+            continue
+        result[param.name] = value
     for name in given:
         if name not in declared:
             expected = f"expected one of: {', '.join(declared)}" if declared else "this template takes no parameters"
             problems[f"params.{name}"] = f"unknown parameter; {expected}"
+    total = sum(len(_script_text(value).encode("utf-8", "surrogatepass")) for value in result.values())
+    if not problems and total > MAX_TOTAL_BYTES:
+        problems["params"] = (
+            f"the values are {total} bytes together as the script receives them; at most {MAX_TOTAL_BYTES} bytes "
+            "(512 KiB) fit in the arguments and the environment of one script"
+        )
     if problems:
         listed = "; ".join(f"{field}: {problem}" for field, problem in problems.items())
         raise InvalidInput(f"invalid task parameters: {listed}", problems)
     return result
+
+
+def _script_text(value: Value) -> str:
+    """The text a script receives for `value`, as the worker's runner writes it (`worker.runner._param_texts`)."""
+    items = value if isinstance(value, list) else [value]
+    return ",".join(("true" if item else "false") if isinstance(item, bool) else str(item) for item in items)
 
 
 def password_names(schema: list[dict[str, Any]]) -> list[str]:

@@ -102,6 +102,19 @@ async def test_a_bad_branch_and_a_duplicate_name(client: Client, alice: Caller, 
     assert duplicate.status_code == 409
 
 
+async def test_renaming_to_a_name_in_use_answers_409_and_keeps_the_name(
+    client: Client, alice: Caller, origin: Path
+) -> None:
+    first = await _add(client, alice, origin)
+    second = await _add(client, alice, origin, name="ops-second")
+    renamed = await client.put(f"/api/v1/git-repositories/{second['id']}", json={"name": first["name"]},
+                               headers=alice[Role.ADMIN])  # fmt: skip
+    assert renamed.status_code == 409, renamed.text
+    assert renamed.json()["detail"] == f"a repository named {first['name']!r} already exists"
+    shown = await client.get(f"/api/v1/git-repositories/{second['id']}", headers=alice[Role.VIEWER])
+    assert shown.json()["name"] == "ops-second"
+
+
 async def test_a_failing_remote_answers_502_with_gits_message(client: Client, alice: Caller, tmp_path: Path) -> None:
     created = await _add(client, alice, tmp_path / "missing")
     response = await client.post(f"/api/v1/git-repositories/{created['id']}/sync", headers=alice[Role.ADMIN])

@@ -9,7 +9,7 @@ import pytest
 from app.scan.params import Parameter, ParamType, Validation
 from app.scan.survey import parse_survey
 from app.services.errors import InvalidInput
-from app.services.task_params import MASK, masked, password_names, validate_params
+from app.services.task_params import MASK, MAX_TOTAL_BYTES, MAX_VALUE_BYTES, masked, password_names, validate_params
 
 
 def param(name: str, kind: ParamType = "text", **fields: Any) -> dict[str, Any]:
@@ -319,3 +319,29 @@ def test_password_values_are_masked_and_others_kept_in_order() -> None:
     assert masked(schema, params) == {"user": "root", "db_password": MASK, "port": 5432}
     assert MASK == "********"
     assert params["db_password"] == "hunter2"
+
+
+# Size: what a script can receive as one argument and one environment variable
+
+
+def test_a_value_up_to_96_kib_is_taken_and_one_byte_more_is_refused_naming_the_limit() -> None:
+    assert one("text", "x" * MAX_VALUE_BYTES) == "x" * MAX_VALUE_BYTES
+    message = problem("text", "x" * (MAX_VALUE_BYTES + 1))
+    assert message.startswith(f"is {MAX_VALUE_BYTES + 1} bytes as the script receives it; at most 98304 bytes")
+
+
+def test_a_value_is_measured_in_the_utf8_bytes_a_script_receives() -> None:
+    characters = MAX_VALUE_BYTES // 2 + 1  # two bytes each in UTF-8: within the limit in characters, over in bytes
+    assert "98304 bytes" in problem("textarea", "é" * characters)
+    assert one("textarea", "é" * (MAX_VALUE_BYTES // 2)) == "é" * (MAX_VALUE_BYTES // 2)
+
+
+def test_all_values_of_a_task_together_are_bounded_by_512_kib() -> None:
+    schema = [param(name) for name in "abcdef"]
+    largest = {name: "x" * MAX_VALUE_BYTES for name in "abcde"} | {"f": "x" * (MAX_TOTAL_BYTES - 5 * MAX_VALUE_BYTES)}
+    assert validate_params(schema, largest) == largest
+    found = problems(schema, largest | {"f": largest["f"] + "x"})
+    assert found == {
+        "params": f"the values are {MAX_TOTAL_BYTES + 1} bytes together as the script receives them; at most "
+        "524288 bytes (512 KiB) fit in the arguments and the environment of one script"
+    }
