@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -104,7 +105,7 @@ async def test_a_remote_that_fails_later_answers_502_with_gits_message(
     client: Client, alice: Caller, origin: Path
 ) -> None:
     created = await _add(client, alice, origin)
-    origin.rename(origin.with_name("moved-away"))
+    await asyncio.to_thread(origin.rename, origin.with_name("moved-away"))
     response = await client.post(f"/api/v1/git-repositories/{created['id']}/sync", headers=alice[Role.ADMIN])
     assert response.status_code == 502
     assert "does not appear to be a git repository" in response.json()["detail"]
