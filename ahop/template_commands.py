@@ -14,10 +14,10 @@ from typing import Any
 import click
 
 from ahop.api_client import call_api, find_template, resolve_template
+from ahop.client_commands import json_option
 from ahop.console import echo_fields, echo_json, echo_table, fail
 from ahop.exit_codes import EXIT_BAD_INPUT
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")
 VERSION_COLUMNS = ["current", "version", "script_type", "entry_file", "artifact.digest", "source.commit_sha",
                    "created_at"]  # fmt: skip
 
