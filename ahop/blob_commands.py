@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, BinaryIO
 
 import click
 
-from ahop.console import EXIT_BAD_INPUT, EXIT_PROBLEMS, fail
+from ahop.console import echo_json, fail
+from ahop.exit_codes import EXIT_BAD_INPUT, EXIT_PROBLEMS
 
 if TYPE_CHECKING:  # for annotations only: each command imports what it runs when it runs
     from storage.canonical import Limits
@@ -28,8 +29,6 @@ def snapshot(repo: Path | None, rev: str, tree_path: str, directory: Path | None
 
     Offline: needs no service. `zstd -dc BLOB | sha256sum` prints the digest.
     """
-    import json
-
     from storage.canonical import Limits
     from storage.errors import StorageError
 
@@ -42,7 +41,7 @@ def snapshot(repo: Path | None, rev: str, tree_path: str, directory: Path | None
         fail(str(exc), EXIT_BAD_INPUT)
     except OSError as exc:
         fail(f"{exc.filename or out}: {exc.strerror}", EXIT_BAD_INPUT)
-    click.echo(json.dumps(result))
+    echo_json(result, indent=None)
 
 
 def _write_snapshot(repo: Path | None, rev: str, tree_path: str, directory: Path | None, out: Path | None,
@@ -88,8 +87,6 @@ def _write_snapshot(repo: Path | None, rev: str, tree_path: str, directory: Path
 @click.option("--zst-sha256", help="The recorded sha256 of the compressed bytes, checked first.")
 def unpack(blob: Path, dest: Path, digest: str, tar_size: int | None, zst_sha256: str | None) -> None:
     """Verified unpack of a local blob into the new directory DEST (exit 1 when the blob is not what it should be)."""
-    import json
-
     from storage.digest import Digest
     from storage.errors import IntegrityError, InvalidDigest
     from storage.unpack import unpack_file
@@ -105,5 +102,6 @@ def unpack(blob: Path, dest: Path, digest: str, tar_size: int | None, zst_sha256
         fail(str(exc), EXIT_BAD_INPUT)
     except IntegrityError as exc:
         fail(f"refused: {exc}", EXIT_PROBLEMS)
-    click.echo(json.dumps({"digest": str(expected), "files": result.files, "tar_size": result.tar_size,
-                           "dest": str(dest)}))  # fmt: skip
+    echo_json(
+        {"digest": str(expected), "files": result.files, "tar_size": result.tar_size, "dest": str(dest)}, indent=None
+    )

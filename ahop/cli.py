@@ -1,7 +1,8 @@
 """The `ahop` command line. Each subcommand imports what it needs when it runs, so that `ahop worker` never
 loads `app`, Litestar, SQLAlchemy or asyncpg.
 
-Exit codes: 0 ok, 1 problems found, 2 bad input, 3 a service unavailable, 4 another GC is running.
+Exit codes (one map for every command, `ahop.exit_codes`): 0 ok, 1 problems found or the script failed, 2 bad
+input, 3 a service unavailable, 4 another GC is running, 124 the task timed out.
 """
 
 from __future__ import annotations
@@ -15,14 +16,17 @@ import click
 
 from ahop.blob_commands import snapshot, unpack
 from ahop.client_commands import repo, template, worker_list
-from ahop.console import EXIT_PROBLEMS, EXIT_UNAVAILABLE, configure_logging, fail, load_settings
+from ahop.console import configure_logging, echo_json, fail, load_settings
+from ahop.exit_codes import EXIT_PROBLEMS, EXIT_UNAVAILABLE, code_for_error
 from ahop.legacy_commands import adopt_legacy, backfill
 from ahop.maintenance_commands import gc, verify
 from ahop.task_commands import task
+from ahop.template_commands import template_delete, template_update, template_use, template_versions
 from ahop.tenant_commands import tenant, token
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="ahop", prog_name="ahop", message="%(prog)s %(version)s")
 def cli() -> None:
     """ahop: a content-addressed store for ops task templates, with thin workers."""
 
@@ -90,8 +94,6 @@ def worker(ctx: click.Context) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def verify_store(as_json: bool) -> None:
     """Re-pack every entry of this host's store; remove those whose digest no longer matches (exit 1 if any)."""
-    import json
-
     from storage.blobstore import BlobStore
     from worker.settings import WorkerSettings
     from worker.store import LocalStore
@@ -99,7 +101,7 @@ def verify_store(as_json: bool) -> None:
     settings = load_settings(WorkerSettings)
     report = LocalStore(settings.worker_root, BlobStore(settings.s3_location())).verify()
     if as_json:
-        click.echo(json.dumps(dataclasses.asdict(report), indent=2))
+        echo_json(dataclasses.asdict(report))
     else:
         click.echo(f"{len(report.ok)} entries ok in {settings.worker_root / 'store'}")
         for digest in report.removed:
@@ -159,7 +161,17 @@ cli.add_command(gc)
 cli.add_command(verify)
 db.add_command(adopt_legacy)
 template.add_command(backfill)
+for command in (template_update, template_delete, template_versions, template_use):
+    template.add_command(command)
 
 
 def main() -> None:
-    cli(prog_name="ahop")
+    """The `ahop` console script. An error no command handled, but that the operator can act on (a domain error,
+    a service that did not answer), is printed once and exits with the code `ahop.exit_codes` maps it to."""
+    try:
+        cli.main(prog_name="ahop")
+    except Exception as exc:
+        code = code_for_error(exc)
+        if code is None:
+            raise
+        fail(str(exc) or type(exc).__name__, code)

@@ -1,99 +1,22 @@
 """Client commands for people at a terminal: `ahop repo …` and `ahop template …` over the HTTP API.
 
-They read AHOP_API_URL and AHOP_TOKEN (`set -a; . .ahop/dev.env; set +a` after `make run`), print tables, and
-print the API's JSON with `--json` for scripts. An API error exits 2 (bad input), 1 (not found/conflict) or
-3 (a service unavailable), with the API's message.
+They read AHOP_API_URL and AHOP_TOKEN (`set -a; . .ahop/dev.env; set +a` after `make run`), print tables (whole
+values, tab-separated, off a terminal) or `key: value` lines for one object, and the API's JSON with `--json`.
+Exit codes are those of `ahop.exit_codes`; a template is named by its code or its id.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Container
-from typing import TYPE_CHECKING, Any, TextIO
+import sys
+from pathlib import Path
+from typing import Any
 
 import click
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ahop.console import EXIT_BAD_INPUT, EXIT_PROBLEMS, EXIT_UNAVAILABLE, fail, load_settings
-
-if TYPE_CHECKING:
-    import httpx
-
-
-class ClientSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="AHOP_", extra="ignore")
-
-    api_url: str = "http://127.0.0.1:8000"
-    token: SecretStr | None = None
-    client_timeout: float = Field(default=300.0, gt=0)
-
-
-def client_settings() -> ClientSettings:
-    """The API's address and token from the environment; exits 2 when no token is set."""
-    settings = load_settings(ClientSettings)
-    if settings.token is None:
-        fail("set AHOP_TOKEN (and AHOP_API_URL) to call the API; `make run` writes both to .ahop/dev.env", 2)
-    return settings
-
-
-def auth_headers(settings: ClientSettings) -> dict[str, str]:
-    token = settings.token.get_secret_value() if settings.token else ""
-    return {"Authorization": f"Bearer {token}"}
-
-
-def check_answer(response: httpx.Response, bad_input: Container[int] = (400, 401, 403, 422)) -> None:
-    """Exit with the API's message when it answered an error: 2 for `bad_input` statuses, 3 unavailable, else 1."""
-    if response.status_code < 400:
-        return
-    try:
-        body = response.json()
-        detail = body.get("detail", response.text)
-        errors = body.get("extra", {}).get("errors", []) if isinstance(body.get("extra"), dict) else []
-    except ValueError:
-        detail, errors = response.text, []
-    lines = [f"{response.status_code}: {detail}", *(f"  {e['field']}: {e['message']}" for e in errors)]
-    code = EXIT_UNAVAILABLE if response.status_code in (502, 503) else (
-        EXIT_BAD_INPUT if response.status_code in bad_input else EXIT_PROBLEMS)  # fmt: skip
-    fail("\n".join(lines), code)
-
-
-def call_api(method: str, path: str, payload: dict[str, Any] | None = None) -> Any:
-    """One API request; its JSON answer, or exit as `check_answer` says (3 when the API does not answer)."""
-    import httpx
-
-    settings = client_settings()
-    try:
-        response = httpx.request(method, settings.api_url.rstrip("/") + path, json=payload,
-                                 headers=auth_headers(settings), timeout=settings.client_timeout)  # fmt: skip
-    except httpx.HTTPError as exc:
-        fail(f"the API at {settings.api_url} did not answer: {exc}", EXIT_UNAVAILABLE)
-    check_answer(response)
-    return response.json() if response.content else None
-
-
-def show(data: Any, as_json: bool, columns: list[str]) -> None:
-    if as_json:
-        click.echo(json.dumps(data, indent=2))
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    rows = data["items"] if isinstance(data, dict) and "items" in data else data if isinstance(data, list) else [data]
-    table = Table(*columns)
-    for row in rows:
-        table.add_row(*(_cell(row, column) for column in columns))
-    Console().print(table)
-    if isinstance(data, dict) and "total" in data:
-        click.echo(f"{len(rows)} of {data['total']}")
-
-
-def _cell(row: dict[str, Any], column: str) -> str:
-    value: Any = row
-    for part in column.split("."):
-        value = value.get(part) if isinstance(value, dict) else None
-    return "" if value is None else str(value)
-
+from ahop.api_client import call_api, resolve_template
+from ahop.console import echo_fields, echo_json, fail, show
+from ahop.exit_codes import EXIT_BAD_INPUT
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")
 
@@ -103,15 +26,93 @@ def repo() -> None:
     """Git repositories (through the API)."""
 
 
+REPO_COLUMNS = ["id", "name", "url", "branch", "auth_kind"]
+
+
+def read_secret(path: Path) -> str:
+    """A token or key from a file (`-`: standard input), so that no secret is ever on the command line."""
+    try:
+        text = sys.stdin.read() if str(path) == "-" else path.read_text()
+    except OSError as exc:
+        fail(f"cannot read {path}: {exc.strerror}", EXIT_BAD_INPUT)
+    if not text.strip():
+        fail(f"{'standard input' if str(path) == '-' else path} holds no secret", EXIT_BAD_INPUT)
+    return text.strip() if "PRIVATE KEY" not in text else text
+
+
+def credentials_of(token_file: Path | None, ssh_key_file: Path | None, username: str) -> dict[str, str] | None:
+    """The `credentials` object of the repository API from the credential options; None when none is given."""
+    if token_file is not None and ssh_key_file is not None:
+        fail("give one of --token-file and --ssh-key-file, not both", EXIT_BAD_INPUT)
+    if token_file is not None:
+        return {"kind": "https_token", "secret": read_secret(token_file), "username": username}
+    if ssh_key_file is not None:
+        return {"kind": "ssh_key", "secret": read_secret(ssh_key_file), "username": username}
+    if username:
+        fail("--username goes with --token-file or --ssh-key-file", EXIT_BAD_INPUT)
+    return None
+
+
+def credential_options(command: Any) -> Any:
+    """`--token-file`, `--ssh-key-file` and `--username`: how a repository's credentials are given."""
+    secret_file = click.Path(path_type=Path, dir_okay=False, allow_dash=True)
+    for option in reversed([
+        click.option("--token-file", type=secret_file, help="A file holding an HTTPS access token ('-': stdin)."),
+        click.option("--ssh-key-file", type=secret_file, help="A file holding an SSH private key ('-': stdin)."),
+        click.option("--username", default="", help="The user name for the token (default: x-access-token)."),
+    ]):  # fmt: skip
+        command = option(command)
+    return command
+
+
 @repo.command("add")
 @click.argument("name")
 @click.argument("url")
-@click.option("--branch", default="main", show_default=True)
+@click.option("--branch", default=None, help="The branch templates come from (default: the remote's default branch).")
+@credential_options
 @json_option
-def repo_add(name: str, url: str, branch: str, as_json: bool) -> None:
-    """Add repository NAME at URL."""
-    show(call_api("POST", "/api/v1/git-repositories", {"name": name, "url": url, "branch": branch}), as_json,
-         ["id", "name", "url", "branch"])  # fmt: skip
+def repo_add(name: str, url: str, branch: str | None, token_file: Path | None, ssh_key_file: Path | None,
+             username: str, as_json: bool) -> None:  # fmt: skip
+    """Add repository NAME at URL. The server reads the remote at once: a URL that is not a repository or a branch
+    it lacks is refused (exit 2) and nothing is added."""
+    payload: dict[str, Any] = {"name": name, "url": url}
+    if branch is not None:
+        payload["branch"] = branch
+    if (credentials := credentials_of(token_file, ssh_key_file, username)) is not None:
+        payload["credentials"] = credentials
+    show(call_api("POST", "/api/v1/git-repositories", payload), as_json, REPO_COLUMNS)
+
+
+@repo.command("update")
+@click.argument("repository_id", type=int)
+@click.option("--name", default=None, help="A new name.")
+@click.option("--url", default=None, help="A new URL (read by the server before it is recorded).")
+@click.option("--branch", default=None, help="A new branch (checked at the remote before it is recorded).")
+@credential_options
+@click.option("--clear-credentials", is_flag=True, help="Forget the repository's credentials.")
+@json_option
+def repo_update(repository_id: int, name: str | None, url: str | None, branch: str | None, token_file: Path | None,
+                ssh_key_file: Path | None, username: str, clear_credentials: bool, as_json: bool) -> None:  # fmt: skip
+    """Change a repository's name, URL, branch or credentials; what is not given stays as it is."""
+    payload: dict[str, Any] = {key: value for key, value in (("name", name), ("url", url), ("branch", branch))
+                               if value is not None}  # fmt: skip
+    if (credentials := credentials_of(token_file, ssh_key_file, username)) is not None:
+        if clear_credentials:
+            fail("give new credentials or --clear-credentials, not both", EXIT_BAD_INPUT)
+        payload["credentials"] = credentials
+    if clear_credentials:
+        payload["clear_credentials"] = True
+    if not payload:
+        fail("nothing to change: give --name, --url, --branch, credentials or --clear-credentials", EXIT_BAD_INPUT)
+    show(call_api("PUT", f"/api/v1/git-repositories/{repository_id}", payload), as_json, REPO_COLUMNS)
+
+
+@repo.command("delete")
+@click.argument("repository_id", type=int)
+def repo_delete(repository_id: int) -> None:
+    """Delete a repository and its mirror; templates imported from it keep working (they hold snapshots)."""
+    call_api("DELETE", f"/api/v1/git-repositories/{repository_id}")
+    click.echo(f"repository {repository_id} deleted")
 
 
 @repo.command("list")
@@ -137,7 +138,7 @@ def repo_scan(repository_id: int, as_json: bool) -> None:
     """Sync, then list the template candidates at the branch head."""
     result = call_api("POST", f"/api/v1/git-repositories/{repository_id}/scan-templates")
     if as_json:
-        click.echo(json.dumps(result, indent=2))
+        echo_json(result)
         return
     show(result["candidates"], False, ["original_path", "code", "script_type", "entry_file", "file_count"])
     for candidate in result["candidates"]:
@@ -167,12 +168,12 @@ TEMPLATE_COLUMNS = ["id", "code", "name", "script_type", "pool", "version", "art
 @click.option("--max-attempts", type=int, default=1, show_default=True, help="Attempts a task gets in all (1-10).")
 @click.option("--retry-on", type=click.Choice(["failed", "timeout", "lost"]), multiple=True,
               help="An outcome that starts another attempt (repeatable); none by default.")  # fmt: skip
-@click.option("--parameters", "parameters_file", type=click.File("r"), default=None,
-              help="A JSON list of parameters to record instead of the scanned ones; - for stdin.")  # fmt: skip
+@click.option("--parameters", "parameters_file", type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
+              help="A JSON list of parameters to record instead of the scanned ones ('-': stdin).")  # fmt: skip
 @json_option
 def template_import(repository_id: int, original_path: str, entry_file: str, code: str, name: str,
                     script_type: str, description: str, timeout: int, pool: str, max_attempts: int,
-                    retry_on: tuple[str, ...], parameters_file: TextIO | None, as_json: bool) -> None:  # fmt: skip
+                    retry_on: tuple[str, ...], parameters_file: Path | None, as_json: bool) -> None:  # fmt: skip
     """Import a template from a repository path at its branch head.
 
     Its parameters are those the scan shows (the entry's `@param` header, or the directory's survey) unless
@@ -181,22 +182,26 @@ def template_import(repository_id: int, original_path: str, entry_file: str, cod
                "code": code, "name": name, "script_type": script_type, "description": description,
                "timeout": timeout, "pool": pool, "max_attempts": max_attempts, "retry_on": list(retry_on)}  # fmt: skip
     if parameters_file is not None:
-        payload["parameters"] = _parameter_schema(parameters_file)
+        payload["parameters"] = read_parameters(parameters_file)
     imported = call_api("POST", "/api/v1/task-templates", payload)
     show(imported, as_json, TEMPLATE_COLUMNS)
     if not as_json:
         print_parameters(imported)
 
 
-def _parameter_schema(source: TextIO) -> list[Any]:
+def read_parameters(path: Path) -> list[Any]:
+    """The parameter list of a JSON file (`-`: standard input), as `template show --json` prints `parameters`."""
     try:
-        schema = json.load(source)
+        text = sys.stdin.read() if str(path) == "-" else path.read_text()
+        parameters = json.loads(text)
+    except OSError as exc:
+        fail(f"--parameters: cannot read {path}: {exc.strerror}", EXIT_BAD_INPUT)
     except ValueError as exc:
-        fail(f"--parameters: {source.name} is not JSON: {exc}", EXIT_BAD_INPUT)
-    if not isinstance(schema, list):
-        fail(f"--parameters: {source.name} holds a {type(schema).__name__}; expected a list of parameters",
+        fail(f"--parameters: {path} is not JSON: {exc}", EXIT_BAD_INPUT)
+    if not isinstance(parameters, list):
+        fail(f"--parameters: {path} must hold a JSON list of parameters, [{{\"name\": ..., \"type\": ...}}, ...]",
              EXIT_BAD_INPUT)  # fmt: skip
-    return schema
+    return parameters
 
 
 def print_parameters(template: dict[str, Any]) -> None:
@@ -231,29 +236,34 @@ def template_list(search: str | None, as_json: bool) -> None:
 
 
 @template.command("show")
-@click.argument("template_id", type=int)
+@click.argument("template_ref", metavar="TEMPLATE")
 @json_option
-def template_show(template_id: int, as_json: bool) -> None:
-    """Show one template."""
-    show(call_api("GET", f"/api/v1/task-templates/{template_id}"), as_json, [*TEMPLATE_COLUMNS, "entry_file"])
+def template_show(template_ref: str, as_json: bool) -> None:
+    """Show one template (TEMPLATE: its code or id) as `key: value` lines."""
+    answer = call_api("GET", f"/api/v1/task-templates/{resolve_template(template_ref)}")
+    if as_json:
+        echo_json(answer)
+    else:
+        echo_fields(answer)
 
 
 @template.command("sync")
-@click.argument("template_id", type=int)
+@click.argument("template_ref", metavar="TEMPLATE")
 @json_option
-def template_sync(template_id: int, as_json: bool) -> None:
-    """Re-import a template from its recorded path at the branch head."""
-    show(call_api("POST", f"/api/v1/task-templates/{template_id}/sync"), as_json, ["changed", "version"])
+def template_sync(template_ref: str, as_json: bool) -> None:
+    """Re-import a template (its code or id) from its recorded path at the branch head."""
+    show(call_api("POST", f"/api/v1/task-templates/{resolve_template(template_ref)}/sync"), as_json,
+         ["changed", "version"])  # fmt: skip
 
 
 @template.command("prefetch")
-@click.argument("template_id", type=int)
+@click.argument("template_ref", metavar="TEMPLATE")
 @json_option
-def template_prefetch(template_id: int, as_json: bool) -> None:
+def template_prefetch(template_ref: str, as_json: bool) -> None:
     """Ask the live workers of the template's pool to fetch its current content now."""
-    answer = call_api("POST", f"/api/v1/task-templates/{template_id}/prefetch")
+    answer = call_api("POST", f"/api/v1/task-templates/{resolve_template(template_ref)}/prefetch")
     if as_json:
-        click.echo(json.dumps(answer, indent=2))
+        echo_json(answer)
         return
     click.echo(answer["detail"] + (": " + ", ".join(answer["workers"]) if answer["workers"] else ""))
 

@@ -12,14 +12,14 @@ already adopted (or a bad --tenant), 3 the database or S3 unavailable.
 
 from __future__ import annotations
 
-import json
 import sys
 import uuid
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from ahop.console import EXIT_BAD_INPUT, EXIT_PROBLEMS, EXIT_UNAVAILABLE, fail, load_settings
+from ahop.console import echo_json, fail, load_settings
+from ahop.exit_codes import EXIT_BAD_INPUT, EXIT_PROBLEMS, EXIT_UNAVAILABLE
 
 if TYPE_CHECKING:
     from app.services.backfill import Outcome
@@ -43,7 +43,6 @@ def adopt_legacy(drop_legacy: bool, as_json: bool) -> None:
     from app.db.engine import create_engine
     from app.services import legacy
     from app.services.credentials import CredentialBox
-    from app.services.errors import AppError
     from app.settings import AppSettings
 
     settings = load_settings(AppSettings)
@@ -61,14 +60,15 @@ def adopt_legacy(drop_legacy: bool, as_json: bool) -> None:
 
     try:
         done = asyncio.run(run())
-    except AppError as exc:  # not a legacy database, already adopted: nothing was changed
-        fail(str(exc), EXIT_BAD_INPUT)
     except (IntegrityError, DataError, ProgrammingError) as exc:  # something in the way of our schema or data
         fail(f"the database refused the adoption, nothing was changed: {exc.orig}", EXIT_BAD_INPUT)
     except (OSError, DBAPIError) as exc:
         fail(f"database unavailable (nothing was changed): {exc}", EXIT_UNAVAILABLE)
     if isinstance(done, list):
-        click.echo(json.dumps({"dropped": done}) if as_json else f'dropped schema "legacy": {", ".join(done)}')
+        if as_json:
+            echo_json({"dropped": done}, indent=None)
+        else:
+            click.echo(f'dropped schema "legacy": {", ".join(done)}')
         return
     _show_adoption(done, as_json)
 
@@ -78,7 +78,7 @@ def _show_adoption(done: Adoption, as_json: bool) -> None:
     if as_json:
         report = {"revision": done.revision, "tenants": tenants, "repositories": done.repositories,
                   "templates": done.templates, "archived": done.archived, "notes": done.notes}  # fmt: skip
-        click.echo(json.dumps(report))
+        echo_json(report, indent=None)
         return
     click.echo(f"adopted: schema at revision {done.revision}; {done.repositories} repositories, {done.templates} "
                f'templates pending import; original tables kept in schema "legacy" ({len(done.archived)})')  # fmt: skip
@@ -132,7 +132,7 @@ def backfill(tenant_id: uuid.UUID | None, as_json: bool) -> None:
     """
     from sqlalchemy.exc import DBAPIError
 
-    from app.services.errors import AppError, Unavailable
+    from app.services.errors import Unavailable
     from app.settings import AppSettings
     from storage.errors import StorageError
 
@@ -141,8 +141,6 @@ def backfill(tenant_id: uuid.UUID | None, as_json: bool) -> None:
         outcomes = _backfill(settings, tenant_id)
     except Unavailable as exc:
         fail(f"{exc} (templates imported so far stay imported; run again to go on)", EXIT_UNAVAILABLE)
-    except AppError as exc:  # an unknown --tenant
-        fail(str(exc), EXIT_BAD_INPUT)
     except StorageError as exc:
         fail(f"S3 unavailable: {exc}", EXIT_UNAVAILABLE)
     except (OSError, DBAPIError) as exc:
@@ -150,7 +148,7 @@ def backfill(tenant_id: uuid.UUID | None, as_json: bool) -> None:
     imported = [_outcome(o) for o in outcomes if o.reason is None]
     failed = [_outcome(o) for o in outcomes if o.reason is not None]
     if as_json:
-        click.echo(json.dumps({"imported": imported, "failed": failed}))
+        echo_json({"imported": imported, "failed": failed}, indent=None)
     else:
         for row in imported:
             click.echo(f"imported  template {row['template_id']} {row['code']} (tenant {row['tenant_id']}) "

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import getpass
-import json
 import socket
 import sys
 from collections.abc import Callable
@@ -17,12 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ahop.console import EXIT_BAD_INPUT, EXIT_PROBLEMS, EXIT_UNAVAILABLE, fail, load_settings
+from ahop.console import echo_json, fail, load_settings
+from ahop.exit_codes import EXIT_BAD_INPUT, EXIT_PROBLEMS, EXIT_UNAVAILABLE
 
 if TYPE_CHECKING:
     from app.maintenance.service import Maintenance, RunResult, StartedRun
-
-EXIT_BUSY = 4
 
 
 def _started_by() -> str:
@@ -30,16 +28,16 @@ def _started_by() -> str:
 
 
 def _run(start: Any, command: str, as_json: bool) -> RunResult:
-    """Build maintenance from the settings, start the run with `start(maintenance)`, and run it with progress."""
+    """Build maintenance from the settings, start the run with `start(maintenance)`, and run it with progress.
+
+    Another GC holding the lock (exit 4) and other domain errors go up to `ahop.cli.main`, which maps them."""
     import asyncio
 
     from sqlalchemy.exc import DBAPIError
 
     from ahop.progress_display import TerminalProgress
     from app.db.engine import create_engine
-    from app.maintenance.runs import AlreadyRunning
     from app.maintenance.service import build_maintenance
-    from app.services.errors import AppError
     from app.settings import AppSettings
     from storage.blobstore import BlobStore
 
@@ -61,18 +59,14 @@ def _run(start: Any, command: str, as_json: bool) -> RunResult:
 
     try:
         return asyncio.run(run())
-    except AlreadyRunning as exc:
-        fail(str(exc), EXIT_BUSY)
-    except AppError as exc:
-        fail(str(exc), EXIT_BAD_INPUT)
     except (OSError, DBAPIError) as exc:
         fail(f"database unavailable: {exc}", EXIT_UNAVAILABLE)
 
 
 def _finish(result: RunResult, as_json: bool, summary: list[str]) -> None:
     if as_json:
-        click.echo(json.dumps({"run_id": str(result.run_id), "status": result.status.value, "error": result.error,
-                               "report": result.report}, indent=2))  # fmt: skip
+        echo_json({"run_id": str(result.run_id), "status": result.status.value, "error": result.error,
+                   "report": result.report})  # fmt: skip
     else:
         for line in summary:
             click.echo(line)

@@ -1,8 +1,9 @@
 """`ahop task …`: run a template and follow its output; list, show, cancel and read tasks through the API.
 
 `ahop task run` exits with the task's exit code: 0 on success, the script's own code when it failed (128 + N when a
-signal N ended it), 1 when it timed out, was cancelled or was lost, or failed without running; 2 for bad input (with
-the API's message) and 3 when the API does not answer. A script's output goes to the same stream it was written to:
+signal N ended it), 124 when it timed out, 1 when it was cancelled or lost or failed without running; 2 for bad
+input (with the API's message) and 3 when the API does not answer (`ahop.exit_codes`). A task is named by its id or
+by the start of it, as a table may shorten it. A script's output goes to the same stream it was written to:
 stdout lines to stdout, stderr lines to stderr.
 """
 
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -18,14 +18,15 @@ from urllib.parse import urlencode
 
 import click
 
-from ahop.client_commands import auth_headers, call_api, check_answer, client_settings, json_option, show
-from ahop.console import EXIT_BAD_INPUT, EXIT_PROBLEMS, EXIT_UNAVAILABLE, fail
+from ahop.api_client import auth_headers, call_api, check_answer, client_settings, resolve_task, resolve_template
+from ahop.client_commands import json_option
+from ahop.console import echo_fields, echo_json, fail, show
+from ahop.exit_codes import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_PROBLEMS, EXIT_TIMED_OUT, EXIT_UNAVAILABLE
 
 STATUSES = ("pending", "queued", "running", "success", "failed", "timeout", "cancelled", "lost")
 TASK_COLUMNS = ["id", "template_code", "version", "status", "attempt", "exit_code", "worker", "created_at"]
 RECONNECTS = 5
 """Times in a row a broken log stream is resumed (after the last line seen) before giving up."""
-EXIT_INTERRUPTED = 130
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,9 @@ def exit_code_of(ending: Ending) -> int:
     if ending.status == "success":
         return 0
     code = ending.exit_code
-    if ending.status != "failed":  # timeout, cancelled, lost: whatever code the stopped script had is not its verdict
+    if ending.status == "timeout":
+        return EXIT_TIMED_OUT
+    if ending.status != "failed":  # cancelled, lost: whatever code the stopped script had is not its verdict
         return EXIT_PROBLEMS
     if code is not None and 0 < code < 256:
         return code
@@ -94,23 +97,6 @@ def parse_params(pairs: Iterable[str]) -> dict[str, str]:
             fail(f"parameter {key!r} is given twice", EXIT_BAD_INPUT)
         params[key] = value
     return params
-
-
-def resolve_template(ref: str) -> int:
-    """A template's id from its code (an exact match) or, for digits that are no template's code, from its id."""
-    page = 1
-    while True:
-        query = urlencode({"search": ref, "page": page, "page_size": 500})
-        found = call_api("GET", f"/api/v1/task-templates?{query}")
-        for item in found["items"]:
-            if item["code"] == ref:
-                return int(item["id"])
-        if page * found["page_size"] >= found["total"]:
-            break
-        page += 1
-    if ref.isdigit():
-        return int(ref)
-    fail(f"no template with code {ref!r}; `ahop template list` shows the codes", EXIT_BAD_INPUT)
 
 
 def follow(task_id: str, *, after: int = 0, echo: bool = True) -> Ending:
@@ -154,7 +140,7 @@ def follow(task_id: str, *, after: int = 0, echo: bool = True) -> Ending:
 
 def _finish(task_id: str, ending: Ending, as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps(call_api("GET", f"/api/v1/tasks/{task_id}"), indent=2))
+        echo_json(call_api("GET", f"/api/v1/tasks/{task_id}"))
     if ending.status != "success":
         said = f"ahop: task {task_id} {ending.status}"
         if ending.status == "failed" and ending.exit_code is not None:
@@ -210,17 +196,8 @@ def task_run(template_ref: str, pairs: tuple[str, ...], version: int | None, tim
 
 
 def _create(payload: dict[str, Any]) -> dict[str, Any]:
-    """POST the task; any 4xx is bad input here (a template or version that does not exist included)."""
-    import httpx
-
-    settings = client_settings()
-    try:
-        answer = httpx.post(f"{settings.api_url.rstrip('/')}/api/v1/tasks", json=payload,
-                            headers=auth_headers(settings), timeout=settings.client_timeout)  # fmt: skip
-    except httpx.HTTPError as exc:
-        fail(f"the API at {settings.api_url} did not answer: {exc}", EXIT_UNAVAILABLE)
-    check_answer(answer, bad_input=range(400, 500))
-    created: dict[str, Any] = answer.json()
+    """POST the task; a 4xx (a version that does not exist, a bad parameter) is bad input."""
+    created: dict[str, Any] = call_api("POST", "/api/v1/tasks", payload)
     return created
 
 
@@ -241,36 +218,53 @@ def task_list(status: str | None, template_ref: str | None, page: int, page_size
 
 
 @task.command("show")
-@click.argument("task_id", type=click.UUID)
+@click.argument("task_ref", metavar="TASK")
 @json_option
-def task_show(task_id: uuid.UUID, as_json: bool) -> None:
-    """Show one task."""
-    show(call_api("GET", f"/api/v1/tasks/{task_id}"), as_json,
-         [*TASK_COLUMNS, "digest", "error", "started_at", "finished_at"])  # fmt: skip
+def task_show(task_ref: str, as_json: bool) -> None:
+    """Show one task (its id, or the start of it) as `key: value` lines."""
+    answer = call_api("GET", f"/api/v1/tasks/{resolve_task(task_ref)}")
+    if as_json:
+        echo_json(answer)
+    else:
+        echo_fields(answer)
+
+
+def cancel_outcome(answer: dict[str, Any]) -> str:
+    """What became of a task the API was asked to cancel: `cancelled` at once when it had not started, or
+    `cancelling` while its worker stops the script (the answer's status is still `running` then)."""
+    if answer["status"] == "cancelled":
+        return "cancelled"
+    return "cancelling" if answer.get("cancel_requested") else str(answer["status"])
 
 
 @task.command("cancel")
-@click.argument("task_id", type=click.UUID)
+@click.argument("task_ref", metavar="TASK")
 @json_option
-def task_cancel(task_id: uuid.UUID, as_json: bool) -> None:
-    """Cancel a task: one that has not started never runs; a running one is stopped."""
-    show(call_api("POST", f"/api/v1/tasks/{task_id}/cancel"), as_json, TASK_COLUMNS)
+def task_cancel(task_ref: str, as_json: bool) -> None:
+    """Cancel a task: one that has not started never runs; a running one is stopped. Prints `cancelled`, or
+    `cancelling` while the worker stops a running script (`ahop task logs TASK --follow` waits for its end)."""
+    answer = call_api("POST", f"/api/v1/tasks/{resolve_task(task_ref)}/cancel")
+    if as_json:
+        echo_json(answer)
+    else:
+        click.echo(f"task {answer['id']} {cancel_outcome(answer)}")
 
 
 @task.command("logs")
-@click.argument("task_id", type=click.UUID)
+@click.argument("task_ref", metavar="TASK")
 @click.option("--follow", is_flag=True, help="Keep printing until the task ends; then exit like `ahop task run`.")
 @click.option("--after", type=click.IntRange(min=0), default=0, show_default=True, help="Only lines after this seq.")
 @json_option
-def task_logs(task_id: uuid.UUID, follow: bool, after: int, as_json: bool) -> None:
+def task_logs(task_ref: str, follow: bool, after: int, as_json: bool) -> None:
     """Print a task's output (stdout lines to stdout, stderr lines to stderr)."""
+    task_id = resolve_task(task_ref)
     if follow:
         _follow_and_exit(str(task_id), after=after, as_json=as_json)
         return
     query = urlencode({"after": after}) if after else ""
     logs = call_api("GET", f"/api/v1/tasks/{task_id}/logs" + (f"?{query}" if query else ""))
     if as_json:
-        click.echo(json.dumps(logs, indent=2))
+        echo_json(logs)
         return
     for item in logs["items"]:
         click.echo(item["line"], err=item["stream"] == "stderr")

@@ -1,34 +1,37 @@
 """`ahop tenant …` and `ahop token …`: tenants and API tokens, straight in the database.
 
 These talk to Postgres directly (AHOP_DATABASE_URL): they are how the first `system` token comes to exist.
+A tenant is named by its name or its id. Exit codes are those of `ahop.exit_codes`.
 """
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
 
 import click
 
-from ahop.console import EXIT_BAD_INPUT, EXIT_UNAVAILABLE, fail, load_settings
+from ahop.console import echo_json, echo_table, fail, load_settings
+from ahop.exit_codes import EXIT_UNAVAILABLE
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
+
+    from app.db.models import Tenant
 
 ResultT = TypeVar("ResultT")
 ROLES = ("viewer", "operator", "admin", "system")
 
 
 def _in_transaction(work: Callable[[AsyncSession], Awaitable[ResultT]]) -> ResultT:
-    """Run `work` in one transaction on the configured database; map failures to exit codes."""
+    """Run `work` in one transaction on the configured database. A domain error (an unknown tenant, a name taken)
+    goes up to `ahop.cli.main`, which maps it; a database that does not answer exits 3 here."""
     import asyncio
 
     from sqlalchemy.exc import DBAPIError
 
     from app.db.engine import create_engine, create_session_factory
-    from app.services.errors import AppError
     from app.settings import AppSettings
 
     settings = load_settings(AppSettings)
@@ -43,8 +46,6 @@ def _in_transaction(work: Callable[[AsyncSession], Awaitable[ResultT]]) -> Resul
 
     try:
         return asyncio.run(run())
-    except AppError as exc:  # an unknown id, a duplicate name, a malformed name: the operator's input
-        fail(str(exc), EXIT_BAD_INPUT)
     except (OSError, DBAPIError) as exc:
         fail(f"database unavailable: {exc}", EXIT_UNAVAILABLE)
 
@@ -68,9 +69,33 @@ def tenant_create(name: str, as_json: bool) -> None:
 
     issued = _in_transaction(work)
     if as_json:
-        click.echo(json.dumps({"tenant_id": str(issued.tenant_id), "token": issued.secret}))
+        echo_json({"tenant_id": str(issued.tenant_id), "token": issued.secret}, indent=None)
     else:
         click.echo(f"tenant {name}: {issued.tenant_id}\nadmin token (shown once): {issued.secret}")
+
+
+@tenant.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print the tenants as JSON.")
+def tenant_list(as_json: bool) -> None:
+    """List tenants: id, name, when each was created, and how many tokens it holds that still work."""
+    from app.services.tokens import list_tenants
+
+    async def work(session: AsyncSession) -> list[dict[str, object]]:
+        return [{"tenant_id": str(row.tenant.id), "name": row.tenant.name,
+                 "created_at": row.tenant.created_at.isoformat(), "valid_tokens": row.valid_tokens}
+                for row in await list_tenants(session)]  # fmt: skip
+
+    rows = _in_transaction(work)
+    if as_json:
+        echo_json(rows)
+    else:
+        echo_table(rows, ["tenant_id", "name", "created_at", "valid_tokens"])
+
+
+async def _tenant(session: AsyncSession, ref: str) -> Tenant:
+    from app.services.tokens import find_tenant
+
+    return await find_tenant(session, ref)
 
 
 @click.group()
@@ -79,35 +104,35 @@ def token() -> None:
 
 
 @token.command("create")
-@click.option("--tenant", "tenant_id", type=click.UUID, required=True, help="The tenant's id.")
+@click.option("--tenant", "tenant_ref", required=True, help="The tenant's name or id.")
 @click.option("--role", type=click.Choice(ROLES), required=True)
 @click.option("--expires-in", type=click.IntRange(min=1), help="Days until the token expires (default: never).")
 @click.option("--description", default="", help="What the token is for.")
 @click.option("--json", "as_json", is_flag=True)
-def token_create(tenant_id: uuid.UUID, role: str, expires_in: int | None, description: str, as_json: bool) -> None:
+def token_create(tenant_ref: str, role: str, expires_in: int | None, description: str, as_json: bool) -> None:
     """Create a token and print it (shown once)."""
     from datetime import timedelta
 
     from app.db.models import Role
-    from app.services.tokens import IssuedToken, get_tenant, issue_token
+    from app.services.tokens import IssuedToken, issue_token
 
     async def work(session: AsyncSession) -> IssuedToken:
-        await get_tenant(session, tenant_id)
+        tenant = await _tenant(session, tenant_ref)
         lifetime = timedelta(days=expires_in) if expires_in else None
-        return await issue_token(session, tenant_id, Role(role), description=description, expires_in=lifetime)
+        return await issue_token(session, tenant.id, Role(role), description=description, expires_in=lifetime)
 
     issued = _in_transaction(work)
     if as_json:
-        click.echo(json.dumps({"token_id": str(issued.token_id), "tenant_id": str(tenant_id), "role": role,
-                               "token": issued.secret}))  # fmt: skip
+        echo_json({"token_id": str(issued.token_id), "tenant_id": str(issued.tenant_id), "role": role,
+                   "token": issued.secret}, indent=None)  # fmt: skip
     else:
         click.echo(f"token {issued.token_id} ({role}) (shown once): {issued.secret}")
 
 
 @token.command("list")
-@click.option("--tenant", "tenant_id", type=click.UUID, help="Only this tenant's tokens.")
+@click.option("--tenant", "tenant_ref", help="Only this tenant's tokens (its name or id).")
 @click.option("--json", "as_json", is_flag=True)
-def token_list(tenant_id: uuid.UUID | None, as_json: bool) -> None:
+def token_list(tenant_ref: str | None, as_json: bool) -> None:
     """List tokens (ids, roles, dates; never secrets)."""
     from app.services.tokens import list_tokens
 
@@ -119,12 +144,12 @@ def token_list(tenant_id: uuid.UUID | None, as_json: bool) -> None:
             {"token_id": str(row.id), "tenant_id": str(row.tenant_id), "role": row.role,
              "description": row.description, "created_at": iso(row.created_at),
              "expires_at": iso(row.expires_at), "revoked_at": iso(row.revoked_at)}
-            for row in await list_tokens(session, tenant_id)
+            for row in await list_tokens(session, (await _tenant(session, tenant_ref)).id if tenant_ref else None)
         ]  # fmt: skip
 
     rows = _in_transaction(work)
     if as_json:
-        click.echo(json.dumps(rows))
+        echo_json(rows, indent=None)
         return
     for row in rows:
         state = "revoked" if row["revoked_at"] else f"expires {row['expires_at']}" if row["expires_at"] else "valid"

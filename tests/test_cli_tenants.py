@@ -58,7 +58,7 @@ def test_bad_input_exits_2_naming_the_problem(database_url: str) -> None:
     assert (malformed.returncode, "lowercase letters" in malformed.stderr) == (2, True)
     unknown = ahop(database_url, "token", "create", "--tenant", "00000000-0000-0000-0000-000000000000",
                    "--role", "admin")  # fmt: skip
-    assert (unknown.returncode, "no tenant with id" in unknown.stderr) == (2, True)
+    assert (unknown.returncode, "no tenant '00000000-0000-0000-0000-000000000000'" in unknown.stderr) == (2, True)
     role = ahop(database_url, "token", "create", "--tenant", "00000000-0000-0000-0000-000000000000", "--role", "root")
     assert role.returncode == 2
     assert "root" in role.stderr
@@ -68,3 +68,28 @@ def test_database_down_exits_3() -> None:
     result = ahop("postgresql://postgres@127.0.0.1:1/none", "tenant", "create", "whatever")
     assert result.returncode == 3
     assert "database unavailable" in result.stderr
+
+
+def test_tenant_list_and_tokens_by_tenant_name(database_url: str) -> None:
+    created = json.loads(ahop(database_url, "tenant", "create", "named-ops", "--json").stdout)
+    by_name = ahop(database_url, "token", "create", "--tenant", "named-ops", "--role", "operator", "--json")
+    assert by_name.returncode == 0, by_name.stderr
+    issued = json.loads(by_name.stdout)
+    assert (issued["tenant_id"], issued["role"]) == (created["tenant_id"], "operator")
+    assert asyncio.run(_valid(database_url, issued["token"]))
+    listed = json.loads(ahop(database_url, "token", "list", "--tenant", "named-ops", "--json").stdout)
+    assert {row["role"] for row in listed} == {"admin", "operator"}
+
+    tenants = ahop(database_url, "tenant", "list", "--json")
+    assert tenants.returncode == 0, tenants.stderr
+    row = next(row for row in json.loads(tenants.stdout) if row["name"] == "named-ops")
+    assert (row["tenant_id"], row["valid_tokens"]) == (created["tenant_id"], 2)
+    ahop(database_url, "token", "revoke", issued["token_id"])
+    table = ahop(database_url, "tenant", "list")
+    header, *rows = table.stdout.splitlines()
+    assert header.split("\t") == ["tenant_id", "name", "created_at", "valid_tokens"]
+    cells = next(line.split("\t") for line in rows if "\tnamed-ops\t" in line)
+    assert (cells[0], cells[3]) == (created["tenant_id"], "1")
+
+    unknown = ahop(database_url, "token", "create", "--tenant", "no-such-tenant", "--role", "viewer")
+    assert (unknown.returncode, unknown.stderr.startswith("ahop: no tenant 'no-such-tenant'")) == (2, True)

@@ -93,8 +93,6 @@ def legacy_log_stream(task_id: str) -> str:
     return f"ahop:logs:{task_id}"
 
 
-
-
 def worker_digests_key(worker_id: str) -> str:
     """Set of the digests (64 hex) in a worker's store."""
     return f"ahop:worker:{worker_id}:digests"

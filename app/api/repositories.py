@@ -26,7 +26,8 @@ class CredentialsIn(BaseModel):
 class RepositoryIn(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     url: str = Field(min_length=1, max_length=2000)
-    branch: str = Field(default="main", min_length=1, max_length=255)
+    branch: str | None = Field(default=None, min_length=1, max_length=255,
+                               description="Default: the remote's default branch (where its HEAD points).")  # fmt: skip
     credentials: CredentialsIn | None = None
 
 
@@ -81,7 +82,12 @@ class RepositoryController(Controller):
     path = "/api/v1/git-repositories"
     tags = ["git repositories"]  # noqa: RUF012  (Litestar reads this class attribute)
 
-    @post("/", summary="Add a repository")
+    @post(
+        "/",
+        summary="Add a repository",
+        description="The remote is read at once (`git ls-remote`): a url that is not a repository or cannot be "
+        "reached, or a branch it does not have, answers 422 naming the problem, and nothing is written.",
+    )
     async def create(
         self,
         data: JSONBody[RepositoryIn],

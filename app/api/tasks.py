@@ -153,9 +153,14 @@ class TaskController(Controller):
         self, principal: NamedDependency[Principal], tasks: NamedDependency[Tasks],
         status: Annotated[StatusName | None, QueryParameter()] = None,
         template_id: IdQuery = None,
+        id_prefix: Annotated[str | None, QueryParameter(
+            pattern=r"^[0-9a-fA-F][0-9a-fA-F-]{0,35}$",
+            description="Only tasks whose id starts so (hex digits and '-'), as a shortened id in a table reads.",
+        )] = None,
         page: PageNumber = 1, page_size: PageSize = 50,
     ) -> Page[TaskOut]:  # fmt: skip
-        rows, total = await tasks.page(principal.tenant_id, status=status, template_id=template_id, page=page,
+        rows, total = await tasks.page(principal.tenant_id, status=status, template_id=template_id,
+                                       id_prefix=id_prefix.lower() if id_prefix else None, page=page,
                                        page_size=page_size)  # fmt: skip
         return Page(items=[TaskOut.of(task) for task in rows], total=total, page=page, page_size=page_size)
 

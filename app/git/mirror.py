@@ -68,6 +68,46 @@ class Mirrors:
                              secret=None)  # fmt: skip
         return head.strip()
 
+    def check_remote(self, url: str, branch: str | None, credentials: Credentials | None) -> str:
+        """Ask the remote (`git ls-remote --symref`) whether it is a repository that has `branch`; return the branch,
+        or without one the remote's default branch (where its HEAD points). `InvalidInput` names the problem: not a
+        repository or not reachable (with git's message), no such branch, or no default branch to use."""
+        probe = self._probe_dir()
+        patterns = ["HEAD", *([f"refs/heads/{branch}"] if branch else [])]
+        with self._auth_env(credentials) as (env, secret):
+            try:
+                listing = self._git(["--git-dir", str(probe), "ls-remote", "--symref", "--", url, *patterns],
+                                    secret=secret, env=env, what="git ls-remote")  # fmt: skip
+            except Upstream as exc:
+                said = str(exc).removeprefix("git ls-remote: ")
+                first = said.splitlines()[0].removeprefix("fatal: ") if said else "no answer"
+                raise InvalidInput(
+                    f"repository url {url!r} is not a Git repository or cannot be reached: {' '.join(said.split())}",
+                    {"url": f"not a Git repository, or not reachable ({first})"},
+                ) from exc
+        refs, default = _parse_listing(listing)
+        if branch is not None:
+            if f"refs/heads/{branch}" not in refs:
+                hint = f" (its default branch is {default!r})" if default else ""
+                raise InvalidInput(f"the repository at {url} has no branch {branch!r}{hint}",
+                                   {"branch": f"no branch {branch!r} at the remote{hint}"})  # fmt: skip
+            return branch
+        if default is None or "HEAD" not in refs:
+            raise InvalidInput(
+                f"the repository at {url} has no default branch to use (it is empty or its HEAD is detached); "
+                "give the branch",
+                {"branch": "required: the remote has no default branch"},
+            )
+        return default
+
+    def _probe_dir(self) -> Path:
+        """An empty bare repository to run `ls-remote` in: no ambient repository's config applies to it."""
+        probe = self.root / "probe.git"
+        if not (probe / "HEAD").exists():
+            probe.parent.mkdir(parents=True, exist_ok=True)
+            self._git(["init", "--quiet", "--bare", str(probe)], secret=None)  # idempotent, so a race is harmless
+        return probe
+
     def _base_env(self) -> dict[str, str]:
         allowed = sorted(GIT_PROTOCOLS[s] for s in self.options.allowed_schemes if s in GIT_PROTOCOLS)
         config = [("protocol.allow", "never"), *((f"protocol.{name}.allow", "always") for name in allowed)]
@@ -133,6 +173,19 @@ def _with_config(env: dict[str, str], pairs: list[tuple[str, str]]) -> dict[str,
         merged[f"GIT_CONFIG_VALUE_{start + offset}"] = value
     merged["GIT_CONFIG_COUNT"] = str(start + len(pairs))
     return merged
+
+
+def _parse_listing(listing: str) -> tuple[set[str], str | None]:
+    """The ref names of a `git ls-remote --symref` listing, and the branch its HEAD points at (if it says)."""
+    refs: set[str] = set()
+    default = None
+    for line in listing.splitlines():
+        target, _, name = line.partition("\t")
+        if target.startswith("ref: refs/heads/") and name == "HEAD":
+            default = target.removeprefix("ref: refs/heads/")
+        elif name:
+            refs.add(name)
+    return refs, default
 
 
 @contextmanager

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import git
@@ -84,14 +84,36 @@ class Repositories:
         await self.session.refresh(row)
         return row
 
+    async def _check_remote(self, url: str, branch: str | None, credentials: Credentials | None) -> str:
+        """The branch to record, once the remote has answered that it is a repository with that branch (or, with
+        no branch given, its default branch): a wrong url or branch is refused now, not at the first sync."""
+        url = check_remote_url(url, self.mirrors.options.allowed_schemes)
+        if branch is not None:
+            check_branch(branch)
+        return await asyncio.to_thread(self.mirrors.check_remote, url, branch, credentials)
+
     async def create(self, tenant_id: uuid.UUID, fields: RepositoryFields) -> GitRepository:
-        row = GitRepository(tenant_id=tenant_id, name=fields.name, branch="main")
-        self._apply(row, fields)
+        """Add a repository after `git ls-remote` found it; without a branch, the remote's default branch is used."""
+        branch = await self._check_remote(fields.url or "", fields.branch, fields.credentials)
+        row = GitRepository(tenant_id=tenant_id, name=fields.name, branch=branch)
+        self._apply(row, replace(fields, branch=branch))
         self.session.add(row)
         return await self._commit(row)
 
     async def update(self, tenant_id: uuid.UUID, repository_id: int, fields: RepositoryFields) -> GitRepository:
+        """Change what `fields` sets; a new url, branch or credentials are checked against the remote first."""
         row = await self.get(tenant_id, repository_id)
+        if fields.url is not None or fields.branch is not None or fields.credentials is not None:
+            if fields.credentials is not None:
+                credentials: Credentials | None = fields.credentials
+            elif row.credentials is not None and not fields.clear_credentials:
+                credentials = self.box.open(row.credentials)
+            else:
+                credentials = None
+            url, branch = fields.url or row.url, fields.branch or row.branch
+            await self.session.rollback()  # no transaction held open across the network
+            await self._check_remote(url, branch, credentials)
+            row = await self.get(tenant_id, repository_id)
         self._apply(row, fields)
         row.updated_at = datetime.now(UTC)
         return await self._commit(row)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
-from sqlalchemy import func, select, update
+from sqlalchemy import String, cast, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db.models import UNFINISHED_STATUSES, Task, TaskLogLine, TaskStatus, TaskTemplate, TemplateVersion
@@ -204,9 +204,12 @@ class Tasks:
         return task
 
     async def page(self, tenant_id: uuid.UUID, *, status: str | None, template_id: int | None, page: int,
-                   page_size: int) -> tuple[list[Task], int]:  # fmt: skip
-        """The tenant's tasks, newest first, and how many match in all."""
+                   page_size: int, id_prefix: str | None = None) -> tuple[list[Task], int]:  # fmt: skip
+        """The tenant's tasks, newest first, and how many match in all; `id_prefix` (lowercase) keeps those whose
+        id starts so."""
         conditions = [Task.tenant_id == tenant_id]
+        if id_prefix:
+            conditions.append(cast(Task.id, String).startswith(id_prefix, autoescape=True))
         if status:
             conditions.append(Task.status == status)
         if template_id is not None:

@@ -9,7 +9,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import ApiToken, Role, Tenant
@@ -94,6 +94,40 @@ async def get_tenant(session: AsyncSession, tenant_id: uuid.UUID) -> Tenant:
     if tenant is None:
         raise NotFound(f"no tenant with id {tenant_id}")
     return tenant
+
+
+async def find_tenant(session: AsyncSession, ref: str) -> Tenant:
+    """The tenant named `ref`, or whose id `ref` is; `NotFound` naming `ref` otherwise."""
+    try:
+        tenant_id: uuid.UUID | None = uuid.UUID(ref)
+    except ValueError:
+        tenant_id = None
+    if tenant_id is not None:
+        tenant = await session.get(Tenant, tenant_id)
+    else:
+        tenant = await session.scalar(select(Tenant).where(Tenant.name == ref))
+    if tenant is None:
+        raise NotFound(f"no tenant {ref!r} (give its name or id; `ahop tenant list` shows both)")
+    return tenant
+
+
+@dataclass(frozen=True)
+class TenantSummary:
+    tenant: Tenant
+    valid_tokens: int
+
+
+async def list_tenants(session: AsyncSession) -> list[TenantSummary]:
+    """Every tenant, by name, with how many of its tokens still work (neither revoked nor expired)."""
+    valid = (
+        select(func.count())
+        .select_from(ApiToken)
+        .where(ApiToken.tenant_id == Tenant.id, ApiToken.revoked_at.is_(None),
+               or_(ApiToken.expires_at.is_(None), ApiToken.expires_at > func.now()))
+        .scalar_subquery()
+    )  # fmt: skip
+    rows = await session.execute(select(Tenant, valid).order_by(Tenant.name))
+    return [TenantSummary(tenant, count) for tenant, count in rows.tuples()]
 
 
 async def list_tokens(session: AsyncSession, tenant_id: uuid.UUID | None = None) -> list[ApiToken]:

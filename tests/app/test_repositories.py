@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from pathlib import Path
 from typing import Any
@@ -115,8 +116,11 @@ async def test_renaming_to_a_name_in_use_answers_409_and_keeps_the_name(
     assert shown.json()["name"] == "ops-second"
 
 
-async def test_a_failing_remote_answers_502_with_gits_message(client: Client, alice: Caller, tmp_path: Path) -> None:
-    created = await _add(client, alice, tmp_path / "missing")
+async def test_a_remote_that_fails_later_answers_502_with_gits_message(
+    client: Client, alice: Caller, origin: Path
+) -> None:
+    created = await _add(client, alice, origin)
+    await asyncio.to_thread(origin.rename, origin.with_name("moved-away"))
     response = await client.post(f"/api/v1/git-repositories/{created['id']}/sync", headers=alice[Role.ADMIN])
     assert response.status_code == 502
     assert "does not appear to be a git repository" in response.json()["detail"]
@@ -282,3 +286,65 @@ async def test_the_original_systems_playbooks_scan_import_and_keep_their_length_
     assert {item["field"]: item["message"] for item in short.json()["extra"]["errors"]} == {
         "params.server_name": "must have at least 3 characters, got 2"
     }
+
+
+async def test_add_reads_the_remote_at_once_and_refuses_what_it_cannot_use(
+    client: Client, alice: Caller, origin: Path, tmp_path: Path
+) -> None:
+    plain = tmp_path / "plain-directory"
+    plain.mkdir()
+    empty = tmp_path / "empty-repository"
+    empty.mkdir()
+    git(empty, "init", "-q", "-b", "main")
+    cases = [
+        ({"url": str(plain)}, "url", "not a Git repository, or not reachable"),
+        ({"url": str(tmp_path / "no-such-path")}, "url", "does not appear to be a git repository"),
+        ({"url": "https://127.0.0.1:1/ops.git"}, "url", "not a Git repository, or not reachable (unable to access"),
+        ({"url": str(origin), "branch": "release"}, "branch", "no branch 'release' at the remote (its default "
+         "branch is 'main')"),
+        ({"url": str(empty)}, "branch", "required: the remote has no default branch"),
+        ({"url": str(empty), "branch": "main"}, "branch", "no branch 'main' at the remote"),
+    ]  # fmt: skip
+    for body, field, message in cases:
+        response = await client.post("/api/v1/git-repositories", json={"name": "ops", **body},
+                                     headers=alice[Role.ADMIN])  # fmt: skip
+        assert response.status_code == 422, (body, response.text)
+        (error,) = response.json()["extra"]["errors"]
+        assert error["field"] == field, (body, error)
+        assert message in error["message"] + response.json()["detail"], (body, response.json())
+    listed = await client.get("/api/v1/git-repositories", headers=alice[Role.ADMIN])
+    assert listed.json()["total"] == 0  # nothing was written
+
+
+async def test_without_a_branch_the_remotes_default_branch_is_used(
+    client: Client, alice: Caller, tmp_path: Path
+) -> None:
+    repo = tmp_path / "trunk-origin"
+    repo.mkdir()
+    (repo / "run.sh").write_text("echo trunk\n")
+    git(repo, "init", "-q", "-b", "trunk")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "first")
+    response = await client.post("/api/v1/git-repositories", json={"name": "trunk", "url": str(repo)},
+                                 headers=alice[Role.ADMIN])  # fmt: skip
+    assert response.status_code == 201, response.text
+    assert response.json()["branch"] == "trunk"
+    synced = await client.post(f"/api/v1/git-repositories/{response.json()['id']}/sync", headers=alice[Role.ADMIN])
+    assert synced.json()["commit"] == git(repo, "rev-parse", "HEAD")
+
+
+async def test_update_checks_a_new_url_or_branch_at_the_remote(
+    client: Client, alice: Caller, origin: Path, tmp_path: Path
+) -> None:
+    created = await _add(client, alice, origin)
+    path = f"/api/v1/git-repositories/{created['id']}"
+    git(origin, "branch", "release")
+    for body, field in (({"branch": "nope"}, "branch"), ({"url": str(tmp_path / "elsewhere")}, "url")):
+        refused = await client.put(path, json=body, headers=alice[Role.ADMIN])
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["extra"]["errors"][0]["field"] == field
+    shown = (await client.get(path, headers=alice[Role.ADMIN])).json()
+    assert (shown["url"], shown["branch"]) == (str(origin), "main")  # unchanged
+    moved = await client.put(path, json={"branch": "release", "name": "renamed"}, headers=alice[Role.ADMIN])
+    assert moved.status_code == 200, moved.text
+    assert (moved.json()["branch"], moved.json()["name"]) == ("release", "renamed")

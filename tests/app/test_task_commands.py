@@ -49,11 +49,12 @@ def test_bad_input_exits_2_naming_what_is_wrong(api_url: str, alice: Caller, ori
         (("task", "run", "cleanup", "-p", "days=1", "-p", "days=2"), "parameter 'days' is given twice"),
         (("task", "run", "cleanup", "--version", "0"), "--version"),
         (("task", "run", "cleanup", "--timeout", "-5"), "--timeout"),
-        (("task", "run", "no_such_code"), "no template with code 'no_such_code'"),
-        (("task", "show", "not-a-task-id"), "not a valid UUID"),
-        (("task", "logs", "42", "--after", "1"), "not a valid UUID"),
+        (("task", "run", "no_such_code"), "no template 'no_such_code'"),
+        (("task", "run", "987654"), "no template '987654'"),
+        (("task", "show", "not-a-task-id"), "'not-a-task-id' is not a task id: expected a UUID or the start of one"),
+        (("task", "logs", "42", "--after", "1"), "no task '42'"),
         (("task", "list", "--status", "exploded"), "'exploded' is not one of"),
-        (("task", "list", "--template", "no_such_code"), "no template with code 'no_such_code'"),
+        (("task", "list", "--template", "no_such_code"), "no template 'no_such_code'"),
     ]
     for args, message in cases:
         result = ahop(api_url, token, *args)
@@ -198,7 +199,7 @@ def test_task_run_follows_the_output_and_exits_with_the_scripts_code(
     assert by_digits["template_id"] == ids["7"]  # a code made of digits is that template, not template id 7
 
     timed_out = ahop(api_url, token, "task", "run", "shout", "-p", "who=t", "-p", "nap=120", "--timeout", "1")
-    assert timed_out.returncode == 1, (timed_out.stdout, timed_out.stderr)
+    assert timed_out.returncode == 124, (timed_out.stdout, timed_out.stderr)
     assert "timeout" in timed_out.stderr
 
     listed = _json(ahop(api_url, token, "task", "list", "--template", "shout", "--json"))
@@ -230,11 +231,11 @@ def test_task_logs_show_and_cancel(api_url: str, alice: Caller, fleet: Fleet, tm
     assert ending.returncode == 1, (ending.stdout, ending.stderr)
     assert f"task {sleeper['id']} cancelled" in ending.stderr
     again = ahop(api_url, token, "task", "cancel", sleeper["id"])
-    assert (again.returncode, "409" in again.stderr) == (1, True)
+    assert (again.returncode, "409" in again.stderr) == (2, True)
     viewer = ahop(api_url, token_of(alice, Role.VIEWER), "task", "cancel", created["id"])
     assert (viewer.returncode, "403" in viewer.stderr) == (2, True)
     unknown = ahop(api_url, token, "task", "show", "00000000-0000-0000-0000-000000000000")
-    assert (unknown.returncode, "404" in unknown.stderr) == (1, True)
+    assert (unknown.returncode, "404" in unknown.stderr) == (2, True)
 
 
 def test_task_run_warns_when_no_live_worker_serves_the_pool_then_runs_once_one_starts(

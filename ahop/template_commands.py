@@ -1,0 +1,93 @@
+"""`ahop template update | delete | versions | use`: change a template through the API (TEMPLATE: code or id).
+
+Name, description, timeout, pool and retry policy change in place; entry file, script type and parameters add a
+version (the server decides, `PUT /api/v1/task-templates/{id}`). `use` makes an earlier version current again.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ahop.api_client import call_api, find_template, resolve_template
+from ahop.client_commands import json_option, read_parameters
+from ahop.console import echo_fields, echo_json, echo_table, fail
+from ahop.exit_codes import EXIT_BAD_INPUT
+
+VERSION_COLUMNS = ["current", "version", "script_type", "entry_file", "artifact.digest", "source.commit_sha",
+                   "created_at"]  # fmt: skip
+
+
+def _changed(template_id: int, payload: dict[str, Any], as_json: bool) -> None:
+    answer = call_api("PUT", f"/api/v1/task-templates/{template_id}", payload)
+    if as_json:
+        echo_json(answer)
+    else:
+        echo_fields(answer)
+
+
+@click.command("update")
+@click.argument("template_ref", metavar="TEMPLATE")
+@click.option("--name", default=None)
+@click.option("--description", default=None)
+@click.option("--timeout", type=click.IntRange(min=1), default=None, help="Seconds a task may run.")
+@click.option("--pool", default=None, help="Worker pool that runs its tasks.")
+@click.option("--max-attempts", type=click.IntRange(1, 10), default=None, help="Attempts a task gets in all.")
+@click.option("--retry-on", type=click.Choice(["failed", "timeout", "lost", "none"]), multiple=True,
+              help="An outcome that starts another attempt (repeatable; 'none' retries nothing).")  # fmt: skip
+@click.option("--entry-file", default=None, help="Entry file, relative to the template's path (adds a version).")
+@click.option("--script-type", type=click.Choice(["shell", "python", "ansible"]), default=None,
+              help="How the entry file runs (adds a version).")  # fmt: skip
+@click.option("--parameters", "parameters_file", type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
+              default=None, help="A JSON file with the parameter list ('-': stdin) (adds a version).")  # fmt: skip
+@json_option
+def template_update(template_ref: str, name: str | None, description: str | None, timeout: int | None,
+                    pool: str | None, max_attempts: int | None, retry_on: tuple[str, ...], entry_file: str | None,
+                    script_type: str | None, parameters_file: Path | None, as_json: bool) -> None:  # fmt: skip
+    """Change a template; print it as it now is. What is not given stays as it is."""
+    if "none" in retry_on and len(retry_on) > 1:
+        fail("--retry-on none retries nothing; it goes alone", EXIT_BAD_INPUT)
+    given = {"name": name, "description": description, "timeout": timeout, "pool": pool,
+             "max_attempts": max_attempts, "entry_file": entry_file, "script_type": script_type}  # fmt: skip
+    payload: dict[str, Any] = {key: value for key, value in given.items() if value is not None}
+    if retry_on:
+        payload["retry_on"] = [] if retry_on == ("none",) else list(retry_on)
+    if parameters_file is not None:
+        payload["parameters"] = read_parameters(parameters_file)
+    if not payload:
+        fail("nothing to change: give at least one option (see `ahop template update --help`)", EXIT_BAD_INPUT)
+    _changed(resolve_template(template_ref), payload, as_json)
+
+
+@click.command("use")
+@click.argument("template_ref", metavar="TEMPLATE")
+@click.argument("version", type=click.IntRange(min=1))
+@json_option
+def template_use(template_ref: str, version: int, as_json: bool) -> None:
+    """Make VERSION the template's current version again (new tasks run it)."""
+    _changed(resolve_template(template_ref), {"version": version}, as_json)
+
+
+@click.command("versions")
+@click.argument("template_ref", metavar="TEMPLATE")
+@json_option
+def template_versions(template_ref: str, as_json: bool) -> None:
+    """List a template's versions, newest first; `*` marks the current one."""
+    template = find_template(template_ref)
+    versions = call_api("GET", f"/api/v1/task-templates/{template['id']}/versions")
+    if as_json:
+        echo_json(versions)
+        return
+    rows = [{**item, "current": "*" if item["version"] == template["version"] else ""} for item in versions]
+    echo_table(rows, VERSION_COLUMNS)
+
+
+@click.command("delete")
+@click.argument("template_ref", metavar="TEMPLATE")
+def template_delete(template_ref: str) -> None:
+    """Delete a template (refused while unfinished tasks use it). Tasks that ran it keep their record."""
+    template = find_template(template_ref)
+    call_api("DELETE", f"/api/v1/task-templates/{template['id']}")
+    click.echo(f"template {template['id']} ({template['code']}) deleted")
