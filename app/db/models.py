@@ -218,7 +218,7 @@ class TaskLogLine(Base):
     stream: Mapped[str] = mapped_column(String(6))
     line: Mapped[str] = mapped_column(Text)
     attempt: Mapped[int | None] = mapped_column(SmallInteger)
-    """The attempt that wrote the line; None for lines of a retried task stored before attempts were recorded."""
+    """The attempt that wrote the line; None for lines stored before attempts were recorded (migration 0006)."""
 
 
 class RunKind(enum.StrEnum):

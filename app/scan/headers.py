@@ -132,6 +132,9 @@ def _declared_encoding(first_lines: list[bytes]) -> str:
 
 
 def _decode(line: bytes, encoding: str, path: str, number: int, problems: list[Problem]) -> str:
+    if b"\0" in line:  # no text a database can hold has one; it is dropped, and said
+        problems.append(Problem(path, number, "this line holds NUL characters; they were left out"))
+        line = line.replace(b"\0", b"")
     try:
         return line.decode(encoding)
     except UnicodeDecodeError:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import yaml
 
@@ -47,6 +48,8 @@ SURVEY_NAMES = ("survey.yml", "survey.yaml", "survey.json")
 """In order of preference when a directory holds more than one."""
 SURVEY_BYTES = 1 << 20
 AWX_ENCRYPTED = "$encrypted$"
+MAX_SURVEY_DEPTH = 32
+"""How deep mappings and lists of a survey may nest; a survey needs three or four levels."""
 _LENGTH_TYPES = frozenset({"text", "textarea", "password", "multiselect"})
 _LENGTH_KEYS = ("min_length", "max_length")
 
@@ -67,6 +70,9 @@ def parse_survey(path: str, data: bytes) -> Survey:
     document = _load(path, data, problems)
     if problems:
         return Survey("", "", (), tuple(problems))
+    if _held_nul(document):
+        problems.append(Problem(path, None, "the survey holds NUL characters; they were left out"))
+        document = _without_nul(document)
     if not isinstance(document, dict):
         problems.append(Problem(path, 1, "a survey is a mapping with name, description and spec; found no mapping"))
         return Survey("", "", (), tuple(problems))
@@ -101,12 +107,18 @@ def _load(path: str, data: bytes, problems: list[Problem]) -> object:
         return None
     if path.endswith(".json"):
         try:
-            return json.loads(text)
+            return _checked(path, json.loads(text), problems)
         except json.JSONDecodeError as exc:
             problems.append(Problem(path, exc.lineno, f"invalid JSON: {exc.msg} (column {exc.colno})"))
             return None
+        except RecursionError:
+            problems.append(Problem(path, None, f"nested deeper than {MAX_SURVEY_DEPTH} levels; not read"))
+            return None
     try:
-        return yaml.safe_load(text)
+        if (refused := _refused_yaml(text)) is not None:
+            problems.append(Problem(path, *refused))
+            return None
+        return _checked(path, yaml.safe_load(text), problems)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         what = "; ".join(part for part in (exc.context, exc.problem) if part)
@@ -116,12 +128,73 @@ def _load(path: str, data: bytes, problems: list[Problem]) -> object:
     return None
 
 
+def _refused_yaml(text: str) -> tuple[int | None, str] | None:
+    """(line, why) when the YAML uses an alias or nests deeper than `MAX_SURVEY_DEPTH`, found from its events
+    before anything is built: aliases let a few bytes stand for an exponentially large document, and deep nesting
+    makes the loader recurse until Python gives up. A survey needs neither."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.AliasEvent):
+            return _line(event), f"a YAML alias (*{event.anchor}); a survey may not use aliases"
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_SURVEY_DEPTH:
+                return _line(event), f"nested deeper than {MAX_SURVEY_DEPTH} levels; not read"
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+    return None
+
+
+def _line(event: yaml.Event) -> int | None:
+    return event.start_mark.line + 1 if event.start_mark is not None else None
+
+
+def _checked(path: str, document: object, problems: list[Problem]) -> object:
+    """`document`, or None with a problem when it nests deeper than `MAX_SURVEY_DEPTH`."""
+    if _depth(document) > MAX_SURVEY_DEPTH:
+        problems.append(Problem(path, None, f"nested deeper than {MAX_SURVEY_DEPTH} levels; not read"))
+        return None
+    return document
+
+
+def _depth(document: object) -> int:
+    """How deep mappings and lists nest in `document` (a scalar: 0), walked without recursion."""
+    deepest, pending = 0, [(document, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, dict | list):
+            deepest = max(deepest, depth)
+            pending.extend((item, depth + 1) for item in (value.values() if isinstance(value, dict) else value))
+    return deepest
+
+
+def _held_nul(document: object) -> bool:
+    if isinstance(document, str):
+        return "\0" in document
+    if isinstance(document, dict):
+        return any(_held_nul(key) or _held_nul(value) for key, value in document.items())
+    if isinstance(document, list):
+        return any(_held_nul(item) for item in document)
+    return False
+
+
+def _without_nul(document: Any) -> Any:
+    """The document with NUL left out of its strings (no database text holds one); its depth is bounded."""
+    if isinstance(document, str):
+        return document.replace("\0", "")
+    if isinstance(document, dict):
+        return {_without_nul(key): _without_nul(value) for key, value in document.items()}
+    if isinstance(document, list):
+        return [_without_nul(item) for item in document]
+    return document
+
+
 def _spec_lines(data: bytes) -> tuple[int | None, dict[int, int]]:
     """The 1-based lines of `spec` and of each of its items, from the YAML node tree (JSON too, mostly); none
     when the text does not compose as YAML."""
     try:
         root = yaml.compose(data.decode("utf-8-sig"), Loader=yaml.SafeLoader)
-    except (yaml.YAMLError, UnicodeDecodeError):
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError):
         return None, {}
     if not isinstance(root, yaml.MappingNode):
         return None, {}

@@ -110,12 +110,14 @@ def shifted(line: LogLine, offset: int) -> LogLine:
     return LogLine(seq=line.seq + offset, stream=line.stream, line=line.line, attempt=line.attempt)
 
 
-async def stored_lines(session: AsyncSession, task_id: uuid.UUID, after: int) -> list[LogLine]:
-    """The stored lines after `after`, each with its attempt (0 where it is not known)."""
+async def stored_lines(session: AsyncSession, task: Task, after: int) -> list[LogLine]:
+    """The stored lines of `task` after `after`, each with its attempt (0 where it is not known: a line stored
+    before attempts were recorded, of a task that had more than one)."""
+    task_id, unrecorded = task.id, 1 if task.attempt == 1 else 0
     rows = await session.scalars(
         select(TaskLogLine).where(TaskLogLine.task_id == task_id, TaskLogLine.seq > after).order_by(TaskLogLine.seq)
     )
-    return [LogLine(seq=row.seq, stream=row.stream, line=row.line, attempt=row.attempt or 0)  # type: ignore[arg-type]
+    return [LogLine(seq=row.seq, stream=row.stream, line=row.line, attempt=row.attempt or unrecorded)  # type: ignore[arg-type]
             for row in rows]  # fmt: skip
 
 
@@ -275,13 +277,13 @@ class Tasks:
             if not live:  # the attempt may have ended just now: its lines moved to Postgres
                 task = await self.get(tenant_id, task_id)
             if task.status in UNFINISHED:
-                lines = await stored_lines(self.session, task.id, after)
+                lines = await stored_lines(self.session, task, after)
                 # The attempt may have ended between the two reads: a line already stored is not shown twice.
                 shown = lines[-1].seq if lines else after
                 lines += [shifted(line, offset) for line in live if line.seq + offset > shown]
                 truncated = task.log_truncated or bool(live and live[0].seq > 1)
                 return LogPage(lines, truncated, task.status)
-        return LogPage(await stored_lines(self.session, task.id, after), task.log_truncated, task.status)
+        return LogPage(await stored_lines(self.session, task, after), task.log_truncated, task.status)
 
     async def follow(self, task_id: uuid.UUID, after: int = 0) -> AsyncIterator[LogLine | Ending | KeepAlive]:
         """The task's output after line `after` as it comes, then how the task ended.
@@ -297,7 +299,7 @@ class Tasks:
                 task = await session.get(Task, task_id)
                 if task is None:
                     return
-                lines = await stored_lines(session, task_id, last)
+                lines = await stored_lines(session, task, last)
             for line in lines:
                 last, quiet_since = line.seq, time.monotonic()
                 yield line

@@ -132,7 +132,9 @@ class TemplateChanger:
                 template.current_version_id, current = target.id, target
             runtime = {"entry_file": changes.entry_file, "script_type": changes.script_type,
                        "parameters": changes.parameters}  # fmt: skip
-            if any(getattr(current, key) != value for key, value in runtime.items() if value is not None):
+            # Parameters given for a scanned schema pin it (`manual`) even when they equal it: syncs keep them then.
+            pinned = changes.parameters is not None and current.parameters_source == PARAMETERS_SCANNED
+            if pinned or any(getattr(current, key) != value for key, value in runtime.items() if value is not None):
                 if changes.entry_file is not None and changes.entry_file != current.entry_file:
                     if current.source is None:
                         raise InvalidInput("this version has no recorded source to check entry_file against")
@@ -148,7 +150,7 @@ class TemplateChanger:
         template, current = await self._template(tenant_id, template_id)
         info = dict(template.source_git_info or {})
         entry_file, script_type, current_digest = current.entry_file, current.script_type, current.digest
-        origin, current_parameters = current.parameters_source, current.parameters
+        origin, current_parameters, synced_from = current.parameters_source, current.parameters, current.id
         await self.session.rollback()
         if "repository_id" not in info:
             raise Conflict(f"template {template_id} has no recorded Git source to sync from")
@@ -169,6 +171,9 @@ class TemplateChanger:
 
         async def write(digest: str) -> int:
             template, current = await self._template(tenant_id, template_id)
+            if current.id != synced_from:  # an edit or a switch of version came first: its choice stands
+                raise Conflict(f"template {template_id} changed while it was being synced (version "
+                               f"{current.version} is current now); sync it again")  # fmt: skip
             template.source_git_info = source.snapshot_info
             version = await self._add_version(template, current, digest=digest, source=source.snapshot_info,
                                               created_by=created_by, parameters=parameters)  # fmt: skip

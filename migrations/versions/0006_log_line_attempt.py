@@ -1,7 +1,8 @@
 """Each stored output line records the attempt that wrote it.
 
-Lines stored before this revision belong to attempt 1 when their task never had another attempt; for a task that
-was retried, which attempt wrote each of its older lines is not known, and they keep no attempt (shown as null).
+Lines stored before this revision keep no attempt (NULL), so the upgrade rewrites no row: readers take such a line
+as attempt 1's when its task never had another attempt; for a task that was retried, which attempt wrote each of its
+older lines is not known (shown as null).
 
 Revision ID: 0006
 Revises: 0005
@@ -21,9 +22,6 @@ depends_on = None
 
 def upgrade() -> None:
     op.add_column("task_log_lines", sa.Column("attempt", sa.SmallInteger(), nullable=True))
-    op.execute(
-        "UPDATE task_log_lines AS line SET attempt = 1 FROM tasks WHERE tasks.id = line.task_id AND tasks.attempt = 1"
-    )
 
 
 def downgrade() -> None:

@@ -163,3 +163,29 @@ async def test_a_single_file_import_reads_its_own_header(client: Client, alice: 
     body = _import_body(repository_id, original_path="scripts/disk_cleanup/cleanup.sh")
     template = (await client.post("/api/v1/task-templates", json=body, headers=alice[Role.ADMIN])).json()
     assert [p["name"] for p in template["parameters"]] == ["days", "env", "api_token"]
+
+
+async def test_parameters_given_equal_to_the_scanned_ones_pin_them(client: Client, alice: Caller, origin: Path) -> None:
+    _write_header(origin, HEADER, "header")
+    repository_id = await add_repository(client, alice, origin)
+    template = (await client.post("/api/v1/task-templates", json=_import_body(repository_id),
+                                  headers=alice[Role.ADMIN])).json()  # fmt: skip
+    url = f"/api/v1/task-templates/{template['id']}"
+    pinned = await client.put(url, json={"parameters": template["parameters"]}, headers=alice[Role.ADMIN])
+    assert pinned.status_code == 200, pinned.text
+    assert (pinned.json()["version"], pinned.json()["parameters_source"]) == (2, "manual")
+    _write_header(origin, HEADER + "# @param extra another one\n", "extra")
+    kept = (await client.post(f"{url}/sync", headers=alice[Role.ADMIN])).json()
+    assert (kept["changed"], kept["parameters_source"]) == (True, "manual")
+    assert (await client.get(url, headers=alice[Role.VIEWER])).json()["parameters"] == template["parameters"]
+
+
+async def test_a_header_holding_nul_characters_imports_without_them(
+    client: Client, alice: Caller, origin: Path
+) -> None:
+    _write_header(origin, HEADER.replace("Keep files newer", "Keep\0 files newer"), "a NUL in the header")
+    repository_id = await add_repository(client, alice, origin)
+    response = await client.post("/api/v1/task-templates", json=_import_body(repository_id), headers=alice[Role.ADMIN])
+    assert response.status_code == 201, response.text
+    days = next(p for p in response.json()["parameters"] if p["name"] == "days")
+    assert days["description"] == "Keep files newer than this"

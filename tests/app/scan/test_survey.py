@@ -226,3 +226,33 @@ spec:
         (5, "b: 'max_length' 'many' is not an integer; ignored"),
         (6, "c: min_length 9 is above max_length 3: no value could pass; both ignored"),
     ]
+
+
+def test_a_survey_with_yaml_aliases_is_refused_before_it_is_built() -> None:
+    """A billion-laughs survey: nine levels of nine aliases each would stand for 9**9 strings."""
+    levels = ["a0: &x0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    levels += [f"a{n}: &x{n} [{', '.join([f'*x{n - 1}'] * 9)}]" for n in range(1, 9)]
+    text = "\n".join(levels) + "\nspec:\n  - {variable: v, type: text, default: *x8}\n"
+    survey = parse_survey("survey.yml", text.encode())
+    assert survey.parameters == ()
+    assert [(p.line, p.message) for p in survey.problems] == [(2, "a YAML alias (*x0); a survey may not use aliases")]
+
+
+def test_a_survey_nested_too_deep_is_a_problem_not_a_crash() -> None:
+    for path, text in (
+        ("survey.json", '{"spec": ' + "[" * 100_000 + "]" * 100_000 + "}"),
+        ("survey.yml", "spec: " + "[" * 100_000 + "]" * 100_000 + "\n"),
+        ("survey.json", '{"spec": [{"variable": "v", "default": ' + "[" * 40 + "]" * 40 + "}]}"),
+    ):
+        survey = parse_survey(path, text.encode())
+        assert survey.parameters == (), path
+        assert [p.message for p in survey.problems] == ["nested deeper than 32 levels; not read"], path
+
+
+def test_nul_characters_are_left_out_of_a_survey_and_said() -> None:
+    text = json.dumps({"name": "n\0", "spec": [{"variable": "v", "type": "text", "question_name": "Q\0?",
+                                               "default": "a\0b"}]})  # fmt: skip
+    survey = parse_survey("survey.json", text.encode())
+    (parameter,) = survey.parameters
+    assert (survey.name, parameter.label, parameter.default) == ("n", "Q?", "ab")
+    assert [p.message for p in survey.problems] == ["the survey holds NUL characters; they were left out"]
