@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import socket
 from pathlib import Path
@@ -95,17 +96,21 @@ def _check_documented(document: dict[str, Any], method: str, url: str, response:
 
 
 async def test_every_status_the_api_answers_here_is_documented_for_its_operation(
-    client: Client, alice: Caller, tmp_path: Path
+    client: Client, alice: Caller, origin: Path
 ) -> None:
     document = await _document(client)
-    repository = {"name": "ops", "url": str(tmp_path / "no-such-repository")}
+    repository = {"name": "ops", "url": str(origin)}
     viewer, operator, admin = alice[Role.VIEWER], alice[Role.OPERATOR], alice[Role.ADMIN]
     created = await client.post("/api/v1/git-repositories", json=repository, headers=admin)
     repository_id = created.json()["id"]
+    again = await client.post("/api/v1/git-repositories", json=repository, headers=admin)
+    assert again.status_code == 409, again.text
+    _check_documented(document, "POST", "/api/v1/git-repositories", again)
+    await asyncio.to_thread(origin.rename, origin.with_name("moved-away"))  # its syncs fail at the remote now: 502
     requests: list[tuple[str, str, dict[str, Any], int]] = [
         ("GET", "/api/v1/tasks", {}, 401),
         ("POST", "/api/v1/git-repositories", {"json": repository, "headers": viewer}, 403),
-        ("POST", "/api/v1/git-repositories", {"json": repository, "headers": admin}, 409),
+        ("POST", "/api/v1/git-repositories", {"json": {**repository, "name": "gone"}, "headers": admin}, 422),
         ("GET", "/api/v1/task-templates/987654321", {"headers": viewer}, 404),
         ("POST", "/api/v1/tasks", {"json": {"template_id": 987654321}, "headers": operator}, 404),
         ("POST", "/api/v1/tasks", {"json": {"template_id": "one"}, "headers": operator}, 422),
