@@ -8,13 +8,14 @@ import logging
 from typing import Any
 
 from arq.connections import RedisSettings
-from arq.worker import Worker, func
+from arq.worker import func
 
 from storage.blobstore import BlobStore
 from worker import jobs
 from worker.attempts import Attempts
 from worker.hardening import make_non_dumpable, root_without_run_as_warning
 from worker.metrics import MetricsServer, WorkerMetrics, serve
+from worker.outage import OutlastingWorker, RedisOutage
 from worker.presence import Presence
 from worker.protocol import PING_JOB, RUN_JOB, deserialize, queue_name, serialize
 from worker.settings import WorkerSettings
@@ -26,8 +27,12 @@ MAX_TASK_SECONDS = 7 * 24 * 3600
 """arq's own limit for one attempt; the task's timeout, enforced by the runner, is always shorter."""
 
 
-def build_worker(settings: WorkerSettings) -> Worker:
-    """An arq worker for `settings.worker_pool`, talking JSON, checking S3 before it takes any job."""
+def build_worker(settings: WorkerSettings) -> OutlastingWorker:
+    """An arq worker for `settings.worker_pool`, talking JSON, checking S3 before it takes any job, riding out
+    Redis outages (`worker.outage`)."""
+    redis_settings = RedisSettings.from_dsn(settings.redis_url)
+    # Where, never who: the URL's password stays out of the log.
+    outage = RedisOutage(f"{redis_settings.host}:{redis_settings.port}/{redis_settings.database}")
     blobs = BlobStore(settings.s3_location())
     worker_id = settings.resolved_worker_id()
     background: list[asyncio.Task[None]] = []
@@ -47,7 +52,13 @@ def build_worker(settings: WorkerSettings) -> Worker:
         if server := serve(metrics, settings.worker_metrics_host, settings.worker_metrics_port):
             served.append(server)
         presence = Presence(
-            ctx["redis"], store, worker_id, [settings.worker_pool], attempts.running, settings.worker_heartbeat_interval
+            ctx["redis"],
+            store,
+            worker_id,
+            [settings.worker_pool],
+            attempts.running,
+            settings.worker_heartbeat_interval,
+            outage=outage,
         )
         await presence.beat()
         background.extend([asyncio.create_task(presence.heartbeats()), asyncio.create_task(presence.inbox())])
@@ -65,13 +76,14 @@ def build_worker(settings: WorkerSettings) -> Worker:
         for server in served:
             await asyncio.to_thread(server.stop)
 
-    return Worker(
+    return OutlastingWorker(
+        outage=outage,
         functions=[
             func(jobs.ping, name=PING_JOB, max_tries=1),
             func(jobs.run_task, name=RUN_JOB, max_tries=1, timeout=MAX_TASK_SECONDS),
         ],
         queue_name=queue_name(settings.worker_pool),
-        redis_settings=RedisSettings.from_dsn(settings.redis_url),
+        redis_settings=redis_settings,
         on_startup=on_startup,
         on_shutdown=on_shutdown,
         max_jobs=settings.worker_max_jobs,
@@ -88,5 +100,5 @@ def build_worker(settings: WorkerSettings) -> Worker:
 
 
 def run_worker(settings: WorkerSettings) -> None:
-    """Run until SIGINT/SIGTERM."""
+    """Run until SIGINT/SIGTERM, through any Redis outage."""
     build_worker(settings).run()

@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from storage.errors import StorageError
+from worker.outage import RedisOutage
 from worker.protocol import (
     WORKERS_KEY,
     BlobRef,
@@ -51,6 +52,8 @@ class Presence:
         pools: list[str],
         running: Callable[[], list[str]],
         interval: float,
+        *,
+        outage: RedisOutage,
     ) -> None:
         self.redis = redis
         self.store = store
@@ -58,6 +61,7 @@ class Presence:
         self.pools = pools
         self.running = running
         self.interval = interval
+        self.outage = outage
         self.started_at = now_iso()
         self.version = package_version()
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ahop-heartbeat")
@@ -92,12 +96,13 @@ class Presence:
             await pipe.execute()
 
     async def heartbeats(self) -> None:
-        """Beat every `interval` seconds until cancelled; a Redis hiccup costs one beat, not the loop."""
+        """Beat every `interval` seconds until cancelled; a Redis outage costs beats, not the loop (and is logged
+        once, by `outage`)."""
         while True:
             try:
                 await self.beat()
             except (RedisError, OSError) as exc:
-                log.warning("heartbeat not sent: %s", exc)
+                self.outage.noticed(exc)
             except Exception:
                 log.exception("heartbeat failed")
             await asyncio.sleep(self.interval)
@@ -109,7 +114,7 @@ class Presence:
             try:
                 item = await self.redis.blpop([key], timeout=INBOX_WAIT)  # type: ignore[misc]  # redis-py's sync/async union
             except (RedisError, OSError) as exc:
-                log.warning("inbox unreachable: %s", exc)
+                self.outage.noticed(exc)
                 await asyncio.sleep(self.interval)
                 continue
             if item is None:
