@@ -64,9 +64,13 @@ async def test_a_busy_and_an_idle_worker_outlast_a_redis_outage_and_run_new_task
         idle = fleet.start("idle", AHOP_WORKER_POOL="idle")
         running = a_job(waits, params={})
         await enqueue_on(server.url(), "busy", running)
-        client = Redis.from_url(server.url())
-        await events_of(client, running.task_id, until="started")
-        await client.aclose()
+        async with Redis.from_url(server.url()) as client:
+
+            async def said_before() -> bool:
+                return [line.line for line in await log_of(client, running.task_id)] == ["before"]
+
+            # Once Redis has acknowledged the line: one sent as it stops may be stored and then sent again.
+            await waiting.until(said_before, "the first line of the busy worker's script")
 
         if keeps_data:
             server.stop()  # SIGTERM: the append-only file keeps what was written
@@ -79,18 +83,17 @@ async def test_a_busy_and_an_idle_worker_outlast_a_redis_outage_and_run_new_task
         server = RedisServer.launch(tmp_path / "own-redis", durable=keeps_data, port=server.port)
         server.wait_ready()
 
-        client = Redis.from_url(server.url())
-        finished = (await events_of(client, running.task_id))[-1]
-        assert (finished.status, finished.exit_code, finished.worker) == ("success", 0, "busy")
-        if keeps_data:
-            assert [line.line for line in await log_of(client, running.task_id)] == ["before", "after"]
-        for name in ("busy", "idle"):
-            later = a_job(quick, params={})
-            await enqueue_on(server.url(), name, later)
-            done = (await events_of(client, later.task_id))[-1]
-            assert (done.status, done.worker) == ("success", name)
-            assert [line.line for line in await log_of(client, later.task_id)] == ["hello"]
-        await client.aclose()
+        async with Redis.from_url(server.url()) as client:
+            finished = (await events_of(client, running.task_id))[-1]
+            assert (finished.status, finished.exit_code, finished.worker) == ("success", 0, "busy")
+            if keeps_data:
+                assert [line.line for line in await log_of(client, running.task_id)] == ["before", "after"]
+            for name in ("busy", "idle"):
+                later = a_job(quick, params={})
+                await enqueue_on(server.url(), name, later)
+                done = (await events_of(client, later.task_id))[-1]
+                assert (done.status, done.worker) == ("success", name)
+                assert [line.line for line in await log_of(client, later.task_id)] == ["hello"]
 
         assert busy.running()  # the same processes: neither was restarted
         assert idle.running()
