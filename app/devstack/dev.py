@@ -26,6 +26,7 @@ from app.db.engine import create_engine, create_session_factory
 from app.devstack.errors import StackError
 from app.devstack.processes import ManagedProcess, clear_stale
 from app.devstack.stack import LocalStack
+from app.devstack.supervisor import Supervisor
 from app.services.tokens import ensure_admin_token
 from worker.protocol import DEFAULT_POOL, PING_JOB, deserialize, queue_name, serialize
 
@@ -168,7 +169,10 @@ def _interrupt(signum: int, _frame: FrameType | None) -> None:
 
 
 def run_dev(options: DevOptions, environ: Mapping[str, str], out: TextIO) -> int:
-    """Bring the system up, report where it is, and run until SIGINT/SIGTERM; then stop what we started."""
+    """Bring the system up, report where it is, and run until SIGINT/SIGTERM; then stop what we started.
+
+    Once up, an API or worker that exits is started again with backoff (`app.devstack.supervisor`); only an
+    interrupt stops the stack."""
     state_dir = options.state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGTERM, _interrupt)
@@ -228,10 +232,9 @@ def run_dev(options: DevOptions, environ: Mapping[str, str], out: TextIO) -> int
                 f"Press Ctrl-C to stop.\n"
             )
             out.flush()
+            supervisor = Supervisor(children, out)  # the API or worker exiting is not a reason to stop the stack
             while True:
-                for child in children:
-                    if not child.running():
-                        raise StackError(f"{child.name} exited unexpectedly; its log is {child.log_path}")
+                supervisor.check()
                 time.sleep(0.5)
         except KeyboardInterrupt:
             out.write("\nstopping…\n")

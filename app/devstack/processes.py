@@ -82,15 +82,51 @@ def clear_stale(pid_file: Path, stop_signal: signal.Signals = signal.SIGTERM) ->
     return stopped
 
 
+def _spawn(
+    name: str,
+    argv: Sequence[str],
+    log_path: Path,
+    pid_file: Path,
+    env: Mapping[str, str] | None,
+    user: str | None,
+    stop_signal: signal.Signals,
+    cwd: Path | None,
+) -> subprocess.Popen[bytes]:
+    clear_stale(pid_file, stop_signal)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    pid_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        try:
+            popen = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=dict(env) if env is not None else None,
+                user=user,
+                cwd=cwd,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise StackError(f"{name}: could not start {argv[0]}: {exc}") from exc
+    started = _start_time(popen.pid) or time.time()
+    pid_file.write_text(json.dumps({"pid": popen.pid, "started": started, "argv0": str(argv[0])}))
+    return popen
+
+
 @dataclass
 class ManagedProcess:
-    """A server process we started, its log and pid file."""
+    """A server process we started, its log and pid file, and how to start it again."""
 
     name: str
     popen: subprocess.Popen[bytes]
     log_path: Path
     pid_file: Path
     stop_signal: signal.Signals = signal.SIGTERM
+    argv: tuple[str, ...] = ()
+    env: dict[str, str] | None = None
+    user: str | None = None
+    cwd: Path | None = None
 
     @classmethod
     def start(
@@ -106,26 +142,17 @@ class ManagedProcess:
         cwd: Path | None = None,
     ) -> ManagedProcess:
         """Start `argv` in its own session (a terminal's Ctrl-C reaches us, and we stop it in order)."""
-        clear_stale(pid_file, stop_signal)
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        pid_file.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "ab") as log:
-            try:
-                popen = subprocess.Popen(
-                    list(argv),
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=dict(env) if env is not None else None,
-                    user=user,
-                    cwd=cwd,
-                    start_new_session=True,
-                )
-            except OSError as exc:
-                raise StackError(f"{name}: could not start {argv[0]}: {exc}") from exc
-        started = _start_time(popen.pid) or time.time()
-        pid_file.write_text(json.dumps({"pid": popen.pid, "started": started, "argv0": str(argv[0])}))
-        return cls(name, popen, log_path, pid_file, stop_signal)
+        popen = _spawn(name, argv, log_path, pid_file, env, user, stop_signal, cwd)
+        kept_env = dict(env) if env is not None else None
+        return cls(name, popen, log_path, pid_file, stop_signal, tuple(argv), kept_env, user, cwd)
+
+    def respawn(self) -> None:
+        """Start the same command again, with the same environment, log and pid file (this one has exited)."""
+        if self.running():
+            raise StackError(f"{self.name} is still running (pid {self.pid})")
+        self.popen = _spawn(
+            self.name, self.argv, self.log_path, self.pid_file, self.env, self.user, self.stop_signal, self.cwd
+        )
 
     @property
     def pid(self) -> int:

@@ -1,0 +1,79 @@
+"""`ahop dev` keeps its stack up: a worker that dies is started again, said so, and the stack keeps answering."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+from arq import create_pool
+from arq.connections import RedisSettings
+
+from app.devstack.stack import LocalStack
+from tests.dev_runs import clean_env, running_dev
+from worker.protocol import DEFAULT_POOL, PING_JOB, deserialize, queue_name, serialize
+
+BOUND = 120.0  # generous: only catches a hang
+
+
+def worker_pid(state_dir: Path) -> int | None:
+    try:
+        return int(json.loads((state_dir / "run" / "worker.pid").read_text())["pid"])
+    except (FileNotFoundError, ValueError, KeyError):
+        return None
+
+
+async def ping(redis_url: str) -> str:
+    """Who answers a ping job of the default pool: `host:pid` of a worker."""
+    pool = await create_pool(RedisSettings.from_dsn(redis_url), job_serializer=serialize, job_deserializer=deserialize)
+    try:
+        job = await pool.enqueue_job(PING_JOB, _queue_name=queue_name(DEFAULT_POOL))
+        assert job is not None
+        result = await job.result(timeout=BOUND, poll_delay=0.05)
+        return str(result["worker"])
+    finally:
+        await pool.aclose()
+
+
+def ready_status(api_url: str) -> int:
+    with urllib.request.urlopen(api_url + "/health/ready", timeout=10) as response:  # noqa: S310  (our own server)
+        return int(response.status)
+
+
+def test_dev_starts_a_killed_worker_again_and_the_stack_keeps_answering(
+    tmp_path: Path, stack: LocalStack, database_url: str, redis_url: str, bucket: str
+) -> None:
+    state_dir = tmp_path / "state"
+    given = {
+        **clean_env(),
+        "AHOP_DATABASE_URL": database_url,
+        "AHOP_REDIS_URL": redis_url,
+        "AHOP_S3_ENDPOINT_URL": stack.env["AHOP_S3_ENDPOINT_URL"],
+        "AHOP_S3_ACCESS_KEY_ID": stack.env["AHOP_S3_ACCESS_KEY_ID"],
+        "AHOP_S3_SECRET_ACCESS_KEY": stack.env["AHOP_S3_SECRET_ACCESS_KEY"],
+        "AHOP_S3_BUCKET": bucket,
+    }
+    with running_dev(state_dir, given) as (process, env):
+        first = worker_pid(state_dir)
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+
+        deadline = time.monotonic() + BOUND
+        while (second := worker_pid(state_dir)) in (None, first) or not psutil.pid_exists(second):
+            assert process.poll() is None, "ahop dev stopped when its worker died"
+            assert time.monotonic() < deadline, "no new worker came up"
+            time.sleep(0.1)
+
+        assert asyncio.run(ping(redis_url)).endswith(f":{second}")  # the new worker takes jobs
+        assert ready_status(env["AHOP_API_URL"]) == 200
+        assert process.poll() is None
+        said = f"worker was killed by SIGKILL; restarting it in 1 s (its log: {state_dir.resolve()}/logs/worker.log)"
+        assert said in (state_dir / "logs" / "worker.log").read_text()
+        assert f"worker restarted (pid {second})" in (state_dir / "logs" / "worker.log").read_text()
+        outputs = [path.read_text() for path in tmp_path.glob("ahop-dev-*.out")]
+        assert any(said in output and f"worker restarted (pid {second})" in output for output in outputs)
