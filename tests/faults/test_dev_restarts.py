@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 import time
 import urllib.request
 from pathlib import Path
@@ -21,11 +22,24 @@ from worker.protocol import DEFAULT_POOL, PING_JOB, deserialize, queue_name, ser
 BOUND = 120.0  # generous: only catches a hang
 
 
-def worker_pid(state_dir: Path) -> int | None:
+def recorded_pid(state_dir: Path, name: str) -> int | None:
     try:
-        return int(json.loads((state_dir / "run" / "worker.pid").read_text())["pid"])
+        return int(json.loads((state_dir / "run" / f"{name}.pid").read_text())["pid"])
     except (FileNotFoundError, ValueError, KeyError):
         return None
+
+
+def kill_and_wait_for_another(process: subprocess.Popen[str], state_dir: Path, name: str) -> int:
+    """SIGKILL the process `ahop dev` started as `name`; return the pid of the one that takes its place."""
+    first = recorded_pid(state_dir, name)
+    assert first is not None
+    os.kill(first, signal.SIGKILL)
+    deadline = time.monotonic() + BOUND
+    while (second := recorded_pid(state_dir, name)) in (None, first) or not psutil.pid_exists(second):
+        assert process.poll() is None, f"ahop dev stopped when its {name} died"
+        assert time.monotonic() < deadline, f"no new {name} came up"
+        time.sleep(0.1)
+    return second
 
 
 async def ping(redis_url: str) -> str:
@@ -40,12 +54,22 @@ async def ping(redis_url: str) -> str:
         await pool.aclose()
 
 
-def ready_status(api_url: str) -> int:
-    with urllib.request.urlopen(api_url + "/health/ready", timeout=10) as response:  # noqa: S310  (our own server)
-        return int(response.status)
+def answers_ready(api_url: str) -> bool:
+    try:
+        with urllib.request.urlopen(api_url + "/health/ready", timeout=10) as response:  # noqa: S310  (our own server)
+            return bool(response.status == 200)
+    except OSError:  # not listening yet
+        return False
 
 
-def test_dev_starts_a_killed_worker_again_and_the_stack_keeps_answering(
+def wait_ready(api_url: str) -> None:
+    deadline = time.monotonic() + BOUND
+    while not answers_ready(api_url):
+        assert time.monotonic() < deadline, "the API did not answer again"
+        time.sleep(0.1)
+
+
+def test_dev_starts_a_killed_worker_or_api_again_and_the_stack_keeps_answering(
     tmp_path: Path, stack: LocalStack, database_url: str, redis_url: str, bucket: str
 ) -> None:
     state_dir = tmp_path / "state"
@@ -59,21 +83,16 @@ def test_dev_starts_a_killed_worker_again_and_the_stack_keeps_answering(
         "AHOP_S3_BUCKET": bucket,
     }
     with running_dev(state_dir, given) as (process, env):
-        first = worker_pid(state_dir)
-        assert first is not None
-        os.kill(first, signal.SIGKILL)
-
-        deadline = time.monotonic() + BOUND
-        while (second := worker_pid(state_dir)) in (None, first) or not psutil.pid_exists(second):
-            assert process.poll() is None, "ahop dev stopped when its worker died"
-            assert time.monotonic() < deadline, "no new worker came up"
-            time.sleep(0.1)
-
+        second = kill_and_wait_for_another(process, state_dir, "worker")
         assert asyncio.run(ping(redis_url)).endswith(f":{second}")  # the new worker takes jobs
-        assert ready_status(env["AHOP_API_URL"]) == 200
-        assert process.poll() is None
+        assert answers_ready(env["AHOP_API_URL"])
         said = f"worker was killed by SIGKILL; restarting it in 1 s (its log: {state_dir.resolve()}/logs/worker.log)"
         assert said in (state_dir / "logs" / "worker.log").read_text()
         assert f"worker restarted (pid {second})" in (state_dir / "logs" / "worker.log").read_text()
         outputs = [path.read_text() for path in tmp_path.glob("ahop-dev-*.out")]
         assert any(said in output and f"worker restarted (pid {second})" in output for output in outputs)
+
+        api = kill_and_wait_for_another(process, state_dir, "api")
+        wait_ready(env["AHOP_API_URL"])
+        assert f"API restarted (pid {api})" in (state_dir / "logs" / "api.log").read_text()
+        assert process.poll() is None
