@@ -11,6 +11,8 @@ What a script gets (DESIGN §4):
   of the worker's own environment, which holds its S3 and Redis credentials;
 - its own session and process group, so a timeout or a cancel stops it and everything it started: SIGTERM to the
   group, a grace period, SIGKILL. Whatever is left of the group when the script exits is killed too;
+- a supervisor (`worker.supervisor`) between the worker and the script, so the script and everything it started,
+  even what left the group, die when the worker dies, and when the script exits;
 - optionally another user (`run_as`; the worker must be root), who then owns the copy and the parameters file.
 
 `RunOutcome.exit_code` is the return code as the OS reports it: the exit status (0-255) when the script exited, the
@@ -46,6 +48,8 @@ OWN_BIN = str(Path(sys.executable).parent)
 """Where an interpreter not on the script PATH is looked for next: beside the worker's own Python, where installing
 ansible-core into the worker's environment puts `ansible-playbook`. The script PATH comes first, so `bash` and
 `python3` are the system's, and scripts' own PATH stays the script PATH."""
+SUPERVISOR = str(Path(__file__).with_name("supervisor.py"))
+"""Run as a program of its own (see `worker.supervisor`), never imported by the worker."""
 MAX_LINE_BYTES = 64 * 1024
 """A longer line (or output without any newline) is passed on in pieces of at most this many bytes."""
 MASK = "********"
@@ -370,24 +374,24 @@ async def _execute(request: RunRequest, plan: _Plan, on_line: LineCallback, canc
     if await cancelled():  # asked while the template was fetched or copied: the script never starts
         return RunOutcome("cancelled", None, "cancelled before the script started")
     loop = asyncio.get_running_loop()
-    identity: dict[str, Any] = {}
-    if plan.user is not None:
-        identity = {"user": plan.user.uid, "group": plan.user.gid, "extra_groups": []}
+    # Started from the event loop's thread, which lives as long as the worker: the supervisor's parent-death
+    # signal follows the thread that forked it.
+    uid, gid = (str(plan.user.uid), str(plan.user.gid)) if plan.user is not None else ("-", "-")
+    supervised = [sys.executable, "-I", "-S", SUPERVISOR, str(os.getpid()), uid, gid, "--", *plan.argv]
     try:
         transport, protocol = await loop.subprocess_exec(
             lambda: _ScriptProtocol(loop),
-            *plan.argv,
+            *supervised,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             cwd=plan.run_dir,
             env=plan.env,
             start_new_session=True,
-            **identity,
         )
     except OSError as exc:
         return RunOutcome("failed", None, f"the script could not be started: {exc}")
-    group = transport.get_pid()  # the script leads its own session, so its pid is its process group id
+    group = transport.get_pid()  # the supervisor leads the script's session, so its pid is the group id
     assert protocol.stdout is not None
     assert protocol.stderr is not None
     group_ended = asyncio.Event()
