@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
+from worker import supervisor
 from worker.protocol import FinalStatus
 
 log = logging.getLogger("ahop.worker")
@@ -49,7 +50,9 @@ OWN_BIN = str(Path(sys.executable).parent)
 ansible-core into the worker's environment puts `ansible-playbook`. The script PATH comes first, so `bash` and
 `python3` are the system's, and scripts' own PATH stays the script PATH."""
 SUPERVISOR = str(Path(__file__).with_name("supervisor.py"))
-"""Run as a program of its own (see `worker.supervisor`), never imported by the worker."""
+"""Run as a program of its own (see `worker.supervisor`); the worker imports it only for its signal numbers."""
+KILL_ALL_SECONDS = 5.0
+"""Most seconds the supervisor may take to kill everything on `STOP_ALL` before SIGKILL ends its group."""
 MAX_LINE_BYTES = 64 * 1024
 """A longer line (or output without any newline) is passed on in pieces of at most this many bytes."""
 MASK = "********"
@@ -418,11 +421,13 @@ async def _execute(request: RunRequest, plan: _Plan, on_line: LineCallback, canc
         watcher.cancel()
         if watcher.done() and not watcher.cancelled() and (problem := watcher.exception()) and stop is None:
             log.warning("the cancel check of task %s failed: %s", request.task_id, problem)
-        if not protocol.exited.done():
-            _signal_group(group, signal.SIGKILL)  # we are being cancelled: the script must not outlive the task
-        for reader in readers:
-            reader.cancel()
-        transport.close()
+        try:
+            if not protocol.exited.done():  # we are being cancelled: the script must not outlive the task
+                await _kill_all(group, protocol.exited)
+        finally:
+            for reader in readers:
+                reader.cancel()
+            transport.close()
     return _outcome(request, stop, transport.get_returncode())
 
 
@@ -451,11 +456,27 @@ async def _wait_for_cancel(cancelled: CancelCheck, interval: float) -> None:
 
 
 async def _stop_group(group: int, exited: asyncio.Future[None], grace: float) -> None:
-    """SIGTERM to the whole group, up to `grace` seconds for the script to exit, then SIGKILL to the group."""
+    """SIGTERM to the whole group, up to `grace` seconds for the script to exit, then SIGKILL to everything."""
     _signal_group(group, signal.SIGTERM)
     await asyncio.wait([exited], timeout=grace)
-    _signal_group(group, signal.SIGKILL)
+    if not exited.done():
+        await _kill_all(group, exited)
     await exited
+
+
+async def _kill_all(group: int, exited: asyncio.Future[None]) -> None:
+    """SIGKILL the script and everything it started, even what left its group; returns once the supervisor exited.
+
+    The supervisor does it (`STOP_ALL`) and then ends as the script did, SIGKILL. SIGKILL to the group follows in
+    any case, at once should this coroutine be cancelled, so nothing of the group survives a supervisor that could
+    not do its part.
+    """
+    try:
+        with contextlib.suppress(ProcessLookupError):  # the supervisor's pid stays ours until it is reaped
+            os.kill(group, supervisor.STOP_ALL)
+        await asyncio.wait([exited], timeout=KILL_ALL_SECONDS)
+    finally:
+        _signal_group(group, signal.SIGKILL)
 
 
 async def _finish_output(group: int, readers: list[asyncio.Task[None]], group_ended: asyncio.Event) -> None:

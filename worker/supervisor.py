@@ -11,7 +11,10 @@ the leader of a new session and process group; the supervisor forks the script i
   that `setsid`s into a session of its own, is reparented to the supervisor, never to PID 1, so it can be found;
 - when the worker dies: kills every descendant and exits. When the script exits: kills whatever the script left
   behind the same way, then exits with the script's own status (the same exit code, or the same signal), so the
-  worker sees the script's outcome exactly as if it had run the script itself.
+  worker sees the script's outcome exactly as if it had run the script itself. When the worker sends `STOP_ALL`
+  (its SIGKILL on a timeout, a cancel or its own shutdown): kills every descendant, the script included, and ends
+  as the script did (SIGKILL). SIGKILL to the group alone would end the supervisor with the group and leave what
+  left the group running.
 
 Killing "every descendant" means: SIGKILL each of the supervisor's own children, wait for one, look again, until it
 has no child left. A killed process's children become the supervisor's children (it is their subreaper), so each
@@ -44,9 +47,11 @@ PR_SET_CHILD_SUBREAPER = 36
 """From <linux/prctl.h>."""
 WORKER_DIED = signal.SIGUSR1
 """The parent-death signal: the worker itself never sends it."""
+STOP_ALL = signal.SIGUSR2
+"""From the worker: kill the script and everything it started now."""
 NOT_STARTED = 125
 """Exit status when the worker died before the script could be started (nobody is left to read it)."""
-_WATCHED = {WORKER_DIED, signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+_WATCHED = {WORKER_DIED, STOP_ALL, signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 """Blocked and taken with `sigwait`: SIGTERM, SIGINT and SIGHUP are meant for the script, not for the supervisor."""
 
 
@@ -68,10 +73,12 @@ def main(argv: list[str]) -> int:
     while True:
         received = signal.sigwait(_WATCHED)
         if received == WORKER_DIED and os.getppid() != int(worker_pid):
-            _kill_descendants()
+            _kill_descendants(script)
             return NOT_STARTED
+        if received == STOP_ALL:
+            return _relay(_kill_descendants(script))
         if received == signal.SIGCHLD and (status := _reap(script)) is not None:
-            _kill_descendants()
+            _kill_descendants(script)
             return _relay(status)
 
 
@@ -106,16 +113,22 @@ def _reap(script: int) -> int | None:
             status = wait_status
 
 
-def _kill_descendants() -> None:
-    """SIGKILL every descendant; returns once none is left (see the module docstring)."""
+def _kill_descendants(script: int) -> int:
+    """SIGKILL every descendant; returns once none is left (see the module docstring).
+
+    Returns the script's wait status when it was reaped here, else one saying SIGKILL (it had been reaped before).
+    """
+    status = signal.SIGKILL.value  # a wait status: killed by SIGKILL
     while True:
         for child in _children():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signal.SIGKILL)
         try:
-            os.waitpid(-1, 0)
+            pid, wait_status = os.waitpid(-1, 0)
         except ChildProcessError:
-            return
+            return status
+        if pid == script:
+            status = wait_status
 
 
 def _children() -> list[int]:
@@ -141,7 +154,8 @@ def _relay(status: int) -> int:
     if os.WIFSIGNALED(status):
         signum = os.WTERMSIG(status)
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # the script's core dump, if any, is its own
-        signal.signal(signum, signal.SIG_DFL)
+        if signum != signal.SIGKILL:  # the one signal whose action cannot be set
+            signal.signal(signum, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signum})
         os.kill(os.getpid(), signum)
         return 128 + signum
