@@ -465,11 +465,11 @@ async def _stop_group(group: int, exited: asyncio.Future[None], grace: float) ->
 
 
 async def _kill_all(group: int, exited: asyncio.Future[None]) -> None:
-    """SIGKILL the script and everything it started, even what left its group; returns once the supervisor exited.
+    """SIGKILL the script and everything it started, even what left its group.
 
-    The supervisor does it (`STOP_ALL`) and then ends as the script did, SIGKILL. SIGKILL to the group follows in
-    any case, at once should this coroutine be cancelled, so nothing of the group survives a supervisor that could
-    not do its part.
+    The supervisor does it (`STOP_ALL`) and then ends as the script did, by SIGKILL. Once it has exited, or after
+    `KILL_ALL_SECONDS`, or at once should this coroutine be cancelled, SIGKILL to the group follows, so nothing of
+    the group survives a supervisor that could not do its part.
     """
     try:
         with contextlib.suppress(ProcessLookupError):  # the supervisor's pid stays ours until it is reaped
