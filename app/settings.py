@@ -36,13 +36,17 @@ class AppSettings(BaseSettings):
     secret_keys: SecretStr | None = Field(default=None, description="Comma-separated Fernet keys; the first encrypts.")
     max_template_bytes: int = Field(default=256 << 20, gt=0, description="Largest template, in tar bytes.")
     max_template_files: int = Field(default=20_000, gt=0, description="Most files in one template.")
+    # A dead worker's running task is lost at most heartbeat_timeout + control_interval (to notice) + lost_grace +
+    # control_interval (to mark it) after the worker's last heartbeat: 15 + 2 + 10 + 2 = 29 s by default. The
+    # timeout is three missed heartbeats (workers beat every 5 s); the grace is twice that interval, within which
+    # every live worker beats again after Redis restarted or lost its data.
     heartbeat_timeout: float = Field(
-        default=30.0,
+        default=15.0,
         gt=0,
         description="Seconds without a heartbeat before a worker counts as dead and its running tasks as lost.",
     )
     lost_grace: float = Field(
-        default=30.0,
+        default=10.0,
         ge=0,
         description="Seconds a running task must keep looking lost to a server before it is marked lost "
         "(rides out a Redis restart or data loss, after which workers beat again).",

@@ -11,6 +11,8 @@ What a script gets (DESIGN §4):
   of the worker's own environment, which holds its S3 and Redis credentials;
 - its own session and process group, so a timeout or a cancel stops it and everything it started: SIGTERM to the
   group, a grace period, SIGKILL. Whatever is left of the group when the script exits is killed too;
+- a supervisor (`worker.supervisor`) between the worker and the script, so the script and everything it started,
+  even what left the group, die when the worker dies, and when the script exits;
 - optionally another user (`run_as`; the worker must be root), who then owns the copy and the parameters file.
 
 `RunOutcome.exit_code` is the return code as the OS reports it: the exit status (0-255) when the script exited, the
@@ -36,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
+from worker import supervisor
 from worker.protocol import FinalStatus
 
 log = logging.getLogger("ahop.worker")
@@ -46,6 +49,10 @@ OWN_BIN = str(Path(sys.executable).parent)
 """Where an interpreter not on the script PATH is looked for next: beside the worker's own Python, where installing
 ansible-core into the worker's environment puts `ansible-playbook`. The script PATH comes first, so `bash` and
 `python3` are the system's, and scripts' own PATH stays the script PATH."""
+SUPERVISOR = str(Path(__file__).with_name("supervisor.py"))
+"""Run as a program of its own (see `worker.supervisor`); the worker imports it only for its signal numbers."""
+KILL_ALL_SECONDS = 5.0
+"""Most seconds the supervisor may take to kill everything on `STOP_ALL` before SIGKILL ends its group."""
 MAX_LINE_BYTES = 64 * 1024
 """A longer line (or output without any newline) is passed on in pieces of at most this many bytes."""
 MASK = "********"
@@ -370,24 +377,24 @@ async def _execute(request: RunRequest, plan: _Plan, on_line: LineCallback, canc
     if await cancelled():  # asked while the template was fetched or copied: the script never starts
         return RunOutcome("cancelled", None, "cancelled before the script started")
     loop = asyncio.get_running_loop()
-    identity: dict[str, Any] = {}
-    if plan.user is not None:
-        identity = {"user": plan.user.uid, "group": plan.user.gid, "extra_groups": []}
+    # Started from the event loop's thread, which lives as long as the worker: the supervisor's parent-death
+    # signal follows the thread that forked it.
+    uid, gid = (str(plan.user.uid), str(plan.user.gid)) if plan.user is not None else ("-", "-")
+    supervised = [sys.executable, "-I", "-S", SUPERVISOR, str(os.getpid()), uid, gid, "--", *plan.argv]
     try:
         transport, protocol = await loop.subprocess_exec(
             lambda: _ScriptProtocol(loop),
-            *plan.argv,
+            *supervised,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             cwd=plan.run_dir,
             env=plan.env,
             start_new_session=True,
-            **identity,
         )
     except OSError as exc:
         return RunOutcome("failed", None, f"the script could not be started: {exc}")
-    group = transport.get_pid()  # the script leads its own session, so its pid is its process group id
+    group = transport.get_pid()  # the supervisor leads the script's session, so its pid is the group id
     assert protocol.stdout is not None
     assert protocol.stderr is not None
     group_ended = asyncio.Event()
@@ -414,11 +421,13 @@ async def _execute(request: RunRequest, plan: _Plan, on_line: LineCallback, canc
         watcher.cancel()
         if watcher.done() and not watcher.cancelled() and (problem := watcher.exception()) and stop is None:
             log.warning("the cancel check of task %s failed: %s", request.task_id, problem)
-        if not protocol.exited.done():
-            _signal_group(group, signal.SIGKILL)  # we are being cancelled: the script must not outlive the task
-        for reader in readers:
-            reader.cancel()
-        transport.close()
+        try:
+            if not protocol.exited.done():  # we are being cancelled: the script must not outlive the task
+                await _kill_all(group, protocol.exited)
+        finally:
+            for reader in readers:
+                reader.cancel()
+            transport.close()
     return _outcome(request, stop, transport.get_returncode())
 
 
@@ -447,11 +456,27 @@ async def _wait_for_cancel(cancelled: CancelCheck, interval: float) -> None:
 
 
 async def _stop_group(group: int, exited: asyncio.Future[None], grace: float) -> None:
-    """SIGTERM to the whole group, up to `grace` seconds for the script to exit, then SIGKILL to the group."""
+    """SIGTERM to the whole group, up to `grace` seconds for the script to exit, then SIGKILL to everything."""
     _signal_group(group, signal.SIGTERM)
     await asyncio.wait([exited], timeout=grace)
-    _signal_group(group, signal.SIGKILL)
+    if not exited.done():
+        await _kill_all(group, exited)
     await exited
+
+
+async def _kill_all(group: int, exited: asyncio.Future[None]) -> None:
+    """SIGKILL the script and everything it started, even what left its group.
+
+    The supervisor does it (`STOP_ALL`) and then ends as the script did, by SIGKILL. Once it has exited, or after
+    `KILL_ALL_SECONDS`, or at once should this coroutine be cancelled, SIGKILL to the group follows, so nothing of
+    the group survives a supervisor that could not do its part.
+    """
+    try:
+        with contextlib.suppress(ProcessLookupError):  # the supervisor's pid stays ours until it is reaped
+            os.kill(group, supervisor.STOP_ALL)
+        await asyncio.wait([exited], timeout=KILL_ALL_SECONDS)
+    finally:
+        _signal_group(group, signal.SIGKILL)
 
 
 async def _finish_output(group: int, readers: list[asyncio.Task[None]], group_ended: asyncio.Event) -> None:

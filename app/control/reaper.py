@@ -3,8 +3,9 @@
 A task counts as lost when it started more than `heartbeat_timeout` seconds ago and its worker's latest heartbeat
 is older than that, or absent, or, sent after the task started, does not list the task among those it runs (a new
 process of the worker, or one that lost track of it without a word). Ages are measured with the server's clock,
-so server and worker clocks should agree within a second or two. Lost is final by default: the script may still be
-running somewhere and may not be safe to run twice.
+so server and worker clocks should agree within a second or two. Lost is final by default: a worker that died took
+its scripts with it (`worker.supervisor`), long before the heartbeat timeout, but a worker alive and cut off from
+Redis still runs them, and a script may not be safe to run twice.
 """
 
 from __future__ import annotations

@@ -342,7 +342,7 @@ async def test_a_worker_killed_mid_task_leaves_it_lost(
         assert done["status"] == "lost", done
         assert "doomed" in (done["error"] or "")
     finally:
-        # The script outlived its worker (its own session): stop exactly it.
+        # Should the script have outlived its worker, stop exactly it.
         with_suppressed_missing(lambda: os.killpg(script_pid, signal.SIGKILL))
 
 

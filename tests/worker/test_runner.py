@@ -7,8 +7,10 @@ the `nobody` user.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import pickle
 import pwd
 import shutil
 import signal
@@ -339,7 +341,7 @@ async def test_a_slow_consumer_gets_every_line_after_the_script_exits(
     assert lines == [str(n) for n in range(1, count + 1)]
 
 
-async def test_a_process_that_left_the_group_does_not_hang_the_runner(
+async def test_a_process_that_left_the_group_neither_hangs_the_runner_nor_outlives_the_script(
     make_request: Callable[..., RunRequest],
 ) -> None:
     script = (
@@ -351,10 +353,12 @@ async def test_a_process_that_left_the_group_does_not_hang_the_runner(
     try:
         assert result.outcome == RunOutcome("success", 0, None)
         assert "done" in result.stdout()
+        assert len(escaped) == 1
+        assert await until(lambda: process_state(escaped[0]) is None)
     finally:
-        for pid in escaped:  # out of the script's group, so out of the runner's reach: ours to stop
-            os.kill(pid, signal.SIGKILL)
-    assert len(escaped) == 1
+        for pid in escaped:  # should it have survived, stop exactly it
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 async def test_timeout_kills_a_script_that_ignores_sigterm(make_request: Callable[..., RunRequest]) -> None:
@@ -591,3 +595,101 @@ def test_a_root_worker_without_run_as_user_is_warned_about() -> None:
     assert "S3 and Redis credentials" in warning
     assert root_without_run_as_warning("nobody", euid=0) is None
     assert root_without_run_as_warning(None, euid=1000) is None
+
+
+ESCAPING = (
+    "trap '' TERM\nsleep 1000 &\necho \"child=$!\"\n"
+    "setsid sh -c 'echo $$ > escaped.pid; exec sleep 1000' &\n"
+    'until [ -s escaped.pid ]; do sleep 0.01; done\necho "escaped=$(cat escaped.pid)"\n'
+    'echo "script=$$"\nwhile :; do sleep 0.05; done\n'
+)
+"""Starts a child in its group and one that leaves for a session of its own, then runs until it is stopped."""
+STAND_IN_WORKER = """
+import asyncio, pickle, sys
+from worker.runner import run_script
+
+request = pickle.load(sys.stdin.buffer)
+
+async def on_line(stream, line):
+    print(line, flush=True)
+
+async def never():
+    return False
+
+asyncio.run(run_script(request, on_line, never))
+"""
+"""Runs one request as a worker does: in its event loop's thread, printing the script's lines."""
+
+
+def kill_survivors(pids: list[int]) -> None:
+    for pid in pids:  # should any have survived, stop exactly it
+        if process_state(pid) is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("run_as", [None, "nobody"])
+async def test_the_script_and_all_it_started_die_with_the_worker_process(
+    make_request: Callable[..., RunRequest], runs_dir: Path, shared_runs_dir: Path, run_as: str | None
+) -> None:
+    """SIGKILL to the process that runs the script: the script, its child and the one that left its session go."""
+    request = make_request({"run.sh": ESCAPING}, run_as=run_as, runs_dir=shared_runs_dir if run_as else runs_dir)
+    worker = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", STAND_IN_WORKER, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    assert worker.stdin is not None
+    assert worker.stdout is not None
+    pids: dict[str, int] = {}
+    try:
+        worker.stdin.write(pickle.dumps(request))
+        worker.stdin.close()
+        while "script" not in pids:
+            line = (await asyncio.wait_for(worker.stdout.readline(), HANG)).decode()
+            assert line, "the stand-in worker ended before the script printed its pids"
+            name, _, pid = line.strip().partition("=")
+            pids[name] = int(pid)
+        assert all(process_state(pid) is not None for pid in pids.values())
+        worker.kill()
+        await asyncio.wait_for(worker.wait(), HANG)
+
+        assert await until(lambda: all(process_state(pid) is None for pid in pids.values())), pids
+    finally:
+        if worker.returncode is None:
+            worker.kill()
+            await worker.wait()
+        kill_survivors(list(pids.values()))
+
+
+@pytest.mark.parametrize("how", ["cancel", "runner-cancelled"])
+async def test_stopping_a_script_also_kills_what_left_its_group(
+    make_request: Callable[..., RunRequest], how: str
+) -> None:
+    request = make_request({"run.sh": ESCAPING})
+    lines: asyncio.Queue[str] = asyncio.Queue()
+    stop = asyncio.Event()
+
+    async def on_line(stream: str, line: str) -> None:
+        await lines.put(line)
+        if line.startswith("script="):
+            stop.set()
+
+    async def cancelled() -> bool:
+        return how == "cancel" and stop.is_set()
+
+    task = asyncio.create_task(run_script(request, on_line, cancelled))
+    pids: list[int] = []
+    try:
+        while len(pids) < 3:
+            pids.append(int((await asyncio.wait_for(lines.get(), HANG)).partition("=")[2]))
+        if how == "cancel":
+            outcome = await asyncio.wait_for(task, HANG)
+            assert (outcome.status, outcome.exit_code) == ("cancelled", -signal.SIGKILL)
+        else:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(task, HANG)
+
+        assert await until(lambda: all(process_state(pid) is None for pid in pids)), pids
+    finally:
+        task.cancel()
+        kill_survivors(pids)
