@@ -93,7 +93,7 @@ def _backfill(settings: AppSettings, tenant_id: uuid.UUID | None) -> list[Outcom
     import asyncio
 
     from app.db.engine import create_engine, create_session_factory
-    from app.git.mirror import GitOptions, Mirrors
+    from app.git.mirror import Mirrors
     from app.services.backfill import Backfiller
     from app.services.credentials import CredentialBox
     from app.services.imports import Importer
@@ -109,8 +109,7 @@ def _backfill(settings: AppSettings, tenant_id: uuid.UUID | None) -> list[Outcom
                     if tenant_id is not None:
                         await get_tenant(session, tenant_id)
                         await session.rollback()
-                    mirrors = Mirrors(settings.data_dir, GitOptions(settings.git_timeout, settings.git_known_hosts,
-                                                                    settings.allowed_schemes()))  # fmt: skip
+                    mirrors = Mirrors(settings.data_dir, settings.git_options())
                     limits = Limits(max_bytes=settings.max_template_bytes, max_files=settings.max_template_files)
                     importer = Importer(session, mirrors, CredentialBox(settings.secret_key_list()), store, limits,
                                         settings.data_dir / "tmp")  # fmt: skip

@@ -29,7 +29,7 @@ from app.api.templates import TemplateController
 from app.api.workers import WorkerController
 from app.control.runner import build_control_loop
 from app.db.engine import create_engine, create_session_factory
-from app.git.mirror import GitOptions, Mirrors
+from app.git.mirror import Mirrors
 from app.maintenance.launcher import RunLauncher
 from app.maintenance.service import build_maintenance
 from app.metrics import ApiMetrics
@@ -67,10 +67,7 @@ def create_app(settings: AppSettings) -> Litestar:
     )
     health_probe = HealthProbe(engine, redis, BlobStore(probe_location), settings.health_timeout)
     session_factory = create_session_factory(engine)
-    mirrors = Mirrors(
-        settings.data_dir,
-        GitOptions(settings.git_timeout, settings.git_known_hosts, settings.allowed_schemes()),
-    )
+    mirrors = Mirrors(settings.data_dir, settings.git_options())
     box = CredentialBox(settings.secret_key_list())
 
     store = BlobStore(settings.s3_location())

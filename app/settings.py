@@ -8,6 +8,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.db.engine import asyncpg_url
+from app.git.mirror import GitOptions
 from storage.blobstore import S3Location
 
 
@@ -31,6 +32,11 @@ class AppSettings(BaseSettings):
     port: int = 8000
     health_timeout: float = Field(default=2.0, gt=0, description="Seconds each readiness probe may take.")
     git_allowed_schemes: str = Field(default="https,ssh", description="Comma-separated URL schemes; add file locally.")
+    git_file_roots: str = Field(
+        default="",
+        description="Comma- or colon-separated absolute paths under which local (file) repositories may lie; "
+        "never the data dir, even inside a root.",
+    )
     git_timeout: float = Field(default=120.0, gt=0, description="Seconds any one git command may take.")
     git_known_hosts: Path | None = Field(default=None, description="known_hosts for ssh remotes; others refused.")
     secret_keys: SecretStr | None = Field(default=None, description="Comma-separated Fernet keys; the first encrypts.")
@@ -92,6 +98,22 @@ class AppSettings(BaseSettings):
     def _use_asyncpg(cls, url: str) -> str:
         return asyncpg_url(url)
 
+    @field_validator("git_file_roots")
+    @classmethod
+    def _absolute_roots(cls, roots: str) -> str:
+        for root in _split_roots(roots):
+            if not root.startswith("/"):
+                raise ValueError(f"AHOP_GIT_FILE_ROOTS: {root!r} is not an absolute path")
+        return roots
+
+    def file_roots(self) -> tuple[Path, ...]:
+        """The roots that local repositories may lie under."""
+        return tuple(Path(root) for root in _split_roots(self.git_file_roots))
+
+    def git_options(self) -> GitOptions:
+        """How the server runs git: time limit, known hosts, allowed schemes and local roots."""
+        return GitOptions(self.git_timeout, self.git_known_hosts, self.allowed_schemes(), self.file_roots())
+
     def allowed_schemes(self) -> frozenset[str]:
         return frozenset(s.strip().lower() for s in self.git_allowed_schemes.split(",") if s.strip())
 
@@ -107,3 +129,7 @@ class AppSettings(BaseSettings):
             secret_access_key=self.s3_secret_access_key.get_secret_value() if self.s3_secret_access_key else None,
             region=self.s3_region,
         )
+
+
+def _split_roots(roots: str) -> list[str]:
+    return [root.strip() for root in roots.replace(":", ",").split(",") if root.strip()]

@@ -184,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
                 database_url=database_url, redis_url=stack.env["AHOP_REDIS_URL"],
                 s3_endpoint_url=location.endpoint_url, s3_bucket=bucket, s3_access_key_id=location.access_key_id,
                 s3_secret_access_key=SecretStr(location.secret_access_key or ""), data_dir=work / "server",
-                git_allowed_schemes="https,ssh,file", secret_keys=SecretStr(Fernet.generate_key().decode()),
+                git_allowed_schemes="https,ssh,file", git_file_roots="/",  # its own corpora, wherever they are
+                secret_keys=SecretStr(Fernet.generate_key().decode()),
             )  # fmt: skip
             token = asyncio.run(tenant_token(database_url))
             by_hand = ByHand(work, location)

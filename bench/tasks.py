@@ -369,7 +369,8 @@ def app_settings(
         database_url=database_url, redis_url=stack.env["AHOP_REDIS_URL"], s3_endpoint_url=location.endpoint_url,
         s3_bucket=bucket, s3_access_key_id=location.access_key_id,
         s3_secret_access_key=SecretStr(location.secret_access_key or ""), s3_region=location.region,
-        data_dir=data_dir, git_allowed_schemes="https,ssh,file", secret_keys=SecretStr(Fernet.generate_key().decode()),
+        data_dir=data_dir, git_allowed_schemes="https,ssh,file", git_file_roots="/",  # its own corpora
+        secret_keys=SecretStr(Fernet.generate_key().decode()),
     )  # fmt: skip
     if interval is not None:
         fields["control_interval"] = interval

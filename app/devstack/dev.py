@@ -136,7 +136,7 @@ async def _worker_answers(redis_url: str, wait: float) -> bool:
 DEV_ENV_KEYS = (
     "AHOP_DATABASE_URL", "AHOP_REDIS_URL", "AHOP_S3_ENDPOINT_URL", "AHOP_S3_BUCKET", "AHOP_S3_ACCESS_KEY_ID",
     "AHOP_S3_SECRET_ACCESS_KEY", "AHOP_S3_REGION", "AHOP_DATA_DIR", "AHOP_WORKER_ROOT", "AHOP_SECRET_KEYS",
-    "AHOP_GIT_ALLOWED_SCHEMES",
+    "AHOP_GIT_ALLOWED_SCHEMES", "AHOP_GIT_FILE_ROOTS",
 )  # fmt: skip
 """What `ahop` commands run beside the stack need: `verify --repair` reads the server's mirrors (AHOP_DATA_DIR) and
 opens repository credentials (AHOP_SECRET_KEYS); `worker verify` checks the local worker's store."""
@@ -193,6 +193,8 @@ def run_dev(options: DevOptions, environ: Mapping[str, str], out: TextIO) -> int
             env.setdefault("AHOP_WORKER_METRICS_HOST", "127.0.0.1")  # the local worker's /metrics stays local
             env.setdefault("AHOP_S3_REGION", "us-east-1")
             env.setdefault("AHOP_GIT_ALLOWED_SCHEMES", "https,ssh,file")  # local repositories by path, for trying it
+            # ...but only from the user's own directories: never another tenant's mirror under the data dir.
+            env.setdefault("AHOP_GIT_FILE_ROOTS", f"{Path.home()},{Path.cwd()}")
             env.setdefault("AHOP_SECRET_KEYS", _secret_key(state_dir / "secret-key"))
             migrate.upgrade(env["AHOP_DATABASE_URL"])
             stack.ensure_bucket()

@@ -3,21 +3,28 @@
 Each fetch runs `git` with only what we give it: no system or global config, no terminal prompts, only the
 allowed protocols, a timeout, and credentials passed through the environment (never on the command line, where
 `ps` would show them). SSH checks host keys against the configured known-hosts file; unknown hosts are refused.
+A local (`file`) remote is fetched only from under the configured roots and never from under the server's data
+directory (another tenant's mirror); git is handed the checked, symlink-resolved path, never the url as given.
+
+Fetches and removals of one mirror take its lock (`<id>.lock`). A fetch for the API re-reads what to fetch once it
+holds the lock (`fetch_current`), so a repository deleted while the fetch waited is not fetched again; the removal
+happens under the same lock, after any fetch in progress.
 """
 
 from __future__ import annotations
 
-import fcntl
+import asyncio
 import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.git.urls import scheme_of
+from app.git.mirrorlock import MirrorLock
+from app.git.urls import check_local_path, scheme_of
 from app.services.credentials import Credentials
 from app.services.errors import InvalidInput, Upstream
 
@@ -29,6 +36,17 @@ class GitOptions:
     timeout: float = 120.0
     known_hosts: Path | None = None
     allowed_schemes: frozenset[str] = frozenset({"https", "ssh"})
+    file_roots: tuple[Path, ...] = ()
+    """Where local (`file`) remotes may lie; without roots no local remote is accepted."""
+
+
+@dataclass(frozen=True)
+class Remote:
+    """What a fetch reads: the repository's url, branch and credentials as recorded."""
+
+    url: str
+    branch: str
+    credentials: Credentials | None
 
 
 def check_branch(branch: str) -> str:
@@ -49,34 +67,79 @@ class Mirrors:
     def path(self, tenant_id: object, repository_id: int) -> Path:
         return self.root / str(tenant_id) / f"{repository_id}.git"
 
+    def lock(self, tenant_id: object, repository_id: int) -> MirrorLock:
+        """The lock that fetches and the removal of this mirror take."""
+        return MirrorLock(self.path(tenant_id, repository_id).with_suffix(".lock"))
+
     def remove(self, tenant_id: object, repository_id: int) -> None:
-        shutil.rmtree(self.path(tenant_id, repository_id), ignore_errors=True)
+        """Remove the mirror of a deleted repository, after any fetch of it in progress, and its lock file."""
+        lock = self.lock(tenant_id, repository_id)
+        with lock.held():
+            shutil.rmtree(self.path(tenant_id, repository_id), ignore_errors=True)
+            # Whoever still waits on this (now unlinked) file re-reads the repository once it gets the lock and
+            # finds it gone; nothing fetches a deleted repository, so no new lock file races with this one.
+            lock.path.unlink(missing_ok=True)
 
     def fetch(self, tenant_id: object, repository_id: int, url: str, branch: str,
               credentials: Credentials | None) -> str:  # fmt: skip
         """Fetch `branch` from `url` into the mirror; return the commit id it points at."""
+        with self.lock(tenant_id, repository_id).held():
+            return self._fetch_locked(tenant_id, repository_id, Remote(url, branch, credentials))
+
+    async def fetch_current(self, tenant_id: object, repository_id: int,
+                            read_remote: Callable[[], Awaitable[Remote]]) -> str:  # fmt: skip
+        """Fetch what `read_remote` says, read once this holds the mirror's lock; return the branch's commit id.
+
+        `read_remote` raises when the repository no longer exists (it was deleted while this waited for the
+        lock): then nothing is fetched and the mirror is not created again.
+        """
+        lock = self.lock(tenant_id, repository_id)
+        await lock.acquire_async()
+        try:
+            remote = await read_remote()
+        except BaseException:
+            lock.release()
+            raise
+        return await asyncio.to_thread(self._fetch_releasing, lock, tenant_id, repository_id, remote)
+
+    def _fetch_releasing(self, lock: MirrorLock, tenant_id: object, repository_id: int, remote: Remote) -> str:
+        # The lock is given up by the thread that fetches, so a cancelled request cannot free it mid-fetch.
+        try:
+            return self._fetch_locked(tenant_id, repository_id, remote)
+        finally:
+            lock.release()
+
+    def _fetch_locked(self, tenant_id: object, repository_id: int, remote: Remote) -> str:
+        source = self._source(remote.url)
         mirror = self.path(tenant_id, repository_id)
         mirror.parent.mkdir(parents=True, exist_ok=True)
-        with _locked(mirror.with_suffix(".lock")):
-            if not (mirror / "HEAD").exists():
-                self._git(["init", "--quiet", "--bare", str(mirror)], secret=None)
-            refspec = f"+refs/heads/{branch}:refs/heads/{branch}"
-            with self._auth_env(credentials) as (env, secret):
-                self._git(["--git-dir", str(mirror), "fetch", "--quiet", "--no-tags", "--prune", "--", url, refspec],
-                          secret=secret, env=env, what=f"fetching {branch!r} from {url}")  # fmt: skip
-            head = self._git(["--git-dir", str(mirror), "rev-parse", "--verify", f"refs/heads/{branch}^{{commit}}"],
-                             secret=None)  # fmt: skip
+        if not (mirror / "HEAD").exists():
+            self._git(["init", "--quiet", "--bare", str(mirror)], secret=None)
+        branch = remote.branch
+        refspec = f"+refs/heads/{branch}:refs/heads/{branch}"
+        with self._auth_env(remote.credentials) as (env, secret):
+            self._git(["--git-dir", str(mirror), "fetch", "--quiet", "--no-tags", "--prune", "--", source, refspec],
+                      secret=secret, env=env, what=f"fetching {branch!r} from {remote.url}")  # fmt: skip
+        head = self._git(["--git-dir", str(mirror), "rev-parse", "--verify", f"refs/heads/{branch}^{{commit}}"],
+                         secret=None)  # fmt: skip
         return head.strip()
+
+    def _source(self, url: str) -> str:
+        """What git is given for `url`: a local remote as its checked, resolved path (`InvalidInput` if refused)."""
+        if scheme_of(url) != "file":
+            return url
+        return str(check_local_path(url, self.options.file_roots, self.root.parent))
 
     def check_remote(self, url: str, branch: str | None, credentials: Credentials | None) -> str:
         """Ask the remote (`git ls-remote --symref`) whether it is a repository that has `branch`; return the branch,
         or without one the remote's default branch (where its HEAD points). `InvalidInput` names the problem: not a
         repository or not reachable (with git's message), no such branch, or no default branch to use."""
+        source = self._source(url)
         probe = self._probe_dir()
         patterns = ["HEAD", *([f"refs/heads/{branch}"] if branch else [])]
         with self._auth_env(credentials) as (env, secret):
             try:
-                listing = self._git(["--git-dir", str(probe), "ls-remote", "--symref", "--", url, *patterns],
+                listing = self._git(["--git-dir", str(probe), "ls-remote", "--symref", "--", source, *patterns],
                                     secret=secret, env=env, what="git ls-remote")  # fmt: skip
             except Upstream as exc:
                 said = str(exc).removeprefix("git ls-remote: ")
@@ -188,15 +251,4 @@ def _parse_listing(listing: str) -> tuple[set[str], str | None]:
     return refs, default
 
 
-@contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    """One fetch per mirror at a time (git's own ref locks would make a concurrent one fail)."""
-    with open(lock_path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-__all__ = ["GitOptions", "Mirrors", "check_branch", "scheme_of"]
+__all__ = ["GitOptions", "Mirrors", "Remote", "check_branch", "scheme_of"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from app.services.errors import InvalidInput
@@ -43,3 +44,33 @@ def check_remote_url(url: str, allowed_schemes: frozenset[str]) -> str:
         if parts.password is not None or (scheme in ("https", "http") and parts.username is not None):
             raise refuse("credentials must not be part of the url; give them as the repository's credentials")
     return url
+
+
+def check_local_path(url: str, roots: tuple[Path, ...], data_dir: Path) -> Path:
+    """The resolved path of a local remote (`file:///abs/path` or a plain absolute path) if the server may read it.
+
+    A local repository must lie under one of `roots` and never under `data_dir`, the server's own disk that holds
+    every tenant's mirrors, even where a root contains it. Symlinks and `..` are resolved before comparing, so a
+    link under a root that points elsewhere is judged by where it points. `InvalidInput` names the path and roots.
+    """
+    allowed = ", ".join(str(root) for root in roots) or "none configured (AHOP_GIT_FILE_ROOTS)"
+
+    def refuse(reason: str) -> InvalidInput:
+        reason = f"{reason}; local repositories must lie under the allowed roots: {allowed}"
+        return InvalidInput(f"repository url refused: {reason}", {"url": reason})
+
+    if "://" in url:
+        parts = urlsplit(url)
+        if parts.netloc not in ("", "localhost") or parts.query or parts.fragment:
+            raise refuse(f"{url!r} is not a local path; write a file url as file:///absolute/path")
+        given = parts.path
+    else:
+        given = url
+    if not given.startswith("/"):
+        raise refuse(f"local path {given!r} is not absolute")
+    resolved = Path(given).resolve()
+    if resolved.is_relative_to(data_dir.resolve()):
+        raise refuse(f"local path {given!r} lies in the server's data directory")
+    if not any(resolved.is_relative_to(root.resolve()) for root in roots):
+        raise refuse(f"local path {given!r} is not under an allowed root")
+    return resolved

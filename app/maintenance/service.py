@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.db.engine import create_session_factory
 from app.db.models import Blob, RunKind, RunStatus
-from app.git.mirror import GitOptions, Mirrors
+from app.git.mirror import Mirrors
 from app.maintenance.gc import GarbageCollector, GcOptions
 from app.maintenance.progress import Progress
 from app.maintenance.repair import Repairer
@@ -178,9 +178,7 @@ def policy_of(settings: AppSettings) -> Policy:
 
 def build_maintenance(settings: AppSettings, engine: AsyncEngine, store: BlobStore) -> Maintenance:
     """Maintenance as a server or `ahop gc|verify` runs it, from the settings (repairs use the server's mirrors)."""
-    mirrors = Mirrors(
-        settings.data_dir, GitOptions(settings.git_timeout, settings.git_known_hosts, settings.allowed_schemes())
-    )
+    mirrors = Mirrors(settings.data_dir, settings.git_options())
     limits = Limits(max_bytes=settings.max_template_bytes, max_files=settings.max_template_files)
     repairer = Repairer(create_session_factory(engine), store, mirrors, limits, settings.data_dir / "tmp")
     return Maintenance(engine, create_session_factory(engine), store, policy_of(settings), repairer)

@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError as DatabaseIntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import Blob, GitRepository, TaskTemplate, TemplateVersion
-from app.git.mirror import Mirrors
+from app.git.mirror import Mirrors, Remote
 from app.metrics import ApiMetrics
 from app.scan.schema import ScannedSchema, read_schema
 from app.services import blobs
@@ -141,18 +141,19 @@ class Importer:
 
     async def locate(self, tenant_id: uuid.UUID, repository_id: int, original_path: str, entry_file: str) -> Source:
         """Fetch the repository's branch and find `original_path` at its head, with `entry_file` among its files."""
-        repository = await self._repository(tenant_id, repository_id)
-        credentials = self.box.open(repository.credentials) if repository.credentials is not None else None
-        fields: dict[str, Any] = {
-            "id": repository.id,
-            "name": repository.name,
-            "url": repository.url,
-            "branch": repository.branch,
-        }
-        await self.session.rollback()  # hold no transaction across the network
-        commit = await asyncio.to_thread(
-            self.mirrors.fetch, tenant_id, fields["id"], fields["url"], fields["branch"], credentials
-        )
+        await self._repository(tenant_id, repository_id)
+        await self.session.rollback()
+        fields: dict[str, Any] = {}
+
+        async def read_remote() -> Remote:
+            # Read again once the mirror's lock is held: a repository deleted meanwhile is not fetched again.
+            repository = await self._repository(tenant_id, repository_id)
+            credentials = self.box.open(repository.credentials) if repository.credentials is not None else None
+            fields.update(id=repository.id, name=repository.name, url=repository.url, branch=repository.branch)
+            await self.session.rollback()  # hold no transaction across the network
+            return Remote(fields["url"], fields["branch"], credentials)
+
+        commit = await self.mirrors.fetch_current(tenant_id, repository_id, read_remote)
         return await asyncio.to_thread(self._resolve, tenant_id, fields, commit, original_path, entry_file)
 
     async def _repository(self, tenant_id: uuid.UUID, repository_id: int) -> GitRepository:

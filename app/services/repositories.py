@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError as DatabaseIntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import GitRepository
-from app.git.mirror import Mirrors, check_branch
+from app.git.mirror import Mirrors, Remote, check_branch
 from app.git.urls import check_remote_url
 from app.scan.candidates import Candidate
 from app.scan.errors import ScanError
@@ -119,7 +119,10 @@ class Repositories:
         return await self._commit(row)
 
     async def delete(self, tenant_id: uuid.UUID, repository_id: int) -> None:
-        """Delete the record and its mirror. Templates keep working: they hold snapshots, not references."""
+        """Delete the record and its mirror. Templates keep working: they hold snapshots, not references.
+
+        The mirror goes under its lock, after a fetch in progress; a sync still waiting for the lock then finds the
+        repository gone (404) and does not fetch it again."""
         row = await self.get(tenant_id, repository_id)
         await self.session.delete(row)
         await self.session.commit()
@@ -143,11 +146,19 @@ class Repositories:
 
     async def sync(self, tenant_id: uuid.UUID, repository_id: int) -> GitRepository:
         """Fetch the branch into the mirror and record the commit it now points at."""
-        row = await self.get(tenant_id, repository_id)
-        credentials = self.box.open(row.credentials) if row.credentials is not None else None
-        url, branch = row.url, row.branch
-        await self.session.rollback()  # no transaction held open across the network
-        head = await asyncio.to_thread(self.mirrors.fetch, tenant_id, repository_id, url, branch, credentials)
+        await self.get(tenant_id, repository_id)
+        await self.session.rollback()
+
+        async def read_remote() -> Remote:
+            # Read again once the mirror's lock is held: the repository may have been deleted (NotFound) or
+            # changed while this waited.
+            row = await self.get(tenant_id, repository_id)
+            credentials = self.box.open(row.credentials) if row.credentials is not None else None
+            remote = Remote(row.url, row.branch, credentials)
+            await self.session.rollback()  # no transaction held open across the network
+            return remote
+
+        head = await self.mirrors.fetch_current(tenant_id, repository_id, read_remote)
         row = await self.get(tenant_id, repository_id)
         row.head_commit, row.synced_at = head, datetime.now(UTC)
         await self.session.commit()

@@ -47,10 +47,12 @@ async def make_tenant(database_url: str) -> Caller:
 
 
 @pytest.fixture
-def api_settings(app_settings: AppSettings, tmp_path: Path) -> AppSettings:
+def api_settings(app_settings: AppSettings, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> AppSettings:
     return app_settings.model_copy(
         update={
             "git_allowed_schemes": "https,ssh,file",
+            # Local repositories live in the tests' temp dirs; the data dir inside them stays refused.
+            "git_file_roots": str(tmp_path_factory.getbasetemp()),
             "secret_keys": SecretStr(Fernet.generate_key().decode()),
             "data_dir": tmp_path / "server-data",
         }

@@ -64,6 +64,7 @@ def serve(settings: AppSettings, tmp_path: Path, **overrides: str) -> Iterator[S
         "AHOP_S3_SECRET_ACCESS_KEY": location.secret_access_key or "",
         "AHOP_DATA_DIR": str(tmp_path / "server"),
         "AHOP_GIT_ALLOWED_SCHEMES": "https,ssh,file",
+        "AHOP_GIT_FILE_ROOTS": str(tmp_path),
         "AHOP_SECRET_KEYS": Fernet.generate_key().decode(),
         "AHOP_CONTROL_LOOP": "false",  # only the requests of the test write to the log
         **overrides,

@@ -35,6 +35,7 @@ def api_url(app_settings: AppSettings, tmp_path: Path) -> Iterator[str]:
         "AHOP_S3_SECRET_ACCESS_KEY": location.secret_access_key or "",
         "AHOP_DATA_DIR": str(tmp_path / "server"),
         "AHOP_GIT_ALLOWED_SCHEMES": "https,ssh,file",
+        "AHOP_GIT_FILE_ROOTS": str(tmp_path),
         "AHOP_SECRET_KEYS": Fernet.generate_key().decode(),
     }
     log = open(tmp_path / "serve.log", "w")  # noqa: SIM115  (closed below, after the process)

@@ -83,6 +83,7 @@ def ahop(settings: AppSettings, database_url: str, *args: str) -> subprocess.Com
     location = settings.s3_location()
     env.update(
         AHOP_DATABASE_URL=database_url, AHOP_DATA_DIR=str(settings.data_dir), AHOP_GIT_ALLOWED_SCHEMES="https,file",
+        AHOP_GIT_FILE_ROOTS=settings.git_file_roots,
         AHOP_SECRET_KEYS=settings.secret_keys.get_secret_value() if settings.secret_keys else "",
         AHOP_S3_ENDPOINT_URL=location.endpoint_url or "", AHOP_S3_BUCKET=location.bucket,
         AHOP_S3_ACCESS_KEY_ID=location.access_key_id or "", AHOP_S3_SECRET_ACCESS_KEY=location.secret_access_key or "",

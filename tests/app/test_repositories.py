@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
 import pytest
+from httpx import Response
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from app.db.models import Role
+from app.git.mirror import Mirrors
 from app.main import create_app
 from app.settings import AppSettings
 from tests.app.conftest import Caller, git
+from tests.waiting import until
 
 Client = AsyncTestClient[Litestar]
 
@@ -156,6 +160,113 @@ async def test_delete_removes_the_record_and_its_mirror(
     assert not mirror.exists()
     gone = await client.get(f"/api/v1/git-repositories/{created['id']}", headers=alice[Role.ADMIN])
     assert gone.status_code == 404
+
+
+def _waiting_on(lock_file: Path) -> int:
+    """How many are blocked on the flock of `lock_file`: Linux lists each blocked waiter in /proc/locks with `->`."""
+    inode = str(lock_file.stat().st_ino)
+    lines = Path("/proc/locks").read_text().splitlines()
+    return sum(1 for line in lines if "->" in line.split() and any(
+        field.count(":") == 2 and field.rsplit(":", 1)[1] == inode for field in line.split()
+    ))  # fmt: skip
+
+
+async def test_a_sync_waiting_on_a_deleted_repositorys_mirror_does_not_create_it_again(
+    client: Client, api_settings: AppSettings, alice: Caller, origin: Path
+) -> None:
+    created = await _add(client, alice, origin)
+    path = f"/api/v1/git-repositories/{created['id']}"
+    assert (await client.post(f"{path}/sync", headers=alice[Role.OPERATOR])).status_code == 201
+    mirrors = Mirrors(api_settings.data_dir, api_settings.git_options())
+    mirror = mirrors.path(alice.tenant_id, int(str(created["id"])))
+    lock = mirrors.lock(alice.tenant_id, int(str(created["id"])))
+    await asyncio.to_thread(lock.acquire)  # as a long fetch of this mirror would hold it
+    try:
+        # The test client blocks its caller until the app answers: each waiting request gets a thread of its own.
+        sync = asyncio.create_task(_in_thread(client.post(f"{path}/sync", headers=alice[Role.OPERATOR])))
+
+        async def waiters() -> int:
+            return _waiting_on(lock.path)
+
+        await until(lambda: _at_least(waiters, 1), "the sync to wait for the mirror's lock")
+        delete = asyncio.create_task(_in_thread(client.delete(path, headers=alice[Role.ADMIN])))
+        await until(lambda: _at_least(waiters, 2), "the delete to wait for the mirror's lock too")
+        assert (mirror / "HEAD").exists(), "the mirror is removed after the fetch in progress, not under it"
+    finally:
+        lock.release()
+    synced, deleted = await sync, await delete
+    assert deleted.status_code == 204, deleted.text
+    assert synced.status_code == 404, synced.text
+    assert not mirror.exists()
+    assert (await client.get(path, headers=alice[Role.ADMIN])).status_code == 404
+
+
+async def _in_thread(request: Coroutine[Any, Any, Response]) -> Response:
+    return await asyncio.to_thread(asyncio.run, request)
+
+
+async def _at_least(count: Any, least: int) -> bool:
+    return bool(await count() >= least)
+
+
+async def test_a_tenant_cannot_add_another_tenants_mirror_or_paths_outside_the_roots(
+    client: Client, api_settings: AppSettings, alice: Caller, bob: Caller, origin: Path, tmp_path: Path
+) -> None:
+    created = await _add(client, alice, origin)
+    assert (await client.post(f"/api/v1/git-repositories/{created['id']}/sync",
+                              headers=alice[Role.ADMIN])).status_code == 201  # fmt: skip
+    mirror = api_settings.data_dir / "mirrors" / alice.tenant_id / f"{created['id']}.git"
+    assert (mirror / "HEAD").exists()
+    link = tmp_path / "shared-scripts.git"
+    link.symlink_to(mirror)
+    dotted = origin / ".." / mirror.relative_to(tmp_path)
+    roots = api_settings.git_file_roots
+    refusals = [
+        (str(mirror), str(mirror), "lies in the server's data directory"),
+        (f"file://{mirror}", str(mirror), "lies in the server's data directory"),
+        (str(link), str(link), "lies in the server's data directory"),
+        (f"file://{link}", str(link), "lies in the server's data directory"),
+        (str(dotted), str(dotted), "lies in the server's data directory"),
+        ("/usr/share", "/usr/share", "is not under an allowed root"),
+        ("origin", "origin", "is not absolute"),
+        (f"file://server{origin}", f"file://server{origin}", "is not a local path"),
+    ]
+    for url, named, reason in refusals:
+        body = {"name": "borrowed", "url": url, "branch": "main"}
+        response = await client.post("/api/v1/git-repositories", json=body, headers=bob[Role.ADMIN])
+        assert response.status_code == 422, (url, response.text)
+        detail = response.json()["detail"]
+        assert reason in detail, (url, detail)
+        assert repr(named) in detail, (url, detail)
+        assert roots in detail, (url, detail)
+        assert response.json()["extra"]["errors"][0]["field"] == "url"
+    assert (await client.get("/api/v1/git-repositories", headers=bob[Role.ADMIN])).json()["total"] == 0
+
+    # Nor by changing a repository of one's own to point there.
+    own = await _add(client, bob, origin, name="bobs")
+    moved = await client.put(f"/api/v1/git-repositories/{own['id']}", json={"url": f"file://{link}"},
+                             headers=bob[Role.ADMIN])  # fmt: skip
+    assert moved.status_code == 422, moved.text
+    shown = await client.get(f"/api/v1/git-repositories/{own['id']}", headers=bob[Role.ADMIN])
+    assert shown.json()["url"] == str(origin)
+
+
+async def test_a_local_path_is_checked_again_at_every_sync(
+    client: Client, api_settings: AppSettings, alice: Caller, bob: Caller, origin: Path, tmp_path: Path
+) -> None:
+    created = await _add(client, alice, origin)
+    assert (await client.post(f"/api/v1/git-repositories/{created['id']}/sync",
+                              headers=alice[Role.ADMIN])).status_code == 201  # fmt: skip
+    alices_mirror = api_settings.data_dir / "mirrors" / alice.tenant_id / f"{created['id']}.git"
+    link = tmp_path / "team-scripts"
+    link.symlink_to(origin)
+    bobs = await _add(client, bob, link, name="team")
+    link.unlink()
+    link.symlink_to(alices_mirror)  # the link now leads into the server's mirrors
+    synced = await client.post(f"/api/v1/git-repositories/{bobs['id']}/sync", headers=bob[Role.ADMIN])
+    assert synced.status_code == 422, synced.text
+    assert "lies in the server's data directory" in synced.json()["detail"]
+    assert not (api_settings.data_dir / "mirrors" / bob.tenant_id / f"{bobs['id']}.git").exists()
 
 
 async def test_scan_lists_candidates_with_inferred_parameters(client: Client, alice: Caller, tmp_path: Path) -> None:
@@ -348,3 +459,11 @@ async def test_update_checks_a_new_url_or_branch_at_the_remote(
     moved = await client.put(path, json={"branch": "release", "name": "renamed"}, headers=alice[Role.ADMIN])
     assert moved.status_code == 200, moved.text
     assert (moved.json()["branch"], moved.json()["name"]) == ("release", "renamed")
+
+
+def test_file_roots_are_comma_or_colon_separated_absolute_paths() -> None:
+    settings = AppSettings(git_file_roots="/home/ops:/srv/git, /opt/repos")
+    assert settings.file_roots() == (Path("/home/ops"), Path("/srv/git"), Path("/opt/repos"))
+    assert settings.git_options().file_roots == settings.file_roots()
+    with pytest.raises(ValueError, match="AHOP_GIT_FILE_ROOTS: 'repos' is not an absolute path"):
+        AppSettings(git_file_roots="/srv/git,repos")

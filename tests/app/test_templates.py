@@ -227,7 +227,7 @@ async def test_reimporting_a_known_tree_does_not_pack_again(
     from cryptography.fernet import Fernet  # noqa: F401  (the settings carry the key)
 
     from app.db.engine import create_engine, create_session_factory
-    from app.git.mirror import GitOptions, Mirrors
+    from app.git.mirror import Mirrors
     from app.services.credentials import CredentialBox
     from app.services.imports import Importer, TemplateSpec
     from storage.blobstore import BlobStore
@@ -235,7 +235,7 @@ async def test_reimporting_a_known_tree_does_not_pack_again(
 
     repository_id = await add_repository(client, alice, origin)
     engine = create_engine(database_url, pool_size=2)
-    mirrors = Mirrors(api_settings.data_dir, GitOptions(allowed_schemes=api_settings.allowed_schemes()))
+    mirrors = Mirrors(api_settings.data_dir, api_settings.git_options())
     store = BlobStore(api_settings.s3_location())
     try:
         async with create_session_factory(engine)() as session:

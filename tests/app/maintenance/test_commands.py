@@ -27,7 +27,7 @@ def command_env(settings: AppSettings) -> dict[str, str]:
         AHOP_DATABASE_URL=settings.database_url, AHOP_S3_ENDPOINT_URL=location.endpoint_url or "",
         AHOP_S3_BUCKET=location.bucket, AHOP_S3_ACCESS_KEY_ID=location.access_key_id or "",
         AHOP_S3_SECRET_ACCESS_KEY=location.secret_access_key or "", AHOP_DATA_DIR=str(settings.data_dir),
-        AHOP_GIT_ALLOWED_SCHEMES="https,ssh,file",
+        AHOP_GIT_ALLOWED_SCHEMES="https,ssh,file", AHOP_GIT_FILE_ROOTS=settings.git_file_roots,
     )  # fmt: skip
     return env
 
