@@ -48,10 +48,15 @@ def project(tmp_path: Path) -> Iterator[Path]:
     remove_root_database(root / ".ahop")
 
 
+def newcomer_env(home: Path) -> dict[str, str]:
+    """A shell without AHOP_ settings, of a user whose home directory holds their repositories."""
+    return {**clean_env(), "HOME": str(home)}
+
+
 def shell(project: Path, script: str) -> subprocess.CompletedProcess[str]:
     """Run README lines in bash, in the project directory, stopping at the first that fails."""
-    return subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=project, env=clean_env(), text=True,
-                          capture_output=True, timeout=COMMAND_TIMEOUT)  # fmt: skip
+    return subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=project, env=newcomer_env(project.parent),
+                          text=True, capture_output=True, timeout=COMMAND_TIMEOUT)  # fmt: skip
 
 
 def ops_repository(path: Path) -> None:
@@ -81,7 +86,7 @@ def test_the_readme_walkthrough_runs_as_written(project: Path, tmp_path: Path) -
     ops_repository(repository)
     load_env = "set -a; . .ahop/dev.env; set +a\n"
 
-    with running_dev(project / ".ahop", clean_env()):
+    with running_dev(project / ".ahop", newcomer_env(tmp_path)):
         (_, make_commands), (_, first_look) = blocks("Two commands")
         assert "make run" in make_commands
         health = shell(project, first_look)
