@@ -75,8 +75,11 @@ def _stop_leftovers(run_dir: Path) -> list[str]:
     return stopped
 
 
-def _check_port_free(port: int) -> None:
+def check_port_free(port: int) -> None:
+    """Refuse a port another process listens on. SO_REUSEADDR as the API server itself binds: connections of an
+    earlier run that wait out TIME-WAIT on the port do not keep a new run from starting."""
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((API_HOST, port))
         except OSError as exc:
@@ -180,7 +183,7 @@ def run_dev(options: DevOptions, environ: Mapping[str, str], out: TextIO) -> int
         leftovers = _stop_leftovers(state_dir / "run")
         if leftovers:
             out.write(f"stopped what an earlier run left behind: {', '.join(leftovers)}\n")
-        _check_port_free(options.port)
+        check_port_free(options.port)
         dev_env_file = state_dir / "dev.env"
         dev_env_file.unlink(missing_ok=True)
         children: list[ManagedProcess] = []

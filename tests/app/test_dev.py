@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -16,6 +17,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from app.devstack.dev import API_HOST, check_port_free
+from app.devstack.errors import StackError
 from app.devstack.processes import free_ports
 from app.devstack.stack import LocalStack
 from tests.dev_runs import UP_TIMEOUT, clean_env, remove_root_database, running_dev
@@ -133,3 +136,28 @@ def test_dev_interrupted_while_starting_leaves_nothing_running(tmp_path: Path, s
         p.pid for p in psutil.process_iter(["cmdline"]) if str(state_dir) in " ".join(p.info["cmdline"] or [])
     ]
     assert mentioning_state == []
+
+
+def test_a_port_left_in_time_wait_by_an_earlier_run_is_free_again() -> None:
+    """`make run`, Ctrl-C, `make run` at once: the earlier API's closed connections wait out TIME-WAIT on the port."""
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind((API_HOST, 0))
+        server.listen()
+        port = server.getsockname()[1]
+        with socket.create_connection((API_HOST, port)) as client:
+            accepted, _ = server.accept()
+            accepted.close()  # the server closes first: its end of the connection waits in TIME-WAIT
+            client.recv(1)
+    states = {c.status for c in psutil.net_connections("tcp") if c.laddr and c.laddr.port == port}
+    assert psutil.CONN_TIME_WAIT in states
+    check_port_free(port)  # no error: nothing listens there any more
+
+
+def test_a_port_another_process_listens_on_is_refused_naming_it() -> None:
+    with socket.socket() as listener:
+        listener.bind((API_HOST, 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        with pytest.raises(StackError, match=f"API: port {port} on {API_HOST} is in use"):
+            check_port_free(port)
