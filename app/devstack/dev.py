@@ -18,8 +18,11 @@ from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
+import asyncpg
 from arq import create_pool
 from arq.connections import RedisSettings
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from app.db import migrate
 from app.db.engine import create_engine, create_session_factory
@@ -84,6 +87,17 @@ def check_port_free(port: int) -> None:
             sock.bind((API_HOST, port))
         except OSError as exc:
             raise StackError(f"API: port {port} on {API_HOST} is in use ({exc.strerror}); pass --port") from exc
+
+
+@contextmanager
+def _database_step(url: str, what: str) -> Iterator[None]:
+    """A start-up step on the database: any failure of it (refused, timed out, refused credentials, an SQL error)
+    becomes one clear `StackError` naming the server, without its password, instead of a traceback."""
+    try:
+        yield
+    except (OSError, SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        shown = make_url(url).render_as_string(hide_password=True)
+        raise StackError(f"PostgreSQL at {shown}: could not {what} ({type(exc).__name__}: {exc})") from exc
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -199,11 +213,13 @@ def run_dev(options: DevOptions, environ: Mapping[str, str], out: TextIO) -> int
             # ...but only from the user's own directories: never another tenant's mirror under the data dir.
             env.setdefault("AHOP_GIT_FILE_ROOTS", f"{Path.home()},{Path.cwd()}")
             env.setdefault("AHOP_SECRET_KEYS", _secret_key(state_dir / "secret-key"))
-            migrate.upgrade(env["AHOP_DATABASE_URL"])
+            with _database_step(env["AHOP_DATABASE_URL"], "apply the migrations"):
+                migrate.upgrade(env["AHOP_DATABASE_URL"])
             stack.ensure_bucket()
             token_file = state_dir / "admin-token"
             known = token_file.read_text().strip() if token_file.exists() else None
-            token = asyncio.run(_admin_token(env["AHOP_DATABASE_URL"], known))
+            with _database_step(env["AHOP_DATABASE_URL"], "issue the admin token"):
+                token = asyncio.run(_admin_token(env["AHOP_DATABASE_URL"], known))
             if token != known:
                 _write_private(token_file, token + "\n")
             api_url = f"http://{API_HOST}:{options.port}"

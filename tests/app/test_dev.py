@@ -161,3 +161,24 @@ def test_a_port_another_process_listens_on_is_refused_naming_it() -> None:
         port = listener.getsockname()[1]
         with pytest.raises(StackError, match=f"API: port {port} on {API_HOST} is in use"):
             check_port_free(port)
+
+
+def test_a_database_that_does_not_answer_ends_the_start_with_one_line_and_exit_3(state_dir: Path) -> None:
+    (closed,) = free_ports(1)
+    env = {**clean_env(), "AHOP_DATABASE_URL": f"postgresql://postgres:sekrit@127.0.0.1:{closed}/ahop"}
+    (port,) = free_ports(1)
+    started = subprocess.run(
+        [sys.executable, "-m", "ahop", "dev", "--state-dir", str(state_dir), "--port", str(port)],
+        env=env, capture_output=True, text=True, timeout=UP_TIMEOUT,
+    )  # fmt: skip
+    assert started.returncode == 3, started.stderr
+    assert started.stderr.splitlines() == [
+        f"ahop: PostgreSQL at postgresql://postgres:***@127.0.0.1:{closed}/ahop: could not apply the migrations "
+        f"(ConnectionRefusedError: [Errno 111] Connect call failed ('127.0.0.1', {closed}))"
+    ]
+    assert "sekrit" not in started.stdout + started.stderr
+    assert (state_dir / "run" / "redis.pid").exists() or (state_dir / "redis").exists()  # it had started Redis...
+    mentioning_state = [
+        p.pid for p in psutil.process_iter(["cmdline"]) if str(state_dir) in " ".join(p.info["cmdline"] or [])
+    ]
+    assert mentioning_state == []  # ...and stopped it, and S3, again
