@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 import subprocess
 from collections.abc import AsyncIterator
@@ -73,6 +74,25 @@ async def alice(database_url: str) -> Caller:
 @pytest.fixture
 async def bob(database_url: str) -> Caller:
     return await make_tenant(database_url)
+
+
+def server_env(settings: AppSettings, tmp_path: Path) -> dict[str, str]:
+    """The environment of a real `ahop serve` process on the test's services: no other AHOP_ setting, its own
+    data directory and keys, local repositories allowed under the test's directory."""
+    location = settings.s3_location()
+    return {
+        **{key: value for key, value in os.environ.items() if not key.startswith("AHOP_")},
+        "AHOP_DATABASE_URL": settings.database_url,
+        "AHOP_REDIS_URL": settings.redis_url,
+        "AHOP_S3_ENDPOINT_URL": location.endpoint_url or "",
+        "AHOP_S3_BUCKET": location.bucket,
+        "AHOP_S3_ACCESS_KEY_ID": location.access_key_id or "",
+        "AHOP_S3_SECRET_ACCESS_KEY": location.secret_access_key or "",
+        "AHOP_DATA_DIR": str(tmp_path / "server"),
+        "AHOP_GIT_ALLOWED_SCHEMES": "https,ssh,file",
+        "AHOP_GIT_FILE_ROOTS": str(tmp_path),
+        "AHOP_SECRET_KEYS": Fernet.generate_key().decode(),
+    }
 
 
 def git(repo: Path, *args: str) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
@@ -14,12 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from cryptography.fernet import Fernet
 
 from app.db.models import Role
 from app.devstack.processes import free_ports
 from app.settings import AppSettings
-from tests.app.conftest import Caller
+from tests.app.conftest import Caller, server_env
 from tests.waiting import until
 
 ACCESS_LINE = re.compile(r'^INFO: +127\.0\.0\.1:\d+ - "(?P<request>[A-Z]+ \S+) HTTP/1\.1" (?P<status>\d{3})')
@@ -53,19 +51,8 @@ def _closed_port() -> int:
 def serve(settings: AppSettings, tmp_path: Path, **overrides: str) -> Iterator[Served]:
     """A real `ahop serve` process on the test's services (as `overrides` change them), stopped by its pid."""
     (port,) = free_ports(1)
-    location = settings.s3_location()
     env = {
-        **{key: value for key, value in os.environ.items() if not key.startswith("AHOP_")},
-        "AHOP_DATABASE_URL": settings.database_url,
-        "AHOP_REDIS_URL": settings.redis_url,
-        "AHOP_S3_ENDPOINT_URL": location.endpoint_url or "",
-        "AHOP_S3_BUCKET": location.bucket,
-        "AHOP_S3_ACCESS_KEY_ID": location.access_key_id or "",
-        "AHOP_S3_SECRET_ACCESS_KEY": location.secret_access_key or "",
-        "AHOP_DATA_DIR": str(tmp_path / "server"),
-        "AHOP_GIT_ALLOWED_SCHEMES": "https,ssh,file",
-        "AHOP_GIT_FILE_ROOTS": str(tmp_path),
-        "AHOP_SECRET_KEYS": Fernet.generate_key().decode(),
+        **server_env(settings, tmp_path),
         "AHOP_CONTROL_LOOP": "false",  # only the requests of the test write to the log
         **overrides,
     }

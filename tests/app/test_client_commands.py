@@ -13,31 +13,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cryptography.fernet import Fernet
 
 from app.db.models import Role
 from app.devstack.processes import free_ports
 from app.settings import AppSettings
-from tests.app.conftest import Caller
+from tests.app.conftest import Caller, server_env
 
 
 @pytest.fixture
 def api_url(app_settings: AppSettings, tmp_path: Path) -> Iterator[str]:
     (port,) = free_ports(1)
-    location = app_settings.s3_location()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("AHOP_")},
-        "AHOP_DATABASE_URL": app_settings.database_url,
-        "AHOP_REDIS_URL": app_settings.redis_url,
-        "AHOP_S3_ENDPOINT_URL": location.endpoint_url or "",
-        "AHOP_S3_BUCKET": location.bucket,
-        "AHOP_S3_ACCESS_KEY_ID": location.access_key_id or "",
-        "AHOP_S3_SECRET_ACCESS_KEY": location.secret_access_key or "",
-        "AHOP_DATA_DIR": str(tmp_path / "server"),
-        "AHOP_GIT_ALLOWED_SCHEMES": "https,ssh,file",
-        "AHOP_GIT_FILE_ROOTS": str(tmp_path),
-        "AHOP_SECRET_KEYS": Fernet.generate_key().decode(),
-    }
+    env = server_env(app_settings, tmp_path)
     log = open(tmp_path / "serve.log", "w")  # noqa: SIM115  (closed below, after the process)
     process = subprocess.Popen([sys.executable, "-m", "ahop", "serve", "--port", str(port)], env=env, stdout=log,
                                stderr=subprocess.STDOUT)  # fmt: skip
