@@ -70,9 +70,9 @@ def parse_survey(path: str, data: bytes) -> Survey:
     document = _load(path, data, problems)
     if problems:
         return Survey("", "", (), tuple(problems))
-    if _held_nul(document):
+    if (cleaned := _without_nul(document)) != document:
         problems.append(Problem(path, None, "the survey holds NUL characters; they were left out"))
-        document = _without_nul(document)
+        document = cleaned
     if not isinstance(document, dict):
         problems.append(Problem(path, 1, "a survey is a mapping with name, description and spec; found no mapping"))
         return Survey("", "", (), tuple(problems))
@@ -166,16 +166,6 @@ def _depth(document: object) -> int:
             deepest = max(deepest, depth)
             pending.extend((item, depth + 1) for item in (value.values() if isinstance(value, dict) else value))
     return deepest
-
-
-def _held_nul(document: object) -> bool:
-    if isinstance(document, str):
-        return "\0" in document
-    if isinstance(document, dict):
-        return any(_held_nul(key) or _held_nul(value) for key, value in document.items())
-    if isinstance(document, list):
-        return any(_held_nul(item) for item in document)
-    return False
 
 
 def _without_nul(document: Any) -> Any:
