@@ -33,7 +33,8 @@ class Fleet:
     logs: Path
     started: dict[str, ManagedProcess] = field(default_factory=dict)
 
-    def start(self, name: str, **settings: str) -> ManagedProcess:
+    def start(self, name: str, *, ready: bool = True, **settings: str) -> ManagedProcess:
+        """Start worker `name`; unless `ready` is false, wait for its first heartbeat."""
         # ansible-playbook comes with the test tools; the system's interpreters stay first on the scripts' PATH.
         # Metrics are off unless a test asks for a port: workers side by side cannot share one.
         env = {**self.env, **FAST, "AHOP_WORKER_ID": name, "AHOP_WORKER_SCRIPT_PATH": f"{DEFAULT_PATH}:{VENV_BIN}",
@@ -43,7 +44,8 @@ class Fleet:
             log_path=self.logs / f"{name}.log", pid_file=self.logs / f"{name}.pid", env=env,
         )  # fmt: skip
         self.started[name] = process
-        process.wait_ready(lambda: self.heartbeat(name) is not None, where=f"worker {name}", timeout=60)
+        if ready:
+            process.wait_ready(lambda: self.heartbeat(name) is not None, where=f"worker {name}", timeout=60)
         return process
 
     def heartbeat(self, name: str) -> dict[str, Any] | None:

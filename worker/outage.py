@@ -2,18 +2,22 @@
 
 arq's `Worker.main` ends its poll loop at the first Redis error (and `run` then exits the process once the running
 jobs are done). `OutlastingWorker` turns such an error into a wait instead: the loop sleeps with a growing delay and
-tries again, for as long as it takes, and picks up jobs as soon as Redis answers. `RedisOutage` remembers whether
+tries again, for as long as it takes, and picks up jobs as soon as Redis answers. The same holds at start: arq gives
+up after a few connection attempts, but a worker started before Redis (a host that boots before the queue does)
+waits for it. `RedisOutage` remembers whether
 Redis is away, so the outage and the recovery are each logged once however many loops run into it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from arq.connections import ArqRedis, create_pool
 from arq.worker import Worker
 from redis.exceptions import RedisError
 
@@ -69,6 +73,32 @@ class OutlastingWorker(Worker):
     def __init__(self, *args: Any, outage: RedisOutage, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.outage = outage
+
+    async def main(self) -> None:
+        if self._pool is None:
+            self._pool = await self._first_pool()
+        await super().main()
+
+    async def _first_pool(self) -> ArqRedis:
+        """The connection pool, once Redis answers: one attempt at a time (arq's own retries would each log a
+        warning and then give up), the outage logged once."""
+        assert self.redis_settings is not None  # build_worker always gives them
+        once = dataclasses.replace(self.redis_settings, conn_retries=0)
+        while True:
+            try:
+                pool = await create_pool(
+                    once,
+                    job_serializer=self.job_serializer,
+                    job_deserializer=self.job_deserializer,
+                    default_queue_name=self.queue_name,
+                    expires_extra_ms=self.expires_extra_ms,
+                )
+            except (RedisError, OSError) as exc:
+                self.outage.noticed(exc)
+                await asyncio.sleep(self.outage.next_delay())
+            else:
+                self.outage.recovered()
+                return pool
 
     async def _poll_iteration(self) -> None:
         try:

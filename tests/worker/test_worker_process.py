@@ -15,6 +15,7 @@ from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.jobs import Job
 from redis.asyncio import Redis
 
+from app.devstack.processes import free_ports
 from app.devstack.redis import RedisServer
 from tests import waiting
 from tests.fleet import Fleet
@@ -262,3 +263,32 @@ async def test_a_short_redis_outage_during_a_run_loses_neither_the_output_nor_th
     finally:
         fleet.stop_all()
         server.stop()
+
+
+async def test_a_worker_started_before_redis_waits_for_it_and_then_takes_jobs(
+    worker_env: dict[str, str], tmp_path: Path, publish: Publish
+) -> None:
+    (port,) = free_ports(1)
+    url = f"redis://127.0.0.1:{port}/0"
+    fleet = Fleet({**worker_env, "AHOP_REDIS_URL": url}, tmp_path / "own-logs")
+    blob = script_blob(tmp_path, publish, "late", "echo late\n")
+    server: RedisServer | None = None
+    try:
+        worker = fleet.start("w1", ready=False)
+        await wait_for_log(fleet, "w1", f"Redis at 127.0.0.1:{port}/0 is unavailable")
+        assert worker.popen.poll() is None, f"the worker gave up while Redis was away:\n{fleet.log('w1')}"
+        server = RedisServer.launch(tmp_path / "own-redis", durable=False, port=port)
+        server.wait_ready()
+        pool = await create_pool(RedisSettings.from_dsn(url), job_serializer=serialize)
+        job = a_job(blob, params={})
+        await enqueue(pool, job)
+        client = Redis.from_url(url)
+        finished = (await events_of(client, job.task_id))[-1]
+        assert (finished.status, finished.exit_code) == ("success", 0)
+        await pool.aclose()
+        await client.aclose()
+        assert fleet.log("w1").count("is unavailable") == 1  # the outage is logged once, however long it lasts
+    finally:
+        fleet.stop_all()
+        if server is not None:
+            server.stop()
