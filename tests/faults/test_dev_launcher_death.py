@@ -18,13 +18,17 @@ import pytest
 
 from app.devstack.postgres import PostgresServer
 from app.devstack.processes import free_ports
-from app.devstack.redis import RedisServer
+from app.devstack.redis import RedisServer, redis_server_binary
 from app.devstack.server import LocalServer
 from tests.dev_runs import UP_TIMEOUT, clean_env, remove_root_database, running_dev
 from tests.faults.test_dev_restarts import answers_ready, recorded_pid
 
 BOUND = 120.0  # generous: only catches a hang
 SERVERS = ("postgres", "redis", "s3", "api", "worker")
+OLDER_LAUNCHER = """import subprocess, sys
+server = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+print(server.pid)
+"""
 
 
 @pytest.fixture
@@ -87,7 +91,22 @@ def _start_outside_the_launcher(program: Path, user: str, data_dir: Path, port: 
     assert started.returncode == 0, log.read_text() if log.exists() else "pg_ctl failed"
 
 
-def test_a_postgres_left_on_the_state_dir_by_another_launcher_is_stopped_and_the_next_start_serves(
+def _redis_as_an_older_launcher_left_it(state_dir: Path) -> psutil.Process:
+    """A redis-server in a session of its own that no parent-death signal ties to anyone, recorded in the pid file
+    an `ahop dev` without that signal wrote before it was killed."""
+    (port,) = free_ports(1)
+    argv = [str(redis_server_binary()), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "yes", "--dir", str(state_dir / "redis"), "--daemonize", "no"]  # fmt: skip
+    launcher = subprocess.run(  # it starts the server and is gone, as a killed launcher is
+        [sys.executable, "-c", OLDER_LAUNCHER, *argv], capture_output=True, text=True, timeout=BOUND, check=True
+    )
+    server = psutil.Process(int(launcher.stdout))
+    record = {"pid": server.pid, "started": server.create_time(), "argv0": argv[0]}
+    (state_dir / "run" / "redis.pid").write_text(json.dumps(record))
+    return server
+
+
+def test_servers_left_on_the_state_dir_by_another_launcher_are_stopped_and_the_next_start_serves(
     tmp_path: Path, state_dir: Path
 ) -> None:
     with running_dev(state_dir, clean_env()) as (process, env):  # the cluster, made by a first run
@@ -100,12 +119,12 @@ def test_a_postgres_left_on_the_state_dir_by_another_launcher_is_stopped_and_the
     leftover = psutil.Process(int((data_dir / "postmaster.pid").read_text().splitlines()[0]))
     with asyncio.Runner() as runner:
         client = runner.run(asyncpg.connect(f"postgresql://postgres@127.0.0.1:{port}/ahop"))
-        tree = [leftover, *leftover.children(recursive=True)]
+        tree = [leftover, *leftover.children(recursive=True), _redis_as_an_older_launcher_left_it(state_dir)]
         try:
             assert runner.run(client.fetchval("SELECT pg_backend_pid()")) in {child.pid for child in tree}
             with running_dev(state_dir, clean_env()) as (_, again):
-                assert "stopped what an earlier run left behind: postgres" in last_output(tmp_path)
-                assert still_running(tree) == []  # the server and its backends
+                assert "stopped what an earlier run left behind: redis, postgres" in last_output(tmp_path)
+                assert still_running(tree) == []  # the servers and PostgreSQL's backends
                 assert answers_ready(again["AHOP_API_URL"])
                 assert again["AHOP_TOKEN"] == env["AHOP_TOKEN"]  # the same data, shut down cleanly
         finally:
