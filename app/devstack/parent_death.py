@@ -36,10 +36,9 @@ import ctypes
 import os
 import signal
 import sys
-import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import TypeVar, cast
 
 PR_SET_PDEATHSIG = 1
 """From <linux/prctl.h>."""
@@ -53,8 +52,10 @@ _forker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ahop-forker")
 def _libc_prctl() -> Callable[..., int] | None:
     if sys.platform != "linux":
         return None
-    prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
-    return prctl
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    prctl.argtypes = [ctypes.c_int, *[ctypes.c_ulong] * 4]  # the kernel reads unsigned longs after the option
+    prctl.restype = ctypes.c_int
+    return cast(Callable[..., int], prctl)
 
 
 _PRCTL = _libc_prctl()
@@ -83,7 +84,7 @@ def die_with_launcher(death_signal: signal.Signals) -> Callable[[], None] | None
 
 
 def in_forker(start: Callable[[], T]) -> T:
-    """Run `start` (which forks a child) in the forker thread and return what it returns, or raise what it raised."""
-    if threading.current_thread().name.startswith("ahop-forker"):
-        return start()
+    """Run `start` (which forks a child) in the forker thread and return what it returns, or raise what it raised.
+
+    Interrupted while waiting (Ctrl-C), the caller stops waiting; `start` still runs to its end in the forker."""
     return _forker.submit(start).result()
