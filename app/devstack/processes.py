@@ -1,7 +1,8 @@
 """Child processes we own: started with a pid file, stopped by that pid only, stale leftovers detected.
 
-A pid file records the pid *and* the process start time, so a leftover from a crashed run is recognised
-(and stopped) while an unrelated process that happens to reuse the pid is never touched.
+Every child dies with the process that started it, however that one dies (`app.devstack.parent_death`). A pid
+file records the pid *and* the process start time, so a leftover that an older launcher left running is
+recognised (and stopped) while an unrelated process that happens to reuse the pid is never touched.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 import psutil
 
 from app.devstack.errors import StackError
+from app.devstack.parent_death import die_with_launcher, in_forker
 
 
 def free_ports(count: int) -> list[int]:
@@ -95,23 +97,29 @@ def _spawn(
     clear_stale(pid_file, stop_signal)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     pid_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
-        try:
-            popen = subprocess.Popen(
-                list(argv),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=dict(env) if env is not None else None,
-                user=user,
-                cwd=cwd,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            raise StackError(f"{name}: could not start {argv[0]}: {exc}") from exc
-    started = _start_time(popen.pid) or time.time()
-    pid_file.write_text(json.dumps({"pid": popen.pid, "started": started, "argv0": str(argv[0])}))
-    return popen
+
+    def start() -> subprocess.Popen[bytes]:
+        # In the forker thread: the child dies with us, and its pid file is written even if we are interrupted.
+        with open(log_path, "ab") as log:
+            try:
+                popen = subprocess.Popen(
+                    list(argv),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=dict(env) if env is not None else None,
+                    user=user,
+                    cwd=cwd,
+                    start_new_session=True,
+                    preexec_fn=die_with_launcher(stop_signal),
+                )
+            except (OSError, subprocess.SubprocessError) as exc:
+                raise StackError(f"{name}: could not start {argv[0]}: {exc}") from exc
+        started = _start_time(popen.pid) or time.time()
+        pid_file.write_text(json.dumps({"pid": popen.pid, "started": started, "argv0": str(argv[0])}))
+        return popen
+
+    return in_forker(start)
 
 
 @dataclass
@@ -141,7 +149,8 @@ class ManagedProcess:
         stop_signal: signal.Signals = signal.SIGTERM,
         cwd: Path | None = None,
     ) -> ManagedProcess:
-        """Start `argv` in its own session (a terminal's Ctrl-C reaches us, and we stop it in order)."""
+        """Start `argv` in its own session (a terminal's Ctrl-C reaches us, and we stop it in order); it gets
+        `stop_signal` when we die."""
         popen = _spawn(name, argv, log_path, pid_file, env, user, stop_signal, cwd)
         kept_env = dict(env) if env is not None else None
         return cls(name, popen, log_path, pid_file, stop_signal, tuple(argv), kept_env, user, cwd)

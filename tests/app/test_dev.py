@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import stat
@@ -91,23 +90,6 @@ def test_dev_with_given_services_starts_none_of_its_own(
         assert _get(env["AHOP_API_URL"] + "/health/ready")[0] == 200
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=UP_TIMEOUT) == 0
-
-
-def test_dev_after_a_crash_stops_the_leftovers_of_the_earlier_run(state_dir: Path, stack: LocalStack) -> None:
-    given = {**clean_env(), "AHOP_DATABASE_URL": stack.env["AHOP_DATABASE_URL"]}
-    with running_dev(state_dir, given) as (process, _):
-        orphans = _recorded_pids(state_dir)
-        process.kill()  # SIGKILL: no chance to stop its children
-        process.wait(timeout=30)
-        assert all(psutil.pid_exists(pid) for pid in orphans.values())
-    try:
-        with running_dev(state_dir, given) as (_, env):
-            assert _get(env["AHOP_API_URL"] + "/health/ready")[0] == 200
-            assert [name for name, pid in orphans.items() if psutil.pid_exists(pid)] == []
-    finally:
-        for pid in orphans.values():  # never leave them running, even if the test failed
-            if psutil.pid_exists(pid):
-                os.kill(pid, signal.SIGKILL)
 
 
 def test_dev_interrupted_while_starting_leaves_nothing_running(tmp_path: Path, state_dir: Path) -> None:
