@@ -44,6 +44,13 @@ class AppSettings(BaseSettings):
     git_tenant_limit: int = Field(
         default=2, ge=1, description="Of those, how many one tenant may run at once; its others wait for a slot."
     )
+    # Under `ahop dev`'s 20 s wait for its API, and the 30 s a Kubernetes pod gets by default.
+    shutdown_timeout: int = Field(
+        default=15,
+        ge=1,
+        description="Seconds `ahop serve` lets requests finish after SIGTERM; then it stops them "
+        "and kills their git commands.",
+    )
     git_known_hosts: Path | None = Field(default=None, description="known_hosts for ssh remotes; others refused.")
     secret_keys: SecretStr | None = Field(default=None, description="Comma-separated Fernet keys; the first encrypts.")
     max_template_bytes: int = Field(default=256 << 20, gt=0, description="Largest template, in tar bytes.")
