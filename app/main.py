@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -17,6 +18,7 @@ from app.api.admin import AdminController
 from app.api.answer_log import log_error_answer
 from app.api.artifacts import ArtifactController
 from app.api.auth import provide_principal, provide_session
+from app.api.client_presence import client_presence
 from app.api.docs import SCHEMA_PATH, OfflineSwaggerPlugin
 from app.api.errors import EXCEPTION_HANDLERS
 from app.api.health import HealthController
@@ -49,6 +51,8 @@ from storage.canonical import Limits
 
 API_TITLE = "ahop"
 
+log = logging.getLogger("ahop.serve")
+
 
 def create_app(settings: AppSettings) -> Litestar:
     """The API application. Connections open lazily and close when the application shuts down."""
@@ -75,7 +79,7 @@ def create_app(settings: AppSettings) -> Litestar:
     workers = Workers(redis, heartbeat_timeout=settings.heartbeat_timeout, forget_after=settings.worker_forget_after,
                       prefetch_on_import=settings.prefetch_on_import)  # fmt: skip
     dispatcher = Dispatcher(connect(settings.redis_url, settings.redis_timeout), box, settings.task_log_limit)
-    metrics = ApiMetrics(session_factory, timeout=settings.health_timeout)
+    metrics = ApiMetrics(session_factory, timeout=settings.health_timeout, git_load=mirrors.pool.load.figures)
     control = build_control_loop(settings, session_factory, dispatcher, workers, metrics=metrics)
     maintenance = build_maintenance(settings, engine, store)
     launcher = RunLauncher()
@@ -107,6 +111,9 @@ def create_app(settings: AppSettings) -> Litestar:
         try:
             yield
         finally:
+            if killed := mirrors.close():
+                log.warning("shutting down: killed %d git command(s) still running (pids %s)", len(killed),
+                            ", ".join(map(str, killed)))  # fmt: skip
             await launcher.stop()
             await control.stop()
             await dispatcher.redis.aclose()
@@ -141,6 +148,7 @@ def create_app(settings: AppSettings) -> Litestar:
             "launcher": Provide(lambda: launcher, use_cache=True, sync_to_thread=False),
         },
         before_request=refuse_unstorable_input,
+        middleware=[client_presence],
         exception_handlers=EXCEPTION_HANDLERS,
         # Every exception reaches `log_error_answer`, which keeps tracebacks for the 5xx an operator must look at.
         logging_config=LoggingConfig(log_exceptions="always", exception_logging_handler=log_error_answer),

@@ -13,12 +13,13 @@ the scrape still succeeds with this process's own metrics and `ahop_metrics_data
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
@@ -173,11 +174,16 @@ class _Scrape(Collector):
         yield from self.figures
 
 
+def _figure(figures: Callable[[], dict[str, int]], name: str) -> float:
+    return figures()[name]
+
+
 class ApiMetrics:
     """The metrics of one application: counted by the import service and the event consumer, exposed by
     `GET /metrics`. `timeout` bounds the database part of a scrape, in seconds."""
 
-    def __init__(self, session_factory: async_sessionmaker[AsyncSession], timeout: float) -> None:
+    def __init__(self, session_factory: async_sessionmaker[AsyncSession], timeout: float,
+                 git_load: Callable[[], dict[str, int]] | None = None) -> None:  # fmt: skip
         self.session_factory = session_factory
         self.timeout = timeout
         self.registry = CollectorRegistry()
@@ -197,6 +203,13 @@ class ApiMetrics:
             "ahop_task_dispatch_seconds", "Seconds from a task's creation to the start of its first attempt on a "
             "worker, for the starts that this process recorded.", buckets=DISPATCH_BUCKETS, registry=self.registry,
         )  # fmt: skip
+        if git_load is not None:
+            git_work = Gauge(
+                "ahop_git_work", "Git work of this process now: waiting for a mirror's lock, waiting for a slot of the "
+                "git pool (or of its tenant), running.", ["state"], registry=self.registry,
+            )  # fmt: skip
+            for state in git_load():
+                git_work.labels(state=state).set_function(functools.partial(_figure, git_load, state))
         self._failing: str | None = None
 
     def imported(self, *, packed: bool) -> None:

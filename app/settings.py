@@ -38,6 +38,19 @@ class AppSettings(BaseSettings):
         "never the data dir, even inside a root.",
     )
     git_timeout: float = Field(default=120.0, gt=0, description="Seconds any one git command may take.")
+    git_pool_size: int = Field(
+        default=4, ge=1, le=256, description="Pieces of git work (fetch, ls-remote, scan, pack) the API runs at once."
+    )
+    git_tenant_limit: int = Field(
+        default=2, ge=1, description="Of those, how many one tenant may run at once; its others wait for a slot."
+    )
+    # Under `ahop dev`'s 20 s wait for its API, and the 30 s a Kubernetes pod gets by default.
+    shutdown_timeout: int = Field(
+        default=15,
+        ge=1,
+        description="Seconds `ahop serve` lets requests finish after SIGTERM; then it stops them "
+        "and kills their git commands.",
+    )
     git_known_hosts: Path | None = Field(default=None, description="known_hosts for ssh remotes; others refused.")
     secret_keys: SecretStr | None = Field(default=None, description="Comma-separated Fernet keys; the first encrypts.")
     max_template_bytes: int = Field(default=256 << 20, gt=0, description="Largest template, in tar bytes.")
@@ -111,8 +124,9 @@ class AppSettings(BaseSettings):
         return tuple(Path(root) for root in _split_roots(self.git_file_roots))
 
     def git_options(self) -> GitOptions:
-        """How the server runs git: time limit, known hosts, allowed schemes and local roots."""
-        return GitOptions(self.git_timeout, self.git_known_hosts, self.allowed_schemes(), self.file_roots())
+        """How the server runs git: time limit, known hosts, allowed schemes, local roots and its pool."""
+        return GitOptions(self.git_timeout, self.git_known_hosts, self.allowed_schemes(), self.file_roots(),
+                          pool_size=self.git_pool_size, tenant_limit=self.git_tenant_limit)  # fmt: skip
 
     def allowed_schemes(self) -> frozenset[str]:
         return frozenset(s.strip().lower() for s in self.git_allowed_schemes.split(",") if s.strip())

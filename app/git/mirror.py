@@ -8,12 +8,14 @@ directory (another tenant's mirror); git is handed the checked, symlink-resolved
 
 Fetches and removals of one mirror take its lock (`<id>.lock`). A fetch for the API re-reads what to fetch once it
 holds the lock (`fetch_current`), so a repository deleted while the fetch waited is not fetched again; the removal
-happens under the same lock, after any fetch in progress.
+happens under the same lock, after any fetch in progress. Waiting for the lock holds no thread.
+
+Git work runs in the mirrors' git pool (`app.git.pool`): a bounded number at once, a few per tenant, never on
+asyncio's default threads. Every git command is a child that dies with the server (`app.git.processes`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import subprocess
@@ -24,9 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.git.mirrorlock import MirrorLock
+from app.git.pool import GitPool, watch_client
+from app.git.processes import GitTimedOut, ShuttingDown
 from app.git.urls import check_local_path, scheme_of
 from app.services.credentials import Credentials
-from app.services.errors import InvalidInput, Upstream
+from app.services.errors import InvalidInput, Unavailable, Upstream
 
 GIT_PROTOCOLS = {"https": "https", "http": "http", "ssh": "ssh", "file": "file", "git": "git"}
 
@@ -38,6 +42,10 @@ class GitOptions:
     allowed_schemes: frozenset[str] = frozenset({"https", "ssh"})
     file_roots: tuple[Path, ...] = ()
     """Where local (`file`) remotes may lie; without roots no local remote is accepted."""
+    pool_size: int = 4
+    """How many pieces of git work (fetches, scans, packs) run at once."""
+    tenant_limit: int = 2
+    """How many of them one tenant may run at once; its others wait for a slot."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +71,12 @@ class Mirrors:
     def __init__(self, data_dir: Path, options: GitOptions) -> None:
         self.root = data_dir / "mirrors"
         self.options = options
+        self.pool = GitPool(options.pool_size, options.tenant_limit)
+        """Where this server's git work runs; `close` it when the server shuts down."""
+
+    def close(self) -> list[int]:
+        """On shutdown: kill the git commands still running (answering their pids) and start no more."""
+        return self.pool.close()
 
     def path(self, tenant_id: object, repository_id: int) -> Path:
         return self.root / str(tenant_id) / f"{repository_id}.git"
@@ -71,20 +85,31 @@ class Mirrors:
         """The lock that fetches and the removal of this mirror take."""
         return MirrorLock(self.path(tenant_id, repository_id).with_suffix(".lock"))
 
-    def remove(self, tenant_id: object, repository_id: int) -> None:
+    async def remove(self, tenant_id: object, repository_id: int) -> None:
         """Remove the mirror of a deleted repository, after any fetch of it in progress, and its lock file."""
         lock = self.lock(tenant_id, repository_id)
-        with lock.held():
-            shutil.rmtree(self.path(tenant_id, repository_id), ignore_errors=True)
-            # Whoever still waits on this (now unlinked) file re-reads the repository once it gets the lock and
-            # finds it gone; nothing fetches a deleted repository, so no new lock file races with this one.
-            lock.path.unlink(missing_ok=True)
+        with self.pool.load.waiting_for_lock():
+            await lock.acquire_async()
 
-    def fetch(self, tenant_id: object, repository_id: int, url: str, branch: str,
-              credentials: Credentials | None) -> str:  # fmt: skip
-        """Fetch `branch` from `url` into the mirror; return the commit id it points at."""
-        with self.lock(tenant_id, repository_id).held():
-            return self._fetch_locked(tenant_id, repository_id, Remote(url, branch, credentials))
+        def remove_releasing() -> None:
+            try:
+                shutil.rmtree(self.path(tenant_id, repository_id), ignore_errors=True)
+                # Whoever still waits on this (now unlinked) file re-reads the repository once it gets the lock
+                # and finds it gone; nothing fetches a deleted repository, so no new lock file races with this one.
+                lock.path.unlink(missing_ok=True)
+            finally:
+                lock.release()
+
+        # Not for the caller only: the repository is gone, its mirror must go even if the client has.
+        await self.pool.run(tenant_id, remove_releasing, for_caller=False, not_started=lock.release)
+
+    async def fetch(self, tenant_id: object, repository_id: int, remote: Remote) -> str:
+        """Fetch `remote`'s branch into the mirror; return the commit id it points at."""
+
+        async def same() -> Remote:
+            return remote
+
+        return await self.fetch_current(tenant_id, repository_id, same)
 
     async def fetch_current(self, tenant_id: object, repository_id: int,
                             read_remote: Callable[[], Awaitable[Remote]]) -> str:  # fmt: skip
@@ -94,16 +119,19 @@ class Mirrors:
         lock): then nothing is fetched and the mirror is not created again.
         """
         lock = self.lock(tenant_id, repository_id)
-        await lock.acquire_async()
+        watch_client()  # a client that leaves while this waits gets no fetch (`GitPool.run` looks)
+        with self.pool.load.waiting_for_lock():
+            await lock.acquire_async()
         try:
             remote = await read_remote()
         except BaseException:
             lock.release()
             raise
-        return await asyncio.to_thread(self._fetch_releasing, lock, tenant_id, repository_id, remote)
+        return await self.pool.run(tenant_id, self._fetch_releasing, lock, tenant_id, repository_id, remote,
+                                   not_started=lock.release)  # fmt: skip
 
     def _fetch_releasing(self, lock: MirrorLock, tenant_id: object, repository_id: int, remote: Remote) -> str:
-        # The lock is given up by the thread that fetches, so a cancelled request cannot free it mid-fetch.
+        # Once the fetch runs, the lock is given up by its thread, so a cancelled request cannot free it mid-fetch.
         try:
             return self._fetch_locked(tenant_id, repository_id, remote)
         finally:
@@ -130,7 +158,12 @@ class Mirrors:
             return url
         return str(check_local_path(url, self.options.file_roots, self.root.parent))
 
-    def check_remote(self, url: str, branch: str | None, credentials: Credentials | None) -> str:
+    async def check_remote(self, tenant_id: object, url: str, branch: str | None,
+                           credentials: Credentials | None) -> str:  # fmt: skip
+        """`_check_remote` in the git pool, as `tenant_id`'s work."""
+        return await self.pool.run(tenant_id, self._check_remote, url, branch, credentials)
+
+    def _check_remote(self, url: str, branch: str | None, credentials: Credentials | None) -> str:
         """Ask the remote (`git ls-remote --symref`) whether it is a repository that has `branch`; return the branch,
         or without one the remote's default branch (where its HEAD points). `InvalidInput` names the problem: not a
         repository or not reachable (with git's message), no such branch, or no default branch to use."""
@@ -215,10 +248,11 @@ class Mirrors:
     def _git(self, args: list[str], *, secret: str | None, env: dict[str, str] | None = None,
              what: str = "git") -> str:  # fmt: skip
         try:
-            result = subprocess.run(["git", *args], capture_output=True, text=True, env=env or self._base_env(),
-                                    timeout=self.options.timeout, check=False)  # fmt: skip
-        except subprocess.TimeoutExpired:
-            raise Upstream(f"{what}: git did not finish within {self.options.timeout:g}s") from None
+            result = self.pool.processes.run(["git", *args], env or self._base_env(), self.options.timeout)
+        except GitTimedOut as exc:
+            raise Upstream(f"{what}: {exc}") from None
+        except ShuttingDown as exc:
+            raise Unavailable(f"{what}: {exc}") from None
         if result.returncode != 0:
             message = result.stderr.strip() or result.stdout.strip()
             if secret:

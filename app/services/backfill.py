@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -14,6 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import GitRepository, TaskTemplate, TemplateVersion
+from app.git.mirror import Remote
 from app.git.urls import check_remote_url
 from app.scan.candidates import PLAYBOOKS
 from app.scan.params import NAME, TYPE_NAMES, Parameter, coerce_default, resolve_type
@@ -127,15 +127,14 @@ class Backfiller:
         if head is None:
             try:
                 credentials = self.importer.box.open(sealed) if sealed is not None else None
-                head = await asyncio.to_thread(self.importer.mirrors.fetch, tenant_id, repository_id, url, branch,
-                                               credentials)  # fmt: skip
+                head = await self.importer.mirrors.fetch(tenant_id, repository_id, Remote(url, branch, credentials))
             except (InvalidInput, Upstream) as exc:
                 head = exc
             self._heads[repository_id] = head
         if isinstance(head, AppError):
             raise head
-        return await asyncio.to_thread(self._entry_at, tenant_id, repository_id, head, path, legacy_entry,
-                                       script_type)  # fmt: skip
+        return await self.importer.mirrors.pool.run(tenant_id, self._entry_at, tenant_id, repository_id, head, path,
+                                                    legacy_entry, script_type)  # fmt: skip
 
     def _entry_at(self, tenant_id: uuid.UUID, repository_id: int, commit: str, path: str, legacy_entry: str,
                   script_type: str) -> str:  # fmt: skip

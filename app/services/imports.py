@@ -90,6 +90,8 @@ class Source:
     mirror: Path
     is_file: bool
     """The content is a single file (`original_path` names a blob), not a directory."""
+    tenant_id: uuid.UUID
+    """Whose mirror it is: reading it is that tenant's git work (`app.git.pool`)."""
 
     def tree(self) -> GitTree:
         return GitTree(git.Repo(self.mirror), self.snapshot_info["commit_sha"], self.snapshot_info["original_path"])
@@ -122,7 +124,7 @@ class Importer:
             raise Conflict(f"a template with code {spec.code!r} already exists")
         source = await self.locate(tenant_id, spec.repository_id, spec.original_path, spec.entry_file)
         if spec.parameters is None:
-            schema = await asyncio.to_thread(source.read_schema, spec.script_type, spec.entry_file)
+            schema = await self.mirrors.pool.run(tenant_id, source.read_schema, spec.script_type, spec.entry_file)
             parameters, parameters_source = schema.parameters_json(), PARAMETERS_SCANNED
         else:
             parameters, parameters_source = spec.parameters, PARAMETERS_MANUAL
@@ -154,7 +156,8 @@ class Importer:
             return Remote(fields["url"], fields["branch"], credentials)
 
         commit = await self.mirrors.fetch_current(tenant_id, repository_id, read_remote)
-        return await asyncio.to_thread(self._resolve, tenant_id, fields, commit, original_path, entry_file)
+        return await self.mirrors.pool.run(tenant_id, self._resolve, tenant_id, fields, commit, original_path,
+                                           entry_file)  # fmt: skip
 
     async def _repository(self, tenant_id: uuid.UUID, repository_id: int) -> GitRepository:
         row = await self.session.scalar(
@@ -184,7 +187,7 @@ class Importer:
             "original_path": original_path,
             "created_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
         }
-        return Source(info, located.content_key, mirror, is_file=located.kind == "blob")
+        return Source(info, located.content_key, mirror, is_file=located.kind == "blob", tenant_id=tenant_id)
 
     def _pack(self, source: Source) -> tuple[Snapshot, BinaryIO]:
         """Pack into a spooled file: in memory up to the size the store sends in one request, on disk beyond."""
@@ -205,7 +208,7 @@ class Importer:
         if digest is not None:
             return Stored(digest, None, packed=False)
         try:
-            snapshot, blob_file = await asyncio.to_thread(self._pack, source)
+            snapshot, blob_file = await self.mirrors.pool.run(source.tenant_id, self._pack, source)
         except SnapshotRefused as exc:  # including LimitExceeded, whose message gives the figures
             raise InvalidInput(str(exc), {"original_path": str(exc)}) from exc
         try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -84,17 +83,18 @@ class Repositories:
         await self.session.refresh(row)
         return row
 
-    async def _check_remote(self, url: str, branch: str | None, credentials: Credentials | None) -> str:
+    async def _check_remote(self, tenant_id: uuid.UUID, url: str, branch: str | None,
+                            credentials: Credentials | None) -> str:  # fmt: skip
         """The branch to record, once the remote has answered that it is a repository with that branch (or, with
         no branch given, its default branch): a wrong url or branch is refused now, not at the first sync."""
         url = check_remote_url(url, self.mirrors.options.allowed_schemes)
         if branch is not None:
             check_branch(branch)
-        return await asyncio.to_thread(self.mirrors.check_remote, url, branch, credentials)
+        return await self.mirrors.check_remote(tenant_id, url, branch, credentials)
 
     async def create(self, tenant_id: uuid.UUID, fields: RepositoryFields) -> GitRepository:
         """Add a repository after `git ls-remote` found it; without a branch, the remote's default branch is used."""
-        branch = await self._check_remote(fields.url or "", fields.branch, fields.credentials)
+        branch = await self._check_remote(tenant_id, fields.url or "", fields.branch, fields.credentials)
         row = GitRepository(tenant_id=tenant_id, name=fields.name, branch=branch)
         self._apply(row, replace(fields, branch=branch))
         self.session.add(row)
@@ -112,7 +112,7 @@ class Repositories:
                 credentials = None
             url, branch = fields.url or row.url, fields.branch or row.branch
             await self.session.rollback()  # no transaction held open across the network
-            await self._check_remote(url, branch, credentials)
+            await self._check_remote(tenant_id, url, branch, credentials)
             row = await self.get(tenant_id, repository_id)
         self._apply(row, fields)
         row.updated_at = datetime.now(UTC)
@@ -126,7 +126,7 @@ class Repositories:
         row = await self.get(tenant_id, repository_id)
         await self.session.delete(row)
         await self.session.commit()
-        await asyncio.to_thread(self.mirrors.remove, tenant_id, repository_id)
+        await self.mirrors.remove(tenant_id, repository_id)
 
     async def scan(self, tenant_id: uuid.UUID, repository_id: int) -> tuple[str, list[Candidate]]:
         """Sync, then list the template candidates at the branch head (and the commit scanned); a candidate the
@@ -140,7 +140,7 @@ class Repositories:
                 return scan_git(repo, commit, self.limits)
 
         try:
-            return commit, await asyncio.to_thread(scan_mirror)
+            return commit, await self.mirrors.pool.run(tenant_id, scan_mirror)
         except ScanError as exc:
             raise Upstream(f"cannot scan repository {repository_id}: {exc}") from exc
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -138,7 +137,8 @@ class TemplateChanger:
                 if changes.entry_file is not None and changes.entry_file != current.entry_file:
                     if current.source is None:
                         raise InvalidInput("this version has no recorded source to check entry_file against")
-                    await asyncio.to_thread(self._check_entry_file, tenant_id, current.source, changes.entry_file)
+                    await self.importer.mirrors.pool.run(tenant_id, self._check_entry_file, tenant_id, current.source,
+                                                         changes.entry_file)  # fmt: skip
                 given = PARAMETERS_MANUAL if changes.parameters is not None else None
                 await self._add_version(template, current, digest=current.digest, source=current.source,
                                         created_by=created_by, parameters_source=given, **runtime)  # fmt: skip
@@ -162,7 +162,7 @@ class TemplateChanger:
             raise Conflict(f"template {template_id} cannot be synced: {exc}") from exc
         parameters = None
         if origin == PARAMETERS_SCANNED:
-            schema = await asyncio.to_thread(source.read_schema, script_type, entry_file)
+            schema = await self.importer.mirrors.pool.run(tenant_id, source.read_schema, script_type, entry_file)
             parameters = schema.parameters_json()
         changed_schema = parameters is not None and parameters != current_parameters
         stored = await self.importer.store_content(source)

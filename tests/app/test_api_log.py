@@ -3,13 +3,6 @@
 from __future__ import annotations
 
 import re
-import signal
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -17,61 +10,15 @@ import httpx
 from app.db.models import Role
 from app.devstack.processes import free_ports
 from app.settings import AppSettings
-from tests.app.conftest import Caller, server_env
-from tests.waiting import until
+from tests.app.conftest import Caller
+from tests.served import serve
 
 ACCESS_LINE = re.compile(r'^INFO: +127\.0\.0\.1:\d+ - "(?P<request>[A-Z]+ \S+) HTTP/1\.1" (?P<status>\d{3})')
-
-
-@dataclass(frozen=True)
-class Served:
-    url: str
-    log: Path
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    async def mark(self, client: httpx.AsyncClient, name: str) -> int:
-        """Send a request the log will show, wait for its line, and answer where the log ends after it."""
-        await client.get(f"{self.url}/health/live?mark={name}")
-
-        async def logged() -> bool:
-            return f"mark={name}" in self.text()
-
-        await until(logged, f"the access line of mark {name}")
-        return len(self.text())
 
 
 def _closed_port() -> int:
     (port,) = free_ports(1)
     return port
-
-
-@contextmanager
-def serve(settings: AppSettings, tmp_path: Path, **overrides: str) -> Iterator[Served]:
-    """A real `ahop serve` process on the test's services (as `overrides` change them), stopped by its pid."""
-    (port,) = free_ports(1)
-    env = {
-        **server_env(settings, tmp_path),
-        "AHOP_CONTROL_LOOP": "false",  # only the requests of the test write to the log
-        **overrides,
-    }
-    log_path = tmp_path / f"api-{port}.log"
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "ahop", "serve", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-    served = Served(f"http://127.0.0.1:{port}", log_path)
-    try:
-        deadline = time.monotonic() + 60
-        while "Application startup complete" not in served.text():
-            assert process.poll() is None, served.text()
-            assert time.monotonic() < deadline, f"ahop serve did not come up:\n{served.text()}"
-            time.sleep(0.1)
-        yield served
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
 
 
 async def test_ordinary_4xx_answers_write_one_access_line_each_and_no_traceback(

@@ -18,6 +18,7 @@ from app.git.mirror import Mirrors
 from app.main import create_app
 from app.settings import AppSettings
 from tests.app.conftest import Caller, git
+from tests.metrics_text import parse_samples, value
 from tests.waiting import until
 
 Client = AsyncTestClient[Litestar]
@@ -162,13 +163,10 @@ async def test_delete_removes_the_record_and_its_mirror(
     assert gone.status_code == 404
 
 
-def _waiting_on(lock_file: Path) -> int:
-    """How many are blocked on the flock of `lock_file`: Linux lists each blocked waiter in /proc/locks with `->`."""
-    inode = str(lock_file.stat().st_ino)
-    lines = Path("/proc/locks").read_text().splitlines()
-    return sum(1 for line in lines if "->" in line.split() and any(
-        field.count(":") == 2 and field.rsplit(":", 1)[1] == inode for field in line.split()
-    ))  # fmt: skip
+async def _waiting_for_lock(client: Client) -> float:
+    """How many requests of the API wait for a mirror's lock, as its metrics say."""
+    samples = parse_samples((await client.get("/metrics")).text)
+    return value(samples, "ahop_git_work", state="waiting_lock")
 
 
 async def test_a_sync_waiting_on_a_deleted_repositorys_mirror_does_not_create_it_again(
@@ -185,8 +183,8 @@ async def test_a_sync_waiting_on_a_deleted_repositorys_mirror_does_not_create_it
         # The test client blocks its caller until the app answers: each waiting request gets a thread of its own.
         sync = asyncio.create_task(_in_thread(client.post(f"{path}/sync", headers=alice[Role.OPERATOR])))
 
-        async def waiters() -> int:
-            return _waiting_on(lock.path)
+        async def waiters() -> float:
+            return await _waiting_for_lock(client)
 
         await until(lambda: _at_least(waiters, 1), "the sync to wait for the mirror's lock")
         delete = asyncio.create_task(_in_thread(client.delete(path, headers=alice[Role.ADMIN])))
