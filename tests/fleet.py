@@ -33,8 +33,14 @@ class Fleet:
     logs: Path
     started: dict[str, ManagedProcess] = field(default_factory=dict)
 
-    def start(self, name: str, *, ready: bool = True, **settings: str) -> ManagedProcess:
-        """Start worker `name`; unless `ready` is false, wait for its first heartbeat."""
+    def start(self, name: str, **settings: str) -> ManagedProcess:
+        """Start worker `name` and wait for its first heartbeat."""
+        process = self.launch(name, **settings)
+        process.wait_ready(lambda: self.heartbeat(name) is not None, where=f"worker {name}", timeout=60)
+        return process
+
+    def launch(self, name: str, **settings: str) -> ManagedProcess:
+        """Start worker `name` without waiting for it to be ready."""
         # ansible-playbook comes with the test tools; the system's interpreters stay first on the scripts' PATH.
         # Metrics are off unless a test asks for a port: workers side by side cannot share one.
         env = {**self.env, **FAST, "AHOP_WORKER_ID": name, "AHOP_WORKER_SCRIPT_PATH": f"{DEFAULT_PATH}:{VENV_BIN}",
@@ -44,8 +50,6 @@ class Fleet:
             log_path=self.logs / f"{name}.log", pid_file=self.logs / f"{name}.pid", env=env,
         )  # fmt: skip
         self.started[name] = process
-        if ready:
-            process.wait_ready(lambda: self.heartbeat(name) is not None, where=f"worker {name}", timeout=60)
         return process
 
     def heartbeat(self, name: str) -> dict[str, Any] | None:

@@ -274,7 +274,7 @@ async def test_a_worker_started_before_redis_waits_for_it_and_then_takes_jobs(
     blob = script_blob(tmp_path, publish, "late", "echo late\n")
     server: RedisServer | None = None
     try:
-        worker = fleet.start("w1", ready=False)
+        worker = fleet.launch("w1")
         await wait_for_log(fleet, "w1", f"Redis at 127.0.0.1:{port}/0 is unavailable")
         assert worker.popen.poll() is None, f"the worker gave up while Redis was away:\n{fleet.log('w1')}"
         server = RedisServer.launch(tmp_path / "own-redis", durable=False, port=port)
