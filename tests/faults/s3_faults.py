@@ -14,6 +14,7 @@ import os
 import secrets
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ from app.devstack.processes import ManagedProcess, free_ports
 from app.devstack.seaweed import SeaweedS3
 from app.devstack.stack import LocalStack
 from app.settings import AppSettings
-from storage.blobstore import BlobStore
+from storage.blobstore import BlobStore, S3Location
 from storage.digest import Digest
 from storage.keys import digest_from_key
 from tests import waiting
@@ -46,8 +47,13 @@ about ten seconds; with botocore's fixed 60 s per try (three tries, then an abor
 S3_TIMEOUTS = {"s3_connect_timeout": 2.0, "s3_read_timeout": 5.0, "s3_max_attempts": 2}
 """Short, as tests want them, yet far above what a healthy local S3 needs between two packets."""
 BIG_BYTES = 72 << 20
-"""Random, so it does not compress: above the store's 64 MiB multipart threshold, its upload goes in five parts,
-and a caller can be caught between the first part and the last."""
+"""The `big` template's payload, random so that it does not compress: above the store's 64 MiB multipart threshold,
+its upload goes in five parts, and a caller can be caught between the first part and the last."""
+PUT_BYTES = 60 << 20
+"""The `put` template's payload: below the threshold, it goes up in one PUT, and is large enough that it cannot sit
+whole in the kernel's socket buffers (up to 32 + 4 MiB on loopback here: `socket_buffers`)."""
+CAUGHT_AFTER = 8 << 20
+"""Bytes of a single PUT that S3 has stored when a test catches it in flight."""
 
 
 @dataclass
@@ -56,7 +62,6 @@ class PrivateS3:
 
     server: SeaweedS3
     bucket: str
-    frozen: bool = False
 
     @property
     def pid(self) -> int:
@@ -65,11 +70,9 @@ class PrivateS3:
     def freeze(self) -> None:
         """SIGSTOP: connections are still accepted by the kernel, and never answered."""
         os.kill(self.pid, signal.SIGSTOP)
-        self.frozen = True
 
     def thaw(self) -> None:
         os.kill(self.pid, signal.SIGCONT)
-        self.frozen = False
 
     def kill(self) -> None:
         os.kill(self.pid, signal.SIGKILL)
@@ -81,8 +84,10 @@ class PrivateS3:
         self.server.wait_ready(BOUND)
 
     def stop(self) -> None:
-        if self.frozen:
-            self.thaw()
+        """Kill it and remove its data: its data is the test's alone, and after a restart SeaweedFS takes half a
+        minute to stop gracefully (its volume server)."""
+        if self.server.process.running():
+            self.kill()
         self.server.stop()
 
     def settings(self) -> dict[str, Any]:
@@ -94,6 +99,23 @@ class PrivateS3:
             "s3_secret_access_key": SecretStr(self.server.credentials.secret_access_key),
             **S3_TIMEOUTS,
         }
+
+    def stored_bytes(self) -> int:
+        """Bytes in its data directory: they grow while a PUT streams in, before the object exists."""
+        return sum(path.stat().st_size for path in self.server.data_dir.rglob("*") if path.is_file())
+
+    def wait_stored(self, size: int) -> None:
+        """Return once the data directory holds `size` bytes; looked at often, so that a PUT is caught early."""
+        deadline = time.monotonic() + BOUND
+        while self.stored_bytes() < size:
+            assert time.monotonic() < deadline, f"S3 did not store {size} bytes within {BOUND}s"
+            time.sleep(0.002)
+
+    def store(self) -> BlobStore:
+        """The project's own client of the bucket, as GC and verify see it."""
+        credentials = self.server.credentials
+        return BlobStore(S3Location(self.server.endpoint_url, self.bucket, credentials.access_key_id,
+                                    credentials.secret_access_key))  # fmt: skip
 
     def client(self) -> Any:
         """A plain boto3 client of the test's own, to look at the bucket as an operator's tools would."""
@@ -108,14 +130,10 @@ def private_s3(tmp_path: Path) -> Iterator[PrivateS3]:
     server = SeaweedS3.start(tmp_path / "private-s3", durable=False)
     s3 = PrivateS3(server, f"faults-{secrets.token_hex(4)}")
     try:
-        BlobStore(server_location(s3)).ensure_bucket()
+        s3.store().ensure_bucket()
         yield s3
     finally:
         s3.stop()
-
-
-def server_location(s3: PrivateS3) -> Any:
-    return AppSettings(**s3.settings()).s3_location()
 
 
 @pytest.fixture
@@ -141,22 +159,24 @@ async def carol(faults_settings: AppSettings) -> Caller:
 
 @pytest.fixture(scope="session")
 def big_origin(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A repository whose `big` template holds BIG_BYTES of random data beside a script that says how much."""
+    """A repository with two templates of random data, `big` (BIG_BYTES) and `put` (PUT_BYTES), each beside a
+    script that says how much it holds."""
     repo = tmp_path_factory.mktemp("big-origin")
-    (repo / "big").mkdir()
-    (repo / "big" / "run.sh").write_text('#!/bin/bash\necho "payload: $(wc -c < payload.bin) bytes"\n')
-    with open(repo / "big" / "payload.bin", "wb") as out:
-        for _ in range(BIG_BYTES >> 20):
-            out.write(os.urandom(1 << 20))
+    for name, size in (("big", BIG_BYTES), ("put", PUT_BYTES)):
+        (repo / name).mkdir()
+        (repo / name / "run.sh").write_text('#!/bin/bash\necho "payload: $(wc -c < payload.bin) bytes"\n')
+        with open(repo / name / "payload.bin", "wb") as out:
+            for _ in range(size >> 20):
+                out.write(os.urandom(1 << 20))
     git(repo, "init", "-q", "-b", "main")
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "big")
     return repo
 
 
-def big_body(repository_id: int, code: str = "big") -> dict[str, Any]:
-    return {"name": "Big", "code": code, "script_type": "shell", "entry_file": "run.sh",
-            "repository_id": repository_id, "original_path": "big", "parameters": [], "timeout": 600}  # fmt: skip
+def big_body(repository_id: int, path: str = "big") -> dict[str, Any]:
+    return {"name": path.title(), "code": path, "script_type": "shell", "entry_file": "run.sh",
+            "repository_id": repository_id, "original_path": path, "parameters": [], "timeout": 600}  # fmt: skip
 
 
 @dataclass
@@ -257,22 +277,59 @@ def post_import(client: httpx.AsyncClient, caller: Caller, request: dict[str, An
     return asyncio.create_task(client.post("/api/v1/task-templates", json=request, headers=caller[Role.ADMIN]))
 
 
+def socket_buffers() -> int:
+    """The most bytes a TCP connection can hold in flight between two processes: the largest receive buffer plus
+    the largest send buffer the kernel grows to."""
+    return sum(int(Path(f"/proc/sys/net/ipv4/tcp_{kind}").read_text().split()[2]) for kind in ("rmem", "wmem"))
+
+
 @dataclass(frozen=True)
 class BigImport:
-    """An import of the big template whose upload is under way: its request, its answer to come, and the upload."""
+    """An import of a big template whose upload is under way: its request, its answer to come, its digest, and the
+    id of its multipart upload (None for a single PUT, whose progress S3's data directory shows from `baseline`)."""
 
     request: dict[str, Any]
     answer: asyncio.Task[httpx.Response]
     digest: Digest
-    upload_id: str
+    upload_id: str | None
+    baseline: int = 0
+
+    def assert_mid_upload(self, s3: PrivateS3) -> None:
+        """The premise of a test that holds the uploader still to interrupt its upload: the upload is open, nothing
+        is stored under the digest, and (for one PUT) what S3 has plus what the sockets hold is not all of it, so
+        it cannot finish while the uploader is held."""
+        store = s3.store()
+        if self.upload_id is not None:
+            pending = {upload.upload_id for upload in store.list_pending_uploads()}
+            assert self.upload_id in pending, "the upload finished before it could be interrupted"
+        else:
+            reach = s3.stored_bytes() - self.baseline + socket_buffers()
+            assert reach < PUT_BYTES, f"S3 and the sockets hold {reach} bytes: the PUT may finish; make it bigger"
+        assert not store.exists(self.digest), "the upload finished before it could be interrupted"
 
 
-async def big_import_in_flight(client: httpx.AsyncClient, caller: Caller, origin: Path, s3: PrivateS3) -> BigImport:
-    """Add `origin`, import its big template, and return once the upload of its blob is under way."""
-    request = big_body(await add_repository(client, caller, origin, "big"))
+async def big_import_in_flight(client: httpx.AsyncClient, caller: Caller, origin: Path, s3: PrivateS3,
+                               settings: AppSettings, path: str = "big") -> BigImport:  # fmt: skip
+    """Add `origin`, import its template `path`, and return once the upload of its blob is under way: a multipart
+    upload with a part stored (`big`), or a PUT of which S3 has stored CAUGHT_AFTER bytes (`put`)."""
+    request = big_body(await add_repository(client, caller, origin, path), path)
+    if path == "big":
+        answer = post_import(client, caller, request)
+        digest, upload_id = await upload_in_flight(s3)
+        return BigImport(request, answer, digest, upload_id)
+    baseline = s3.stored_bytes()
     answer = post_import(client, caller, request)
-    digest, upload_id = await upload_in_flight(s3)
-    return BigImport(request, answer, digest, upload_id)
+    await asyncio.to_thread(s3.wait_stored, baseline + CAUGHT_AFTER)
+    (row,) = await sql(settings.database_url, "SELECT digest FROM blobs")  # written before the upload began
+    return BigImport(request, answer, Digest(row["digest"]), None, baseline)
+
+
+def assert_no_partial_object(s3: PrivateS3, digest: Digest, work: Path) -> None:
+    """Nothing under the digest's key, or the whole blob: a server that resumes after its client gave up may still
+    finish storing what the client had sent (an object without a row, which GC and verify must then name)."""
+    store = s3.store()
+    if store.exists(digest):
+        store.download(digest, work / "check.tar.zst")  # IntegrityError unless size and sha256 match its record
 
 
 async def upload_in_flight(s3: PrivateS3) -> tuple[Digest, str]:
@@ -292,14 +349,6 @@ async def upload_in_flight(s3: PrivateS3) -> tuple[Digest, str]:
 
     found: tuple[Digest, str] = await waiting.until(seen, "a blob's multipart upload with a part stored", BOUND)
     return found
-
-
-def assert_mid_upload(s3: PrivateS3, digest: Digest, upload_id: str) -> None:
-    """The premise of a test that interrupted an upload: it is still open, and nothing is stored under the digest."""
-    store = BlobStore(server_location(s3))
-    pending = {upload.upload_id for upload in store.list_pending_uploads()}
-    assert upload_id in pending, "the upload finished before it could be interrupted"
-    assert not store.exists(digest)
 
 
 async def template_rows(settings: AppSettings, code: str) -> list[Any]:
@@ -322,7 +371,7 @@ async def maintenance(settings: AppSettings, *args: str) -> dict[str, Any]:
 async def assert_nothing_left_unreported(settings: AppSettings, s3: PrivateS3) -> None:
     """No version row without its object; whatever else is in the bucket or the blob rows (an unfinished upload, an
     object or a row that no version references) is named by verify or GC, GC collects it, and verify is then clean."""
-    store = BlobStore(server_location(s3))
+    store = s3.store()
     versions = await sql(settings.database_url, "SELECT DISTINCT digest FROM template_versions")
     for row in versions:
         assert store.exists(Digest(row["digest"])), f"version of sha256:{row['digest']} has no object"

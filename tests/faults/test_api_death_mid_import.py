@@ -12,16 +12,13 @@ import pytest
 
 from app.db.models import Role
 from app.settings import AppSettings
-from storage.blobstore import BlobStore
 from tests.app.conftest import Caller
 from tests.faults.s3_faults import (
     BOUND,
     PrivateS3,
     ServedApi,
-    assert_mid_upload,
     assert_nothing_left_unreported,
     big_import_in_flight,
-    server_location,
     template_rows,
 )
 
@@ -30,9 +27,9 @@ async def test_an_api_killed_mid_import_leaves_a_consistent_state_and_the_import
     api: ServedApi, private_s3: PrivateS3, faults_settings: AppSettings, carol: Caller, big_origin: Path
 ) -> None:
     async with api.client() as client:
-        big = await big_import_in_flight(client, carol, big_origin, private_s3)
+        big = await big_import_in_flight(client, carol, big_origin, private_s3, faults_settings)
         api.kill()
-        assert_mid_upload(private_s3, big.digest, big.upload_id)
+        big.assert_mid_upload(private_s3)
         with pytest.raises(httpx.TransportError):
             await asyncio.wait_for(big.answer, BOUND)
 
@@ -46,6 +43,6 @@ async def test_an_api_killed_mid_import_leaves_a_consistent_state_and_the_import
         retried = await client.post("/api/v1/task-templates", json=big.request, headers=carol[Role.ADMIN])
         assert retried.status_code == 201, retried.text
         assert retried.json()["artifact"]["digest"] == str(big.digest)
-    assert BlobStore(server_location(private_s3)).exists(big.digest)
+    assert private_s3.store().exists(big.digest)
     assert [row["import_state"] for row in await template_rows(faults_settings, "big")] == ["imported"]
     await assert_nothing_left_unreported(faults_settings, private_s3)

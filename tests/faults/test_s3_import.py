@@ -11,7 +11,6 @@ import pytest
 
 from app.db.models import Role
 from app.settings import AppSettings
-from storage.blobstore import BlobStore
 from tests.app.conftest import Caller
 from tests.app.test_templates import body
 from tests.database import sql
@@ -20,14 +19,13 @@ from tests.faults.s3_faults import (
     ServedApi,
     add_repository,
     answered,
-    assert_mid_upload,
+    assert_no_partial_object,
     assert_nothing_left_unreported,
     big_import_in_flight,
     blob_row,
     inject,
     post_import,
     recover,
-    server_location,
     template_rows,
 )
 
@@ -53,34 +51,36 @@ async def test_an_import_while_s3_is_down_answers_503_writes_nothing_and_succeed
         assert await sql(faults_settings.database_url, "SELECT digest FROM blobs") == []
 
         recover(private_s3, fault)
-        assert list(BlobStore(server_location(private_s3)).list_blobs()) == []
+        assert list(private_s3.store().list_blobs()) == []
         retried = await client.post("/api/v1/task-templates", json=request, headers=carol[Role.ADMIN])
         assert retried.status_code == 201, retried.text
     await assert_nothing_left_unreported(faults_settings, private_s3)
 
 
 @pytest.mark.parametrize("fault", FAULTS)
+@pytest.mark.parametrize("template", ["put", "big"], ids=["one PUT", "in parts"])
 async def test_an_import_whose_upload_s3_stops_or_dies_in_the_middle_answers_503_and_leaves_no_partial_blob(
-    fault: str, api: ServedApi, private_s3: PrivateS3, faults_settings: AppSettings, carol: Caller, big_origin: Path
-) -> None:
+    template: str, fault: str, api: ServedApi, private_s3: PrivateS3, faults_settings: AppSettings, carol: Caller,
+    big_origin: Path, tmp_path: Path,
+) -> None:  # fmt: skip
     async with api.client() as client:
-        big = await big_import_in_flight(client, carol, big_origin, private_s3)
+        big = await big_import_in_flight(client, carol, big_origin, private_s3, faults_settings, template)
         digest = big.digest
-        # Hold the API still while S3 fails, so that the fault lands between two parts of this very upload.
+        # Hold the API still while S3 fails, so that the fault lands in the middle of this very upload.
         api.signal(signal.SIGSTOP)
         try:
-            assert_mid_upload(private_s3, digest, big.upload_id)
+            big.assert_mid_upload(private_s3)
             inject(private_s3, fault)
         finally:
             api.signal(signal.SIGCONT)
         response = await answered(big.answer, f"an import whose S3 {fault} mid-upload")
         assert response.status_code == 503, response.text
         assert_names_s3(response.json())
-        assert await template_rows(faults_settings, "big") == []
+        assert await template_rows(faults_settings, template) == []
         assert await blob_row(faults_settings, digest) == []  # the row written before the upload is taken back
 
         recover(private_s3, fault)
-        assert not BlobStore(server_location(private_s3)).exists(digest)  # no partial object under the digest
+        assert_no_partial_object(private_s3, digest, tmp_path)
         await assert_nothing_left_unreported(faults_settings, private_s3)
         retried = await client.post("/api/v1/task-templates", json=big.request, headers=carol[Role.ADMIN])
         assert retried.status_code == 201, retried.text
