@@ -27,6 +27,12 @@ class AppSettings(BaseSettings):
     s3_access_key_id: str | None = None
     s3_secret_access_key: SecretStr | None = None
     s3_region: str = "us-east-1"
+    s3_connect_timeout: float = Field(default=5.0, gt=0, description="Seconds to open a connection to S3.")
+    s3_read_timeout: float = Field(
+        default=20.0, gt=0, description="Seconds S3 may stay silent within one request (a stopped server) before "
+        "the request is tried again or fails with 503; an import waits at most about attempts x this per request.",
+    )  # fmt: skip
+    s3_max_attempts: int = Field(default=3, ge=1, le=10, description="Tries of each S3 request, the first included.")
     data_dir: Path = Path("/var/lib/ahop")
     host: str = "127.0.0.1"
     port: int = 8000
@@ -142,6 +148,9 @@ class AppSettings(BaseSettings):
             access_key_id=self.s3_access_key_id,
             secret_access_key=self.s3_secret_access_key.get_secret_value() if self.s3_secret_access_key else None,
             region=self.s3_region,
+            connect_timeout=self.s3_connect_timeout,
+            read_timeout=self.s3_read_timeout,
+            max_attempts=self.s3_max_attempts,
         )
 
 

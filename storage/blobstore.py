@@ -63,8 +63,11 @@ class S3Location:
     secret_access_key: str | None = field(default=None, repr=False)
     region: str = "us-east-1"
     connect_timeout: float = 5.0
-    read_timeout: float = 60.0
+    read_timeout: float = 20.0
+    """Seconds the server may send nothing (nor take anything) within one request: a stopped server fails each
+    attempt after this long, instead of holding the caller for as long as it stays stopped."""
     max_attempts: int = 3
+    """Tries of each request, the first included; a body being streamed is never tried again."""
 
 
 @dataclass(frozen=True)

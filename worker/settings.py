@@ -25,6 +25,12 @@ class WorkerSettings(BaseSettings):
     s3_access_key_id: str | None = None
     s3_secret_access_key: SecretStr | None = None
     s3_region: str = "us-east-1"
+    s3_connect_timeout: float = Field(default=5.0, gt=0, description="Seconds to open a connection to S3.")
+    s3_read_timeout: float = Field(
+        default=20.0, gt=0, description="Seconds S3 may stay silent within one request or download (a stopped "
+        "server) before it is tried again or the task fails saying so.",
+    )  # fmt: skip
+    s3_max_attempts: int = Field(default=3, ge=1, le=10, description="Tries of each S3 request, the first included.")
     worker_root: Path = Path("/opt/ahop-worker")
     worker_id: str | None = Field(default=None, description="This worker's name; default <host>-<pid>.")
     worker_pool: str = Field(default=DEFAULT_POOL, description="The pool (queue) this worker takes jobs from.")
@@ -56,6 +62,9 @@ class WorkerSettings(BaseSettings):
             access_key_id=self.s3_access_key_id,
             secret_access_key=self.s3_secret_access_key.get_secret_value() if self.s3_secret_access_key else None,
             region=self.s3_region,
+            connect_timeout=self.s3_connect_timeout,
+            read_timeout=self.s3_read_timeout,
+            max_attempts=self.s3_max_attempts,
         )
 
     def resolved_worker_id(self) -> str:
