@@ -8,17 +8,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import secrets
 import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
-from litestar import Litestar
 from litestar.testing import AsyncTestClient
-from redis.asyncio import Redis
 
 from app.db import migrate
 from app.db.models import Role
@@ -26,25 +22,16 @@ from app.devstack.postgres import PostgresServer, ensure_database
 from app.main import create_app
 from app.settings import AppSettings
 from tests import waiting
-from tests.app.conftest import Caller, git, make_tenant
-from tests.app.test_templates import add_repository
+from tests.app.conftest import make_tenant
+from tests.faults.waiters import Client, Waiters, control_log, finished_events, ran_once
 from tests.fleet import Fleet
-from worker.protocol import EVENTS_STREAM, Event
 
-Client = AsyncTestClient[Litestar]
 BOUND = 90.0
 """Every wait's bound: it only catches hangs (a loaded machine restarts PostgreSQL slowly)."""
 TASKS = 3
 """One runs on the worker (it takes one job at a time) while the others wait in its queue."""
-
-# Writes down its start, waits until the test says go, writes down its end.
-WAITER_SH = """#!/bin/bash
-echo "start $AHOP_TASK_ID" >> "$AHOP_PARAM_LEDGER"
-echo started
-while [ ! -e "$AHOP_PARAM_GO" ]; do sleep 0.1; done
-echo "end $AHOP_TASK_ID" >> "$AHOP_PARAM_LEDGER"
-echo finished
-"""
+OUTAGE = "the database is unavailable"
+RECOVERY = "the database is available again"
 
 
 @pytest.fixture
@@ -69,59 +56,9 @@ def database_of(own_postgres: PostgresServer) -> str:
 
 @pytest.fixture
 async def server(api_settings: AppSettings, database_of: str) -> AsyncIterator[Client]:
-    settings = api_settings.model_copy(
-        update={"database_url": database_of, "control_interval": 0.2, "requeue_after": 1.0, "health_timeout": 2.0}
-    )
+    settings = api_settings.model_copy(update={"database_url": database_of, "control_interval": 0.2})
     async with AsyncTestClient(create_app(settings)) as client:
         yield client
-
-
-async def waiter_template(client: Client, caller: Caller, root: Path) -> int:
-    repo = root / "waiter-origin"
-    (repo / "waiter").mkdir(parents=True)
-    (repo / "waiter" / "run.sh").write_text(WAITER_SH)
-    (repo / "waiter" / "NOTES.md").write_text(f"{secrets.token_hex(8)}\n")
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "waiter")
-    repository_id = await add_repository(client, caller, repo, name="waiter")
-    body = {"name": "waiter", "code": "waiter", "repository_id": repository_id, "original_path": "waiter",
-            "script_type": "shell", "entry_file": "run.sh", "timeout": 600,
-            "parameters": [{"name": "ledger", "type": "text", "required": True},
-                           {"name": "go", "type": "text", "required": True}]}  # fmt: skip
-    response = await client.post("/api/v1/task-templates", json=body, headers=caller[Role.ADMIN])
-    assert response.status_code == 201, response.text
-    return int(response.json()["id"])
-
-
-async def create(client: Client, caller: Caller, template_id: int, tmp_path: Path) -> Any:
-    """POST a task of the waiter template; the answer, whatever its status."""
-    params = {"ledger": str(tmp_path / "ledger"), "go": str(tmp_path / "go")}
-    return await client.post("/api/v1/tasks", json={"template_id": template_id, "params": params},
-                             headers=caller[Role.OPERATOR])  # fmt: skip
-
-
-async def show(client: Client, caller: Caller, task_id: str) -> dict[str, Any]:
-    response = await client.get(f"/api/v1/tasks/{task_id}", headers=caller[Role.VIEWER])
-    assert response.status_code == 200, response.text
-    return dict(response.json())
-
-
-async def statuses(client: Client, caller: Caller, ids: list[str]) -> list[str]:
-    return [(await show(client, caller, task_id))["status"] for task_id in ids]
-
-
-def ledger_of(path: Path) -> list[str]:
-    return path.read_text().splitlines()
-
-
-async def finished_events(redis_url: str) -> set[str]:
-    """The tasks whose `finished` event waits in the events stream, unrecorded."""
-    async with Redis.from_url(redis_url) as client:
-        entries = await client.xrange(EVENTS_STREAM)
-    events = [Event.from_fields({key.decode(): value.decode() for key, value in fields.items()})
-              for _, fields in entries]  # fmt: skip
-    return {str(event.task_id) for event in events if event.type == "finished"}
 
 
 def gone(processes: list[psutil.Process]) -> bool:
@@ -150,42 +87,28 @@ async def take_down(server: PostgresServer, how: str) -> None:
     await waiting.until(exited, "the killed postmaster's children to exit", BOUND)
 
 
-OUTAGE = "the database is unavailable"
-RECOVERY = "the database is available again"
-
-
 @pytest.mark.parametrize("how", ["stopped", "killed"])
 async def test_tasks_running_and_queued_end_once_when_postgres_restarts_under_the_control_loop(
     how: str, server: Client, database_of: str, own_postgres: PostgresServer, fleet: Fleet, tmp_path: Path,
     worker_env: dict[str, str], caplog: pytest.LogCaptureFixture,
 ) -> None:  # fmt: skip
     caplog.set_level(logging.INFO, logger="ahop.control")
-    alice = await make_tenant(database_of)
-    template_id = await waiter_template(server, alice, tmp_path)
-    ledger, go = tmp_path / "ledger", tmp_path / "go"
-    ledger.touch()
+    waiters = Waiters(server, await make_tenant(database_of), tmp_path)
+    await waiters.import_template()
     fleet.start("w1", AHOP_WORKER_MAX_JOBS="1")
-    ids = []
-    for _ in range(TASKS):
-        response = await create(server, alice, template_id, tmp_path)
-        assert response.status_code == 201, response.text
-        ids.append(response.json()["id"])
-
-    async def one_running_others_queued() -> bool:
-        return sorted(await statuses(server, alice, ids)) == ["queued", "queued", "running"]
-
-    await waiting.until(one_running_others_queued, "one task running, the others queued", BOUND)
+    ids = await waiters.start(TASKS)
+    await waiters.wait_one_running_others_queued(ids, BOUND)
 
     await take_down(own_postgres, how)
-    answer = await server.get(f"/api/v1/tasks/{ids[0]}", headers=alice[Role.VIEWER])
+    answer = await waiters.get(ids[0])
     assert answer.status_code == 503, answer.text
-    assert "database is unavailable" in answer.json()["detail"]
-    refused = await create(server, alice, template_id, tmp_path)
+    assert answer.json()["detail"].startswith("the database is unavailable"), answer.text
+    refused = await waiters.post()
     assert refused.status_code == 503, refused.text
     ready = await server.get("/health/ready")
     assert (ready.status_code, ready.json()["database"].startswith("unavailable")) == (503, True), ready.text
 
-    go.touch()  # every task runs to its end while the database is away: their results must wait in Redis
+    waiters.release()  # every task runs to its end while the database is away: the results wait in Redis
 
     async def all_reported() -> bool:
         return await finished_events(worker_env["AHOP_REDIS_URL"]) == set(ids)
@@ -193,41 +116,16 @@ async def test_tasks_running_and_queued_end_once_when_postgres_restarts_under_th
     await waiting.until(all_reported, "the worker to report every task's end", BOUND)
 
     own_postgres.process.respawn()  # on the same data directory and port
-
-    async def all_done() -> list[dict[str, Any]] | None:
-        # While the server starts (and, after a kill, recovers) the API answers 503, never 500.
-        tasks = []
-        for task_id in ids:
-            response = await server.get(f"/api/v1/tasks/{task_id}", headers=alice[Role.VIEWER])
-            assert response.status_code in (200, 503), response.text
-            if response.status_code == 503:
-                return None
-            tasks.append(response.json())
-        return tasks if all(task["status"] not in {"pending", "queued", "running"} for task in tasks) else None
-
-    done = await waiting.until(all_done, "every task to end", BOUND)
+    done = await waiters.wait_all_ended(ids, BOUND)  # 503 while it starts (and recovers, after a kill), never 500
     assert [(task["status"], task["exit_code"], task["attempt"]) for task in done] == [("success", 0, 1)] * TASKS
     for task_id in ids:
-        response = await server.get(f"/api/v1/tasks/{task_id}/logs", headers=alice[Role.VIEWER])
-        assert response.status_code == 200, response.text
-        assert [item["line"] for item in response.json()["items"]] == ["started", "finished"]
-    assert sorted(ledger_of(ledger)) == sorted(
-        [f"start {task_id}" for task_id in ids] + [f"end {task_id}" for task_id in ids]
-    )
+        assert await waiters.output(task_id) == ["started", "finished"]
+    assert waiters.runs() == ran_once(ids)
 
-    # The API and the loop work again: a new task is sent and runs.
-    later = await create(server, alice, template_id, tmp_path)
-    assert later.status_code == 201, later.text
-    later_id = str(later.json()["id"])
-
-    async def later_done() -> bool:
-        return bool((await show(server, alice, later_id))["status"] == "success")
-
-    await waiting.until(later_done, "a task created after the restart to succeed", BOUND)
-
-    said = [record.getMessage() for record in caplog.records if record.name == "ahop.control"]
-    assert sum(OUTAGE in line for line in said) == 1, said
-    assert sum(RECOVERY in line for line in said) == 1, said
+    later = await waiters.start(1)  # the API and the loop work again: a new task is sent and runs
+    assert [task["status"] for task in await waiters.wait_all_ended(later, BOUND)] == ["success"]
+    said = control_log(caplog.records)
+    assert (sum(OUTAGE in line for line in said), sum(RECOVERY in line for line in said)) == (1, 1), said
 
 
 async def test_a_database_that_admits_no_client_yet_answers_503_not_500(
