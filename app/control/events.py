@@ -3,9 +3,9 @@
 Every server replica reads the stream in the consumer group `EVENTS_GROUP`, so each entry goes to one of them. An
 entry is acknowledged (and deleted) only after it was recorded; one that could not be recorded (the database was
 down: the pass ends there, and the loop says once that the database is away) is read again, in order, by the same
-consumer on its next pass, and one left behind by a replica that died is taken over
-(XAUTOCLAIM) once it has been idle for `claim_after` seconds. A malformed entry is logged and dropped: it never
-blocks the stream. Recording is idempotent, so an entry handled twice changes nothing the second time.
+consumer on its next pass, and one left behind by a replica that died is taken over (XAUTOCLAIM) once it has been
+idle for `claim_after` seconds. A malformed entry is logged and dropped: it never blocks the stream. Recording is
+idempotent, so an entry handled twice changes nothing the second time.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ def _chain(exc: BaseException) -> list[BaseException]:
     current: BaseException | None = exc
     while current is not None and current not in found:
         found.append(current)
-        current = current.__cause__ or current.__context__
+        current = current.__cause__
     return found
 
 
