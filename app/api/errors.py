@@ -15,8 +15,9 @@ from typing import Any
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.types import ExceptionHandlersMap
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
+from app.db.outages import database_unavailable
 from app.services.errors import AppError, Conflict, Damaged, Forbidden, InvalidInput, NotFound, Unavailable, Upstream
 
 STATUS = {
@@ -28,8 +29,9 @@ STATUS = {
     Upstream: 502,
     Unavailable: 503,
 }
-DATABASE_ERRORS = (OperationalError, InterfaceError, ConnectionError)
-"""What `database_unavailable` answers: the database did not answer (a dropped or refused connection)."""
+DATABASE_ERRORS = (OperationalError, InterfaceError, ConnectionError, DBAPIError)
+"""What `database_error` handles: 503 when the database did not answer (a dropped or refused connection, a server
+shutting down or starting up), else 500."""
 MAX_LISTED_PROBLEMS = 100
 
 
@@ -67,15 +69,18 @@ def validation_error(_: Request[Any, Any, Any], exc: ValidationException) -> Res
     return _invalid(exc.detail or "the request is not valid", errors)
 
 
-def database_unavailable(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
-    """The database did not answer: 503, and the transaction (if any) was rolled back with the session."""
+def database_error(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    """The database did not answer: 503, and the transaction (if any) was rolled back with the session. Any other
+    database error is a bug: 500, as Litestar answers it."""
+    if not database_unavailable(exc):
+        return _answer(500, "Internal Server Error")
     return _answer(503, f"the database is unavailable ({type(exc).__name__}); nothing was written")
 
 
 EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     AppError: app_error,
     ValidationException: validation_error,
-    **dict.fromkeys(DATABASE_ERRORS, database_unavailable),
+    **dict.fromkeys(DATABASE_ERRORS, database_error),
 }
 
 
@@ -85,6 +90,6 @@ def status_of(exc: BaseException) -> int:
         return exc.status_code
     if isinstance(exc, AppError):
         return next(code for kind, code in STATUS.items() if isinstance(exc, kind))
-    if isinstance(exc, DATABASE_ERRORS):
+    if isinstance(exc, DATABASE_ERRORS) and database_unavailable(exc):
         return 503
     return 500

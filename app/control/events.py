@@ -2,9 +2,10 @@
 
 Every server replica reads the stream in the consumer group `EVENTS_GROUP`, so each entry goes to one of them. An
 entry is acknowledged (and deleted) only after it was recorded; one that could not be recorded (the database was
-down) is read again by the same consumer on its next pass, and one left behind by a replica that died is taken over
-(XAUTOCLAIM) once it has been idle for `claim_after` seconds. A malformed entry is logged and dropped: it never
-blocks the stream. Recording is idempotent, so an entry handled twice changes nothing the second time.
+down: the pass ends there, and the loop says once that the database is away) is read again, in order, by the same
+consumer on its next pass, and one left behind by a replica that died is taken over (XAUTOCLAIM) once it has been
+idle for `claim_after` seconds. A malformed entry is logged and dropped: it never blocks the stream. Recording is
+idempotent, so an entry handled twice changes nothing the second time.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from redis.exceptions import ResponseError
 from sqlalchemy import DateTime, func, literal, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.control.outages import service_of
 from app.control.outcomes import Outcome, Outcomes
 from app.db.models import Task, TaskStatus
 from app.metrics import ApiMetrics
@@ -110,7 +112,10 @@ class EventConsumer:
         for entry_id, fields in entries:
             try:
                 await self.handle(entry_id, fields)
-            except Exception as exc:  # left pending: read again on the next pass; later entries go on
+            except Exception as exc:  # left pending: read again on the next pass
+                if service_of(exc) is not None:
+                    raise  # every later entry would fail alike: the pass ends, the outage is logged once
+                # A fault of this entry alone: later entries go on.
                 log.warning("event %s not recorded yet, will retry: %s: %s", _text(entry_id), type(exc).__name__, exc)
                 continue
             done += 1

@@ -1,8 +1,10 @@
 """Runs the control loop's jobs side by side as asyncio tasks, and stops them cleanly.
 
 Each job runs one pass at a time; a pass that fails (Postgres or Redis away) is logged and the job goes on after
-its interval, so the loop outlives any outage. Several server replicas may run the loop at once: every change a
-pass makes is conditional on the state it read, so a change made twice is made once.
+its interval, so the loop outlives any outage. An outage is logged once for the whole loop, when it begins and
+when it ends (`outages`); any other failure once per job and kind, with its traceback. Several server replicas may
+run the loop at once: every change a pass makes is conditional on the state it read, so a change made twice is
+made once.
 """
 
 from __future__ import annotations
@@ -16,23 +18,20 @@ import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.control.events import EventConsumer
+from app.control.outages import Outages, service_of
 from app.control.outcomes import Outcomes
 from app.control.reaper import Reaper
 from app.control.reconciler import Reconciler
 from app.metrics import ApiMetrics
-from app.services.dispatch import REDIS_ERRORS, Dispatcher
-from app.services.errors import Unavailable
+from app.services.dispatch import Dispatcher
 from app.services.workers import Workers
 from app.settings import AppSettings
 
 log = logging.getLogger("ahop.control")
 
-OUTAGES = (*REDIS_ERRORS, ConnectionError, Unavailable, OperationalError, InterfaceError)
-"""Failures of a service rather than of our code: logged without a traceback."""
 STOP_GRACE = 10.0
 """Most seconds `stop` waits for the jobs: a server must shut down even if a job does not end."""
 CONSUMER_BLOCK = 1.0
@@ -56,6 +55,7 @@ class ControlLoop:
         self.on_stop = on_stop
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        self._outages = Outages()
 
     def start(self) -> None:
         """Start every job in the running event loop."""
@@ -92,13 +92,17 @@ class ControlLoop:
             try:
                 await job.run_once()
             except Exception as exc:
-                problem = f"{type(exc).__name__}: {exc}"
-                if problem != failing:  # once per kind of failure, not once per pass
-                    log.warning("control loop job %s failed: %s", job.name, problem,
-                                exc_info=not isinstance(exc, OUTAGES))  # fmt: skip
-                failing = problem
+                service = service_of(exc)
+                if service is not None:
+                    self._outages.failed(job.name, service, exc, job.retry_after)
+                else:
+                    problem = f"{type(exc).__name__}: {exc}"
+                    if problem != failing:  # once per kind of failure, not once per pass
+                        log.warning("control loop job %s failed: %s", job.name, problem, exc_info=True)
+                    failing = problem
                 await asyncio.sleep(job.retry_after)
                 continue
+            self._outages.worked(job.name)
             if failing is not None:
                 log.info("control loop job %s works again", job.name)
                 failing = None
