@@ -13,7 +13,6 @@ import os
 import re
 import stat
 import tarfile
-import time
 import tracemalloc
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -483,10 +482,9 @@ def write_zero_bomb(path: Path, head: bytes, zeros: int) -> None:
 def test_stops_at_the_declared_tar_size(scene: Scene, head: bytes, tar_size: int | None, limits: UnpackLimits) -> None:
     write_zero_bomb(scene.blob, head, 128 * MiB)
     assert scene.blob.stat().st_size < MiB
-    started = time.monotonic()
+    # Where it stopped shows in what it held and what it said (the size it stopped at), not in a time bound.
     with peak_memory() as peak, pytest.raises(IntegrityError) as caught:
         unpack_file(scene.blob, scene.dest, digest_of(b"zeros"), tar_size=tar_size, limits=limits)
-    assert time.monotonic() - started < 5
     assert peak[0] < 32 * MiB, f"{peak[0]:,} bytes held while unpacking a {tar_size or limits.max_tar_bytes:,}-byte tar"
     if head is not SIZE_MINUS_ONE:
         assert type(caught.value) is IntegrityError
