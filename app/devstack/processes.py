@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -23,14 +24,32 @@ import psutil
 from app.devstack.errors import StackError
 from app.devstack.parent_death import die_with_launcher, in_forker
 
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
 
 def free_ports(count: int) -> list[int]:
-    """`count` distinct TCP ports on 127.0.0.1 that were free a moment ago."""
+    """`count` distinct TCP ports on 127.0.0.1 that were free a moment ago, below the kernel's ephemeral range.
+
+    A port from `bind(0)` comes from the ephemeral range, the one every outgoing connection takes its local port
+    from and every other `bind(0)` draws on: in the seconds before a server binds the port it was given (SeaweedFS
+    binds its eight one after another; the API waits for the servers before it), a busy machine's traffic can take
+    it, and the server fails with "address already in use". Below that range only a server told to use a port
+    binds it.
+    """
+    low = int(EPHEMERAL_RANGE.read_text().split()[0]) if EPHEMERAL_RANGE.exists() else 32768
     with ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
+        ports: list[int] = []
+        for _ in range(100 * count):
+            port = random.randrange(max(1024, low // 2), low)  # noqa: S311  (not a secret)
+            sock = stack.enter_context(socket.socket())
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            ports.append(port)  # held until all are chosen, so they are distinct
+            if len(ports) == count:
+                return ports
+    raise StackError(f"no {count} free TCP ports found on 127.0.0.1 below {low}")
 
 
 def tail(path: Path, lines: int = 15) -> str:
