@@ -15,7 +15,7 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,7 +49,7 @@ S3_TIMEOUTS = {"s3_connect_timeout": 2.0, "s3_read_timeout": 5.0, "s3_max_attemp
 BIG_BYTES = 72 << 20
 """The `big` template's payload, random so that it does not compress: above the store's 64 MiB multipart threshold,
 its upload goes in five parts, and a caller can be caught between the first part and the last."""
-PUT_BYTES = 60 << 20
+PUT_BYTES = 62 << 20
 """The `put` template's payload: below the threshold, it goes up in one PUT, and is large enough that it cannot sit
 whole in the kernel's socket buffers (up to 32 + 4 MiB on loopback here: `socket_buffers`)."""
 CAUGHT_AFTER = 8 << 20
@@ -309,17 +309,21 @@ class BigImport:
 
 
 async def big_import_in_flight(client: httpx.AsyncClient, caller: Caller, origin: Path, s3: PrivateS3,
-                               settings: AppSettings, path: str = "big") -> BigImport:  # fmt: skip
-    """Add `origin`, import its template `path`, and return once the upload of its blob is under way: a multipart
-    upload with a part stored (`big`), or a PUT of which S3 has stored CAUGHT_AFTER bytes (`put`)."""
+                               settings: AppSettings, hold: Callable[[], None],
+                               path: str = "big") -> BigImport:  # fmt: skip
+    """Add `origin`, import its template `path`, and once the upload of its blob is under way (a multipart upload
+    with a part stored for `big`, a PUT of which S3 has stored CAUGHT_AFTER bytes for `put`) call `hold` at once,
+    which stops the uploader (SIGSTOP or SIGKILL of the API): every moment between the two lets a fast machine
+    send more of the upload. Looking up what the test needs to know comes after."""
     request = big_body(await add_repository(client, caller, origin, path), path)
     if path == "big":
         answer = post_import(client, caller, request)
-        digest, upload_id = await upload_in_flight(s3)
+        digest, upload_id = await upload_in_flight(s3, hold)
         return BigImport(request, answer, digest, upload_id)
     baseline = s3.stored_bytes()
     answer = post_import(client, caller, request)
     await asyncio.to_thread(s3.wait_stored, baseline + CAUGHT_AFTER)
+    hold()
     (row,) = await sql(settings.database_url, "SELECT digest FROM blobs")  # written before the upload began
     return BigImport(request, answer, Digest(row["digest"]), None, baseline)
 
@@ -332,8 +336,9 @@ def assert_no_partial_object(s3: PrivateS3, digest: Digest, work: Path) -> None:
         store.download(digest, work / "check.tar.zst")  # IntegrityError unless size and sha256 match its record
 
 
-async def upload_in_flight(s3: PrivateS3) -> tuple[Digest, str]:
-    """Wait until a multipart upload of a blob has stored its first part (and has more to send); its digest and id."""
+async def upload_in_flight(s3: PrivateS3, hold: Callable[[], None]) -> tuple[Digest, str]:
+    """Wait until a multipart upload of a blob has stored its first part (and has more to send), call `hold` at
+    once, and return the upload's digest and id."""
     client = s3.client()
 
     def look() -> tuple[Digest, str] | None:
@@ -341,6 +346,7 @@ async def upload_in_flight(s3: PrivateS3) -> tuple[Digest, str]:
             parts = client.list_parts(Bucket=s3.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
             digest = digest_from_key(upload["Key"])
             if parts.get("Parts") and digest is not None:
+                hold()
                 return digest, str(upload["UploadId"])
         return None
 

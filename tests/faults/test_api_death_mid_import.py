@@ -27,8 +27,7 @@ async def test_an_api_killed_mid_import_leaves_a_consistent_state_and_the_import
     api: ServedApi, private_s3: PrivateS3, faults_settings: AppSettings, carol: Caller, big_origin: Path
 ) -> None:
     async with api.client() as client:
-        big = await big_import_in_flight(client, carol, big_origin, private_s3, faults_settings)
-        api.kill()
+        big = await big_import_in_flight(client, carol, big_origin, private_s3, faults_settings, api.kill)
         big.assert_mid_upload(private_s3)
         with pytest.raises(httpx.TransportError):
             await asyncio.wait_for(big.answer, BOUND)

@@ -64,10 +64,10 @@ async def test_an_import_whose_upload_s3_stops_or_dies_in_the_middle_answers_503
     big_origin: Path, tmp_path: Path,
 ) -> None:  # fmt: skip
     async with api.client() as client:
-        big = await big_import_in_flight(client, carol, big_origin, private_s3, faults_settings, template)
-        digest = big.digest
         # Hold the API still while S3 fails, so that the fault lands in the middle of this very upload.
-        api.signal(signal.SIGSTOP)
+        big = await big_import_in_flight(client, carol, big_origin, private_s3, faults_settings,
+                                         lambda: api.signal(signal.SIGSTOP), template)  # fmt: skip
+        digest = big.digest
         try:
             big.assert_mid_upload(private_s3)
             inject(private_s3, fault)

@@ -5,7 +5,7 @@ keeps serving, and once S3 is back a new task of the same template runs."""
 from __future__ import annotations
 
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -60,13 +60,15 @@ async def run_task(client: Client, caller: Caller, template_id: int) -> str:
     return str(response.json()["id"])
 
 
-async def download_started(worker_root: Path) -> Path:
-    """The blob file of a download in progress under the worker's tmp/, once it holds some bytes."""
+async def download_started(worker_root: Path, hold: Callable[[], None]) -> Path:
+    """The blob file of a download in progress under the worker's tmp/, once it holds some bytes; `hold` (which
+    stops the worker) is called the moment it is seen, so that a fast machine has no time to download more."""
 
     async def growing() -> Path | None:
         for path in (worker_root / "tmp").glob("*/blob.tar.zst"):
             try:
                 if path.stat().st_size > 0:
+                    hold()
                     return path
             except FileNotFoundError:
                 continue
@@ -89,9 +91,8 @@ async def test_s3_failing_during_a_workers_download_fails_the_task_clearly_and_l
     worker_root = Path(worker_env["AHOP_WORKER_ROOT"])
 
     task_id = await run_task(server, carol, template_id)
-    blob_file = await download_started(worker_root)
     # Hold the worker still while S3 fails, so that the fault lands in the middle of this very download.
-    worker.popen.send_signal(signal.SIGSTOP)
+    blob_file = await download_started(worker_root, lambda: worker.popen.send_signal(signal.SIGSTOP))
     try:
         # What it has plus what the sockets may hold is not all of it: the download cannot finish on its own.
         reach = blob_file.stat().st_size + socket_buffers()
