@@ -132,7 +132,7 @@ def _client(location: S3Location) -> S3Client:
         s3={"addressing_style": "path", "payload_signing_enabled": False},
         connect_timeout=location.connect_timeout,
         read_timeout=location.read_timeout,
-        retries={"max_attempts": location.max_attempts, "mode": "standard"},
+        retries={"total_max_attempts": location.max_attempts, "mode": "standard"},  # tries, the first included
         # One store serves many threads (asyncio.to_thread, upload pools); botocore's default of 10 connections
         # would make the rest open and discard a connection per request.
         max_pool_connections=32,

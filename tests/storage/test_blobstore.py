@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import random
 import secrets
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -336,6 +338,35 @@ def test_an_unreachable_endpoint_is_unavailable() -> None:
     ):
         store.head(Digest(secrets.token_hex(32)))
     assert "http://127.0.0.1:9" in str(caught.value)
+
+
+@pytest.mark.parametrize("tries", [1, 3])
+def test_a_server_that_never_answers_is_tried_as_often_as_configured(tries: int) -> None:
+    """An S3 that takes connections and then says nothing (a stopped process): each try ends at the read
+    timeout, and `max_attempts` counts them all, the first included."""
+    connections: list[socket.socket] = []
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(0.1)
+        stop = threading.Event()
+
+        def take() -> None:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    connections.append(listener.accept()[0])
+
+        taker = threading.Thread(target=take)
+        taker.start()
+        endpoint = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        location = S3Location(endpoint, "somewhere", "key", "secret", read_timeout=0.3, max_attempts=tries)
+        try:
+            with BlobStore(location) as store, pytest.raises(StorageUnavailable):
+                store.head(Digest(secrets.token_hex(32)))
+        finally:
+            stop.set()
+            taker.join()
+            for connection in connections:
+                connection.close()
+    assert len(connections) == tries
 
 
 def test_a_digest_must_be_a_digest(store: BlobStore, tmp_path: Path) -> None:
