@@ -15,7 +15,7 @@ from typing import Any
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.types import ExceptionHandlersMap
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError
 
 from app.db.outages import database_unavailable
 from app.services.errors import AppError, Conflict, Damaged, Forbidden, InvalidInput, NotFound, Unavailable, Upstream
@@ -29,9 +29,10 @@ STATUS = {
     Upstream: 502,
     Unavailable: 503,
 }
-DATABASE_ERRORS = (OperationalError, InterfaceError, ConnectionError, DBAPIError)
-"""What `database_error` handles: 503 when the database did not answer (a dropped or refused connection, a server
-shutting down or starting up), else 500."""
+DATABASE_ERRORS = (DBAPIError, OSError)
+"""What `database_error` handles: 503 when the database did not answer (a dropped or refused connection, a host
+that cannot be found or reached, a server shutting down or starting up), else 500. A socket error is the
+database's only when it came up through the code that connects to it (`app.db.outages`)."""
 MAX_LISTED_PROBLEMS = 100
 
 

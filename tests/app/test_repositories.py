@@ -301,8 +301,13 @@ async def test_scan_lists_candidates_with_inferred_parameters(client: Client, al
     assert other.status_code == 403
 
 
-async def test_database_down_answers_503(api_settings: AppSettings, alice: Caller) -> None:
-    settings = api_settings.model_copy(update={"database_url": "postgresql+asyncpg://postgres@127.0.0.1:1/none"})
+@pytest.mark.parametrize(
+    "url",
+    ["postgresql+asyncpg://postgres@127.0.0.1:1/none", "postgresql+asyncpg://postgres@no-such-host.invalid/none"],
+    ids=["refused", "unknown-host"],
+)
+async def test_database_down_answers_503(api_settings: AppSettings, alice: Caller, url: str) -> None:
+    settings = api_settings.model_copy(update={"database_url": url})
     async with AsyncTestClient(create_app(settings)) as down:
         response = await down.get("/api/v1/git-repositories", headers=alice[Role.ADMIN])
     assert response.status_code == 503
