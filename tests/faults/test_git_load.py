@@ -60,15 +60,17 @@ def small_origin(tmp_path: Path) -> Path:
     return repo
 
 
-def _fetches_of(server: int, tenant_id: str) -> list[psutil.Process]:
-    """The server's `git fetch` children that fetch into a mirror of `tenant_id`."""
+def _gits_of(server: int, tenant_id: str, what: str = "fetch") -> list[psutil.Process]:
+    """The server's `git <what>` children that work on a mirror of `tenant_id` (named on their command line, or
+    their working directory: GitPython's `cat-file` runs inside the mirror)."""
     found = []
     for child in psutil.Process(server).children():
         try:
-            command = child.cmdline()
+            command, where = child.cmdline(), child.cwd()
         except psutil.Error:
             continue
-        if "fetch" in command and any(f"/mirrors/{tenant_id}/" in part for part in command):
+        mirror = f"/mirrors/{tenant_id}/"
+        if what in command and (mirror in where or any(mirror in part for part in command)):
             found.append(child)
     return found
 
@@ -86,11 +88,13 @@ def _git_processes(server: int) -> list[psutil.Process]:
 
 
 class Hang:
-    """Stops every `git fetch` of a tenant's mirrors that the server starts, from `start` until `release`."""
+    """Stops every `git fetch` (or `git <what>`) of a tenant's mirrors that the server starts, from `start` until
+    `release`."""
 
-    def __init__(self, server: int, tenant_id: str) -> None:
+    def __init__(self, server: int, tenant_id: str, what: str = "fetch") -> None:
         self.server = server
         self.tenant_id = tenant_id
+        self.what = what
         self.stopped: dict[int, psutil.Process] = {}
         self._stopping: asyncio.Task[None] | None = None
 
@@ -99,7 +103,7 @@ class Hang:
 
     async def _stop_fetches(self) -> None:
         while True:
-            for fetch in _fetches_of(self.server, self.tenant_id):
+            for fetch in _gits_of(self.server, self.tenant_id, self.what):
                 if fetch.pid not in self.stopped:
                     try:
                         fetch.suspend()
@@ -205,25 +209,50 @@ async def test_no_git_process_outlives_the_api(
     with serve(app_settings, tmp_path, AHOP_SHUTDOWN_TIMEOUT=str(shutdown_timeout)) as served:
         async with httpx.AsyncClient(base_url=served.url, timeout=REQUEST_BOUND) as client:
             sync, gits = await _hung_fetch(served, client, alice, big_origin)
+            await _stops_leaving_no_git(served, sync, gits, how, shutdown_timeout)
+
+
+async def test_a_hung_git_of_an_import_does_not_keep_the_api_from_stopping(
+    app_settings: AppSettings, tmp_path: Path, alice: Caller, small_origin: Path
+) -> None:
+    """Reading the mirror (GitPython's `cat-file`, for the scan, the resolve and the pack) hangs, not the fetch."""
+    shutdown_timeout = 2
+    with serve(app_settings, tmp_path, AHOP_SHUTDOWN_TIMEOUT=str(shutdown_timeout)) as served:
+        async with httpx.AsyncClient(base_url=served.url, timeout=REQUEST_BOUND) as client:
+            repository = await _add(client, alice, small_origin, "small")
+            hang = Hang(served.process.pid, alice.tenant_id, what="cat-file")
+            hang.start()
+            imported = asyncio.create_task(client.post("/api/v1/task-templates", headers=alice[Role.ADMIN], json={
+                "name": "Ping", "code": "ping", "script_type": "shell", "entry_file": "ping.sh",
+                "repository_id": repository, "original_path": "scripts/ping",
+            }))  # fmt: skip
             try:
-                served.process.send_signal(getattr(signal, how))
-                # Bounded well above the shutdown timeout: only a server that does not stop fails this.
-                exited = await asyncio.to_thread(_exit_within, served, 10 * shutdown_timeout + 10)
-                assert exited, f"ahop serve still runs {10 * shutdown_timeout + 10}s after {how}:\n{served.text()}"
-
-                async def survivors() -> list[int]:
-                    return [process.pid for process in gits if alive(process)]
-
-                async def none_left() -> bool:
-                    return not await survivors()
-
-                await until(none_left, f"the git processes of the API to end after its {how}", bound=30)
+                await until(lambda: _at_least(hang.hung, 1), "a git cat-file of the import to hang", bound=60)
             finally:
-                sync.cancel()
-                await asyncio.gather(sync, return_exceptions=True)  # the server went away under it
-                for process in gits:  # never leave a stopped git behind, whatever happened
-                    if alive(process):
-                        process.kill()
+                hang.stop_watching()
+            await _stops_leaving_no_git(served, imported, _git_processes(served.process.pid), "SIGTERM",
+                                        shutdown_timeout)  # fmt: skip
+
+
+async def _stops_leaving_no_git(served: Served, request: asyncio.Task[httpx.Response], gits: list[psutil.Process],
+                                how: str, shutdown_timeout: float) -> None:  # fmt: skip
+    """Signal the server with `how`: it exits within a bound well above its shutdown timeout (only a server that
+    does not stop fails this), and none of `gits` is left."""
+    try:
+        served.process.send_signal(getattr(signal, how))
+        exited = await asyncio.to_thread(_exit_within, served, 10 * shutdown_timeout + 10)
+        assert exited, f"ahop serve still runs {10 * shutdown_timeout + 10}s after {how}:\n{served.text()}"
+
+        async def none_left() -> bool:
+            return not [process.pid for process in gits if alive(process)]
+
+        await until(none_left, f"the git processes of the API to end after its {how}", bound=30)
+    finally:
+        request.cancel()
+        await asyncio.gather(request, return_exceptions=True)  # the server went away under it
+        for process in gits:  # never leave a stopped git behind, whatever happened
+            if alive(process):
+                process.kill()
 
 
 def _exit_within(served: Served, bound: float) -> bool:
