@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from collections.abc import AsyncIterator
@@ -40,7 +41,7 @@ from app.services.credentials import CredentialBox
 from app.services.dispatch import Dispatcher, connect
 from app.services.health import HealthProbe
 from app.services.imports import Importer
-from app.services.repositories import Repositories
+from app.services.repositories import Repositories, remove_stale_mirrors
 from app.services.tasks import Tasks
 from app.services.template_changes import TemplateChanger
 from app.services.templates import Templates
@@ -104,13 +105,23 @@ def create_app(settings: AppSettings) -> Litestar:
     def provide_tasks(db_session: NamedDependency[AsyncSession]) -> Tasks:
         return Tasks(db_session, dispatcher, session_factory, follow_block=min(1.0, settings.control_interval))
 
+    async def sweep_mirrors() -> None:
+        try:
+            if removed := await remove_stale_mirrors(session_factory, mirrors):
+                log.info("removed %d mirror(s) of repositories that no longer exist", removed)
+        except Exception as exc:  # whatever stopped it (the database away), the next start looks again
+            log.warning("could not look for mirrors of deleted repositories: %s: %s", type(exc).__name__, exc)
+
     @asynccontextmanager
     async def connections(_: Litestar) -> AsyncIterator[None]:
         if settings.control_loop:
             control.start()
+        sweeping = asyncio.create_task(sweep_mirrors())
         try:
             yield
         finally:
+            sweeping.cancel()
+            await asyncio.gather(sweeping, return_exceptions=True)
             if killed := mirrors.close():
                 log.warning("shutting down: killed %d git command(s) still running (pids %s)", len(killed),
                             ", ".join(map(str, killed)))  # fmt: skip

@@ -81,6 +81,10 @@ class Mirrors:
     def path(self, tenant_id: object, repository_id: int) -> Path:
         return self.root / str(tenant_id) / f"{repository_id}.git"
 
+    def on_disk(self) -> list[tuple[str, int]]:
+        """(tenant id, repository id) of every mirror on disk."""
+        return [(mirror.parent.name, int(mirror.stem)) for mirror in self.root.glob("*/*.git") if mirror.stem.isdigit()]
+
     def lock(self, tenant_id: object, repository_id: int) -> MirrorLock:
         """The lock that fetches and the removal of this mirror take."""
         return MirrorLock(self.path(tenant_id, repository_id).with_suffix(".lock"))

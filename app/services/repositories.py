@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import git
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError as DatabaseIntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db.models import GitRepository
 from app.git.mirror import Mirrors, Remote, check_branch
@@ -163,3 +163,22 @@ class Repositories:
         row.head_commit, row.synced_at = head, datetime.now(UTC)
         await self.session.commit()
         return row
+
+
+async def remove_stale_mirrors(session_factory: async_sessionmaker[AsyncSession], mirrors: Mirrors) -> int:
+    """Remove the mirrors of repositories that no longer exist; answer how many.
+
+    A repository's row goes before its mirror (`Repositories.delete`): a removal cut short by a shutdown or a crash,
+    or a tenant deleted with its repositories, leaves a mirror that nothing would remove. The server looks for them
+    when it starts. The mirrors are listed before the rows are read: a mirror is created only for a repository
+    whose row is already committed, so one being created meanwhile is never taken for stale."""
+    on_disk = mirrors.on_disk()
+    if not on_disk:
+        return 0
+    async with session_factory() as session:
+        rows = (await session.execute(select(GitRepository.tenant_id, GitRepository.id))).all()
+    known = {(str(tenant_id), repository_id) for tenant_id, repository_id in rows}
+    stale = [mirror for mirror in on_disk if mirror not in known]
+    for tenant_id, repository_id in stale:
+        await mirrors.remove(tenant_id, repository_id)
+    return len(stale)

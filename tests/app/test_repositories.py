@@ -18,6 +18,7 @@ from app.git.mirror import Mirrors
 from app.main import create_app
 from app.settings import AppSettings
 from tests.app.conftest import Caller, git
+from tests.database import sql
 from tests.metrics_text import parse_samples, value
 from tests.waiting import until
 
@@ -147,6 +148,33 @@ async def test_auth_roles_and_tenant_isolation(client: Client, alice: Caller, bo
         assert response.status_code == 404, (method, url, response.text)
     assert (await client.get("/api/v1/git-repositories", headers=bob[Role.ADMIN])).json()["total"] == 0
     assert (await client.get(path, headers=alice[Role.VIEWER])).status_code == 200
+
+
+async def test_the_mirror_of_a_repository_whose_removal_was_cut_short_is_removed_at_the_next_start(
+    client: Client, api_settings: AppSettings, alice: Caller, origin: Path, database_url: str
+) -> None:
+    created = await _add(client, alice, origin)
+    synced = await client.post(f"/api/v1/git-repositories/{created['id']}/sync", headers=alice[Role.ADMIN])
+    assert synced.status_code == 201, synced.text
+    kept = await _add(client, alice, origin, name="kept")
+    synced = await client.post(f"/api/v1/git-repositories/{kept['id']}/sync", headers=alice[Role.ADMIN])
+    assert synced.status_code == 201, synced.text
+    mirrors = Mirrors(api_settings.data_dir, api_settings.git_options())
+    stale, live = (
+        mirrors.path(alice.tenant_id, int(str(created["id"]))),
+        mirrors.path(alice.tenant_id, int(str(kept["id"]))),
+    )
+    # What a server stopped between the delete's commit and the mirror's removal leaves: no row, a mirror.
+    await sql(database_url, "DELETE FROM git_repositories WHERE id = $1", int(str(created["id"])))
+    assert (stale / "HEAD").exists()
+
+    async with AsyncTestClient(create_app(api_settings)):
+
+        async def removed() -> bool:
+            return not stale.exists()
+
+        await until(removed, "the stale mirror to be removed by the next start")
+    assert (live / "HEAD").exists()
 
 
 async def test_delete_removes_the_record_and_its_mirror(
