@@ -11,6 +11,7 @@ import dataclasses
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import click
 
@@ -87,7 +88,8 @@ def worker(ctx: click.Context) -> None:
     except StorageError as exc:
         fail(f"S3 unavailable: {exc}", EXIT_UNAVAILABLE)
     except (RedisConnectionError, OSError) as exc:
-        fail(f"Redis unavailable at {settings.redis_url}: {exc}", EXIT_UNAVAILABLE)
+        where = urlsplit(settings.redis_url)  # where, never who: no password in the message
+        fail(f"Redis unavailable at {where.hostname}:{where.port or 6379}{where.path}: {exc}", EXIT_UNAVAILABLE)
 
 
 @worker.command("verify")

@@ -13,13 +13,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from arq.connections import ArqRedis, create_pool
 from arq.worker import Worker
-from redis.exceptions import RedisError
+from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
 log = logging.getLogger("ahop.worker")
 
@@ -93,6 +94,8 @@ class OutlastingWorker(Worker):
                     default_queue_name=self.queue_name,
                     expires_extra_ms=self.expires_extra_ms,
                 )
+            except (AuthenticationError, ResponseError, ssl.SSLError):
+                raise  # a wrong password, database index or TLS setup: waiting would not mend it
             except (RedisError, OSError) as exc:
                 self.outage.noticed(exc)
                 await asyncio.sleep(self.outage.next_delay())

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from arq.connections import ArqRedis, RedisSettings, create_pool
@@ -292,3 +293,20 @@ async def test_a_worker_started_before_redis_waits_for_it_and_then_takes_jobs(
         fleet.stop_all()
         if server is not None:
             server.stop()
+
+
+async def test_a_worker_whose_redis_refuses_its_settings_exits_naming_where_never_the_password(
+    worker_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A password Redis does not take and a database it does not have: no outage to wait out, a setting to fix."""
+    where = urlsplit(worker_env["AHOP_REDIS_URL"])
+    url = f"redis://:sekrit-{secrets.token_hex(4)}@{where.hostname}:{where.port}/99"
+    fleet = Fleet({**worker_env, "AHOP_REDIS_URL": url}, tmp_path / "own-logs")
+    try:
+        worker = fleet.launch("w1")
+        assert await asyncio.to_thread(worker.popen.wait, 60) == 3, fleet.log("w1")
+        said = fleet.log("w1")
+        assert f"Redis unavailable at {where.hostname}:{where.port}/99" in said, said
+        assert "sekrit" not in said
+    finally:
+        fleet.stop_all()
