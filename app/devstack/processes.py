@@ -25,6 +25,8 @@ from app.devstack.errors import StackError
 from app.devstack.parent_death import die_with_launcher, in_forker
 
 EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_PICKER = random.SystemRandom()
+"""The operating system's randomness: no seed a test library sets on `random` makes two processes pick alike."""
 
 
 def free_ports(count: int) -> list[int]:
@@ -42,7 +44,7 @@ def free_ports(count: int) -> list[int]:
     with ExitStack() as stack:
         ports: list[int] = []
         for _ in range(100 * count):
-            port = random.randrange(max(1024, low // 2), low)  # noqa: S311  (not a secret)
+            port = _PICKER.randrange(max(1024, low // 2), low)
             sock = stack.enter_context(socket.socket())
             try:
                 sock.bind(("127.0.0.1", port))

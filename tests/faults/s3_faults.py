@@ -83,6 +83,19 @@ class PrivateS3:
         self.server.process.respawn()
         self.server.wait_ready(BOUND)
 
+    def wait_serving(self, key: str) -> None:
+        """Wait until the object under `key` can be read whole: a restarted SeaweedFS answers its health check
+        before its volume server has registered again, and a read meanwhile fails."""
+        client = self.client()
+        deadline = time.monotonic() + BOUND
+        while True:
+            try:
+                client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+                return
+            except Exception:  # the server's errors while it comes back, whatever their kind
+                assert time.monotonic() < deadline, f"S3 did not serve {key} within {BOUND}s of its restart"
+                time.sleep(0.2)
+
     def stop(self) -> None:
         """Kill it and remove its data: its data is the test's alone, and after a restart SeaweedFS takes half a
         minute to stop gracefully (its volume server)."""

@@ -4,6 +4,7 @@ keeps serving, and once S3 is back a new task of the same template runs."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from app.db.models import Role
 from app.main import create_app
 from app.settings import AppSettings
 from storage.digest import Digest
+from storage.keys import blob_key
 from tests import waiting
 from tests.app.conftest import Caller
 from tests.app.test_end_to_end import wait_task
@@ -110,6 +112,7 @@ async def test_s3_failing_during_a_workers_download_fails_the_task_clearly_and_l
     assert worker.running()
 
     recover(private_s3, fault)
+    await asyncio.to_thread(private_s3.wait_serving, blob_key(digest))
     again = await run_task(server, carol, template_id)
     task = await wait_task(server, carol, again, bound=120)
     assert (task["status"], task["worker"]) == ("success", "fetcher"), task
