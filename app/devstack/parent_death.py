@@ -27,60 +27,20 @@ the defect itself; a watchdog process would need the same signal to know when to
 needs privileges or systemd, which a newcomer's machine or a container may not have. What this cannot reach (a
 server left by an older launcher, one started by hand, or a system without `prctl`) is stopped by the next start
 on the same state directory, by pid and only after checking that the pid is still that server
-(`app.devstack.processes.clear_stale`, `app.devstack.postgres.stop_leftover`).
+(`app.devstack.processes.clear_stale`, `app.devstack.postgres.stop_leftover`). The request itself is
+`app.parent_death`, shared with the API's git commands.
 """
 
 from __future__ import annotations
 
-import ctypes
-import os
-import signal
-import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar, cast
-
-PR_SET_PDEATHSIG = 1
-"""From <linux/prctl.h>."""
+from typing import TypeVar
 
 T = TypeVar("T")
 
 _forker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ahop-forker")
 """Its one thread never exits before the interpreter does: the parent, as the kernel sees it, of every child."""
-
-
-def _libc_prctl() -> Callable[..., int] | None:
-    if sys.platform != "linux":
-        return None
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    prctl.argtypes = [ctypes.c_int, *[ctypes.c_ulong] * 4]  # the kernel reads unsigned longs after the option
-    prctl.restype = ctypes.c_int
-    return cast(Callable[..., int], prctl)
-
-
-_PRCTL = _libc_prctl()
-
-
-class _DieWithLauncher:
-    """The `preexec_fn` of a child: ask for `death_signal` when the launcher dies; refuse if it already has."""
-
-    def __init__(self, death_signal: signal.Signals) -> None:
-        self.death_signal = int(death_signal)
-        self.launcher = os.getpid()
-
-    def __call__(self) -> None:
-        assert _PRCTL is not None
-        if _PRCTL(PR_SET_PDEATHSIG, self.death_signal, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-        if os.getppid() != self.launcher:
-            raise ChildProcessError("the launcher died before this server could start")
-
-
-def die_with_launcher(death_signal: signal.Signals) -> Callable[[], None] | None:
-    """A `preexec_fn` for `subprocess.Popen` that ties the child's life to ours (None where Linux's prctl is absent).
-
-    Call it in the forker thread (`in_forker`): the signal belongs to the thread that forks."""
-    return _DieWithLauncher(death_signal) if _PRCTL is not None else None
 
 
 def in_forker(start: Callable[[], T]) -> T:

@@ -22,7 +22,8 @@ from pathlib import Path
 import psutil
 
 from app.devstack.errors import StackError
-from app.devstack.parent_death import die_with_launcher, in_forker
+from app.devstack.parent_death import in_forker
+from app.parent_death import die_with_parent
 
 EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 _PICKER = random.SystemRandom()
@@ -142,7 +143,7 @@ def _spawn(
                     user=user,
                     cwd=cwd,
                     start_new_session=True,
-                    preexec_fn=die_with_launcher(stop_signal),
+                    preexec_fn=die_with_parent(stop_signal),
                 )
             except (OSError, subprocess.SubprocessError) as exc:
                 raise StackError(f"{name}: could not start {argv[0]}: {exc}") from exc

@@ -98,8 +98,8 @@ class Mirrors:
         def remove_releasing() -> None:
             try:
                 shutil.rmtree(self.path(tenant_id, repository_id), ignore_errors=True)
-                # Whoever still waits on this (now unlinked) file re-reads the repository once it gets the lock
-                # and finds it gone; nothing fetches a deleted repository, so no new lock file races with this one.
+                # Whoever still waits for the lock opens the path again and may create a new lock file; it then
+                # re-reads the repository, finds it gone and fetches nothing (a stray lock file is all it leaves).
                 lock.path.unlink(missing_ok=True)
             finally:
                 lock.release()

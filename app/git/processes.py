@@ -6,26 +6,19 @@ however the server dies (SIGKILL, the OOM killer, a crash) the kernel kills its 
 see their pipes close and exit. The signal is tied to the thread that started the child, which is a thread of the
 git pool (`app.git.pool`), alive until the server shuts down, and the shutdown kills every child first (`kill_all`).
 
-The race of a server that dies before the child set its parent-death signal is closed as in the worker's
-supervisor: the child compares its parent's pid after `prctl` and exits when it is no longer the server. The
-supervisor's own helper cannot be shared: it runs as a standard-library-only script that imports nothing.
+The request and its race (a server that dies before the child set its signal) are `app.parent_death`'s.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import os
 import signal
 import subprocess
 import threading
 from dataclasses import dataclass
 
-PR_SET_PDEATHSIG = 1
-"""From <linux/prctl.h>."""
-_PRCTL = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).prctl
-"""Looked up once here: the child only calls it between fork and exec, where importing or loading is unsafe."""
+from app.parent_death import die_with_parent
 
 
 @dataclass(frozen=True)
@@ -53,13 +46,12 @@ class GitProcesses:
 
     def run(self, args: list[str], env: dict[str, str], timeout: float) -> Finished:
         """Run `args` to its end (blocking: call it from a git pool thread); on `timeout` kill it and its group."""
-        server = os.getpid()
         with self._guard:
             if self._closed:
                 raise ShuttingDown("the server is shutting down")
             process = subprocess.Popen(
                 args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                start_new_session=True, preexec_fn=lambda: _die_with(server),
+                start_new_session=True, preexec_fn=die_with_parent(signal.SIGKILL),
             )  # fmt: skip
             self._running.add(process)
         try:
@@ -94,9 +86,3 @@ def _kill_group(process: subprocess.Popen[str]) -> None:
         return
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
-
-
-def _die_with(server: int) -> None:
-    """In the child, before exec: be killed when the server dies, or exit now if it already has."""
-    if _PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0 or os.getppid() != server:
-        os._exit(127)
