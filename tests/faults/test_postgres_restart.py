@@ -23,7 +23,7 @@ from app.main import create_app
 from app.settings import AppSettings
 from tests import waiting
 from tests.app.conftest import make_tenant
-from tests.faults.waiters import Client, Waiters, control_log, finished_events, ran_once
+from tests.faults.waiters import Client, Waiters, finished_events, ran_once, said_once
 from tests.fleet import Fleet
 
 BOUND = 90.0
@@ -124,8 +124,7 @@ async def test_tasks_running_and_queued_end_once_when_postgres_restarts_under_th
 
     later = await waiters.start(1)  # the API and the loop work again: a new task is sent and runs
     assert [task["status"] for task in await waiters.wait_all_ended(later, BOUND)] == ["success"]
-    said = control_log(caplog.records)
-    assert (sum(OUTAGE in line for line in said), sum(RECOVERY in line for line in said)) == (1, 1), said
+    await said_once(caplog.records, OUTAGE, RECOVERY, BOUND)
 
 
 async def test_a_database_that_admits_no_client_yet_answers_503_not_500(

@@ -19,7 +19,7 @@ from app.devstack.redis import RedisServer
 from app.main import create_app
 from app.settings import AppSettings
 from tests.app.conftest import Caller
-from tests.faults.waiters import Client, Waiters, control_log, ran_once
+from tests.faults.waiters import Client, Waiters, ran_once, said_once
 from tests.fleet import Fleet
 
 BOUND = 90.0
@@ -87,5 +87,4 @@ async def test_running_and_queued_tasks_end_once_after_redis_is_killed_and_resta
         assert fleet.started["w1"].running()  # the same worker ran them all
     finally:
         fleet.stop_all()
-    said = control_log(caplog.records)
-    assert (sum(OUTAGE in line for line in said), sum(RECOVERY in line for line in said)) == (1, 1), said
+    await said_once(caplog.records, OUTAGE, RECOVERY, BOUND)

@@ -134,3 +134,15 @@ async def finished_events(redis_url: str) -> set[str]:
 def control_log(records: list[Any]) -> list[str]:
     """What the control loop logged, from pytest's captured records."""
     return [record.getMessage() for record in records if record.name == "ahop.control"]
+
+
+async def said_once(records: list[Any], outage: str, recovery: str, bound: float) -> None:
+    """The control loop said once that a service went away and once that it is back. The recovery line comes when
+    every job that failed has made a pass again, so it may follow the first new task by one interval: waited for."""
+
+    async def recovery_said() -> bool:
+        return any(recovery in line for line in control_log(records))
+
+    await waiting.until(recovery_said, f"the control loop to say {recovery!r}", bound)
+    said = control_log(records)
+    assert (sum(outage in line for line in said), sum(recovery in line for line in said)) == (1, 1), said
