@@ -36,8 +36,9 @@ def client_settings() -> ClientSettings:
     """The API's address and token from the environment; exits 2 when no token is set."""
     settings = load_settings(ClientSettings)
     if settings.token is None:
-        fail("set AHOP_TOKEN (and AHOP_API_URL) to call the API; `make run` writes both to .ahop/dev.env",
-             EXIT_BAD_INPUT)  # fmt: skip
+        fail(
+            "set AHOP_TOKEN (and AHOP_API_URL) to call the API; `make run` writes both to .ahop/dev.env", EXIT_BAD_INPUT
+        )
     return settings
 
 
@@ -70,8 +71,13 @@ def request(method: str, path: str, payload: dict[str, Any] | None = None) -> ht
 
     settings = client_settings()
     try:
-        return httpx.request(method, settings.api_url.rstrip("/") + path, json=payload,
-                             headers=auth_headers(settings), timeout=settings.client_timeout)  # fmt: skip
+        return httpx.request(
+            method,
+            settings.api_url.rstrip("/") + path,
+            json=payload,
+            headers=auth_headers(settings),
+            timeout=settings.client_timeout,
+        )
     except httpx.HTTPError as exc:
         did_not_answer(settings, exc)
 
@@ -127,6 +133,8 @@ def resolve_task(ref: str) -> str:
         fail(f"no task {ref!r}", EXIT_BAD_INPUT)
     if found["total"] > 1:
         more = f" and {found['total'] - len(ids)} more" if found["total"] > len(ids) else ""
-        fail(f"task id prefix {ref!r} is ambiguous: it starts {', '.join(ids)}{more}; give more of the id",
-             EXIT_BAD_INPUT)  # fmt: skip
+        fail(
+            f"task id prefix {ref!r} is ambiguous: it starts {', '.join(ids)}{more}; give more of the id",
+            EXIT_BAD_INPUT,
+        )
     return ids[0]

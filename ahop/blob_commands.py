@@ -23,8 +23,16 @@ if TYPE_CHECKING:  # for annotations only: each command imports what it runs whe
 @click.option("--level", type=click.IntRange(1, 22), default=3, show_default=True, help="zstd level.")
 @click.option("--max-bytes", type=click.IntRange(min=0), default=1 << 30, show_default=True)
 @click.option("--max-files", type=click.IntRange(min=0), default=100_000, show_default=True)
-def snapshot(repo: Path | None, rev: str, tree_path: str, directory: Path | None, out: Path | None, level: int,
-             max_bytes: int, max_files: int) -> None:  # fmt: skip
+def snapshot(
+    repo: Path | None,
+    rev: str,
+    tree_path: str,
+    directory: Path | None,
+    out: Path | None,
+    level: int,
+    max_bytes: int,
+    max_files: int,
+) -> None:
     """Pack a tree into its canonical blob and print one JSON object: digest, sizes, files, tree_id, commit.
 
     Offline: needs no service. `zstd -dc BLOB | sha256sum` prints the digest.
@@ -44,8 +52,9 @@ def snapshot(repo: Path | None, rev: str, tree_path: str, directory: Path | None
     echo_json(result, indent=None)
 
 
-def _write_snapshot(repo: Path | None, rev: str, tree_path: str, directory: Path | None, out: Path | None,
-                    level: int, limits: Limits) -> dict[str, object]:  # fmt: skip
+def _write_snapshot(
+    repo: Path | None, rev: str, tree_path: str, directory: Path | None, out: Path | None, level: int, limits: Limits
+) -> dict[str, object]:
     """Pack into a temporary file beside `out` and rename it into place: never a half-written blob."""
     import contextlib
     import os

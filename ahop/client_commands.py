@@ -56,11 +56,13 @@ def credentials_of(token_file: Path | None, ssh_key_file: Path | None, username:
 def credential_options(command: Any) -> Any:
     """`--token-file`, `--ssh-key-file` and `--username`: how a repository's credentials are given."""
     secret_file = click.Path(path_type=Path, dir_okay=False, allow_dash=True)
-    for option in reversed([
-        click.option("--token-file", type=secret_file, help="A file holding an HTTPS access token ('-': stdin)."),
-        click.option("--ssh-key-file", type=secret_file, help="A file holding an SSH private key ('-': stdin)."),
-        click.option("--username", default="", help="The user name for the token (default: x-access-token)."),
-    ]):  # fmt: skip
+    for option in reversed(
+        [
+            click.option("--token-file", type=secret_file, help="A file holding an HTTPS access token ('-': stdin)."),
+            click.option("--ssh-key-file", type=secret_file, help="A file holding an SSH private key ('-': stdin)."),
+            click.option("--username", default="", help="The user name for the token (default: x-access-token)."),
+        ]
+    ):
         command = option(command)
     return command
 
@@ -71,8 +73,15 @@ def credential_options(command: Any) -> Any:
 @click.option("--branch", default=None, help="The branch templates come from (default: the remote's default branch).")
 @credential_options
 @json_option
-def repo_add(name: str, url: str, branch: str | None, token_file: Path | None, ssh_key_file: Path | None,
-             username: str, as_json: bool) -> None:  # fmt: skip
+def repo_add(
+    name: str,
+    url: str,
+    branch: str | None,
+    token_file: Path | None,
+    ssh_key_file: Path | None,
+    username: str,
+    as_json: bool,
+) -> None:
     """Add repository NAME at URL. The server reads the remote at once: a URL that is not a repository or a branch
     it lacks is refused (exit 2) and nothing is added."""
     payload: dict[str, Any] = {"name": name, "url": url}
@@ -91,11 +100,21 @@ def repo_add(name: str, url: str, branch: str | None, token_file: Path | None, s
 @credential_options
 @click.option("--clear-credentials", is_flag=True, help="Forget the repository's credentials.")
 @json_option
-def repo_update(repository_id: int, name: str | None, url: str | None, branch: str | None, token_file: Path | None,
-                ssh_key_file: Path | None, username: str, clear_credentials: bool, as_json: bool) -> None:  # fmt: skip
+def repo_update(
+    repository_id: int,
+    name: str | None,
+    url: str | None,
+    branch: str | None,
+    token_file: Path | None,
+    ssh_key_file: Path | None,
+    username: str,
+    clear_credentials: bool,
+    as_json: bool,
+) -> None:
     """Change a repository's name, URL, branch or credentials; what is not given stays as it is."""
-    payload: dict[str, Any] = {key: value for key, value in (("name", name), ("url", url), ("branch", branch))
-                               if value is not None}  # fmt: skip
+    payload: dict[str, Any] = {
+        key: value for key, value in (("name", name), ("url", url), ("branch", branch)) if value is not None
+    }
     if (credentials := credentials_of(token_file, ssh_key_file, username)) is not None:
         if clear_credentials:
             fail("give new credentials or --clear-credentials, not both", EXIT_BAD_INPUT)
@@ -119,8 +138,11 @@ def repo_delete(repository_id: int) -> None:
 @json_option
 def repo_list(as_json: bool) -> None:
     """List repositories."""
-    show(call_api("GET", "/api/v1/git-repositories?page_size=500"), as_json,
-         ["id", "name", "url", "branch", "head_commit", "synced_at"])  # fmt: skip
+    show(
+        call_api("GET", "/api/v1/git-repositories?page_size=500"),
+        as_json,
+        ["id", "name", "url", "branch", "head_commit", "synced_at"],
+    )
 
 
 @repo.command("sync")
@@ -151,8 +173,16 @@ def template() -> None:
     """Task templates: import, list, show, sync and prefetch through the API; backfill straight in the database."""
 
 
-TEMPLATE_COLUMNS = ["id", "code", "name", "script_type", "pool", "version", "artifact.digest",
-                    "source_git_info.commit_sha"]  # fmt: skip
+TEMPLATE_COLUMNS = [
+    "id",
+    "code",
+    "name",
+    "script_type",
+    "pool",
+    "version",
+    "artifact.digest",
+    "source_git_info.commit_sha",
+]
 
 
 @template.command("import")
@@ -166,21 +196,51 @@ TEMPLATE_COLUMNS = ["id", "code", "name", "script_type", "pool", "version", "art
 @click.option("--timeout", type=int, default=3600, show_default=True)
 @click.option("--pool", default="default", show_default=True, help="Worker pool that runs its tasks.")
 @click.option("--max-attempts", type=int, default=1, show_default=True, help="Attempts a task gets in all (1-10).")
-@click.option("--retry-on", type=click.Choice(["failed", "timeout", "lost"]), multiple=True,
-              help="An outcome that starts another attempt (repeatable); none by default.")  # fmt: skip
-@click.option("--parameters", "parameters_file", type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
-              help="A JSON list of parameters to record instead of the scanned ones ('-': stdin).")  # fmt: skip
+@click.option(
+    "--retry-on",
+    type=click.Choice(["failed", "timeout", "lost"]),
+    multiple=True,
+    help="An outcome that starts another attempt (repeatable); none by default.",
+)
+@click.option(
+    "--parameters",
+    "parameters_file",
+    type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
+    help="A JSON list of parameters to record instead of the scanned ones ('-': stdin).",
+)
 @json_option
-def template_import(repository_id: int, original_path: str, entry_file: str, code: str, name: str,
-                    script_type: str, description: str, timeout: int, pool: str, max_attempts: int,
-                    retry_on: tuple[str, ...], parameters_file: Path | None, as_json: bool) -> None:  # fmt: skip
+def template_import(
+    repository_id: int,
+    original_path: str,
+    entry_file: str,
+    code: str,
+    name: str,
+    script_type: str,
+    description: str,
+    timeout: int,
+    pool: str,
+    max_attempts: int,
+    retry_on: tuple[str, ...],
+    parameters_file: Path | None,
+    as_json: bool,
+) -> None:
     """Import a template from a repository path at its branch head.
 
     Its parameters are those the scan shows (the entry's `@param` header, or the directory's survey) unless
     --parameters gives others."""
-    payload = {"repository_id": repository_id, "original_path": original_path, "entry_file": entry_file,
-               "code": code, "name": name, "script_type": script_type, "description": description,
-               "timeout": timeout, "pool": pool, "max_attempts": max_attempts, "retry_on": list(retry_on)}  # fmt: skip
+    payload = {
+        "repository_id": repository_id,
+        "original_path": original_path,
+        "entry_file": entry_file,
+        "code": code,
+        "name": name,
+        "script_type": script_type,
+        "description": description,
+        "timeout": timeout,
+        "pool": pool,
+        "max_attempts": max_attempts,
+        "retry_on": list(retry_on),
+    }
     if parameters_file is not None:
         payload["parameters"] = read_parameters(parameters_file)
     imported = call_api("POST", "/api/v1/task-templates", payload)
@@ -199,8 +259,10 @@ def read_parameters(path: Path) -> list[Any]:
     except ValueError as exc:
         fail(f"--parameters: {path} is not JSON: {exc}", EXIT_BAD_INPUT)
     if not isinstance(parameters, list):
-        fail(f"--parameters: {path} must hold a JSON list of parameters, [{{\"name\": ..., \"type\": ...}}, ...]",
-             EXIT_BAD_INPUT)  # fmt: skip
+        fail(
+            f'--parameters: {path} must hold a JSON list of parameters, [{{"name": ..., "type": ...}}, ...]',
+            EXIT_BAD_INPUT,
+        )
     return parameters
 
 
@@ -252,8 +314,11 @@ def template_show(template_ref: str, as_json: bool) -> None:
 @json_option
 def template_sync(template_ref: str, as_json: bool) -> None:
     """Re-import a template (its code or id) from its recorded path at the branch head."""
-    show(call_api("POST", f"/api/v1/task-templates/{resolve_template(template_ref)}/sync"), as_json,
-         ["changed", "version"])  # fmt: skip
+    show(
+        call_api("POST", f"/api/v1/task-templates/{resolve_template(template_ref)}/sync"),
+        as_json,
+        ["changed", "version"],
+    )
 
 
 @template.command("prefetch")

@@ -11,7 +11,7 @@
     124  the task timed out (as `timeout(1)` reports it)
     130  interrupted (Ctrl-C while following a task)
 
-Errors raised in the command itself (`app.services.errors`, `storage.errors`, the database driver) and answers of
+Errors raised in the command itself (`app.errors`, `storage.errors`, the database driver) and answers of
 the API map to these codes here and nowhere else.
 """
 
@@ -46,9 +46,9 @@ def code_for_error(exc: BaseException) -> int | None:
     whose traceback should show)."""
     if _is(exc, "app.maintenance.runs", "AlreadyRunning"):
         return EXIT_BUSY
-    if _is(exc, "app.services.errors", "Unavailable", "Upstream"):
+    if _is(exc, "app.errors", "Unavailable", "Upstream"):
         return EXIT_UNAVAILABLE
-    if _is(exc, "app.services.errors", "AppError"):  # not found, invalid, conflict, forbidden
+    if _is(exc, "app.errors", "AppError"):  # not found, invalid, conflict, forbidden
         return EXIT_BAD_INPUT
     if _is(exc, "storage.errors", "StorageUnavailable", "BucketNotFound"):
         return EXIT_UNAVAILABLE

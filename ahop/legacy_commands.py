@@ -76,12 +76,20 @@ def adopt_legacy(drop_legacy: bool, as_json: bool) -> None:
 def _show_adoption(done: Adoption, as_json: bool) -> None:
     tenants = [{"legacy_id": t.legacy_id, "tenant_id": str(t.tenant_id), "name": t.name} for t in done.tenants]
     if as_json:
-        report = {"revision": done.revision, "tenants": tenants, "repositories": done.repositories,
-                  "templates": done.templates, "archived": done.archived, "notes": done.notes}  # fmt: skip
+        report = {
+            "revision": done.revision,
+            "tenants": tenants,
+            "repositories": done.repositories,
+            "templates": done.templates,
+            "archived": done.archived,
+            "notes": done.notes,
+        }
         echo_json(report, indent=None)
         return
-    click.echo(f"adopted: schema at revision {done.revision}; {done.repositories} repositories, {done.templates} "
-               f'templates pending import; original tables kept in schema "legacy" ({len(done.archived)})')  # fmt: skip
+    click.echo(
+        f"adopted: schema at revision {done.revision}; {done.repositories} repositories, {done.templates} "
+        f'templates pending import; original tables kept in schema "legacy" ({len(done.archived)})'
+    )
     for tenant in tenants:
         click.echo(f"tenant {tenant['legacy_id']} -> {tenant['name']} {tenant['tenant_id']}")
     for note in done.notes:
@@ -111,8 +119,14 @@ def _backfill(settings: AppSettings, tenant_id: uuid.UUID | None) -> list[Outcom
                         await session.rollback()
                     mirrors = Mirrors(settings.data_dir, settings.git_options())
                     limits = Limits(max_bytes=settings.max_template_bytes, max_files=settings.max_template_files)
-                    importer = Importer(session, mirrors, CredentialBox(settings.secret_key_list()), store, limits,
-                                        settings.data_dir / "tmp")  # fmt: skip
+                    importer = Importer(
+                        session,
+                        mirrors,
+                        CredentialBox(settings.secret_key_list()),
+                        store,
+                        limits,
+                        settings.data_dir / "tmp",
+                    )
                     return await Backfiller(session, importer).run(tenant_id)
         finally:
             await engine.dispose()
@@ -131,7 +145,7 @@ def backfill(tenant_id: uuid.UUID | None, as_json: bool) -> None:
     """
     from sqlalchemy.exc import DBAPIError
 
-    from app.services.errors import Unavailable
+    from app.errors import Unavailable
     from app.settings import AppSettings
     from storage.errors import StorageError
 
@@ -150,18 +164,23 @@ def backfill(tenant_id: uuid.UUID | None, as_json: bool) -> None:
         echo_json({"imported": imported, "failed": failed}, indent=None)
     else:
         for row in imported:
-            click.echo(f"imported  template {row['template_id']} {row['code']} (tenant {row['tenant_id']}) "
-                       f"{row['digest']}")  # fmt: skip
+            click.echo(
+                f"imported  template {row['template_id']} {row['code']} (tenant {row['tenant_id']}) {row['digest']}"
+            )
         for row in failed:
-            click.echo(f"failed    template {row['template_id']} {row['code']} (tenant {row['tenant_id']}): "
-                       f"{row['reason']}")  # fmt: skip
+            click.echo(
+                f"failed    template {row['template_id']} {row['code']} (tenant {row['tenant_id']}): {row['reason']}"
+            )
         click.echo(f"{len(imported)} imported, {len(failed)} failed" + (" (still pending)" if failed else ""))
     if failed:
         sys.exit(EXIT_PROBLEMS)
 
 
 def _outcome(outcome: Outcome) -> dict[str, Any]:
-    row: dict[str, Any] = {"template_id": outcome.template_id, "tenant_id": str(outcome.tenant_id),
-                           "code": outcome.code}  # fmt: skip
+    row: dict[str, Any] = {
+        "template_id": outcome.template_id,
+        "tenant_id": str(outcome.tenant_id),
+        "code": outcome.code,
+    }
     row.update({"digest": outcome.digest} if outcome.reason is None else {"reason": outcome.reason})
     return row

@@ -65,8 +65,14 @@ def _run(start: Any, command: str, as_json: bool) -> RunResult:
 
 def _finish(result: RunResult, as_json: bool, summary: list[str]) -> None:
     if as_json:
-        echo_json({"run_id": str(result.run_id), "status": result.status.value, "error": result.error,
-                   "report": result.report})  # fmt: skip
+        echo_json(
+            {
+                "run_id": str(result.run_id),
+                "status": result.status.value,
+                "error": result.error,
+                "report": result.report,
+            }
+        )
     else:
         for line in summary:
             click.echo(line)
@@ -84,7 +90,7 @@ def _finish(result: RunResult, as_json: bool, summary: list[str]) -> None:
 )
 @click.option("--wait", is_flag=True, help="Wait for a GC that is running to end, instead of exiting with 4.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
-def gc(dry_run: bool, grace: float | None, wait: bool, as_json: bool) -> None:  # fmt: skip
+def gc(dry_run: bool, grace: float | None, wait: bool, as_json: bool) -> None:
     """Apply retention and delete blobs (and stray objects) that nothing references, online."""
 
     async def start(maintenance: Maintenance) -> StartedRun:
@@ -124,8 +130,10 @@ def _gc_summary(result: RunResult) -> list[str]:
         f"orphans {report['orphans_seconds']:.2f} s)",
     ]
     if report["stale_uploads"]:
-        lines.append(f"  multipart uploads never finished: {report['stale_uploads']}"
-                     f"{' found' if report['dry_run'] else ', aborted ' + str(report['uploads_aborted'])}")  # fmt: skip
+        lines.append(
+            f"  multipart uploads never finished: {report['stale_uploads']}"
+            f"{' found' if report['dry_run'] else ', aborted ' + str(report['uploads_aborted'])}"
+        )
     if report["dry_run"]:
         lines += [f"  candidate {digest}" for digest in report["candidate_digests"]]
     return lines
@@ -144,8 +152,9 @@ def _gc_summary(result: RunResult) -> list[str]:
 )
 @click.option("--repair", is_flag=True, help="Pack a missing or damaged blob again from its recorded commit and path.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
-def verify(digest: str | None, sample: int | None, everything: bool, grace: float | None, repair: bool,
-           as_json: bool) -> None:  # fmt: skip
+def verify(
+    digest: str | None, sample: int | None, everything: bool, grace: float | None, repair: bool, as_json: bool
+) -> None:
     """Re-read blobs and check their compressed sha256, size and digest; exit 1 if any is not ok."""
     from storage.digest import Digest
     from storage.errors import InvalidDigest
@@ -158,8 +167,9 @@ def verify(digest: str | None, sample: int | None, everything: bool, grace: floa
         fail(f"--digest: {exc}", EXIT_BAD_INPUT)
 
     async def start(maintenance: Maintenance) -> StartedRun:
-        return await maintenance.start_verify(digest=parsed, sample=sample, grace=grace, repair=repair,
-                                              started_by=_started_by())  # fmt: skip
+        return await maintenance.start_verify(
+            digest=parsed, sample=sample, grace=grace, repair=repair, started_by=_started_by()
+        )
 
     result = _run(start, "verify", as_json)
     _finish(result, as_json, _verify_summary(result) if result.error is None else _so_far(result, _verify_summary))

@@ -36,9 +36,13 @@ class TerminalProgress:
     def __enter__(self) -> TerminalProgress:
         if self.interactive:
             self._bar = Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[size]}"), TimeElapsedColumn(), console=Console(file=self.stream),
-            )  # fmt: skip
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[size]}"),
+                TimeElapsedColumn(),
+                console=Console(file=self.stream),
+            )
             self._bar.start()
         return self
 

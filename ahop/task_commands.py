@@ -155,8 +155,9 @@ def _follow_and_exit(task_id: str, *, after: int, as_json: bool) -> None:
     try:
         ending = follow(task_id, after=after, echo=not as_json)
     except KeyboardInterrupt:
-        click.echo(f"\nahop: stopped following task {task_id}; it goes on (`ahop task cancel {task_id}` stops it)",
-                   err=True)  # fmt: skip
+        click.echo(
+            f"\nahop: stopped following task {task_id}; it goes on (`ahop task cancel {task_id}` stops it)", err=True
+        )
         raise SystemExit(EXIT_INTERRUPTED) from None
     _finish(task_id, ending, as_json)
 
@@ -173,8 +174,9 @@ def task() -> None:
 @click.option("--timeout", type=click.IntRange(min=1), help="Seconds the script may run (default: the template's).")
 @click.option("--follow/--no-follow", default=True, show_default=True, help="Print the output until the task ends.")
 @json_option
-def task_run(template_ref: str, pairs: tuple[str, ...], version: int | None, timeout: int | None, follow: bool,
-             as_json: bool) -> None:  # fmt: skip
+def task_run(
+    template_ref: str, pairs: tuple[str, ...], version: int | None, timeout: int | None, follow: bool, as_json: bool
+) -> None:
     """Run TEMPLATE (a code or an id) and, by default, print its output and exit with its exit code.
 
     With --json nothing but JSON goes to stdout: the task as created (--no-follow) or as it ended.

@@ -16,8 +16,15 @@ from ahop.client_commands import json_option, read_parameters
 from ahop.console import echo_fields, echo_json, echo_table, fail
 from ahop.exit_codes import EXIT_BAD_INPUT
 
-VERSION_COLUMNS = ["current", "version", "script_type", "entry_file", "artifact.digest", "source.commit_sha",
-                   "created_at"]  # fmt: skip
+VERSION_COLUMNS = [
+    "current",
+    "version",
+    "script_type",
+    "entry_file",
+    "artifact.digest",
+    "source.commit_sha",
+    "created_at",
+]
 
 
 def _changed(template_id: int, payload: dict[str, Any], as_json: bool) -> None:
@@ -35,22 +42,52 @@ def _changed(template_id: int, payload: dict[str, Any], as_json: bool) -> None:
 @click.option("--timeout", type=click.IntRange(min=1), default=None, help="Seconds a task may run.")
 @click.option("--pool", default=None, help="Worker pool that runs its tasks.")
 @click.option("--max-attempts", type=click.IntRange(1, 10), default=None, help="Attempts a task gets in all.")
-@click.option("--retry-on", type=click.Choice(["failed", "timeout", "lost", "none"]), multiple=True,
-              help="An outcome that starts another attempt (repeatable; 'none' retries nothing).")  # fmt: skip
+@click.option(
+    "--retry-on",
+    type=click.Choice(["failed", "timeout", "lost", "none"]),
+    multiple=True,
+    help="An outcome that starts another attempt (repeatable; 'none' retries nothing).",
+)
 @click.option("--entry-file", default=None, help="Entry file, relative to the template's path (adds a version).")
-@click.option("--script-type", type=click.Choice(["shell", "python", "ansible"]), default=None,
-              help="How the entry file runs (adds a version).")  # fmt: skip
-@click.option("--parameters", "parameters_file", type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
-              default=None, help="A JSON file with the parameter list ('-': stdin) (adds a version).")  # fmt: skip
+@click.option(
+    "--script-type",
+    type=click.Choice(["shell", "python", "ansible"]),
+    default=None,
+    help="How the entry file runs (adds a version).",
+)
+@click.option(
+    "--parameters",
+    "parameters_file",
+    type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
+    default=None,
+    help="A JSON file with the parameter list ('-': stdin) (adds a version).",
+)
 @json_option
-def template_update(template_ref: str, name: str | None, description: str | None, timeout: int | None,
-                    pool: str | None, max_attempts: int | None, retry_on: tuple[str, ...], entry_file: str | None,
-                    script_type: str | None, parameters_file: Path | None, as_json: bool) -> None:  # fmt: skip
+def template_update(
+    template_ref: str,
+    name: str | None,
+    description: str | None,
+    timeout: int | None,
+    pool: str | None,
+    max_attempts: int | None,
+    retry_on: tuple[str, ...],
+    entry_file: str | None,
+    script_type: str | None,
+    parameters_file: Path | None,
+    as_json: bool,
+) -> None:
     """Change a template; print it as it now is. What is not given stays as it is."""
     if "none" in retry_on and len(retry_on) > 1:
         fail("--retry-on none retries nothing; it goes alone", EXIT_BAD_INPUT)
-    given = {"name": name, "description": description, "timeout": timeout, "pool": pool,
-             "max_attempts": max_attempts, "entry_file": entry_file, "script_type": script_type}  # fmt: skip
+    given = {
+        "name": name,
+        "description": description,
+        "timeout": timeout,
+        "pool": pool,
+        "max_attempts": max_attempts,
+        "entry_file": entry_file,
+        "script_type": script_type,
+    }
     payload: dict[str, Any] = {key: value for key, value in given.items() if value is not None}
     if retry_on:
         payload["retry_on"] = [] if retry_on == ("none",) else list(retry_on)

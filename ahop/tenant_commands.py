@@ -81,9 +81,15 @@ def tenant_list(as_json: bool) -> None:
     from app.services.tokens import list_tenants
 
     async def work(session: AsyncSession) -> list[dict[str, object]]:
-        return [{"tenant_id": str(row.tenant.id), "name": row.tenant.name,
-                 "created_at": row.tenant.created_at.isoformat(), "valid_tokens": row.valid_tokens}
-                for row in await list_tenants(session)]  # fmt: skip
+        return [
+            {
+                "tenant_id": str(row.tenant.id),
+                "name": row.tenant.name,
+                "created_at": row.tenant.created_at.isoformat(),
+                "valid_tokens": row.valid_tokens,
+            }
+            for row in await list_tenants(session)
+        ]
 
     rows = _in_transaction(work)
     if as_json:
@@ -123,8 +129,15 @@ def token_create(tenant_ref: str, role: str, expires_in: int | None, description
 
     issued = _in_transaction(work)
     if as_json:
-        echo_json({"token_id": str(issued.token_id), "tenant_id": str(issued.tenant_id), "role": role,
-                   "token": issued.secret}, indent=None)  # fmt: skip
+        echo_json(
+            {
+                "token_id": str(issued.token_id),
+                "tenant_id": str(issued.tenant_id),
+                "role": role,
+                "token": issued.secret,
+            },
+            indent=None,
+        )
     else:
         click.echo(f"token {issued.token_id} ({role}) (shown once): {issued.secret}")
 
@@ -141,11 +154,17 @@ def token_list(tenant_ref: str | None, as_json: bool) -> None:
             return value.isoformat() if value is not None else None  # type: ignore[attr-defined]
 
         return [
-            {"token_id": str(row.id), "tenant_id": str(row.tenant_id), "role": row.role,
-             "description": row.description, "created_at": iso(row.created_at),
-             "expires_at": iso(row.expires_at), "revoked_at": iso(row.revoked_at)}
+            {
+                "token_id": str(row.id),
+                "tenant_id": str(row.tenant_id),
+                "role": row.role,
+                "description": row.description,
+                "created_at": iso(row.created_at),
+                "expires_at": iso(row.expires_at),
+                "revoked_at": iso(row.revoked_at),
+            }
             for row in await list_tokens(session, (await _tenant(session, tenant_ref)).id if tenant_ref else None)
-        ]  # fmt: skip
+        ]
 
     rows = _in_transaction(work)
     if as_json:

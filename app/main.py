@@ -77,8 +77,12 @@ def create_app(settings: AppSettings) -> Litestar:
 
     store = BlobStore(settings.s3_location())
     limits = Limits(max_bytes=settings.max_template_bytes, max_files=settings.max_template_files)
-    workers = Workers(redis, heartbeat_timeout=settings.heartbeat_timeout, forget_after=settings.worker_forget_after,
-                      prefetch_on_import=settings.prefetch_on_import)  # fmt: skip
+    workers = Workers(
+        redis,
+        heartbeat_timeout=settings.heartbeat_timeout,
+        forget_after=settings.worker_forget_after,
+        prefetch_on_import=settings.prefetch_on_import,
+    )
     dispatcher = Dispatcher(connect(settings.redis_url, settings.redis_timeout), box, settings.task_log_limit)
     metrics = ApiMetrics(session_factory, timeout=settings.health_timeout, git_load=mirrors.pool.load.figures)
     control = build_control_loop(settings, session_factory, dispatcher, workers, metrics=metrics)
@@ -123,8 +127,11 @@ def create_app(settings: AppSettings) -> Litestar:
             sweeping.cancel()
             await asyncio.gather(sweeping, return_exceptions=True)
             if killed := mirrors.close():
-                log.warning("shutting down: killed %d git command(s) still running (pids %s)", len(killed),
-                            ", ".join(map(str, killed)))  # fmt: skip
+                log.warning(
+                    "shutting down: killed %d git command(s) still running (pids %s)",
+                    len(killed),
+                    ", ".join(map(str, killed)),
+                )
             await launcher.stop()
             await control.stop()
             await dispatcher.redis.aclose()

@@ -125,16 +125,18 @@ def figure_families(figures: StoreFigures | None) -> Iterator[Metric]:
     if figures is None:
         return
     blobs = GaugeMetricFamily(
-        "ahop_blobs", "Blobs in the store, by the outcome of their last verify; sum() for the total.",
+        "ahop_blobs",
+        "Blobs in the store, by the outcome of their last verify; sum() for the total.",
         labels=["verify_outcome"],
-    )  # fmt: skip
+    )
     for outcome in (*VERIFY_OUTCOMES, UNVERIFIED, *sorted(set(figures.blobs) - {*VERIFY_OUTCOMES, UNVERIFIED})):
         blobs.add_metric([outcome], figures.blobs.get(outcome, 0))
     yield blobs
     yield GaugeMetricFamily(
-        "ahop_blobs_stored_bytes", "Compressed bytes of all blobs: what the object store holds.",
+        "ahop_blobs_stored_bytes",
+        "Compressed bytes of all blobs: what the object store holds.",
         value=figures.stored_bytes,
-    )  # fmt: skip
+    )
     yield GaugeMetricFamily(
         "ahop_blobs_tar_bytes", "Uncompressed (canonical tar) bytes of all blobs.", value=figures.tar_bytes
     )
@@ -144,9 +146,10 @@ def figure_families(figures: StoreFigures | None) -> Iterator[Metric]:
         tasks.add_metric([status], figures.tasks.get(status, 0))
     yield tasks
     runs = GaugeMetricFamily(
-        "ahop_maintenance_runs", "GC and verify runs kept in the database, by kind and status.",
+        "ahop_maintenance_runs",
+        "GC and verify runs kept in the database, by kind and status.",
         labels=["kind", "status"],
-    )  # fmt: skip
+    )
     pairs = {(kind.value, status.value) for kind in RunKind for status in RunStatus} | set(figures.runs)
     for kind, status in sorted(pairs):
         runs.add_metric([kind, status], figures.runs.get((kind, status), 0))
@@ -182,32 +185,47 @@ class ApiMetrics:
     """The metrics of one application: counted by the import service and the event consumer, exposed by
     `GET /metrics`. `timeout` bounds the database part of a scrape, in seconds."""
 
-    def __init__(self, session_factory: async_sessionmaker[AsyncSession], timeout: float,
-                 git_load: Callable[[], dict[str, int]] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        session_factory: async_sessionmaker[AsyncSession],
+        timeout: float,
+        git_load: Callable[[], dict[str, int]] | None = None,
+    ) -> None:
         self.session_factory = session_factory
         self.timeout = timeout
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         self.imports = Counter(
-            "ahop_imports", "Template versions imported by this process, by whether the content was packed or the "
-            "tree → digest cache already knew it.", ["result"], registry=self.registry,
-        )  # fmt: skip
+            "ahop_imports",
+            "Template versions imported by this process, by whether the content was packed or the "
+            "tree → digest cache already knew it.",
+            ["result"],
+            registry=self.registry,
+        )
         for result in ("packed", "cached"):
             self.imports.labels(result=result)
         self.dedup = Counter(
-            "ahop_import_dedup", "Imports by this process that packed content whose blob the object store already "
-            "held: nothing was uploaded.", registry=self.registry,
-        )  # fmt: skip
+            "ahop_import_dedup",
+            "Imports by this process that packed content whose blob the object store already "
+            "held: nothing was uploaded.",
+            registry=self.registry,
+        )
         self.dispatch = Histogram(
-            "ahop_task_dispatch_seconds", "Seconds from a task's creation to the start of its first attempt on a "
-            "worker, for the starts that this process recorded.", buckets=DISPATCH_BUCKETS, registry=self.registry,
-        )  # fmt: skip
+            "ahop_task_dispatch_seconds",
+            "Seconds from a task's creation to the start of its first attempt on a "
+            "worker, for the starts that this process recorded.",
+            buckets=DISPATCH_BUCKETS,
+            registry=self.registry,
+        )
         if git_load is not None:
             git_work = Gauge(
-                "ahop_git_work", "Git work of this process now: waiting for a mirror's lock, waiting for a slot of the "
-                "git pool (or of its tenant), running.", ["state"], registry=self.registry,
-            )  # fmt: skip
+                "ahop_git_work",
+                "Git work of this process now: waiting for a mirror's lock, waiting for a slot of the "
+                "git pool (or of its tenant), running.",
+                ["state"],
+                registry=self.registry,
+            )
             for state in git_load():
                 git_work.labels(state=state).set_function(functools.partial(_figure, git_load, state))
         self._failing: str | None = None

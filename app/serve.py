@@ -23,9 +23,13 @@ def serve(settings: AppSettings) -> None:
     `git cat-file` and `ls-tree` processes GitPython starts to read mirrors for a scan or a pack) is killed too:
     a thread blocked on one would otherwise keep the process from ending, and a hung one would outlive it."""
     config = uvicorn.Config(
-        create_app(settings), host=settings.host, port=settings.port, log_level="info", lifespan="on",
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        lifespan="on",
         timeout_graceful_shutdown=settings.shutdown_timeout,
-    )  # fmt: skip
+    )
     LeavingNoChild(config).run()
 
 

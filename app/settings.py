@@ -29,9 +29,11 @@ class AppSettings(BaseSettings):
     s3_region: str = "us-east-1"
     s3_connect_timeout: float = Field(default=5.0, gt=0, description="Seconds to open a connection to S3.")
     s3_read_timeout: float = Field(
-        default=20.0, gt=0, description="Seconds S3 may stay silent within one request (a stopped server) before "
+        default=20.0,
+        gt=0,
+        description="Seconds S3 may stay silent within one request (a stopped server) before "
         "the request is tried again or fails with 503; an import waits at most about attempts x this per request.",
-    )  # fmt: skip
+    )
     s3_max_attempts: int = Field(default=3, ge=1, le=10, description="Tries of each S3 request, the first included.")
     data_dir: Path = Path("/var/lib/ahop")
     host: str = "127.0.0.1"
@@ -131,8 +133,14 @@ class AppSettings(BaseSettings):
 
     def git_options(self) -> GitOptions:
         """How the server runs git: time limit, known hosts, allowed schemes, local roots and its pool."""
-        return GitOptions(self.git_timeout, self.git_known_hosts, self.allowed_schemes(), self.file_roots(),
-                          pool_size=self.git_pool_size, tenant_limit=self.git_tenant_limit)  # fmt: skip
+        return GitOptions(
+            self.git_timeout,
+            self.git_known_hosts,
+            self.allowed_schemes(),
+            self.file_roots(),
+            pool_size=self.git_pool_size,
+            tenant_limit=self.git_tenant_limit,
+        )
 
     def allowed_schemes(self) -> frozenset[str]:
         return frozenset(s.strip().lower() for s in self.git_allowed_schemes.split(",") if s.strip())

@@ -16,12 +16,60 @@ from pathlib import Path
 
 TEMPLATE_PATH = "tpl"
 _TEXT_SUFFIXES = (".yml", ".yml", ".yml", ".sh", ".py", ".j2", ".md", ".json", ".cfg", ".txt")
-# fmt: off
-_DIR_WORDS = ("roles", "tasks", "handlers", "templates", "files", "vars", "defaults", "scripts", "lib", "checks",
-              "nginx", "postgres", "redis", "backup", "deploy", "monitoring", "network", "users", "kernel", "disk")
-_SYLLABLES = ("ka", "lo", "mi", "ne", "su", "ta", "ri", "po", "de", "an", "el", "or", "un", "ex", "sh", "st", "ch",
-              "ing", "er", "on", "at", "is", "ve", "co", "ma", "pa", "se", "ti", "ro", "ba")
-# fmt: on
+_DIR_WORDS = (
+    "roles",
+    "tasks",
+    "handlers",
+    "templates",
+    "files",
+    "vars",
+    "defaults",
+    "scripts",
+    "lib",
+    "checks",
+    "nginx",
+    "postgres",
+    "redis",
+    "backup",
+    "deploy",
+    "monitoring",
+    "network",
+    "users",
+    "kernel",
+    "disk",
+)
+_SYLLABLES = (
+    "ka",
+    "lo",
+    "mi",
+    "ne",
+    "su",
+    "ta",
+    "ri",
+    "po",
+    "de",
+    "an",
+    "el",
+    "or",
+    "un",
+    "ex",
+    "sh",
+    "st",
+    "ch",
+    "ing",
+    "er",
+    "on",
+    "at",
+    "is",
+    "ve",
+    "co",
+    "ma",
+    "pa",
+    "se",
+    "ti",
+    "ro",
+    "ba",
+)
 _PUNCTUATION = (":", "=", "-", "{{", "}}", "#", "|", "&&", "$", "(", ")", '"', "0", "1", "true", "false", "\\")
 _GIT_ENV = {
     "GIT_AUTHOR_NAME": "bench",

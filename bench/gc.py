@@ -177,8 +177,13 @@ def upload(location: S3Location, payloads: list[Payload]) -> None:
     client = _client(location)
 
     def put(payload: Payload) -> None:
-        client.put_object(Bucket=location.bucket, Key=blob_key(payload.info.digest), Body=payload.compressed,
-                          ContentType=CONTENT_TYPE, Metadata=payload.info.metadata())  # fmt: skip
+        client.put_object(
+            Bucket=location.bucket,
+            Key=blob_key(payload.info.digest),
+            Body=payload.compressed,
+            ContentType=CONTENT_TYPE,
+            Metadata=payload.info.metadata(),
+        )
 
     try:
         with ThreadPoolExecutor(UPLOAD_THREADS) as pool:
@@ -193,24 +198,38 @@ async def insert_rows(database_url: str, rows: list[Payload], population: Popula
     try:
         touched = datetime.now(UTC) - timedelta(days=2)
         await connection.copy_records_to_table(
-            "blobs", columns=["digest", "tar_size", "zst_size", "zst_sha256", "files", "touched_at", "created_at"],
-            records=[(row.info.digest.hex, row.info.tar_size, row.info.zst_size, row.info.zst_sha256, row.info.files,
-                      touched, touched) for row in rows],
-        )  # fmt: skip
+            "blobs",
+            columns=["digest", "tar_size", "zst_size", "zst_sha256", "files", "touched_at", "created_at"],
+            records=[
+                (
+                    row.info.digest.hex,
+                    row.info.tar_size,
+                    row.info.zst_size,
+                    row.info.zst_sha256,
+                    row.info.files,
+                    touched,
+                    touched,
+                )
+                for row in rows
+            ],
+        )
         async with connection.transaction():
             tenant = await connection.fetchval("INSERT INTO tenants (name) VALUES ($1) RETURNING id", "bench-gc")
             codes = [f"gc-{number}" for number in range(len(population.by_template))]
             await connection.execute(
                 "INSERT INTO task_templates (tenant_id, code, name, import_state) "
                 "SELECT $1, code, code, 'pending' FROM unnest($2::text[]) AS code",
-                tenant, codes,
-            )  # fmt: skip
+                tenant,
+                codes,
+            )
             await connection.execute(
                 "INSERT INTO template_versions (template_id, version, digest, script_type, entry_file) "
                 "SELECT t.id, 1, d.digest, 'shell', 'run.sh' FROM unnest($2::text[], $3::text[]) AS d(code, digest) "
                 "JOIN task_templates t ON t.tenant_id = $1 AND t.code = d.code",
-                tenant, codes, population.by_template,
-            )  # fmt: skip
+                tenant,
+                codes,
+                population.by_template,
+            )
             await connection.execute(
                 "UPDATE task_templates t SET current_version_id = v.id, import_state = 'imported' "
                 "FROM template_versions v WHERE v.template_id = t.id AND t.tenant_id = $1",
@@ -219,8 +238,9 @@ async def insert_rows(database_url: str, rows: list[Payload], population: Popula
             await connection.execute(
                 "INSERT INTO tasks (tenant_id, template_code, version, digest, pool, status, timeout) "
                 "SELECT $1, 'gc-task', 1, digest, 'default', 'pending', 600 FROM unnest($2::text[]) AS digest",
-                tenant, population.by_task,
-            )  # fmt: skip
+                tenant,
+                population.by_task,
+            )
         await connection.execute("ANALYZE")
     finally:
         await connection.close()
@@ -233,21 +253,31 @@ def populate(location: S3Location, database_url: str, blobs: int, orphans: int, 
     made = time.perf_counter()
     digests = [payload.info.digest.hex for payload in payloads]
     quarter = blobs // 4
-    population = Population(by_template=digests[:quarter], by_task=digests[quarter : 2 * quarter],
-                            unreferenced=digests[2 * quarter : blobs], orphans=digests[blobs:])  # fmt: skip
+    population = Population(
+        by_template=digests[:quarter],
+        by_task=digests[quarter : 2 * quarter],
+        unreferenced=digests[2 * quarter : blobs],
+        orphans=digests[blobs:],
+    )
     upload(location, payloads)
     uploaded = time.perf_counter()
     asyncio.run(insert_rows(database_url, payloads[:blobs], population))
-    population.setup_seconds = {"make_blobs": made - started, "upload": uploaded - made,
-                                "rows": time.perf_counter() - uploaded}  # fmt: skip
-    progress(f"setup: {blobs:,} blobs + {orphans} orphans made in {made - started:.1f} s, uploaded in "
-             f"{uploaded - made:.1f} s ({len(payloads) / (uploaded - made):.0f} PUT/s), rows in "
-             f"{population.setup_seconds['rows']:.1f} s")  # fmt: skip
+    population.setup_seconds = {
+        "make_blobs": made - started,
+        "upload": uploaded - made,
+        "rows": time.perf_counter() - uploaded,
+    }
+    progress(
+        f"setup: {blobs:,} blobs + {orphans} orphans made in {made - started:.1f} s, uploaded in "
+        f"{uploaded - made:.1f} s ({len(payloads) / (uploaded - made):.0f} PUT/s), rows in "
+        f"{population.setup_seconds['rows']:.1f} s"
+    )
     return population
 
 
-async def gc_run(maintenance: Maintenance, store: ClockedStore, servers: dict[str, psutil.Process], *, dry_run: bool,
-                 grace: float) -> dict[str, Any]:  # fmt: skip
+async def gc_run(
+    maintenance: Maintenance, store: ClockedStore, servers: dict[str, psutil.Process], *, dry_run: bool, grace: float
+) -> dict[str, Any]:
     """One GC as `ahop gc` runs it; its report, wall time, each phase's time, the store's S3 time and CPU used."""
     before = dict(store.clock)
     clock = PhaseClock()
@@ -261,8 +291,14 @@ async def gc_run(maintenance: Maintenance, store: ClockedStore, servers: dict[st
         raise SystemExit(f"FAIL: the GC run ended {result.status.value}: {result.error}")
     report = {key: value for key, value in result.report.items() if not key.endswith("_digests")}
     s3 = {key: store.clock[key] - before[key] for key in before}
-    return {"report": report, "wall_s": ended - started, "phases_s": clock.durations(ended), "s3": s3,
-            "cpu_s": cpu, "candidate_digests": result.report["candidate_digests"]}  # fmt: skip
+    return {
+        "report": report,
+        "wall_s": ended - started,
+        "phases_s": clock.durations(ended),
+        "s3": s3,
+        "cpu_s": cpu,
+        "candidate_digests": result.report["candidate_digests"],
+    }
 
 
 async def explain_mark(database_url: str, grace: float, keep: int) -> str:
@@ -303,8 +339,10 @@ def check_left(what: str, store: BlobStore, database_url: str, rows: set[str], o
     found_objects = {item.digest.hex for item in store.list_blobs()}
     for kind, found, expected in (("rows", found_rows, rows), ("objects", found_objects, objects)):
         if found != expected:
-            raise SystemExit(f"FAIL: after {what}, {len(found)} {kind} remain where {len(expected)} should: "
-                             f"{len(found - expected)} unexpected, {len(expected - found)} missing")  # fmt: skip
+            raise SystemExit(
+                f"FAIL: after {what}, {len(found)} {kind} remain where {len(expected)} should: "
+                f"{len(found - expected)} unexpected, {len(expected - found)} missing"
+            )
 
 
 def check_report(what: str, report: dict[str, Any], **expected: int) -> None:
@@ -338,15 +376,23 @@ def one_run(stack: LocalStack, work: Path, args: argparse.Namespace, seed: int) 
             real.pop("candidate_digests")
             check_report("real GC", real["report"], candidates=half, deleted=half, kept_in_use=0, orphans_found=0)
             result["gc"] = real
-            await asyncio.to_thread(check_left, "the real GC", store, database_url, population.referenced,
-                                    population.referenced | set(population.orphans))  # fmt: skip
+            await asyncio.to_thread(
+                check_left,
+                "the real GC",
+                store,
+                database_url,
+                population.referenced,
+                population.referenced | set(population.orphans),
+            )
             orphan = await gc_run(maintenance, store, servers, dry_run=False, grace=0)
             orphan.pop("candidate_digests")
-            check_report("orphan GC", orphan["report"], candidates=0, deleted=0,
-                         orphans_removed=len(population.orphans))  # fmt: skip
+            check_report(
+                "orphan GC", orphan["report"], candidates=0, deleted=0, orphans_removed=len(population.orphans)
+            )
             result["orphan_gc"] = orphan
-            await asyncio.to_thread(check_left, "the orphan GC", store, database_url, population.referenced,
-                                    population.referenced)  # fmt: skip
+            await asyncio.to_thread(
+                check_left, "the orphan GC", store, database_url, population.referenced, population.referenced
+            )
         finally:
             await engine.dispose()
 
@@ -394,9 +440,11 @@ def tables(runs: list[dict[str, Any]], blobs: int, orphans: int) -> str:
         "| of which listing s (objects) | wall s | CPU s: bench, S3, PostgreSQL |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for name, key, found in (("dry run, grace 3600 s", "dry_run", "candidates"),
-                             ("real GC, grace 3600 s", "gc", "deleted"),
-                             ("orphan GC, grace 0", "orphan_gc", "orphans_removed")):  # fmt: skip
+    for name, key, found in (
+        ("dry run, grace 3600 s", "dry_run", "candidates"),
+        ("real GC, grace 3600 s", "gc", "deleted"),
+        ("orphan GC, grace 0", "orphan_gc", "orphans_removed"),
+    ):
         phases = {phase: median(runs, key, "phases_s", phase) for phase in ("retention", "mark", "sweep", "orphans")}
         second.append(
             f"| {name} | {median(runs, key, 'report', found):,.0f} {found.replace('_', ' ')} | "
@@ -412,10 +460,12 @@ def tables(runs: list[dict[str, Any]], blobs: int, orphans: int) -> str:
         )
     setup = " + ".join(f"{name} {median(runs, 'setup_s', name):.1f} s" for name in ("make_blobs", "upload", "rows"))
     return (
-        f"### GC of {blobs:,} blobs, half unreferenced (median of {len(runs)} run(s))\n\n" + "\n".join(first)
+        f"### GC of {blobs:,} blobs, half unreferenced (median of {len(runs)} run(s))\n\n"
+        + "\n".join(first)
         + f"\n\n### GC phases ({orphans} orphan objects; S3 requests clocked inside the store)\n\n"
-        + "\n".join(second) + f"\n\nSetup (not timed against the target): {setup}."
-    )  # fmt: skip
+        + "\n".join(second)
+        + f"\n\nSetup (not timed against the target): {setup}."
+    )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -432,8 +482,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    report: dict[str, Any] = {"code": code_under_test(), "blobs": args.blobs, "orphans": args.orphans,
-                              "target_s": TARGET_SECONDS, "loadavg_start": os.getloadavg()}  # fmt: skip
+    report: dict[str, Any] = {
+        "code": code_under_test(),
+        "blobs": args.blobs,
+        "orphans": args.orphans,
+        "target_s": TARGET_SECONDS,
+        "loadavg_start": os.getloadavg(),
+    }
     given = {key: os.environ[key] for key in SERVICE_KEYS if key in os.environ}
     with tempfile.TemporaryDirectory(prefix="ahop-bench-gc-") as work_dir:
         work = Path(work_dir)

@@ -51,8 +51,14 @@ from storage.blobstore import S3Location
 from storage.snapshot import snapshot_git
 
 RESULTS = Path(__file__).resolve().parent.parent / "bench-results"
-SERVICE_KEYS = ("AHOP_DATABASE_URL", "AHOP_REDIS_URL", "AHOP_S3_ENDPOINT_URL", "AHOP_S3_ACCESS_KEY_ID",
-                "AHOP_S3_SECRET_ACCESS_KEY", "AHOP_S3_REGION")  # fmt: skip
+SERVICE_KEYS = (
+    "AHOP_DATABASE_URL",
+    "AHOP_REDIS_URL",
+    "AHOP_S3_ENDPOINT_URL",
+    "AHOP_S3_ACCESS_KEY_ID",
+    "AHOP_S3_SECRET_ACCESS_KEY",
+    "AHOP_S3_REGION",
+)
 
 
 def commit_change(repo: Path, run: int) -> str:
@@ -64,8 +70,9 @@ def commit_change(repo: Path, run: int) -> str:
     subprocess.run(["git", "-C", str(repo), "read-tree", "HEAD"], check=True, env=env)
     subprocess.run(["git", "-C", str(repo), "add", str(marker)], check=True, env=env)
     subprocess.run(["git", "-C", str(repo), "commit", "-q", "-m", f"run {run}"], check=True, env=env)
-    return subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], check=True, env=env, capture_output=True,
-                          text=True).stdout.strip()  # fmt: skip
+    return subprocess.run(
+        ["git", "-C", str(repo), "rev-parse", "HEAD"], check=True, env=env, capture_output=True, text=True
+    ).stdout.strip()
 
 
 def pack_alone(repo: Path, commit: str) -> float:
@@ -86,8 +93,21 @@ class ByHand:
 
     def __call__(self, repo: Path, commit: str) -> float:
         started = time.perf_counter()
-        subprocess.run(["git", "--git-dir", str(self.mirror), "fetch", "--quiet", "--no-tags", "--", str(repo),
-                        "+refs/heads/*:refs/heads/*"], check=True, env={**os.environ, **_GIT_ENV})  # fmt: skip
+        subprocess.run(
+            [
+                "git",
+                "--git-dir",
+                str(self.mirror),
+                "fetch",
+                "--quiet",
+                "--no-tags",
+                "--",
+                str(repo),
+                "+refs/heads/*:refs/heads/*",
+            ],
+            check=True,
+            env={**os.environ, **_GIT_ENV},
+        )
         with git.Repo(self.mirror) as repository, self.blob.open("wb") as out:
             snapshot_git(repository, commit, TEMPLATE_PATH, out)
         subprocess.run(["curl", "-sSf", "-o", os.devnull, "-T", str(self.blob), self.put_url], check=True)
@@ -125,13 +145,19 @@ async def measure(settings: AppSettings, token: str, repo: Path, runs: int, by_h
     async with AsyncTestClient(create_app(settings), timeout=600) as client:
         added = await client.post("/api/v1/git-repositories", json={"name": "bench", "url": str(repo)}, headers=headers)
         repository_id = added.json()["id"]
-        body = {"name": "bench", "script_type": "shell", "entry_file": "bench-run.txt", "repository_id": repository_id,
-                "original_path": TEMPLATE_PATH}  # fmt: skip
+        body = {
+            "name": "bench",
+            "script_type": "shell",
+            "entry_file": "bench-run.txt",
+            "repository_id": repository_id,
+            "original_path": TEMPLATE_PATH,
+        }
         imported: dict[str, Any] = {}
 
         async def import_through_api(run: int, commit: str) -> None:
-            response = await client.post("/api/v1/task-templates", json={**body, "code": f"cold-{run}"},
-                                         headers=headers)  # fmt: skip
+            response = await client.post(
+                "/api/v1/task-templates", json={**body, "code": f"cold-{run}"}, headers=headers
+            )
             if response.status_code != 201:
                 raise SystemExit(f"import failed: {response.status_code} {response.text}")
             imported.update(response.json())
@@ -142,8 +168,11 @@ async def measure(settings: AppSettings, token: str, repo: Path, runs: int, by_h
         async def pipeline_by_hand(run: int, commit: str) -> None:
             await asyncio.to_thread(by_hand, repo, commit)
 
-        steps = [("cold_api_s", import_through_api), ("cold_pack_s", snapshot_alone),
-                 ("cold_by_hand_s", pipeline_by_hand)]  # fmt: skip
+        steps = [
+            ("cold_api_s", import_through_api),
+            ("cold_pack_s", snapshot_alone),
+            ("cold_by_hand_s", pipeline_by_hand),
+        ]
         for run in range(runs + 1):  # run 0 warms the page cache, the mirrors and the connections
             commit = commit_change(repo, run)
             for name, step in steps[run % 3 :] + steps[: run % 3]:
@@ -152,8 +181,10 @@ async def measure(settings: AppSettings, token: str, repo: Path, runs: int, by_h
                 if run:
                     timings[name].append(time.perf_counter() - started)
             if imported["artifact"]["files"] < 2:
-                raise SystemExit(f"the imported tree holds {imported['artifact']['files']} file(s): "
-                                 "the benchmark corpus was not committed")  # fmt: skip
+                raise SystemExit(
+                    f"the imported tree holds {imported['artifact']['files']} file(s): "
+                    "the benchmark corpus was not committed"
+                )
         for _ in range(runs * 4 + 1):
             started = time.perf_counter()
             synced = await client.post(f"/api/v1/task-templates/{imported['id']}/sync", headers=headers)
@@ -181,12 +212,17 @@ def main(argv: list[str] | None = None) -> int:
             database_url, bucket = fresh_database_and_bucket(stack)
             location = stack.s3_location(bucket)
             settings = AppSettings(
-                database_url=database_url, redis_url=stack.env["AHOP_REDIS_URL"],
-                s3_endpoint_url=location.endpoint_url, s3_bucket=bucket, s3_access_key_id=location.access_key_id,
-                s3_secret_access_key=SecretStr(location.secret_access_key or ""), data_dir=work / "server",
-                git_allowed_schemes="https,ssh,file", git_file_roots="/",  # its own corpora, wherever they are
+                database_url=database_url,
+                redis_url=stack.env["AHOP_REDIS_URL"],
+                s3_endpoint_url=location.endpoint_url,
+                s3_bucket=bucket,
+                s3_access_key_id=location.access_key_id,
+                s3_secret_access_key=SecretStr(location.secret_access_key or ""),
+                data_dir=work / "server",
+                git_allowed_schemes="https,ssh,file",
+                git_file_roots="/",  # its own corpora, wherever they are
                 secret_keys=SecretStr(Fernet.generate_key().decode()),
-            )  # fmt: skip
+            )
             token = asyncio.run(tenant_token(database_url))
             by_hand = ByHand(work, location)
             timings = asyncio.run(measure(settings, token, corpus.repo, args.runs, by_hand))

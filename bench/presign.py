@@ -17,10 +17,12 @@ def presigned_urls(location: S3Location, method: str, keys: Iterable[str]) -> li
     """A URL for `method` ("get_object", "put_object") of each key in the location's bucket, signed with its
     endpoint and credentials."""
     client = boto3.session.Session().client(
-        "s3", endpoint_url=location.endpoint_url, aws_access_key_id=location.access_key_id,
+        "s3",
+        endpoint_url=location.endpoint_url,
+        aws_access_key_id=location.access_key_id,
         aws_secret_access_key=location.secret_access_key,
         config=Config(region_name=location.region, signature_version="s3v4", s3={"addressing_style": "path"}),
-    )  # fmt: skip
+    )
     try:
         return [
             client.generate_presigned_url(method, Params={"Bucket": location.bucket, "Key": key}, ExpiresIn=VALID_FOR)

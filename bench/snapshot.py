@@ -234,8 +234,9 @@ def run_side(op: Operation, side: str, dest: Path) -> tuple[float, float] | None
     return timed(op.ours, dest)
 
 
-def measure(corpus: Corpus, snap: Snapshot, blob: Path, places: dict[str, Path], runs: int,
-            skip: set[str]) -> list[Measurement]:  # fmt: skip
+def measure(
+    corpus: Corpus, snap: Snapshot, blob: Path, places: dict[str, Path], runs: int, skip: set[str]
+) -> list[Measurement]:
     """Warm up, check the outputs, then time `runs` interleaved pairs of every operation not in `skip`."""
     found = []
     counter = 0
@@ -261,8 +262,9 @@ def measure(corpus: Corpus, snap: Snapshot, blob: Path, places: dict[str, Path],
     return found
 
 
-def profile(corpus: Corpus, snap: Snapshot, blob: Path, places: dict[str, Path], skip: set[str], results: Path,
-            stamp: str) -> None:  # fmt: skip
+def profile(
+    corpus: Corpus, snap: Snapshot, blob: Path, places: dict[str, Path], skip: set[str], results: Path, stamp: str
+) -> None:
     """One cProfile run of each of our operations; the stats go to `results`, the top functions to stdout."""
     for op in operations(corpus, snap, blob, places):
         if op.name in skip or (op.name.startswith("unpack") and unpack_file is None):

@@ -109,8 +109,13 @@ def percentile(values: list[float], share: float) -> float:
 
 
 def blob_ref(snap: Snapshot) -> BlobRef:
-    return BlobRef(digest=snap.digest.hex, tar_size=snap.tar_size, zst_size=snap.zst_size,
-                   zst_sha256=snap.zst_sha256, files=snap.files)  # fmt: skip
+    return BlobRef(
+        digest=snap.digest.hex,
+        tar_size=snap.tar_size,
+        zst_size=snap.zst_size,
+        zst_sha256=snap.zst_sha256,
+        files=snap.files,
+    )
 
 
 def upload(name: str, blobs: BlobStore, scratch: Path) -> BlobRef:
@@ -121,8 +126,10 @@ def upload(name: str, blobs: BlobStore, scratch: Path) -> BlobRef:
     blobs.put_if_absent(snap.digest, blob, tar_size=snap.tar_size, files=snap.files, zst_sha256=snap.zst_sha256)
     shutil.rmtree(corpus.repo)
     blob.unlink()
-    progress(f"{name}: {snap.files:,} files, tar {snap.tar_size / 1e6:.1f} MB, zst {snap.zst_size / 1e6:.1f} MB, "
-             f"stored in S3 in {time.perf_counter() - started:.1f} s")  # fmt: skip
+    progress(
+        f"{name}: {snap.files:,} files, tar {snap.tar_size / 1e6:.1f} MB, zst {snap.zst_size / 1e6:.1f} MB, "
+        f"stored in S3 in {time.perf_counter() - started:.1f} s"
+    )
     return blob_ref(snap)
 
 
@@ -145,8 +152,9 @@ def packs_to(tree: Path, ref: BlobRef, who: str) -> None:
         raise SystemExit(f"FAIL: the tree {who} unpacked ({tree}) packs to sha256:{digest}, not sha256:{ref.digest}")
 
 
-def cold_fetch(name: str, ref: BlobRef, blobs: BlobStore, location: S3Location, place: Path, runs: int,
-               sync: bool) -> FetchMeasurement:  # fmt: skip
+def cold_fetch(
+    name: str, ref: BlobRef, blobs: BlobStore, location: S3Location, place: Path, runs: int, sync: bool
+) -> FetchMeasurement:
     """Interleaved runs of our prefetch into a fresh store and of curl | zstd | tar into a fresh directory."""
     url = presigned_get(location, Digest(ref.digest))
     row = FetchMeasurement(name, "cold fetch", ref.tar_size)
@@ -159,8 +167,10 @@ def cold_fetch(name: str, ref: BlobRef, blobs: BlobStore, location: S3Location, 
         run_shell(f"mkdir {quote(str(dest))} && curl -sf {quote(url)} | zstd -dcq | tar -xf - -C {quote(str(dest))}")
 
     for run in range(runs + 1):  # run 0 is the warm-up: connections, page cache, imports
-        for side, work, wall, cpu in (("ours", ours, row.ours_s, row.ours_cpu_s),
-                                      ("limit", limit, row.limit_s, row.limit_cpu_s)):  # fmt: skip
+        for side, work, wall, cpu in (
+            ("ours", ours, row.ours_s, row.ours_cpu_s),
+            ("limit", limit, row.limit_s, row.limit_cpu_s),
+        ):
             dest = place / f"{name}-{side}-{run}"
             seconds, cpu_seconds = timed(work, dest)
             if run == 0:
@@ -173,8 +183,7 @@ def cold_fetch(name: str, ref: BlobRef, blobs: BlobStore, location: S3Location, 
     return row
 
 
-async def warm_overhead(name: str, ref: BlobRef, store: LocalStore, runs: int,
-                        sync: bool) -> WarmMeasurement:  # fmt: skip
+async def warm_overhead(name: str, ref: BlobRef, store: LocalStore, runs: int, sync: bool) -> WarmMeasurement:
     """The worker's steps around a run with the entry already stored, in its threads, as `worker.attempts` does."""
     row = WarmMeasurement(name, ref.files, ref.tar_size)
     await asyncio.to_thread(store.prefetch, ref)
@@ -198,9 +207,11 @@ async def warm_overhead(name: str, ref: BlobRef, store: LocalStore, runs: int,
         if run:
             row.cp_s.append(seconds)
         await asyncio.to_thread(remove_tree, dest, sync=sync)
-    progress(f"  warm {name}: before the copy {statistics.median(row.before_s) * 1000:.2f} ms, "
-             f"copy {statistics.median(row.copy_s) * 1000:.1f} ms, cp -a {statistics.median(row.cp_s) * 1000:.1f} ms"
-             "   (medians)")  # fmt: skip
+    progress(
+        f"  warm {name}: before the copy {statistics.median(row.before_s) * 1000:.2f} ms, "
+        f"copy {statistics.median(row.copy_s) * 1000:.1f} ms, cp -a {statistics.median(row.cp_s) * 1000:.1f} ms"
+        "   (medians)"
+    )
     return row
 
 
@@ -222,12 +233,23 @@ def start_worker(stack: LocalStack, bucket: str, root: Path, logs: Path) -> Mana
     location = stack.s3_location(bucket)
     name = f"bench-{secrets.token_hex(3)}"
     env = {key: value for key, value in os.environ.items() if not key.startswith("AHOP_")}
-    env.update(AHOP_REDIS_URL=stack.env["AHOP_REDIS_URL"], AHOP_S3_ENDPOINT_URL=location.endpoint_url or "",
-               AHOP_S3_BUCKET=bucket, AHOP_S3_ACCESS_KEY_ID=location.access_key_id or "",
-               AHOP_S3_SECRET_ACCESS_KEY=location.secret_access_key or "", AHOP_S3_REGION=location.region,
-               AHOP_WORKER_ROOT=str(root), AHOP_WORKER_ID=name)  # fmt: skip
-    process = ManagedProcess.start(name, [sys.executable, "-m", "ahop", "worker"], log_path=logs / f"{name}.log",
-                                   pid_file=logs / f"{name}.pid", env=env)  # fmt: skip
+    env.update(
+        AHOP_REDIS_URL=stack.env["AHOP_REDIS_URL"],
+        AHOP_S3_ENDPOINT_URL=location.endpoint_url or "",
+        AHOP_S3_BUCKET=bucket,
+        AHOP_S3_ACCESS_KEY_ID=location.access_key_id or "",
+        AHOP_S3_SECRET_ACCESS_KEY=location.secret_access_key or "",
+        AHOP_S3_REGION=location.region,
+        AHOP_WORKER_ROOT=str(root),
+        AHOP_WORKER_ID=name,
+    )
+    process = ManagedProcess.start(
+        name,
+        [sys.executable, "-m", "ahop", "worker"],
+        log_path=logs / f"{name}.log",
+        pid_file=logs / f"{name}.pid",
+        env=env,
+    )
     redis = Redis.from_url(stack.env["AHOP_REDIS_URL"])
     try:
         process.wait_ready(lambda: bool(redis.hexists(WORKERS_KEY, name)), where="first heartbeat", timeout=60)
@@ -278,14 +300,22 @@ async def dispatch(settings: AppSettings, token: str, repo: Path, tasks: int) ->
     async with AsyncTestClient(create_app(settings), timeout=60) as client:
         added = await client.post("/api/v1/git-repositories", json={"name": "tiny", "url": str(repo)}, headers=headers)
         repository = answer(added, 201, "add the repository")
-        body = {"name": "tiny", "code": "tiny", "script_type": "shell", "entry_file": "run.sh",
-                "repository_id": repository["id"], "original_path": "tiny", "timeout": 60}  # fmt: skip
+        body = {
+            "name": "tiny",
+            "code": "tiny",
+            "script_type": "shell",
+            "entry_file": "run.sh",
+            "repository_id": repository["id"],
+            "original_path": "tiny",
+            "timeout": 60,
+        }
         imported = await client.post("/api/v1/task-templates", json=body, headers=headers)
         template = answer(imported, 201, "import the template")
         for n in range(tasks + 1):  # task 0 fetches the blob into the worker's store: the warm-up
             t0 = time.time()
-            response = await client.post("/api/v1/tasks", json={"template_id": template["id"], "params": {}},
-                                         headers=headers)  # fmt: skip
+            response = await client.post(
+                "/api/v1/tasks", json={"template_id": template["id"], "params": {}}, headers=headers
+            )
             t_posted = time.time()
             created = answer(response, 201, "create a task")
             done = await final_task(client, headers, created["id"])
@@ -320,8 +350,12 @@ def warm_table(rows: list[WarmMeasurement]) -> str:
 
 def dispatch_figures(timings: dict[str, list[float]]) -> dict[str, float]:
     latency, post = timings["latency_s"], timings["post_s"]
-    return {"p50_ms": percentile(latency, 0.5) * 1000, "p95_ms": percentile(latency, 0.95) * 1000,
-            "max_ms": max(latency) * 1000, "post_p50_ms": percentile(post, 0.5) * 1000}  # fmt: skip
+    return {
+        "p50_ms": percentile(latency, 0.5) * 1000,
+        "p95_ms": percentile(latency, 0.95) * 1000,
+        "max_ms": max(latency) * 1000,
+        "post_p50_ms": percentile(post, 0.5) * 1000,
+    }
 
 
 def dispatch_table(figures: dict[str, float], tasks: int) -> str:
@@ -342,10 +376,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warm-runs", type=int, default=20, help="timed warm runs per template (default 20)")
     parser.add_argument("--tasks", type=int, default=200, help="tasks dispatched after the warm-up (default 200)")
     parser.add_argument("--parts", default="cold,warm,dispatch", help="which measurements (default all three)")
-    parser.add_argument("--control-interval", type=float, default=None,
-                        help="the server's control_interval in seconds (default: the server's own)")  # fmt: skip
-    parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()),
-                        help="stores and unpacks, both sides on this filesystem (default the temp dir)")  # fmt: skip
+    parser.add_argument(
+        "--control-interval",
+        type=float,
+        default=None,
+        help="the server's control_interval in seconds (default: the server's own)",
+    )
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=Path(tempfile.gettempdir()),
+        help="stores and unpacks, both sides on this filesystem (default the temp dir)",
+    )
     parser.add_argument("--tmpfs", type=Path, default=Path("/dev/shm"), help="corpora and blobs while packing")  # noqa: S108
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the JSON goes")
     args = parser.parse_args(argv)
@@ -366,12 +408,18 @@ def app_settings(
 ) -> AppSettings:
     location = stack.s3_location(bucket)
     fields: dict[str, Any] = dict(
-        database_url=database_url, redis_url=stack.env["AHOP_REDIS_URL"], s3_endpoint_url=location.endpoint_url,
-        s3_bucket=bucket, s3_access_key_id=location.access_key_id,
-        s3_secret_access_key=SecretStr(location.secret_access_key or ""), s3_region=location.region,
-        data_dir=data_dir, git_allowed_schemes="https,ssh,file", git_file_roots="/",  # its own corpora
+        database_url=database_url,
+        redis_url=stack.env["AHOP_REDIS_URL"],
+        s3_endpoint_url=location.endpoint_url,
+        s3_bucket=bucket,
+        s3_access_key_id=location.access_key_id,
+        s3_secret_access_key=SecretStr(location.secret_access_key or ""),
+        s3_region=location.region,
+        data_dir=data_dir,
+        git_allowed_schemes="https,ssh,file",
+        git_file_roots="/",  # its own corpora
         secret_keys=SecretStr(Fernet.generate_key().decode()),
-    )  # fmt: skip
+    )
     if interval is not None:
         fields["control_interval"] = interval
     return AppSettings(**fields)
@@ -381,8 +429,12 @@ def measure(args: argparse.Namespace, work: Path, scratch: Path, report: dict[st
     """Run the parts asked for against a fresh stack; fill `report` and return the printed tables."""
     tables: list[str] = []
     sync = machine.filesystem_type(args.dir) != "tmpfs"  # on disk, deletions settle outside the timed region
-    stack = LocalStack.start(work / "stack", {key: os.environ[key] for key in SERVICE_KEYS if key in os.environ},
-                             database="postgres", durable=False)  # fmt: skip
+    stack = LocalStack.start(
+        work / "stack",
+        {key: os.environ[key] for key in SERVICE_KEYS if key in os.environ},
+        database="postgres",
+        durable=False,
+    )
     try:
         database_url, bucket = fresh_database_and_bucket(stack)
         location = stack.s3_location(bucket)

@@ -145,9 +145,14 @@ class Row:
     def to_json(self) -> dict[str, Any]:
         speeds = {side: self.speed(side) for side in self.seconds}
         ratios = {side: self.ratio(side) for side in SIDES[1:]}
-        return {**asdict(self), "mb_per_s": speeds, "cpu_median_s": self.cpu(self.cpu_seconds),
-                "server_cpu_median_s": self.cpu(self.server_cpu_seconds), "ours_speed_over": ratios,
-                "target": TARGET}  # fmt: skip
+        return {
+            **asdict(self),
+            "mb_per_s": speeds,
+            "cpu_median_s": self.cpu(self.cpu_seconds),
+            "server_cpu_median_s": self.cpu(self.server_cpu_seconds),
+            "ours_speed_over": ratios,
+            "target": TARGET,
+        }
 
     @staticmethod
     def cpu(seconds: dict[str, list[float]]) -> dict[str, float | None]:
@@ -182,9 +187,16 @@ def presign(location: S3Location, blobs: BlobSet) -> None:
 
 async def record_rows(engine: AsyncEngine, blobs: BlobSet) -> None:
     """The blob rows an import would have written for these objects."""
-    rows = [{"digest": record.digest.hex, "tar_size": record.tar_size, "zst_size": record.zst_size,
-             "zst_sha256": record.zst_sha256, "files": files} for record, files in zip(blobs.records, blobs.files,
-                                                                                      strict=True)]  # fmt: skip
+    rows = [
+        {
+            "digest": record.digest.hex,
+            "tar_size": record.tar_size,
+            "zst_size": record.zst_size,
+            "zst_sha256": record.zst_sha256,
+            "files": files,
+        }
+        for record, files in zip(blobs.records, blobs.files, strict=True)
+    ]
     async with create_session_factory(engine)() as session, session.begin():
         await session.execute(insert(Blob), rows)
 
@@ -209,8 +221,9 @@ class AppVerify:
         self.reports.append(report)
 
     async def _run(self) -> RunResult:
-        started = await self.maintenance.start_verify(digest=None, sample=None, grace=0, repair=False,
-                                                      started_by="bench.verify")  # fmt: skip
+        started = await self.maintenance.start_verify(
+            digest=None, sample=None, grace=0, repair=False, started_by="bench.verify"
+        )
         return await started.execute(None)
 
 
@@ -224,13 +237,20 @@ def limit(blobs: BlobSet, concurrency: int, pipeline: Pipeline) -> None:
     """Run `pipeline` once per object, `concurrency` at a time; check what it prints."""
 
     def one(index: int) -> None:
-        done = subprocess.run(["bash", "-c", pipeline.script, "bash", blobs.urls[index]], capture_output=True,
-                              text=True, check=False, stdin=subprocess.DEVNULL)  # fmt: skip
+        done = subprocess.run(
+            ["bash", "-c", pipeline.script, "bash", blobs.urls[index]],
+            capture_output=True,
+            text=True,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
         record = blobs.records[index]
         printed = {line.rpartition("= ")[2] for line in done.stdout.splitlines()}
         if done.returncode != 0 or printed != pipeline.prints(record):
-            raise SystemExit(f"FAIL: {pipeline.script!r} for {record.digest} exited {done.returncode} and printed "
-                             f"{done.stdout!r} {done.stderr!r}, not {sorted(pipeline.prints(record))}")  # fmt: skip
+            raise SystemExit(
+                f"FAIL: {pipeline.script!r} for {record.digest} exited {done.returncode} and printed "
+                f"{done.stdout!r} {done.stderr!r}, not {sorted(pipeline.prints(record))}"
+            )
 
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(one, range(len(blobs.records))))
@@ -319,9 +339,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def prepare(stack: LocalStack, runner: asyncio.Runner, closing: contextlib.ExitStack, work: Path, scratch: Path,
-            name: str, count: int, sizes: tuple[int, int], seed: int,
-            concurrency: int | None) -> tuple[BlobStore, AppVerify]:  # fmt: skip
+def prepare(
+    stack: LocalStack,
+    runner: asyncio.Runner,
+    closing: contextlib.ExitStack,
+    work: Path,
+    scratch: Path,
+    name: str,
+    count: int,
+    sizes: tuple[int, int],
+    seed: int,
+    concurrency: int | None,
+) -> tuple[BlobStore, AppVerify]:
     """A fresh database and bucket holding one blob set and its rows, and the app's maintenance over them."""
     started = time.perf_counter()
     database_url, bucket = fresh_database_and_bucket(stack)
@@ -335,8 +364,10 @@ def prepare(stack: LocalStack, runner: asyncio.Runner, closing: contextlib.ExitS
     engine = create_engine(settings.database_url, pool_size=3)  # as `ahop verify` does
     closing.callback(lambda: runner.run(engine.dispose()))
     runner.run(record_rows(engine, blobs))
-    progress(f"{name}: {count} blobs, {blobs.zst_bytes / 1e6:.1f} MB compressed, stored in "
-             f"{time.perf_counter() - started:.1f} s")  # fmt: skip
+    progress(
+        f"{name}: {count} blobs, {blobs.zst_bytes / 1e6:.1f} MB compressed, stored in "
+        f"{time.perf_counter() - started:.1f} s"
+    )
     return store, AppVerify(runner, build_maintenance(settings, engine, store), blobs)
 
 
@@ -345,11 +376,21 @@ def main(argv: list[str] | None = None) -> int:
     if missing := [tool for tool in ("bash", "curl", "zstd", "openssl", "tee") if shutil.which(tool) is None]:
         print(f"bench.verify: missing command-line tools {', '.join(missing)}; install them and run again.")
         return 2
-    code = {**code_under_test(), **{f"storage/{name}.py": hashlib.sha256(
-        (Path(__file__).resolve().parent.parent / "storage" / f"{name}.py").read_bytes()).hexdigest()[:16]
-        for name in ("verify", "blobstore")}}  # fmt: skip
-    report: dict[str, Any] = {"code": code, "runs": args.runs, "concurrency": args.concurrency,
-                              "loadavg_start": os.getloadavg()}  # fmt: skip
+    code = {
+        **code_under_test(),
+        **{
+            f"storage/{name}.py": hashlib.sha256(
+                (Path(__file__).resolve().parent.parent / "storage" / f"{name}.py").read_bytes()
+            ).hexdigest()[:16]
+            for name in ("verify", "blobstore")
+        },
+    }
+    report: dict[str, Any] = {
+        "code": code,
+        "runs": args.runs,
+        "concurrency": args.concurrency,
+        "loadavg_start": os.getloadavg(),
+    }
     given = {key: os.environ[key] for key in SERVICE_KEYS if key in os.environ}
     with (
         tempfile.TemporaryDirectory(prefix="ahop-bench-verify-") as work_dir,
@@ -360,11 +401,14 @@ def main(argv: list[str] | None = None) -> int:
         try:
             with asyncio.Runner() as runner, contextlib.ExitStack() as closing:
                 prepared = []
-                for name, count, sizes, seed in (("large", args.blobs, (7_500_000, 10_500_000), 1),
-                                                 ("small", args.small, (6_000, 80_000), 2)):  # fmt: skip
+                for name, count, sizes, seed in (
+                    ("large", args.blobs, (7_500_000, 10_500_000), 1),
+                    ("small", args.small, (6_000, 80_000), 2),
+                ):
                     if count:
-                        prepared.append(prepare(stack, runner, closing, work, scratch, name, count, sizes, seed,
-                                                args.concurrency))  # fmt: skip
+                        prepared.append(
+                            prepare(stack, runner, closing, work, scratch, name, count, sizes, seed, args.concurrency)
+                        )
                 concurrency = prepared[0][1].maintenance.policy.verify_concurrency
                 report["concurrency"] = concurrency
                 ours_server = [server for server in stack.servers if isinstance(server, SeaweedS3)]

@@ -365,15 +365,17 @@ class BlobStore:
         stored = self.head(digest)
         return written and stored.zst_sha256 == ours.zst_sha256, stored
 
-    def replace(self, digest: Digest, source: Path | BinaryIO, *, tar_size: int, files: int,
-                zst_sha256: str) -> BlobInfo:  # fmt: skip
+    def replace(
+        self, digest: Digest, source: Path | BinaryIO, *, tar_size: int, files: int, zst_sha256: str
+    ) -> BlobInfo:
         """Store `source` as the blob of `digest` whether or not an object is there: how a repair puts back a blob
         whose stored bytes went missing or bad. The server checks the bytes against `zst_sha256`."""
         self._write(_checked(digest), source, tar_size, files, zst_sha256, conditional=False)
         return self.head(digest)
 
-    def _write(self, digest: Digest, source: Path | BinaryIO, tar_size: int, files: int, zst_sha256: str, *,
-               conditional: bool) -> tuple[bool, BlobInfo]:  # fmt: skip
+    def _write(
+        self, digest: Digest, source: Path | BinaryIO, tar_size: int, files: int, zst_sha256: str, *, conditional: bool
+    ) -> tuple[bool, BlobInfo]:
         """Send `source` in one PUT, or in parts above the multipart threshold; whether it was written (False when
         `conditional` and an object was there), and the figures of what we sent."""
         with _readable(source) as (body, size):

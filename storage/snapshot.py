@@ -76,8 +76,9 @@ class _TarSink:
             self.buffer = bytearray()
 
 
-def pack(source: TreeSource, out: BinaryIO | None, *, what: str, level: int = DEFAULT_LEVEL,
-         limits: Limits = DEFAULT_LIMITS) -> Snapshot:  # fmt: skip
+def pack(
+    source: TreeSource, out: BinaryIO | None, *, what: str, level: int = DEFAULT_LEVEL, limits: Limits = DEFAULT_LIMITS
+) -> Snapshot:
     """Write the blob of `source` to `out` (None: compute the figures only) and return its `Snapshot`.
 
     zstd runs multi-threaded (`threads=-1`) with the frame checksum on. Compressed bytes depend on the level and
@@ -102,14 +103,22 @@ def pack(source: TreeSource, out: BinaryIO | None, *, what: str, level: int = DE
     )
 
 
-def snapshot_directory(root: Path, out: BinaryIO | None, *, level: int = DEFAULT_LEVEL,
-                       limits: Limits = DEFAULT_LIMITS) -> Snapshot:  # fmt: skip
+def snapshot_directory(
+    root: Path, out: BinaryIO | None, *, level: int = DEFAULT_LEVEL, limits: Limits = DEFAULT_LIMITS
+) -> Snapshot:
     """The blob of a directory's contents (or of a single file)."""
     return pack(DirectoryTree(root), out, what=str(root), level=level, limits=limits)
 
 
-def snapshot_git(repo: git.Repo, rev: str, path: str, out: BinaryIO | None, *, level: int = DEFAULT_LEVEL,
-                 limits: Limits = DEFAULT_LIMITS) -> Snapshot:  # fmt: skip
+def snapshot_git(
+    repo: git.Repo,
+    rev: str,
+    path: str,
+    out: BinaryIO | None,
+    *,
+    level: int = DEFAULT_LEVEL,
+    limits: Limits = DEFAULT_LIMITS,
+) -> Snapshot:
     """The blob of `path` (a directory's contents, or a single file) in commit `rev` of `repo`."""
     tree = GitTree(repo, rev, path)
     return pack(tree, out, what=f"{path or '.'} at {rev}", level=level, limits=limits)

@@ -224,8 +224,15 @@ def _next_header(stream: _TarStream, max_path_bytes: int) -> _Header | None:
     raw_path = records["path"].encode("utf-8", "surrogateescape") if "path" in records else _field(block, 0, 100)
     shown = raw_path.decode("utf-8", "replace")
     if typeflag not in (tarformat.REGULAR, tarformat.SYMLINK):
-        kinds = {b"1": "a hard link", b"3": "a character device", b"4": "a block device", b"5": "a directory",
-                 b"6": "a fifo", b"x": "a second pax header", b"g": "a global pax header"}  # fmt: skip
+        kinds = {
+            b"1": "a hard link",
+            b"3": "a character device",
+            b"4": "a block device",
+            b"5": "a directory",
+            b"6": "a fifo",
+            b"x": "a second pax header",
+            b"g": "a global pax header",
+        }
         raise UnsafeArchive(
             f"member {shown!r} is {kinds.get(typeflag, f'of type {typeflag!r}')}; only files and symlinks"
         )
@@ -332,9 +339,16 @@ def _write_all(descriptor: int, data: bytes) -> None:
         view = view[os.write(descriptor, view) :]
 
 
-def unpack_file(blob: Path, dest: Path, expected: Digest, *, tar_size: int | None = None,
-                zst_sha256: str | None = None, zst_size: int | None = None,
-                limits: UnpackLimits = DEFAULT_LIMITS) -> UnpackResult:  # fmt: skip
+def unpack_file(
+    blob: Path,
+    dest: Path,
+    expected: Digest,
+    *,
+    tar_size: int | None = None,
+    zst_sha256: str | None = None,
+    zst_size: int | None = None,
+    limits: UnpackLimits = DEFAULT_LIMITS,
+) -> UnpackResult:
     """Unpack the local blob `blob` into the new directory `dest`, verified against `expected` and the recorded
     figures that are given. Raises `IntegrityError` (or `UnsafeArchive`) and leaves nothing behind on any mismatch;
     `FileExistsError` when `dest` already exists."""

@@ -198,8 +198,13 @@ def _check(store: BlobStore, expected: Expected, stop: threading.Event | None) -
         return Check(digest, Outcome.CORRUPT, f"{digest}: {exc}", 0)
     with reader:
         if reader.info.zst_size != expected.zst_size:  # no need to read it
-            return Check(digest, Outcome.SIZE_MISMATCH, f"{digest}: the object holds {reader.info.zst_size:,} "
-                         f"compressed bytes, the record says {expected.zst_size:,}", 0)  # fmt: skip
+            return Check(
+                digest,
+                Outcome.SIZE_MISMATCH,
+                f"{digest}: the object holds {reader.info.zst_size:,} "
+                f"compressed bytes, the record says {expected.zst_size:,}",
+                0,
+            )
         figures = _read(reader, expected.tar_size, stop)
     outcome, detail = _classify(expected, figures)
     return Check(digest, outcome, f"{digest}: {detail}" if detail else "", figures.zst_size)
@@ -226,8 +231,9 @@ def _read(reader: BlobReader, tar_cap: int, stop: threading.Event | None) -> _Fi
     except zstandard.ZstdError as exc:
         zstd_error = str(exc)
     source.drain()
-    return _Figures(source.size, source.hasher.hexdigest(), zstd_error, source.frames.complete, tar_size,
-                    Digest.of(tar))  # fmt: skip
+    return _Figures(
+        source.size, source.hasher.hexdigest(), zstd_error, source.frames.complete, tar_size, Digest.of(tar)
+    )
 
 
 def _classify(expected: Expected, found: _Figures) -> tuple[Outcome, str]:

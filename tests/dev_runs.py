@@ -35,8 +35,11 @@ def running_dev(state_dir: Path, env: dict[str, str]) -> Iterator[tuple[subproce
     with open(output, "w") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "ahop", "dev", "--state-dir", str(state_dir), "--port", str(port)],
-            env=env, stdout=out, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
     try:
         deadline = time.monotonic() + UP_TIMEOUT
         while "ahop is running." not in output.read_text():

@@ -43,12 +43,21 @@ class Fleet:
         """Start worker `name` without waiting for it to be ready."""
         # ansible-playbook comes with the test tools; the system's interpreters stay first on the scripts' PATH.
         # Metrics are off unless a test asks for a port: workers side by side cannot share one.
-        env = {**self.env, **FAST, "AHOP_WORKER_ID": name, "AHOP_WORKER_SCRIPT_PATH": f"{DEFAULT_PATH}:{VENV_BIN}",
-               "AHOP_WORKER_METRICS_PORT": "0", **settings}  # fmt: skip
+        env = {
+            **self.env,
+            **FAST,
+            "AHOP_WORKER_ID": name,
+            "AHOP_WORKER_SCRIPT_PATH": f"{DEFAULT_PATH}:{VENV_BIN}",
+            "AHOP_WORKER_METRICS_PORT": "0",
+            **settings,
+        }
         process = ManagedProcess.start(
-            name, [sys.executable, "-m", "ahop", "worker"],
-            log_path=self.logs / f"{name}.log", pid_file=self.logs / f"{name}.pid", env=env,
-        )  # fmt: skip
+            name,
+            [sys.executable, "-m", "ahop", "worker"],
+            log_path=self.logs / f"{name}.log",
+            pid_file=self.logs / f"{name}.pid",
+            env=env,
+        )
         self.started[name] = process
         return process
 

@@ -8,15 +8,16 @@ import sys
 from importlib.metadata import version
 
 from ahop.exit_codes import code_for_error, code_for_status
+from app.errors import Conflict, InvalidInput, NotFound, Unavailable, Upstream
 from app.maintenance.runs import AlreadyRunning
-from app.services.errors import Conflict, InvalidInput, NotFound, Unavailable, Upstream
 from storage.errors import IntegrityError, InvalidDigest, StorageUnavailable
 
 
 def ahop(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("AHOP_")}
-    return subprocess.run([sys.executable, "-m", "ahop", *args], capture_output=True, text=True,
-                          env={**base, **(env or {})}, check=False)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "ahop", *args], capture_output=True, text=True, env={**base, **(env or {})}, check=False
+    )
 
 
 def test_version_prints_the_installed_package_version() -> None:
@@ -25,10 +26,30 @@ def test_version_prints_the_installed_package_version() -> None:
 
 
 def test_every_error_maps_to_one_exit_code() -> None:
-    assert [code_for_error(exc) for exc in (
-        NotFound("x"), InvalidInput("x"), Conflict("x"), Unavailable("x"), Upstream("x"), AlreadyRunning("x"),
-        InvalidDigest("x"), IntegrityError("x"), StorageUnavailable("x"), RuntimeError("a bug"),
-    )] == [2, 2, 2, 3, 3, 4, 2, 1, 3, None]  # fmt: skip
+    assert [
+        code_for_error(exc)
+        for exc in (
+            NotFound("x"),
+            InvalidInput("x"),
+            Conflict("x"),
+            Unavailable("x"),
+            Upstream("x"),
+            AlreadyRunning("x"),
+            InvalidDigest("x"),
+            IntegrityError("x"),
+            StorageUnavailable("x"),
+            RuntimeError("a bug"),
+        )
+    ] == [2, 2, 2, 3, 3, 4, 2, 1, 3, None]
     assert [code_for_status(status) for status in (200, 400, 401, 403, 404, 409, 422, 500, 502, 503)] == [
-        0, 2, 2, 2, 2, 2, 2, 3, 3, 3,
-    ]  # fmt: skip
+        0,
+        2,
+        2,
+        2,
+        2,
+        2,
+        2,
+        3,
+        3,
+        3,
+    ]

@@ -33,8 +33,18 @@ def test_tenant_and_token_lifecycle(database_url: str) -> None:
     assert tenant["token"].startswith("ahop_")
     assert asyncio.run(_valid(database_url, tenant["token"]))
 
-    viewer = ahop(database_url, "token", "create", "--tenant", tenant["tenant_id"], "--role", "viewer",
-                  "--expires-in", "30", "--json")  # fmt: skip
+    viewer = ahop(
+        database_url,
+        "token",
+        "create",
+        "--tenant",
+        tenant["tenant_id"],
+        "--role",
+        "viewer",
+        "--expires-in",
+        "30",
+        "--json",
+    )
     assert viewer.returncode == 0, viewer.stderr
     issued = json.loads(viewer.stdout)
     assert issued["role"] == "viewer"
@@ -56,8 +66,9 @@ def test_bad_input_exits_2_naming_the_problem(database_url: str) -> None:
     assert (duplicate.returncode, "already exists" in duplicate.stderr) == (2, True)
     malformed = ahop(database_url, "tenant", "create", "Bad Name!")
     assert (malformed.returncode, "lowercase letters" in malformed.stderr) == (2, True)
-    unknown = ahop(database_url, "token", "create", "--tenant", "00000000-0000-0000-0000-000000000000",
-                   "--role", "admin")  # fmt: skip
+    unknown = ahop(
+        database_url, "token", "create", "--tenant", "00000000-0000-0000-0000-000000000000", "--role", "admin"
+    )
     assert (unknown.returncode, "no tenant '00000000-0000-0000-0000-000000000000'" in unknown.stderr) == (2, True)
     role = ahop(database_url, "token", "create", "--tenant", "00000000-0000-0000-0000-000000000000", "--role", "root")
     assert role.returncode == 2

@@ -34,8 +34,12 @@ def blocks(section: str) -> list[tuple[str, str]]:
 
 
 def git(repo: Path, *args: str) -> None:
-    subprocess.run(["git", "-c", "user.name=ops", "-c", "user.email=ops@example.com", *args], cwd=repo, check=True,
-                   capture_output=True)  # fmt: skip
+    subprocess.run(
+        ["git", "-c", "user.name=ops", "-c", "user.email=ops@example.com", *args],
+        cwd=repo,
+        check=True,
+        capture_output=True,
+    )
 
 
 @pytest.fixture
@@ -55,8 +59,14 @@ def newcomer_env(home: Path) -> dict[str, str]:
 
 def shell(project: Path, script: str) -> subprocess.CompletedProcess[str]:
     """Run README lines in bash, in the project directory, stopping at the first that fails."""
-    return subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=project, env=newcomer_env(project.parent),
-                          text=True, capture_output=True, timeout=COMMAND_TIMEOUT)  # fmt: skip
+    return subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=project,
+        env=newcomer_env(project.parent),
+        text=True,
+        capture_output=True,
+        timeout=COMMAND_TIMEOUT,
+    )
 
 
 def ops_repository(path: Path) -> None:
@@ -131,8 +141,11 @@ def test_the_readme_walkthrough_runs_as_written(project: Path, tmp_path: Path) -
         assert str(project / ".ahop" / "worker") in worker_store.stdout
 
         # An Ansible template runs on the worker `make run` started, with no setting of its own.
-        playbook = shell(project, load_env + ".venv/bin/ahop template import --repo 1 --path playbooks/hello "
-                         "--entry playbook.yml --code hello --name Hello --type ansible && "
-                         ".venv/bin/ahop task run hello -p greeting=bonjour")  # fmt: skip
+        playbook = shell(
+            project,
+            load_env + ".venv/bin/ahop template import --repo 1 --path playbooks/hello "
+            "--entry playbook.yml --code hello --name Hello --type ansible && "
+            ".venv/bin/ahop task run hello -p greeting=bonjour",
+        )
         assert playbook.returncode == 0, (playbook.stdout, playbook.stderr)
         assert "greeting=bonjour" in playbook.stdout

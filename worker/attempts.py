@@ -103,16 +103,26 @@ class Attempts:
             # The worker is stopping past its grace period: the runner has killed the script's process group.
             await logs.close()
             await self._report(
-                job.task_id, job.attempt, "finished", status="failed",
+                job.task_id,
+                job.attempt,
+                "finished",
+                status="failed",
                 error="the worker stopped before the task finished; the script was killed",
-                log_lines=logs.written, log_truncated=logs.truncated,
-            )  # fmt: skip
+                log_lines=logs.written,
+                log_truncated=logs.truncated,
+            )
             raise
         await logs.close()
         await self._report(
-            job.task_id, job.attempt, "finished", status=outcome.status, exit_code=outcome.exit_code,
-            error=outcome.error, log_lines=logs.written, log_truncated=logs.truncated,
-        )  # fmt: skip
+            job.task_id,
+            job.attempt,
+            "finished",
+            status=outcome.status,
+            exit_code=outcome.exit_code,
+            error=outcome.error,
+            log_lines=logs.written,
+            log_truncated=logs.truncated,
+        )
         return {"task_id": job.task_id, "status": outcome.status, "exit_code": outcome.exit_code}
 
     async def _report(self, task_id: str, attempt: int, kind: EventType, **outcome: Any) -> None:

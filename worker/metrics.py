@@ -81,18 +81,22 @@ class WorkerMetrics:
             "ahop_worker_cache_misses", "Tasks whose template was not in the local store.", registry=self.registry
         )
         self.downloads = Counter(
-            "ahop_worker_downloads", "Blobs fetched from S3 by this worker, by how the fetch ended.", ["result"],
+            "ahop_worker_downloads",
+            "Blobs fetched from S3 by this worker, by how the fetch ended.",
+            ["result"],
             registry=self.registry,
-        )  # fmt: skip
+        )
         for result in DOWNLOAD_RESULTS:
             self.downloads.labels(result=result)
         self.download_bytes = Counter(
             "ahop_worker_download_bytes", "Compressed bytes downloaded from S3 by this worker.", registry=self.registry
         )
         self.unpack_seconds = Histogram(
-            "ahop_worker_unpack_seconds", "Seconds to verify and unpack one downloaded blob.", buckets=UNPACK_BUCKETS,
+            "ahop_worker_unpack_seconds",
+            "Seconds to verify and unpack one downloaded blob.",
+            buckets=UNPACK_BUCKETS,
             registry=self.registry,
-        )  # fmt: skip
+        )
         self.running_tasks = Gauge(
             "ahop_worker_running_tasks", "Tasks this worker runs now (fetch included).", registry=self.registry
         )
@@ -134,8 +138,11 @@ def serve(metrics: WorkerMetrics, host: str, port: int) -> MetricsServer | None:
         why = "is taken" if exc.errno == errno.EADDRINUSE else f"cannot be bound ({exc.strerror or exc})"
         log.warning(
             "metrics port %s on %s %s: this worker runs without metrics. Give each worker on a host its own port "
-            "(AHOP_WORKER_METRICS_PORT), or 0 to turn metrics off.", port, host, why,
-        )  # fmt: skip
+            "(AHOP_WORKER_METRICS_PORT), or 0 to turn metrics off.",
+            port,
+            host,
+            why,
+        )
         return None
     log.info("metrics served on http://%s:%d/metrics", host, port)
     return MetricsServer(server, thread)

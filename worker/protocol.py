@@ -262,8 +262,12 @@ class LogLine:
             stream = values["stream"]
             if stream not in ("stdout", "stderr"):
                 raise ProtocolError(f"unknown log stream {stream!r}")
-            return cls(seq=int(values["seq"]), stream=stream, line=values["line"],  # type: ignore[arg-type]
-                       attempt=int(values.get("attempt", "0")))  # fmt: skip
+            return cls(
+                seq=int(values["seq"]),
+                stream=stream,  # type: ignore[arg-type]
+                line=values["line"],
+                attempt=int(values.get("attempt", "0")),
+            )
         except (KeyError, ValueError) as error:
             raise ProtocolError(f"a malformed log entry: {error}") from None
 

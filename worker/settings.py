@@ -27,9 +27,11 @@ class WorkerSettings(BaseSettings):
     s3_region: str = "us-east-1"
     s3_connect_timeout: float = Field(default=5.0, gt=0, description="Seconds to open a connection to S3.")
     s3_read_timeout: float = Field(
-        default=20.0, gt=0, description="Seconds S3 may stay silent within one request or download (a stopped "
+        default=20.0,
+        gt=0,
+        description="Seconds S3 may stay silent within one request or download (a stopped "
         "server) before it is tried again or the task fails saying so.",
-    )  # fmt: skip
+    )
     s3_max_attempts: int = Field(default=3, ge=1, le=10, description="Tries of each S3 request, the first included.")
     worker_root: Path = Path("/opt/ahop-worker")
     worker_id: str | None = Field(default=None, description="This worker's name; default <host>-<pid>.")
@@ -50,9 +52,11 @@ class WorkerSettings(BaseSettings):
     )
     worker_run_as: str | None = Field(default=None, description="User that scripts run as (the worker must be root).")
     worker_metrics_port: int = Field(
-        default=9464, ge=0, le=65535,
+        default=9464,
+        ge=0,
+        le=65535,
         description="Port of the Prometheus metrics (GET /metrics); 0 turns them off. One port per worker on a host.",
-    )  # fmt: skip
+    )
     worker_metrics_host: str = Field(default="0.0.0.0", description="Address the metrics port listens on.")  # noqa: S104
 
     def s3_location(self) -> S3Location:

@@ -16,10 +16,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.api.auth import Principal
 from app.api.schemas import INT8_MAX, Page, PageNumber, PageSize, Timestamped
 from app.db.models import MaintenanceRun, Role, RunKind
+from app.errors import InvalidInput
 from app.maintenance.launcher import RunLauncher
 from app.maintenance.runs import get_run, list_runs
 from app.maintenance.service import Maintenance, StartedRun
-from app.services.errors import InvalidInput
 from storage.digest import Digest
 from storage.errors import InvalidDigest
 
@@ -62,10 +62,17 @@ class RunOut(Timestamped):
     @classmethod
     def of(cls, run: MaintenanceRun) -> RunOut:
         return cls(
-            id=run.id, kind=run.kind, status=run.status, options=run.options, report=run.report, error=run.error,
-            started_by=run.started_by, started_at=run.started_at, updated_at=run.updated_at,
+            id=run.id,
+            kind=run.kind,
+            status=run.status,
+            options=run.options,
+            report=run.report,
+            error=run.error,
+            started_by=run.started_by,
+            started_at=run.started_at,
+            updated_at=run.updated_at,
             finished_at=run.finished_at,
-        )  # fmt: skip
+        )
 
 
 def _started_by(principal: Principal) -> str:
@@ -85,19 +92,26 @@ class AdminController(Controller):
 
     @post("/gc", status_code=202, summary="Start a GC (409 while another one runs)")
     async def gc(
-        self, data: JSONBody[GcIn], principal: NamedDependency[Principal], maintenance: NamedDependency[Maintenance],
+        self,
+        data: JSONBody[GcIn],
+        principal: NamedDependency[Principal],
+        maintenance: NamedDependency[Maintenance],
         launcher: NamedDependency[RunLauncher],
-    ) -> RunStarted:  # fmt: skip
+    ) -> RunStarted:
         principal.require(Role.SYSTEM)
-        started = await maintenance.start_gc(dry_run=data.dry_run, grace=data.grace_seconds, wait=False,
-                                             started_by=_started_by(principal))  # fmt: skip
+        started = await maintenance.start_gc(
+            dry_run=data.dry_run, grace=data.grace_seconds, wait=False, started_by=_started_by(principal)
+        )
         return _accepted(started, "gc", launcher)
 
     @post("/verify", status_code=202, summary="Start a verify of every blob, a sample or one digest")
     async def verify(
-        self, data: JSONBody[VerifyIn], principal: NamedDependency[Principal],
-        maintenance: NamedDependency[Maintenance], launcher: NamedDependency[RunLauncher],
-    ) -> RunStarted:  # fmt: skip
+        self,
+        data: JSONBody[VerifyIn],
+        principal: NamedDependency[Principal],
+        maintenance: NamedDependency[Maintenance],
+        launcher: NamedDependency[RunLauncher],
+    ) -> RunStarted:
         principal.require(Role.SYSTEM)
         if data.digest is not None and data.sample is not None:
             raise InvalidInput("give digest or sample, not both", {"sample": "not with digest"})
@@ -105,21 +119,34 @@ class AdminController(Controller):
             digest = Digest.parse(data.digest) if data.digest is not None else None
         except InvalidDigest as exc:
             raise InvalidInput(str(exc), {"digest": str(exc)}) from exc
-        started = await maintenance.start_verify(digest=digest, sample=data.sample, grace=data.grace_seconds,
-                                                 repair=data.repair, started_by=_started_by(principal))  # fmt: skip
+        started = await maintenance.start_verify(
+            digest=digest,
+            sample=data.sample,
+            grace=data.grace_seconds,
+            repair=data.repair,
+            started_by=_started_by(principal),
+        )
         return _accepted(started, "verify", launcher)
 
     @get("/runs/{run_id:uuid}", summary="A GC or verify run: its progress, then its report")
-    async def run(self, run_id: FromPath[uuid.UUID], principal: NamedDependency[Principal],
-                  db_session: NamedDependency[AsyncSession]) -> RunOut:  # fmt: skip
+    async def run(
+        self,
+        run_id: FromPath[uuid.UUID],
+        principal: NamedDependency[Principal],
+        db_session: NamedDependency[AsyncSession],
+    ) -> RunOut:
         principal.require(Role.SYSTEM)
         return RunOut.of(await get_run(db_session, run_id))
 
     @get("/runs", summary="GC and verify runs, newest first")
     async def runs(
-        self, principal: NamedDependency[Principal], db_session: NamedDependency[AsyncSession],
-        kind: FromQuery[RunKind | None] = None, page: PageNumber = 1, page_size: PageSize = 20,
-    ) -> Page[RunOut]:  # fmt: skip
+        self,
+        principal: NamedDependency[Principal],
+        db_session: NamedDependency[AsyncSession],
+        kind: FromQuery[RunKind | None] = None,
+        page: PageNumber = 1,
+        page_size: PageSize = 20,
+    ) -> Page[RunOut]:
         principal.require(Role.SYSTEM)
         total, rows = await list_runs(db_session, kind, (page - 1) * page_size, page_size)
         return Page[RunOut](items=[RunOut.of(row) for row in rows], total=total, page=page, page_size=page_size)

@@ -15,7 +15,7 @@ import sys
 from litestar.types import Logger, Scope
 
 from app.api.errors import status_of
-from app.services.errors import Unavailable, Upstream
+from app.errors import Unavailable, Upstream
 
 
 def log_error_answer(logger: Logger, scope: Scope, _traceback: list[str]) -> None:

@@ -45,10 +45,16 @@ class ArtifactController(Controller):
         view = await artifacts.get(principal.tenant_id, parse_digest(digest))
         blob = view.blob
         return ArtifactOut(
-            digest=f"sha256:{blob.digest}", tar_size=blob.tar_size, zst_size=blob.zst_size, zst_sha256=blob.zst_sha256,
-            files=blob.files, state=blob.state, verified_at=blob.verified_at, created_at=blob.created_at,
+            digest=f"sha256:{blob.digest}",
+            tar_size=blob.tar_size,
+            zst_size=blob.zst_size,
+            zst_sha256=blob.zst_sha256,
+            files=blob.files,
+            state=blob.state,
+            verified_at=blob.verified_at,
+            created_at=blob.created_at,
             used_by=[UsageOut(**usage.__dict__) for usage in view.used_by],
-        )  # fmt: skip
+        )
 
     @get("/{digest:str}/blob", summary="The .tar.zst itself (zstd -dc | sha256sum prints the digest)")
     async def blob(

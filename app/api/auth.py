@@ -13,7 +13,7 @@ from litestar.exceptions import NotAuthorizedException
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db.models import Role
-from app.services.errors import Forbidden
+from app.errors import Forbidden
 from app.services.tokens import find_valid_token
 
 _RANK = {Role.VIEWER: 0, Role.OPERATOR: 1, Role.ADMIN: 2, Role.SYSTEM: 3}

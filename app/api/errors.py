@@ -18,7 +18,7 @@ from litestar.types import ExceptionHandlersMap
 from sqlalchemy.exc import DBAPIError
 
 from app.db.outages import database_unavailable
-from app.services.errors import AppError, Conflict, Damaged, Forbidden, InvalidInput, NotFound, Unavailable, Upstream
+from app.errors import AppError, Conflict, Damaged, Forbidden, InvalidInput, NotFound, Unavailable, Upstream
 
 STATUS = {
     NotFound: 404,

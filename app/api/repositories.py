@@ -26,8 +26,12 @@ class CredentialsIn(BaseModel):
 class RepositoryIn(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     url: str = Field(min_length=1, max_length=2000)
-    branch: str | None = Field(default=None, min_length=1, max_length=255,
-                               description="Default: the remote's default branch (where its HEAD points).")  # fmt: skip
+    branch: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=255,
+        description="Default: the remote's default branch (where its HEAD points).",
+    )
     credentials: CredentialsIn | None = None
 
 
@@ -52,9 +56,17 @@ class RepositoryOut(Timestamped):
 
     @classmethod
     def of(cls, row: GitRepository) -> RepositoryOut:
-        return cls(id=row.id, name=row.name, url=row.url, branch=row.branch, auth_kind=row.auth_kind,
-                   head_commit=row.head_commit, synced_at=row.synced_at, created_at=row.created_at,
-                   updated_at=row.updated_at)  # fmt: skip
+        return cls(
+            id=row.id,
+            name=row.name,
+            url=row.url,
+            branch=row.branch,
+            auth_kind=row.auth_kind,
+            head_commit=row.head_commit,
+            synced_at=row.synced_at,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+        )
 
 
 class ScanOut(BaseModel):
@@ -99,9 +111,12 @@ class RepositoryController(Controller):
 
     @get("/", summary="List repositories")
     async def index(
-        self, principal: NamedDependency[Principal], repositories: NamedDependency[Repositories],
-        page: PageNumber = 1, page_size: PageSize = 50,
-    ) -> Page[RepositoryOut]:  # fmt: skip
+        self,
+        principal: NamedDependency[Principal],
+        repositories: NamedDependency[Repositories],
+        page: PageNumber = 1,
+        page_size: PageSize = 50,
+    ) -> Page[RepositoryOut]:
         rows, total = await repositories.page(principal.tenant_id, page, page_size)
         return Page(items=[RepositoryOut.of(row) for row in rows], total=total, page=page, page_size=page_size)
 
@@ -116,9 +131,12 @@ class RepositoryController(Controller):
 
     @put("/{repository_id:int}", summary="Change a repository")
     async def update(
-        self, repository_id: IdPath, data: JSONBody[RepositoryUpdate], principal: NamedDependency[Principal],
+        self,
+        repository_id: IdPath,
+        data: JSONBody[RepositoryUpdate],
+        principal: NamedDependency[Principal],
         repositories: NamedDependency[Repositories],
-    ) -> RepositoryOut:  # fmt: skip
+    ) -> RepositoryOut:
         principal.require(Role.ADMIN)
         return RepositoryOut.of(await repositories.update(principal.tenant_id, repository_id, _fields(data)))
 
@@ -145,9 +163,11 @@ class RepositoryController(Controller):
 
     @post("/{repository_id:int}/scan-templates", summary="Sync, then list template candidates at the branch head")
     async def scan(
-        self, repository_id: IdPath, principal: NamedDependency[Principal],
+        self,
+        repository_id: IdPath,
+        principal: NamedDependency[Principal],
         repositories: NamedDependency[Repositories],
-    ) -> ScanOut:  # fmt: skip
+    ) -> ScanOut:
         principal.require(Role.OPERATOR)
         commit, candidates = await repositories.scan(principal.tenant_id, repository_id)
         return ScanOut(commit=commit, candidates=[candidate.to_json() for candidate in candidates])

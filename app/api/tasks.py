@@ -18,7 +18,7 @@ from pydantic import AliasChoices, BaseModel, Field
 from app.api.auth import Principal
 from app.api.schemas import INT8_MAX, IdQuery, Page, PageNumber, PageSize, RowId, Timestamped, VersionNumber
 from app.db.models import Role, Task
-from app.services.errors import InvalidInput
+from app.errors import InvalidInput
 from app.services.tasks import Ending, KeepAlive, NewTask, Tasks
 from app.services.workers import Workers
 from worker.protocol import LogLine
@@ -69,13 +69,30 @@ class TaskOut(Timestamped):
     @classmethod
     def of(cls, task: Task) -> Self:
         return cls(
-            id=str(task.id), status=task.status, template_id=task.template_id, template_code=task.template_code,
-            version=task.version, digest=f"sha256:{task.digest}", pool=task.pool, name=task.name, params=task.params,
-            timeout=task.timeout, attempt=task.attempt, max_attempts=task.max_attempts, retry_on=list(task.retry_on),
-            exit_code=task.exit_code, error=task.error, worker=task.worker_id, cancel_requested=task.cancel_requested,
-            log_lines=task.log_lines, log_truncated=task.log_truncated, created_at=task.created_at,
-            queued_at=task.queued_at, started_at=task.started_at, finished_at=task.finished_at,
-        )  # fmt: skip
+            id=str(task.id),
+            status=task.status,
+            template_id=task.template_id,
+            template_code=task.template_code,
+            version=task.version,
+            digest=f"sha256:{task.digest}",
+            pool=task.pool,
+            name=task.name,
+            params=task.params,
+            timeout=task.timeout,
+            attempt=task.attempt,
+            max_attempts=task.max_attempts,
+            retry_on=list(task.retry_on),
+            exit_code=task.exit_code,
+            error=task.error,
+            worker=task.worker_id,
+            cancel_requested=task.cancel_requested,
+            log_lines=task.log_lines,
+            log_truncated=task.log_truncated,
+            created_at=task.created_at,
+            queued_at=task.queued_at,
+            started_at=task.started_at,
+            finished_at=task.finished_at,
+        )
 
 
 class TaskCreated(TaskOut):
@@ -115,8 +132,10 @@ def _resume_point(after: int, last_event_id: str | None) -> int:
     except ValueError:
         seq = None
     if seq is None or seq > INT8_MAX:
-        raise InvalidInput(f"Last-Event-ID {last_event_id!r} is not a line number",
-                           {"Last-Event-ID": "expected the seq of the last line received"})  # fmt: skip
+        raise InvalidInput(
+            f"Last-Event-ID {last_event_id!r} is not a line number",
+            {"Last-Event-ID": "expected the seq of the last line received"},
+        )
     return max(after, seq)
 
 
@@ -137,12 +156,16 @@ class TaskController(Controller):
 
     @post("/", summary="Run a template: the task is recorded, then queued for a worker of the template's pool")
     async def create(
-        self, data: JSONBody[TaskIn], principal: NamedDependency[Principal], tasks: NamedDependency[Tasks],
+        self,
+        data: JSONBody[TaskIn],
+        principal: NamedDependency[Principal],
+        tasks: NamedDependency[Tasks],
         workers: NamedDependency[Workers],
-    ) -> TaskCreated:  # fmt: skip
+    ) -> TaskCreated:
         principal.require(Role.OPERATOR)
-        new = NewTask(template_id=data.template_id, params=data.params, version=data.version, timeout=data.timeout,
-                      name=data.name)  # fmt: skip
+        new = NewTask(
+            template_id=data.template_id, params=data.params, version=data.version, timeout=data.timeout, name=data.name
+        )
         task = await tasks.create(principal.tenant_id, new, principal.token_id)
         created = TaskCreated.of(task)
         created.warnings = await workers.pool_warnings(task.pool)
@@ -150,18 +173,29 @@ class TaskController(Controller):
 
     @get("/", summary="List tasks, newest first")
     async def index(
-        self, principal: NamedDependency[Principal], tasks: NamedDependency[Tasks],
+        self,
+        principal: NamedDependency[Principal],
+        tasks: NamedDependency[Tasks],
         status: Annotated[StatusName | None, QueryParameter()] = None,
         template_id: IdQuery = None,
-        id_prefix: Annotated[str | None, QueryParameter(
-            pattern=r"^[0-9a-fA-F][0-9a-fA-F-]{0,35}$",
-            description="Only tasks whose id starts so (hex digits and '-'), as a shortened id in a table reads.",
-        )] = None,
-        page: PageNumber = 1, page_size: PageSize = 50,
-    ) -> Page[TaskOut]:  # fmt: skip
-        rows, total = await tasks.page(principal.tenant_id, status=status, template_id=template_id,
-                                       id_prefix=id_prefix.lower() if id_prefix else None, page=page,
-                                       page_size=page_size)  # fmt: skip
+        id_prefix: Annotated[
+            str | None,
+            QueryParameter(
+                pattern=r"^[0-9a-fA-F][0-9a-fA-F-]{0,35}$",
+                description="Only tasks whose id starts so (hex digits and '-'), as a shortened id in a table reads.",
+            ),
+        ] = None,
+        page: PageNumber = 1,
+        page_size: PageSize = 50,
+    ) -> Page[TaskOut]:
+        rows, total = await tasks.page(
+            principal.tenant_id,
+            status=status,
+            template_id=template_id,
+            id_prefix=id_prefix.lower() if id_prefix else None,
+            page=page,
+            page_size=page_size,
+        )
         return Page(items=[TaskOut.of(task) for task in rows], total=total, page=page, page_size=page_size)
 
     @get("/{task_id:uuid}", summary="One task")
@@ -192,10 +226,14 @@ class TaskController(Controller):
         responses={200: ResponseSpec(data_container=LogsOut, description="The lines (or, following, the events)")},
     )
     async def logs(
-        self, task_id: FromPath[uuid.UUID], principal: NamedDependency[Principal], tasks: NamedDependency[Tasks],
-        after: Annotated[int, QueryParameter(ge=0, le=INT8_MAX)] = 0, follow: Annotated[bool, QueryParameter()] = False,
+        self,
+        task_id: FromPath[uuid.UUID],
+        principal: NamedDependency[Principal],
+        tasks: NamedDependency[Tasks],
+        after: Annotated[int, QueryParameter(ge=0, le=INT8_MAX)] = 0,
+        follow: Annotated[bool, QueryParameter()] = False,
         last_event_id: Annotated[str | None, HeaderParameter(name="Last-Event-ID")] = None,
-    ) -> LogsOut | ServerSentEvent:  # fmt: skip
+    ) -> LogsOut | ServerSentEvent:
         after = _resume_point(after, last_event_id)
         if follow:
             await tasks.get(principal.tenant_id, task_id)

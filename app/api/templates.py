@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field, field_validator
 from app.api.auth import Principal
 from app.api.schemas import IdPath, Page, PageNumber, PageSize, RowId, Timestamped, VersionNumber
 from app.db.models import Blob, Role, TemplateVersion
-from app.services.errors import Conflict, Unavailable
+from app.errors import Conflict, Unavailable
 from app.services.imports import Importer, TemplateSpec
 from app.services.template_changes import Synced, TemplateChanger, TemplateChanges
 from app.services.templates import Templates, TemplateView
@@ -66,8 +66,9 @@ class TemplateIn(BaseModel):
         "the directory's survey), read again by each sync. Given (`[]` too): replaces it, and syncs keep it.",
     )
     timeout: int = Field(default=3600, ge=1, le=7 * 86400)
-    pool: str = Field(default="default", min_length=1, max_length=64, pattern=POOL_PATTERN,
-                      description=POOL_DESCRIPTION)  # fmt: skip
+    pool: str = Field(
+        default="default", min_length=1, max_length=64, pattern=POOL_PATTERN, description=POOL_DESCRIPTION
+    )
     max_attempts: int = Field(default=1, ge=1, le=10, description=MAX_ATTEMPTS_DESCRIPTION)
     retry_on: list[RetryOutcome] = Field(default_factory=list, description=RETRY_ON_DESCRIPTION)
 
@@ -85,8 +86,9 @@ class TemplateUpdate(BaseModel):
     script_type: Literal["shell", "python", "ansible"] | None = None
     parameters: list[ParameterSpec] | None = None
     version: VersionNumber | None = None
-    pool: str | None = Field(default=None, min_length=1, max_length=64, pattern=POOL_PATTERN,
-                             description=POOL_DESCRIPTION)  # fmt: skip
+    pool: str | None = Field(
+        default=None, min_length=1, max_length=64, pattern=POOL_PATTERN, description=POOL_DESCRIPTION
+    )
     max_attempts: int | None = Field(default=None, ge=1, le=10, description=MAX_ATTEMPTS_DESCRIPTION)
     retry_on: list[RetryOutcome] | None = Field(default=None, description=RETRY_ON_DESCRIPTION)
 
@@ -118,9 +120,13 @@ class SyncResult(BaseModel):
             if synced.parameters_source == "scanned"
             else "parameters kept: they were set by hand"
         )
-        return cls(changed=synced.version is not None, version=synced.version,
-                   parameters_source=cast(ParametersSource, synced.parameters_source),
-                   parameters_changed=synced.parameters_changed, detail=f"{what}; {kept}")  # fmt: skip
+        return cls(
+            changed=synced.version is not None,
+            version=synced.version,
+            parameters_source=cast(ParametersSource, synced.parameters_source),
+            parameters_changed=synced.parameters_changed,
+            detail=f"{what}; {kept}",
+        )
 
 
 class Artifact(BaseModel):
@@ -158,16 +164,25 @@ class TemplateOut(Timestamped):
     def of(cls, view: TemplateView) -> TemplateOut:
         template, version = view.template, view.version
         return cls(
-            id=template.id, code=template.code, name=template.name, description=template.description,
-            script_type=version.script_type if version else None, entry_file=version.entry_file if version else None,
+            id=template.id,
+            code=template.code,
+            name=template.name,
+            description=template.description,
+            script_type=version.script_type if version else None,
+            entry_file=version.entry_file if version else None,
             parameters=version.parameters if version else [],
             parameters_source=cast(ParametersSource, version.parameters_source) if version else None,
-            timeout=template.timeout, pool=template.pool,
-            max_attempts=template.max_attempts, retry_on=list(template.retry_on),
-            version=version.version if version else None, import_state=template.import_state,
-            source_git_info=template.source_git_info, artifact=Artifact.of(view.blob) if view.blob else None,
-            created_at=template.created_at, updated_at=template.updated_at,
-        )  # fmt: skip
+            timeout=template.timeout,
+            pool=template.pool,
+            max_attempts=template.max_attempts,
+            retry_on=list(template.retry_on),
+            version=version.version if version else None,
+            import_state=template.import_state,
+            source_git_info=template.source_git_info,
+            artifact=Artifact.of(view.blob) if view.blob else None,
+            created_at=template.created_at,
+            updated_at=template.updated_at,
+        )
 
 
 class Holder(BaseModel):
@@ -215,11 +230,16 @@ class VersionOut(Timestamped):
 
     @classmethod
     def of(cls, version: TemplateVersion, blob: Blob) -> VersionOut:
-        return cls(version=version.version, script_type=version.script_type, entry_file=version.entry_file,
-                   parameters=version.parameters,
-                   parameters_source=cast(ParametersSource, version.parameters_source), source=version.source,
-                   artifact=Artifact.of(blob),
-                   created_at=version.created_at)  # fmt: skip
+        return cls(
+            version=version.version,
+            script_type=version.script_type,
+            entry_file=version.entry_file,
+            parameters=version.parameters,
+            parameters_source=cast(ParametersSource, version.parameters_source),
+            source=version.source,
+            artifact=Artifact.of(blob),
+            created_at=version.created_at,
+        )
 
 
 class TemplateController(Controller):
@@ -228,9 +248,13 @@ class TemplateController(Controller):
 
     @post("/", summary="Import a template from a repository path at its branch head")
     async def create(
-        self, data: JSONBody[TemplateIn], principal: NamedDependency[Principal],
-        importer: NamedDependency[Importer], templates: NamedDependency[Templates], workers: NamedDependency[Workers],
-    ) -> TemplateDetail:  # fmt: skip
+        self,
+        data: JSONBody[TemplateIn],
+        principal: NamedDependency[Principal],
+        importer: NamedDependency[Importer],
+        templates: NamedDependency[Templates],
+        workers: NamedDependency[Workers],
+    ) -> TemplateDetail:
         principal.require(Role.ADMIN)
         parameters = [p.model_dump() for p in data.parameters] if data.parameters is not None else None
         spec = TemplateSpec(**data.model_dump(exclude={"parameters"}), parameters=parameters)
@@ -240,20 +264,27 @@ class TemplateController(Controller):
 
     @get("/", summary="List templates")
     async def index(
-        self, principal: NamedDependency[Principal], templates: NamedDependency[Templates],
+        self,
+        principal: NamedDependency[Principal],
+        templates: NamedDependency[Templates],
         script_type: Annotated[str | None, QueryParameter()] = None,
         search: Annotated[str | None, QueryParameter(max_length=200)] = None,
-        page: PageNumber = 1, page_size: PageSize = 50,
-    ) -> Page[TemplateOut]:  # fmt: skip
-        views, total = await templates.page(principal.tenant_id, script_type=script_type, search=search, page=page,
-                                            page_size=page_size)  # fmt: skip
+        page: PageNumber = 1,
+        page_size: PageSize = 50,
+    ) -> Page[TemplateOut]:
+        views, total = await templates.page(
+            principal.tenant_id, script_type=script_type, search=search, page=page, page_size=page_size
+        )
         return Page(items=[TemplateOut.of(view) for view in views], total=total, page=page, page_size=page_size)
 
     @get("/{template_id:int}", summary="One template, with the live workers that hold its current content")
     async def show(
-        self, template_id: IdPath, principal: NamedDependency[Principal], templates: NamedDependency[Templates],
+        self,
+        template_id: IdPath,
+        principal: NamedDependency[Principal],
+        templates: NamedDependency[Templates],
         workers: NamedDependency[Workers],
-    ) -> TemplateDetail:  # fmt: skip
+    ) -> TemplateDetail:
         return await TemplateDetail.build(await templates.get(principal.tenant_id, template_id), workers)
 
     @get("/{template_id:int}/versions", summary="A template's versions, newest first")
@@ -265,10 +296,14 @@ class TemplateController(Controller):
 
     @put("/{template_id:int}", summary="Change a template (runtime fields add a version)")
     async def update(
-        self, template_id: IdPath, data: JSONBody[TemplateUpdate], principal: NamedDependency[Principal],
-        changer: NamedDependency[TemplateChanger], templates: NamedDependency[Templates],
+        self,
+        template_id: IdPath,
+        data: JSONBody[TemplateUpdate],
+        principal: NamedDependency[Principal],
+        changer: NamedDependency[TemplateChanger],
+        templates: NamedDependency[Templates],
         workers: NamedDependency[Workers],
-    ) -> TemplateDetail:  # fmt: skip
+    ) -> TemplateDetail:
         principal.require(Role.ADMIN)
         parameters = [p.model_dump() for p in data.parameters] if data.parameters is not None else None
         changes = TemplateChanges(**data.model_dump(exclude={"parameters"}), parameters=parameters)
@@ -277,18 +312,23 @@ class TemplateController(Controller):
 
     @delete("/{template_id:int}", summary="Delete a template (409 while unfinished tasks use it)")
     async def remove(
-        self, template_id: IdPath, principal: NamedDependency[Principal],
+        self,
+        template_id: IdPath,
+        principal: NamedDependency[Principal],
         changer: NamedDependency[TemplateChanger],
-    ) -> None:  # fmt: skip
+    ) -> None:
         principal.require(Role.ADMIN)
         await changer.delete(principal.tenant_id, template_id)
 
     @post("/{template_id:int}/sync", summary="Re-import from the recorded path at the branch head")
     async def sync(
-        self, template_id: IdPath, principal: NamedDependency[Principal],
-        changer: NamedDependency[TemplateChanger], templates: NamedDependency[Templates],
+        self,
+        template_id: IdPath,
+        principal: NamedDependency[Principal],
+        changer: NamedDependency[TemplateChanger],
+        templates: NamedDependency[Templates],
         workers: NamedDependency[Workers],
-    ) -> SyncResult:  # fmt: skip
+    ) -> SyncResult:
         principal.require(Role.ADMIN)
         synced = await changer.sync(principal.tenant_id, template_id, principal.token_id)
         if synced.version is not None:
@@ -305,9 +345,12 @@ class TemplateController(Controller):
         "fetches in the background and then shows up in the template's `workers`.",
     )
     async def prefetch(
-        self, template_id: IdPath, principal: NamedDependency[Principal],
-        templates: NamedDependency[Templates], workers: NamedDependency[Workers],
-    ) -> PrefetchResult:  # fmt: skip
+        self,
+        template_id: IdPath,
+        principal: NamedDependency[Principal],
+        templates: NamedDependency[Templates],
+        workers: NamedDependency[Workers],
+    ) -> PrefetchResult:
         principal.require(Role.OPERATOR)
         view = await templates.get(principal.tenant_id, template_id)
         if view.blob is None:

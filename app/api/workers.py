@@ -33,11 +33,21 @@ class WorkerOut(Timestamped):
     def of(cls, state: WorkerState) -> WorkerOut:
         beat = state.heartbeat
         return cls(
-            id=beat.id, host=beat.host, pid=beat.pid, pools=list(beat.pools), live=state.live,
-            last_seen=state.last_seen, age_seconds=round(state.age_seconds, 3), running=len(beat.running),
-            cache_bytes=beat.cache_bytes, cache_entries=beat.cache_entries, downloads=beat.downloads,
-            version=beat.version, protocol=beat.protocol, started_at=state.started_at,
-        )  # fmt: skip
+            id=beat.id,
+            host=beat.host,
+            pid=beat.pid,
+            pools=list(beat.pools),
+            live=state.live,
+            last_seen=state.last_seen,
+            age_seconds=round(state.age_seconds, 3),
+            running=len(beat.running),
+            cache_bytes=beat.cache_bytes,
+            cache_entries=beat.cache_entries,
+            downloads=beat.downloads,
+            version=beat.version,
+            protocol=beat.protocol,
+            started_at=state.started_at,
+        )
 
 
 class WorkerList(BaseModel):

@@ -65,9 +65,17 @@ def parse(fields: Any) -> tuple[Event, uuid.UUID]:
 class EventConsumer:
     """Records the events of the stream; with `metrics`, observes how long each task waited for its first start."""
 
-    def __init__(self, redis: Redis, session_factory: async_sessionmaker[AsyncSession], outcomes: Outcomes, *,
-                 consumer: str, block: float, claim_after: float,
-                 metrics: ApiMetrics | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        redis: Redis,
+        session_factory: async_sessionmaker[AsyncSession],
+        outcomes: Outcomes,
+        *,
+        consumer: str,
+        block: float,
+        claim_after: float,
+        metrics: ApiMetrics | None = None,
+    ) -> None:
         self.redis = redis
         self.session_factory = session_factory
         self.outcomes = outcomes
@@ -83,8 +91,9 @@ class EventConsumer:
         await self._ensure_group()
         try:
             done = await self._handle_all(await self._read("0", block=False))
-            claimed = await self.redis.xautoclaim(EVENTS_STREAM, EVENTS_GROUP, self.consumer, self.claim_after_ms,
-                                                  start_id="0-0", count=BATCH)  # fmt: skip
+            claimed = await self.redis.xautoclaim(
+                EVENTS_STREAM, EVENTS_GROUP, self.consumer, self.claim_after_ms, start_id="0-0", count=BATCH
+            )
             done += await self._handle_all(claimed[1])
             return done + await self._handle_all(await self._read(">", block=True))
         except ResponseError as exc:
@@ -103,8 +112,9 @@ class EventConsumer:
         self._group_ready = True
 
     async def _read(self, start: str, *, block: bool) -> list[Entry]:
-        answer = await self.redis.xreadgroup(EVENTS_GROUP, self.consumer, {EVENTS_STREAM: start}, count=BATCH,
-                                             block=self.block_ms if block else None)  # fmt: skip
+        answer = await self.redis.xreadgroup(
+            EVENTS_GROUP, self.consumer, {EVENTS_STREAM: start}, count=BATCH, block=self.block_ms if block else None
+        )
         return [entry for _, entries in answer or [] for entry in entries]
 
     async def _handle_all(self, entries: list[Entry]) -> int:
@@ -132,11 +142,18 @@ class EventConsumer:
                 await self._started(event, task_id)
             else:
                 await self.outcomes.record(
-                    task_id, event.attempt,
-                    Outcome(status=str(event.status), exit_code=event.exit_code, error=event.error,
-                            log_lines=event.log_lines, log_truncated=bool(event.log_truncated),
-                            worker=event.worker[:255], at=event_time(event.at)),
-                )  # fmt: skip
+                    task_id,
+                    event.attempt,
+                    Outcome(
+                        status=str(event.status),
+                        exit_code=event.exit_code,
+                        error=event.error,
+                        log_lines=event.log_lines,
+                        log_truncated=bool(event.log_truncated),
+                        worker=event.worker[:255],
+                        at=event_time(event.at),
+                    ),
+                )
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.xack(EVENTS_STREAM, EVENTS_GROUP, entry_id)
             pipe.xdel(EVENTS_STREAM, entry_id)

@@ -46,8 +46,13 @@ class Outages:
     def failed(self, job: str, service: str, exc: BaseException, retry_after: float) -> None:
         jobs = self._failing.setdefault(service, set())
         if not jobs:
-            log.warning("%s is unavailable (%s: %s); the control loop waits for it, trying again every %g s",
-                        service, type(exc).__name__, exc, retry_after)  # fmt: skip
+            log.warning(
+                "%s is unavailable (%s: %s); the control loop waits for it, trying again every %g s",
+                service,
+                type(exc).__name__,
+                exc,
+                retry_after,
+            )
         jobs.add(job)
 
     def worked(self, job: str) -> None:

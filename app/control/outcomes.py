@@ -43,8 +43,9 @@ class Outcome:
 class Outcomes:
     """Records outcomes for the event consumer and the reaper."""
 
-    def __init__(self, session_factory: async_sessionmaker[AsyncSession], dispatcher: Dispatcher,
-                 log_limit: int) -> None:  # fmt: skip
+    def __init__(
+        self, session_factory: async_sessionmaker[AsyncSession], dispatcher: Dispatcher, log_limit: int
+    ) -> None:
         self.session_factory = session_factory
         self.dispatcher = dispatcher
         self.log_limit = log_limit
@@ -84,8 +85,16 @@ class Outcomes:
         kept = lines[-self.log_limit :]
         offset = task.log_lines
         for start in range(0, len(kept), INSERT_BATCH):
-            rows = [{"task_id": task.id, "seq": line.seq + offset, "stream": line.stream, "line": line.line,
-                     "attempt": task.attempt} for line in kept[start : start + INSERT_BATCH]]  # fmt: skip
+            rows = [
+                {
+                    "task_id": task.id,
+                    "seq": line.seq + offset,
+                    "stream": line.stream,
+                    "line": line.line,
+                    "attempt": task.attempt,
+                }
+                for line in kept[start : start + INSERT_BATCH]
+            ]
             await session.execute(insert(TaskLogLine).values(rows).on_conflict_do_nothing())
         written = max(outcome.log_lines, lines[-1].seq if lines else 0)
         task.log_lines = offset + written

@@ -25,8 +25,9 @@ from app.services.workers import Workers, WorkerState
 log = logging.getLogger("ahop.control")
 
 
-def why_lost(task_id: uuid.UUID, worker_id: str | None, started_at: datetime, state: WorkerState | None,
-             heartbeat_timeout: float) -> str | None:  # fmt: skip
+def why_lost(
+    task_id: uuid.UUID, worker_id: str | None, started_at: datetime, state: WorkerState | None, heartbeat_timeout: float
+) -> str | None:
     """Why a running task is lost, or None while its worker is alive and runs it."""
     if worker_id is None:
         return "no worker is known to run it"
@@ -34,8 +35,10 @@ def why_lost(task_id: uuid.UUID, worker_id: str | None, started_at: datetime, st
         return f"worker {worker_id} stopped heartbeating: it has no heartbeat on record (it left or was never seen)"
     seen = state.last_seen.astimezone(UTC).isoformat(timespec="seconds")
     if not state.live:
-        return (f"worker {worker_id} stopped heartbeating: last seen at {seen}, {state.age_seconds:.0f} s ago "
-                f"(the limit is {heartbeat_timeout:g} s)")  # fmt: skip
+        return (
+            f"worker {worker_id} stopped heartbeating: last seen at {seen}, {state.age_seconds:.0f} s ago "
+            f"(the limit is {heartbeat_timeout:g} s)"
+        )
     if str(task_id) in state.heartbeat.running:
         return None
     if state.started_at > started_at:
@@ -52,8 +55,14 @@ class Reaper:
     beat again within their interval once it is back), or because a worker stopped cleanly just after reporting
     (its `finished` event still on its way to the consumer), therefore never make a healthy task lost."""
 
-    def __init__(self, session_factory: async_sessionmaker[AsyncSession], workers: Workers, outcomes: Outcomes,
-                 heartbeat_timeout: float, grace: float) -> None:  # fmt: skip
+    def __init__(
+        self,
+        session_factory: async_sessionmaker[AsyncSession],
+        workers: Workers,
+        outcomes: Outcomes,
+        heartbeat_timeout: float,
+        grace: float,
+    ) -> None:
         self.session_factory = session_factory
         self.workers = workers
         self.outcomes = outcomes

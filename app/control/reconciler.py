@@ -25,8 +25,9 @@ BATCH = 200
 
 
 class Reconciler:
-    def __init__(self, session_factory: async_sessionmaker[AsyncSession], dispatcher: Dispatcher,
-                 requeue_after: float) -> None:  # fmt: skip
+    def __init__(
+        self, session_factory: async_sessionmaker[AsyncSession], dispatcher: Dispatcher, requeue_after: float
+    ) -> None:
         self.session_factory = session_factory
         self.dispatcher = dispatcher
         self.requeue_after = requeue_after
@@ -59,8 +60,9 @@ class Reconciler:
         for task_id, attempt, pool in queued:
             job = Job(job_id(str(task_id), attempt), redis, _queue_name=queue_name(pool))
             if await job.status() == JobStatus.not_found:
-                log.warning("task %s attempt %d is queued but its job is gone from Redis; enqueueing it again",
-                            task_id, attempt)  # fmt: skip
+                log.warning(
+                    "task %s attempt %d is queued but its job is gone from Redis; enqueueing it again", task_id, attempt
+                )
                 vanished.append(task_id)
         sent = 0
         for task_id in [*pending, *vanished]:

@@ -109,16 +109,25 @@ class ControlLoop:
             await asyncio.sleep(job.interval)
 
 
-def build_control_loop(settings: AppSettings, session_factory: async_sessionmaker[AsyncSession],
-                       dispatcher: Dispatcher, workers: Workers, *,
-                       metrics: ApiMetrics | None = None) -> ControlLoop:  # fmt: skip
+def build_control_loop(
+    settings: AppSettings,
+    session_factory: async_sessionmaker[AsyncSession],
+    dispatcher: Dispatcher,
+    workers: Workers,
+    *,
+    metrics: ApiMetrics | None = None,
+) -> ControlLoop:
     """The event consumer, the reconciler and the reaper of one server process; the consumer counts into `metrics`."""
     outcomes = Outcomes(session_factory, dispatcher, settings.task_log_limit)
     consumer = EventConsumer(
-        dispatcher.redis, session_factory, outcomes,
+        dispatcher.redis,
+        session_factory,
+        outcomes,
         consumer=f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}",
-        block=min(CONSUMER_BLOCK, settings.control_interval), claim_after=settings.event_claim_after, metrics=metrics,
-    )  # fmt: skip
+        block=min(CONSUMER_BLOCK, settings.control_interval),
+        claim_after=settings.event_claim_after,
+        metrics=metrics,
+    )
     reconciler = Reconciler(session_factory, dispatcher, settings.requeue_after)
     reaper = Reaper(session_factory, workers, outcomes, settings.heartbeat_timeout, settings.lost_grace)
     interval = settings.control_interval

@@ -40,9 +40,12 @@ READY_TIMEOUT = 60.0
 WORKER_SETTINGS = ("AHOP_REDIS_", "AHOP_S3_", "AHOP_WORKER_")
 # Pid files under <state dir>/run, in the order a shutdown stops them; Postgres takes SIGINT ("fast" shutdown).
 LEFTOVER_ORDER = (
-    ("worker", signal.SIGTERM), ("api", signal.SIGTERM), ("s3", signal.SIGTERM),
-    ("redis", signal.SIGTERM), ("postgres", signal.SIGINT),
-)  # fmt: skip
+    ("worker", signal.SIGTERM),
+    ("api", signal.SIGTERM),
+    ("s3", signal.SIGTERM),
+    ("redis", signal.SIGTERM),
+    ("postgres", signal.SIGINT),
+)
 
 
 @dataclass(frozen=True)
@@ -156,10 +159,19 @@ async def _worker_answers(redis_url: str, wait: float) -> bool:
 
 
 DEV_ENV_KEYS = (
-    "AHOP_DATABASE_URL", "AHOP_REDIS_URL", "AHOP_S3_ENDPOINT_URL", "AHOP_S3_BUCKET", "AHOP_S3_ACCESS_KEY_ID",
-    "AHOP_S3_SECRET_ACCESS_KEY", "AHOP_S3_REGION", "AHOP_DATA_DIR", "AHOP_WORKER_ROOT", "AHOP_SECRET_KEYS",
-    "AHOP_GIT_ALLOWED_SCHEMES", "AHOP_GIT_FILE_ROOTS",
-)  # fmt: skip
+    "AHOP_DATABASE_URL",
+    "AHOP_REDIS_URL",
+    "AHOP_S3_ENDPOINT_URL",
+    "AHOP_S3_BUCKET",
+    "AHOP_S3_ACCESS_KEY_ID",
+    "AHOP_S3_SECRET_ACCESS_KEY",
+    "AHOP_S3_REGION",
+    "AHOP_DATA_DIR",
+    "AHOP_WORKER_ROOT",
+    "AHOP_SECRET_KEYS",
+    "AHOP_GIT_ALLOWED_SCHEMES",
+    "AHOP_GIT_FILE_ROOTS",
+)
 """What `ahop` commands run beside the stack need: `verify --repair` reads the server's mirrors (AHOP_DATA_DIR) and
 opens repository credentials (AHOP_SECRET_KEYS); `worker verify` checks the local worker's store."""
 AWS_CLI_KEYS = {
@@ -231,22 +243,29 @@ def run_dev(options: DevOptions, environ: Mapping[str, str], out: TextIO) -> int
             base_env = {key: value for key, value in environ.items() if not key.startswith("AHOP_")}
             logs, run = state_dir / "logs", state_dir / "run"
             api = ManagedProcess.start(
-                "API", [sys.executable, "-m", "ahop", "serve", "--host", API_HOST, "--port", str(options.port)],
-                log_path=logs / "api.log", pid_file=run / "api.pid", env={**base_env, **env},
-            )  # fmt: skip
+                "API",
+                [sys.executable, "-m", "ahop", "serve", "--host", API_HOST, "--port", str(options.port)],
+                log_path=logs / "api.log",
+                pid_file=run / "api.pid",
+                env={**base_env, **env},
+            )
             children.append(api)
             # The worker gets Redis, S3 and its own settings only: no database URL, no server secrets.
             worker_env = {key: value for key, value in env.items() if key.startswith(WORKER_SETTINGS)}
             worker = ManagedProcess.start(
-                "worker", [sys.executable, "-m", "ahop", "worker"],
-                log_path=logs / "worker.log", pid_file=run / "worker.pid", env={**base_env, **worker_env},
-            )  # fmt: skip
+                "worker",
+                [sys.executable, "-m", "ahop", "worker"],
+                log_path=logs / "worker.log",
+                pid_file=run / "worker.pid",
+                env={**base_env, **worker_env},
+            )
             children.append(worker)
             api.wait_ready(lambda: _api_ready(api_url), where=api_url, timeout=READY_TIMEOUT)
             worker.wait_ready(
                 lambda: asyncio.run(_worker_answers(env["AHOP_REDIS_URL"], 2.0)),
-                where=f"pool {DEFAULT_POOL!r}", timeout=READY_TIMEOUT,
-            )  # fmt: skip
+                where=f"pool {DEFAULT_POOL!r}",
+                timeout=READY_TIMEOUT,
+            )
             _write_private(dev_env_file, _dev_env_text(env, api_url, token, _aws_cli_config(state_dir)))
             out.write(
                 f"\nahop is running.\n"

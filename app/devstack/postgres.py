@@ -74,8 +74,9 @@ def _runtime_for(user: str | None) -> Path:
         ROOT_HOME.mkdir(mode=0o755, parents=True, exist_ok=True)
         staging = ROOT_HOME / f".postgres-{version}-{secrets.token_hex(4)}"
         package = install.parent
-        shutil.copytree(package / "pginstall", staging / package.name / "pginstall",
-                        ignore=shutil.ignore_patterns("include"))  # fmt: skip
+        shutil.copytree(
+            package / "pginstall", staging / package.name / "pginstall", ignore=shutil.ignore_patterns("include")
+        )
         libs = package.parent / f"{package.name}.libs"
         if libs.is_dir():
             shutil.copytree(libs, staging / libs.name)
@@ -113,10 +114,22 @@ def _initdb(runtime: Path, data_dir: Path, user: str | None, durable: bool) -> N
         entry = pwd.getpwnam(user)
         os.chown(staging, entry.pw_uid, entry.pw_gid)
     init = subprocess.run(
-        [str(runtime / "bin" / "initdb"), "-D", str(staging), "--auth=trust", "--encoding=UTF8",
-         "-U", SUPERUSER, "--no-instructions", *([] if durable else ["--no-sync"])],
-        capture_output=True, text=True, user=user, check=False,
-    )  # fmt: skip
+        [
+            str(runtime / "bin" / "initdb"),
+            "-D",
+            str(staging),
+            "--auth=trust",
+            "--encoding=UTF8",
+            "-U",
+            SUPERUSER,
+            "--no-instructions",
+            *([] if durable else ["--no-sync"]),
+        ],
+        capture_output=True,
+        text=True,
+        user=user,
+        check=False,
+    )
     if init.returncode != 0:
         shutil.rmtree(staging, ignore_errors=True)
         raise StackError(f"PostgreSQL: initdb failed for {data_dir}:\n{init.stdout}{init.stderr}")
@@ -192,13 +205,25 @@ class PostgresServer(LocalServer):
         options = ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
         process = ManagedProcess.start(
             "PostgreSQL",
-            [str(runtime / "bin" / "postgres"), "-D", str(data_dir), "-h", "127.0.0.1", "-p", str(port),
-             "-c", "unix_socket_directories=", "-c", "max_connections=200", *([] if durable else options)],
+            [
+                str(runtime / "bin" / "postgres"),
+                "-D",
+                str(data_dir),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-c",
+                "unix_socket_directories=",
+                "-c",
+                "max_connections=200",
+                *([] if durable else options),
+            ],
             log_path=state_dir / "logs" / "postgres.log",
             pid_file=state_dir / "run" / "postgres.pid",
             user=user,
             stop_signal=signal.SIGINT,  # "fast" shutdown: roll back clients, stop cleanly
-        )  # fmt: skip
+        )
         return cls(process, port, data_dir, durable)
 
     @property

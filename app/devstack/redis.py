@@ -58,12 +58,28 @@ class RedisServer(LocalServer):
             (port,) = free_ports(1)
         process = ManagedProcess.start(
             "Redis",
-            [str(redis_server_binary()), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes" if durable else "no", "--dir", str(data_dir), "--daemonize", "no",
-             "--protected-mode", "yes", "--unixsocket", ""],
+            [
+                str(redis_server_binary()),
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "yes" if durable else "no",
+                "--dir",
+                str(data_dir),
+                "--daemonize",
+                "no",
+                "--protected-mode",
+                "yes",
+                "--unixsocket",
+                "",
+            ],
             log_path=state_dir / "logs" / "redis.log",
             pid_file=state_dir / "run" / "redis.pid",
-        )  # fmt: skip
+        )
         return cls(process, port)
 
     @property

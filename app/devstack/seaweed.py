@@ -120,22 +120,46 @@ class SeaweedS3(LocalServer):
             directory.mkdir(parents=True, exist_ok=True)
         config_file = state_dir / "s3-identities.json"
         credentials = _credentials(config_file)
-        names = ["s3", "s3.port.grpc", "master", "master.port.grpc", "volume", "volume.port.grpc",
-                 "filer", "filer.port.grpc", "admin", "admin.port.grpc"]  # fmt: skip
+        names = [
+            "s3",
+            "s3.port.grpc",
+            "master",
+            "master.port.grpc",
+            "volume",
+            "volume.port.grpc",
+            "filer",
+            "filer.port.grpc",
+            "admin",
+            "admin.port.grpc",
+        ]
         ports = dict(zip(names, free_ports(len(names)), strict=True))
         pid_file = run_dir / "s3.pid"
         argv = [
-            str(weed_binary()), f"-logdir={state_dir / 'logs'}", "mini", f"-dir={data_dir}",
-            "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false", "-webdav=false",
-            "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0", "-s3.autoCreateBucket=false",
+            str(weed_binary()),
+            f"-logdir={state_dir / 'logs'}",
+            "mini",
+            f"-dir={data_dir}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            "-master.telemetry=false",
+            "-webdav=false",
+            "-admin.ui=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            "-s3.autoCreateBucket=false",
             f"-filer.maxMB={CHUNK_MB}",
             f"-s3.config={config_file}",
-            f"-s3.port={ports['s3']}", f"-s3.port.grpc={ports['s3.port.grpc']}",
-            f"-master.port={ports['master']}", f"-master.port.grpc={ports['master.port.grpc']}",
-            f"-volume.port={ports['volume']}", f"-volume.port.grpc={ports['volume.port.grpc']}",
-            f"-filer.port={ports['filer']}", f"-filer.port.grpc={ports['filer.port.grpc']}",
-            f"-admin.port={ports['admin']}", f"-admin.port.grpc={ports['admin.port.grpc']}",
-        ]  # fmt: skip
+            f"-s3.port={ports['s3']}",
+            f"-s3.port.grpc={ports['s3.port.grpc']}",
+            f"-master.port={ports['master']}",
+            f"-master.port.grpc={ports['master.port.grpc']}",
+            f"-volume.port={ports['volume']}",
+            f"-volume.port.grpc={ports['volume.port.grpc']}",
+            f"-filer.port={ports['filer']}",
+            f"-filer.port.grpc={ports['filer.port.grpc']}",
+            f"-admin.port={ports['admin']}",
+            f"-admin.port.grpc={ports['admin.port.grpc']}",
+        ]
         # Stop a leftover from a crashed run before its socket files are removed and reused.
         clear_stale(pid_file)
         argv += [

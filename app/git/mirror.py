@@ -25,12 +25,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.errors import InvalidInput, Unavailable, Upstream
 from app.git.mirrorlock import MirrorLock
 from app.git.pool import GitPool, watch_client
 from app.git.processes import GitTimedOut, ShuttingDown
 from app.git.urls import check_local_path, scheme_of
 from app.services.credentials import Credentials
-from app.services.errors import InvalidInput, Unavailable, Upstream
 
 GIT_PROTOCOLS = {"https": "https", "http": "http", "ssh": "ssh", "file": "file", "git": "git"}
 
@@ -115,8 +115,9 @@ class Mirrors:
 
         return await self.fetch_current(tenant_id, repository_id, same)
 
-    async def fetch_current(self, tenant_id: object, repository_id: int,
-                            read_remote: Callable[[], Awaitable[Remote]]) -> str:  # fmt: skip
+    async def fetch_current(
+        self, tenant_id: object, repository_id: int, read_remote: Callable[[], Awaitable[Remote]]
+    ) -> str:
         """Fetch what `read_remote` says, read once this holds the mirror's lock; return the branch's commit id.
 
         `read_remote` raises when the repository no longer exists (it was deleted while this waited for the
@@ -131,8 +132,9 @@ class Mirrors:
         except BaseException:
             lock.release()
             raise
-        return await self.pool.run(tenant_id, self._fetch_releasing, lock, tenant_id, repository_id, remote,
-                                   not_started=lock.release)  # fmt: skip
+        return await self.pool.run(
+            tenant_id, self._fetch_releasing, lock, tenant_id, repository_id, remote, not_started=lock.release
+        )
 
     def _fetch_releasing(self, lock: MirrorLock, tenant_id: object, repository_id: int, remote: Remote) -> str:
         # Once the fetch runs, the lock is given up by its thread, so a cancelled request cannot free it mid-fetch.
@@ -150,10 +152,15 @@ class Mirrors:
         branch = remote.branch
         refspec = f"+refs/heads/{branch}:refs/heads/{branch}"
         with self._auth_env(remote.credentials) as (env, secret):
-            self._git(["--git-dir", str(mirror), "fetch", "--quiet", "--no-tags", "--prune", "--", source, refspec],
-                      secret=secret, env=env, what=f"fetching {branch!r} from {remote.url}")  # fmt: skip
-        head = self._git(["--git-dir", str(mirror), "rev-parse", "--verify", f"refs/heads/{branch}^{{commit}}"],
-                         secret=None)  # fmt: skip
+            self._git(
+                ["--git-dir", str(mirror), "fetch", "--quiet", "--no-tags", "--prune", "--", source, refspec],
+                secret=secret,
+                env=env,
+                what=f"fetching {branch!r} from {remote.url}",
+            )
+        head = self._git(
+            ["--git-dir", str(mirror), "rev-parse", "--verify", f"refs/heads/{branch}^{{commit}}"], secret=None
+        )
         return head.strip()
 
     def _source(self, url: str) -> str:
@@ -162,8 +169,9 @@ class Mirrors:
             return url
         return str(check_local_path(url, self.options.file_roots, self.root.parent))
 
-    async def check_remote(self, tenant_id: object, url: str, branch: str | None,
-                           credentials: Credentials | None) -> str:  # fmt: skip
+    async def check_remote(
+        self, tenant_id: object, url: str, branch: str | None, credentials: Credentials | None
+    ) -> str:
         """`_check_remote` in the git pool, as `tenant_id`'s work."""
         return await self.pool.run(tenant_id, self._check_remote, url, branch, credentials)
 
@@ -176,8 +184,12 @@ class Mirrors:
         patterns = ["HEAD", *([f"refs/heads/{branch}"] if branch else [])]
         with self._auth_env(credentials) as (env, secret):
             try:
-                listing = self._git(["--git-dir", str(probe), "ls-remote", "--symref", "--", source, *patterns],
-                                    secret=secret, env=env, what="git ls-remote")  # fmt: skip
+                listing = self._git(
+                    ["--git-dir", str(probe), "ls-remote", "--symref", "--", source, *patterns],
+                    secret=secret,
+                    env=env,
+                    what="git ls-remote",
+                )
             except Upstream as exc:
                 said = str(exc).removeprefix("git ls-remote: ")
                 first = said.splitlines()[0].removeprefix("fatal: ") if said else "no answer"
@@ -189,8 +201,10 @@ class Mirrors:
         if branch is not None:
             if f"refs/heads/{branch}" not in refs:
                 hint = f" (its default branch is {default!r})" if default else ""
-                raise InvalidInput(f"the repository at {url} has no branch {branch!r}{hint}",
-                                   {"branch": f"no branch {branch!r} at the remote{hint}"})  # fmt: skip
+                raise InvalidInput(
+                    f"the repository at {url} has no branch {branch!r}{hint}",
+                    {"branch": f"no branch {branch!r} at the remote{hint}"},
+                )
             return branch
         if default is None or "HEAD" not in refs:
             raise InvalidInput(
@@ -249,8 +263,7 @@ class Mirrors:
                 env["GIT_SSH_COMMAND"] += f" -o IdentitiesOnly=yes -i {key}"
                 yield env, credentials.secret
 
-    def _git(self, args: list[str], *, secret: str | None, env: dict[str, str] | None = None,
-             what: str = "git") -> str:  # fmt: skip
+    def _git(self, args: list[str], *, secret: str | None, env: dict[str, str] | None = None, what: str = "git") -> str:
         try:
             result = self.pool.processes.run(["git", *args], env or self._base_env(), self.options.timeout)
         except GitTimedOut as exc:

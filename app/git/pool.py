@@ -25,8 +25,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
+from app.errors import Unavailable
 from app.git.processes import GitProcesses
-from app.services.errors import Unavailable
 
 T = TypeVar("T")
 
@@ -91,8 +91,14 @@ class GitPool:
         self._slots: asyncio.Semaphore | None = None
         self._tenants: dict[str, asyncio.Semaphore] = {}
 
-    async def run(self, tenant_id: object, work: Callable[..., T], *args: object, for_caller: bool = True,
-                  not_started: Callable[[], None] | None = None) -> T:  # fmt: skip
+    async def run(
+        self,
+        tenant_id: object,
+        work: Callable[..., T],
+        *args: object,
+        for_caller: bool = True,
+        not_started: Callable[[], None] | None = None,
+    ) -> T:
         """Run the blocking `work(*args)` on a git thread once the tenant and the pool have a slot for it.
 
         With `for_caller` (work that only matters to the request's client) it does not start when the client has

@@ -50,9 +50,15 @@ class GitProcesses:
             if self._closed:
                 raise ShuttingDown("the server is shutting down")
             process = subprocess.Popen(
-                args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                start_new_session=True, preexec_fn=die_with_parent(signal.SIGKILL),
-            )  # fmt: skip
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+                start_new_session=True,
+                preexec_fn=die_with_parent(signal.SIGKILL),
+            )
             self._running.add(process)
         try:
             stdout, stderr = process.communicate(timeout=timeout)

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from app.services.errors import InvalidInput
+from app.errors import InvalidInput
 
 # scp-like ssh syntax: user@host:path (no scheme, a colon before any slash)
 _SCP_LIKE = re.compile(r"^(?P<user>[A-Za-z0-9._-]+@)?(?P<host>[A-Za-z0-9.-]+):(?P<path>[^/].*|/.+)$")

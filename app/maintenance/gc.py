@@ -95,8 +95,13 @@ class GcReport:
 
 
 class GarbageCollector:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], store: BlobStore, options: GcOptions,
-                 progress: Progress | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        store: BlobStore,
+        options: GcOptions,
+        progress: Progress | None = None,
+    ) -> None:
         self.sessions = sessions
         self.store = store
         self.options = options
@@ -205,8 +210,12 @@ class GarbageCollector:
             async with self.sessions() as session, session.begin():
                 await session.execute(delete(Blob).where(Blob.digest.in_(digests), self._still_collectable()))
         except Exception:
-            log.error("GC deleted the objects of %d blobs but could not delete their rows; run `ahop verify "
-                      "--repair` once the database is back: %s", len(digests), ", ".join(digests))  # fmt: skip
+            log.error(
+                "GC deleted the objects of %d blobs but could not delete their rows; run `ahop verify "
+                "--repair` once the database is back: %s",
+                len(digests),
+                ", ".join(digests),
+            )
             raise
 
     @staticmethod

@@ -42,8 +42,14 @@ class Origin:
 
 
 class Repairer:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], store: BlobStore, mirrors: Mirrors,
-                 limits: Limits, work_dir: Path) -> None:  # fmt: skip
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        store: BlobStore,
+        mirrors: Mirrors,
+        limits: Limits,
+        work_dir: Path,
+    ) -> None:
         self.sessions = sessions
         self.store = store
         self.mirrors = mirrors
@@ -71,9 +77,13 @@ class Repairer:
                     reasons.append(f"{origin.describe()}: packs to {snapshot.digest}, not to this blob's digest")
                     continue
                 stored = await asyncio.to_thread(
-                    self.store.replace, Digest(digest), blob_file,
-                    tar_size=snapshot.tar_size, files=snapshot.files, zst_sha256=snapshot.zst_sha256,
-                )  # fmt: skip
+                    self.store.replace,
+                    Digest(digest),
+                    blob_file,
+                    tar_size=snapshot.tar_size,
+                    files=snapshot.files,
+                    zst_sha256=snapshot.zst_sha256,
+                )
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     blob_file.unlink()
@@ -104,8 +114,9 @@ class Repairer:
         descriptor, name = tempfile.mkstemp(prefix="repair-", suffix=".tar.zst", dir=self.work_dir)
         try:
             with os.fdopen(descriptor, "wb") as out, git.Repo(mirror) as repo:
-                snapshot = pack(GitTree(repo, origin.commit_sha, origin.path), out, what=origin.path or ".",
-                                limits=self.limits)  # fmt: skip
+                snapshot = pack(
+                    GitTree(repo, origin.commit_sha, origin.path), out, what=origin.path or ".", limits=self.limits
+                )
         except BaseException:
             os.unlink(name)
             raise

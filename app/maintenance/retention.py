@@ -30,8 +30,9 @@ class Pruned:
     runs: int
 
 
-async def prune(sessions: async_sessionmaker[AsyncSession], *, keep: int, retention: timedelta,
-                dry_run: bool) -> Pruned:  # fmt: skip
+async def prune(
+    sessions: async_sessionmaker[AsyncSession], *, keep: int, retention: timedelta, dry_run: bool
+) -> Pruned:
     """Apply retention (or, with `dry_run`, count what it would remove)."""
     async with sessions() as session:
         if dry_run:

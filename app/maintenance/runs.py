@@ -22,7 +22,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.db.models import MaintenanceRun, RunKind, RunStatus
-from app.services.errors import Conflict, NotFound
+from app.errors import Conflict, NotFound
 
 GC_LOCK_KEY = 0x61686F70_6763
 """The session-level advisory lock held by the one GC allowed at a time ("ahop" "gc")."""
@@ -86,8 +86,9 @@ async def _running_message(sessions: async_sessionmaker[AsyncSession]) -> str:
     )
 
 
-async def create_run(sessions: async_sessionmaker[AsyncSession], kind: RunKind, options: dict[str, Any],
-                     started_by: str) -> uuid.UUID:  # fmt: skip
+async def create_run(
+    sessions: async_sessionmaker[AsyncSession], kind: RunKind, options: dict[str, Any], started_by: str
+) -> uuid.UUID:
     async with sessions() as session, session.begin():
         run = MaintenanceRun(id=uuid.uuid4(), kind=kind.value, options=options, started_by=started_by)
         session.add(run)
@@ -104,17 +105,22 @@ async def get_run(session: AsyncSession, run_id: uuid.UUID) -> MaintenanceRun:
     return run
 
 
-async def list_runs(session: AsyncSession, kind: RunKind | None, offset: int,
-                    limit: int) -> tuple[int, list[MaintenanceRun]]:  # fmt: skip
+async def list_runs(
+    session: AsyncSession, kind: RunKind | None, offset: int, limit: int
+) -> tuple[int, list[MaintenanceRun]]:
     """(how many runs there are, a page of them newest first); abandoned ones are marked failed first."""
     conditions = [MaintenanceRun.kind == kind.value] if kind is not None else []
     async with session.begin():
         await _mark_abandoned(session, *conditions)
         total = await session.scalar(select(func.count()).select_from(MaintenanceRun).where(*conditions))
         rows = await session.scalars(
-            select(MaintenanceRun).where(*conditions).order_by(MaintenanceRun.started_at.desc())
-            .offset(offset).limit(limit).execution_options(populate_existing=True)
-        )  # fmt: skip
+            select(MaintenanceRun)
+            .where(*conditions)
+            .order_by(MaintenanceRun.started_at.desc())
+            .offset(offset)
+            .limit(limit)
+            .execution_options(populate_existing=True)
+        )
         return int(total or 0), list(rows)
 
 

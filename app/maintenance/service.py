@@ -15,13 +15,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.db.engine import create_session_factory
 from app.db.models import Blob, RunKind, RunStatus
+from app.errors import InvalidInput, NotFound
 from app.git.mirror import Mirrors
 from app.maintenance.gc import GarbageCollector, GcOptions
 from app.maintenance.progress import Progress
 from app.maintenance.repair import Repairer
 from app.maintenance.runs import GcLock, RunRecorder, create_run
 from app.maintenance.verify import Verifier, VerifyOptions
-from app.services.errors import InvalidInput, NotFound
 from app.settings import AppSettings
 from storage.blobstore import BlobStore
 from storage.canonical import Limits
@@ -72,8 +72,14 @@ class Policy:
 
 
 class Maintenance:
-    def __init__(self, engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession], store: BlobStore,
-                 policy: Policy, repairer: Repairer | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        sessions: async_sessionmaker[AsyncSession],
+        store: BlobStore,
+        policy: Policy,
+        repairer: Repairer | None = None,
+    ) -> None:
         self.engine = engine
         self.sessions = sessions
         self.store = store
@@ -108,21 +114,30 @@ class Maintenance:
 
         return StartedRun(run_id, execute)
 
-    async def start_verify(self, *, digest: Digest | None, sample: int | None, grace: float | None, repair: bool,
-                           started_by: str) -> StartedRun:  # fmt: skip
+    async def start_verify(
+        self, *, digest: Digest | None, sample: int | None, grace: float | None, repair: bool, started_by: str
+    ) -> StartedRun:
         """Record a verify run (several may run at once: they only read, and a repair rewrites what is broken)."""
         options = VerifyOptions(
-            digest=digest, sample=sample, grace=self.policy.default_grace if grace is None else grace,
-            repair=repair, concurrency=self.policy.verify_concurrency,
-        )  # fmt: skip
+            digest=digest,
+            sample=sample,
+            grace=self.policy.default_grace if grace is None else grace,
+            repair=repair,
+            concurrency=self.policy.verify_concurrency,
+        )
         if repair and self.repairer is None:
             raise InvalidInput("repair needs the server's Git mirrors, which this process does not have")
         if digest is not None:
             async with self.sessions() as session:
                 if await session.get(Blob, digest.hex) is None:
                     raise NotFound(f"no blob {digest} is recorded")
-        recorded = {"scope": options.scope, "digest": str(digest) if digest else None, "sample": sample,
-                    "grace_seconds": options.grace, "repair": repair}  # fmt: skip
+        recorded = {
+            "scope": options.scope,
+            "digest": str(digest) if digest else None,
+            "sample": sample,
+            "grace_seconds": options.grace,
+            "repair": repair,
+        }
         run_id = await create_run(self.sessions, RunKind.VERIFY, recorded, started_by)
 
         async def execute(progress: Progress | None) -> RunResult:
@@ -143,9 +158,12 @@ async def _gc_report(collector: GarbageCollector) -> tuple[RunStatus, dict[str, 
     return RunStatus.SUCCEEDED, report.to_json()
 
 
-async def _finish(recorder: RunRecorder, run_id: uuid.UUID,
-                  work: Callable[[], Awaitable[tuple[RunStatus, dict[str, Any]]]],
-                  so_far: Callable[[], dict[str, Any]]) -> RunResult:  # fmt: skip
+async def _finish(
+    recorder: RunRecorder,
+    run_id: uuid.UUID,
+    work: Callable[[], Awaitable[tuple[RunStatus, dict[str, Any]]]],
+    so_far: Callable[[], dict[str, Any]],
+) -> RunResult:
     """Run `work` and record how it ended; a failure of the storage or the database ends the run as failed, with
     the phase it was in and what it had done (`so_far`: for GC, what it had deleted)."""
     try:

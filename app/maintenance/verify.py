@@ -105,8 +105,14 @@ class Standing(enum.Enum):
 
 
 class Verifier:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], store: BlobStore, options: VerifyOptions,
-                 repairer: Repairer | None = None, progress: Progress | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        store: BlobStore,
+        options: VerifyOptions,
+        repairer: Repairer | None = None,
+        progress: Progress | None = None,
+    ) -> None:
         self.sessions = sessions
         self.store = store
         self.options = options
@@ -206,8 +212,10 @@ class Verifier:
         GC deleted the row, or deleted it and an import wrote it again since (a new `created_at`)."""
         if not created:
             return {}
-        in_flight = and_(Blob.touched_at >= func.now() - literal(timedelta(seconds=self.options.grace)),
-                         references.unreferenced_now())  # fmt: skip
+        in_flight = and_(
+            Blob.touched_at >= func.now() - literal(timedelta(seconds=self.options.grace)),
+            references.unreferenced_now(),
+        )
         async with self.sessions() as session, session.begin():
             rows = await session.execute(
                 select(Blob.digest, Blob.created_at, in_flight)

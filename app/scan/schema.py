@@ -33,8 +33,9 @@ class ScannedSchema:
         return [parameter.to_json() for parameter in self.parameters]
 
 
-def read_schema(repo: git.Repo, tree_id: str, original_path: str, entry_file: str, script_type: str,
-                *, is_file: bool) -> ScannedSchema:  # fmt: skip
+def read_schema(
+    repo: git.Repo, tree_id: str, original_path: str, entry_file: str, script_type: str, *, is_file: bool
+) -> ScannedSchema:
     """The schema of the template whose content is the tree (or, `is_file`, the single blob) `tree_id`, found at
     `original_path` in the repository, with `entry_file` relative to it."""
     if script_type == "ansible":

@@ -21,7 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import Blob, TaskTemplate, TemplateVersion
-from app.services.errors import Damaged, InvalidInput, NotFound, Unavailable
+from app.errors import Damaged, InvalidInput, NotFound, Unavailable
 from storage.blobstore import BlobStore
 from storage.digest import Digest
 from storage.errors import BlobNotFound, IntegrityError, InvalidDigest, StorageUnavailable
@@ -60,12 +60,17 @@ class Artifacts:
     async def get(self, tenant_id: uuid.UUID, digest: Digest) -> ArtifactView:
         """A blob that one of the tenant's template versions references; NotFound otherwise (even if it exists)."""
         rows = await self.session.execute(
-            select(TaskTemplate.id, TaskTemplate.code, TemplateVersion.version, TaskTemplate.current_version_id,
-                   TemplateVersion.id)
+            select(
+                TaskTemplate.id,
+                TaskTemplate.code,
+                TemplateVersion.version,
+                TaskTemplate.current_version_id,
+                TemplateVersion.id,
+            )
             .join(TemplateVersion, TemplateVersion.template_id == TaskTemplate.id)
             .where(TaskTemplate.tenant_id == tenant_id, TemplateVersion.digest == digest.hex)
             .order_by(TaskTemplate.id, TemplateVersion.version)
-        )  # fmt: skip
+        )
         used_by = [Usage(tid, code, number, current == vid) for tid, code, number, current, vid in rows]
         blob = await self.session.get(Blob, digest.hex)
         if not used_by or blob is None:
@@ -101,8 +106,10 @@ class Artifacts:
             except BlobNotFound as exc:
                 raise NotFound(f"the object of {digest} is missing from the store; run `ahop verify --repair`") from exc
             except IntegrityError as exc:
-                raise Damaged(f"the stored object of {digest} fails its check ({exc}); run `ahop verify --repair` "
-                              f"to store it again from its commit") from exc  # fmt: skip
+                raise Damaged(
+                    f"the stored object of {digest} fails its check ({exc}); run `ahop verify --repair` "
+                    f"to store it again from its commit"
+                ) from exc
             except StorageUnavailable as exc:
                 raise Unavailable(f"S3 is unavailable: {exc}") from exc
             if (info.zst_size, info.zst_sha256) != expected:

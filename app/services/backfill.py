@@ -13,11 +13,11 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import GitRepository, TaskTemplate, TemplateVersion
+from app.errors import AppError, Conflict, InvalidInput, NotFound, Upstream
 from app.git.mirror import Remote
 from app.git.urls import check_remote_url
 from app.scan.candidates import PLAYBOOKS
 from app.scan.params import NAME, TYPE_NAMES, Parameter, coerce_default, resolve_type
-from app.services.errors import AppError, Conflict, InvalidInput, NotFound, Upstream
 from app.services.imports import Importer
 from app.services.legacy import SCRIPT_TYPES, TIME_TYPES
 from storage.errors import SnapshotRefused
@@ -45,9 +45,16 @@ def convert_parameters(raw: object) -> list[dict[str, Any]]:
         if problem:
             raise InvalidInput(f"parameter {name!r}: {problem}")
         converted.append(
-            Parameter(name, kind, str(item.get("label") or name), str(item.get("description") or ""),
-                      bool(item.get("required")), default, options).to_json()
-        )  # fmt: skip
+            Parameter(
+                name,
+                kind,
+                str(item.get("label") or name),
+                str(item.get("description") or ""),
+                bool(item.get("required")),
+                default,
+                options,
+            ).to_json()
+        )
     return converted
 
 
@@ -74,8 +81,10 @@ class Backfiller:
         query = select(TaskTemplate).where(TaskTemplate.import_state == "pending").order_by(TaskTemplate.id)
         if tenant_id is not None:
             query = query.where(TaskTemplate.tenant_id == tenant_id)
-        pending = [(row.id, row.tenant_id, row.code, dict(row.source_git_info or {}))
-                   for row in await self.session.scalars(query)]  # fmt: skip
+        pending = [
+            (row.id, row.tenant_id, row.code, dict(row.source_git_info or {}))
+            for row in await self.session.scalars(query)
+        ]
         await self.session.rollback()
         return [await self.backfill(*template) for template in pending]
 
@@ -110,8 +119,9 @@ class Backfiller:
         await self.importer.commit_version(source, stored, write)
         return stored.digest
 
-    async def _entry_file(self, tenant_id: uuid.UUID, repository_id: int, path: str, legacy_entry: str,
-                          script_type: str) -> str:  # fmt: skip
+    async def _entry_file(
+        self, tenant_id: uuid.UUID, repository_id: int, path: str, legacy_entry: str, script_type: str
+    ) -> str:
         repository = await self.session.scalar(
             select(GitRepository).where(GitRepository.id == repository_id, GitRepository.tenant_id == tenant_id)
         )
@@ -133,11 +143,13 @@ class Backfiller:
             self._heads[repository_id] = head
         if isinstance(head, AppError):
             raise head
-        return await self.importer.mirrors.pool.run(tenant_id, self._entry_at, tenant_id, repository_id, head, path,
-                                                    legacy_entry, script_type)  # fmt: skip
+        return await self.importer.mirrors.pool.run(
+            tenant_id, self._entry_at, tenant_id, repository_id, head, path, legacy_entry, script_type
+        )
 
-    def _entry_at(self, tenant_id: uuid.UUID, repository_id: int, commit: str, path: str, legacy_entry: str,
-                  script_type: str) -> str:  # fmt: skip
+    def _entry_at(
+        self, tenant_id: uuid.UUID, repository_id: int, commit: str, path: str, legacy_entry: str, script_type: str
+    ) -> str:
         """A file names itself; a directory holds the legacy entry file (relative to it) or, for Ansible, a
         playbook by the scan's names."""
         try:
@@ -167,21 +179,37 @@ class Backfiller:
         playbook = next((name for name in PLAYBOOKS if name in names), None)
         if script_type == "ansible" and playbook is not None:
             return playbook
-        raise InvalidInput(f"{where!r} is a directory and the legacy entry_file {legacy_entry!r} names no file in "
-                           "it: point source_git_info.original_path at the script")  # fmt: skip
+        raise InvalidInput(
+            f"{where!r} is a directory and the legacy entry_file {legacy_entry!r} names no file in "
+            "it: point source_git_info.original_path at the script"
+        )
 
-    async def _write(self, template_id: int, digest: str, recorded: dict[str, Any], script_type: str,
-                     entry_file: str, parameters: list[dict[str, Any]]) -> None:  # fmt: skip
-        template = await self.session.scalar(select(TaskTemplate).where(TaskTemplate.id == template_id)
-                                             .with_for_update())  # fmt: skip
+    async def _write(
+        self,
+        template_id: int,
+        digest: str,
+        recorded: dict[str, Any],
+        script_type: str,
+        entry_file: str,
+        parameters: list[dict[str, Any]],
+    ) -> None:
+        template = await self.session.scalar(
+            select(TaskTemplate).where(TaskTemplate.id == template_id).with_for_update()
+        )
         if template is None or template.import_state != "pending":
             raise Conflict(f"template {template_id} was deleted or imported by someone else meanwhile")
         number = await self.session.scalar(
             select(func.max(TemplateVersion.version)).where(TemplateVersion.template_id == template_id)
         )
-        version = TemplateVersion(template_id=template_id, version=(number or 0) + 1, digest=digest,
-                                  script_type=script_type, entry_file=entry_file, parameters=parameters,
-                                  source=recorded)  # fmt: skip
+        version = TemplateVersion(
+            template_id=template_id,
+            version=(number or 0) + 1,
+            digest=digest,
+            script_type=script_type,
+            entry_file=entry_file,
+            parameters=parameters,
+            source=recorded,
+        )
         self.session.add(version)
         await self.session.flush()
         template.current_version_id, template.import_state = version.id, "imported"

@@ -12,7 +12,7 @@ from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
-from app.services.errors import InvalidInput
+from app.errors import InvalidInput
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,8 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import Blob, Task, TaskStatus, TemplateVersion
+from app.errors import InvalidInput
 from app.services.credentials import CredentialBox
-from app.services.errors import InvalidInput
 from worker.protocol import (
     RUN_JOB,
     BlobRef,
@@ -58,8 +58,9 @@ def connect(redis_url: str, timeout: float) -> ArqRedis:
     return redis
 
 
-def build_job(task: Task, version: TemplateVersion | None, blob: Blob | None, secrets: dict[str, Any],
-              log_limit: int) -> TaskJob:  # fmt: skip
+def build_job(
+    task: Task, version: TemplateVersion | None, blob: Blob | None, secrets: dict[str, Any], log_limit: int
+) -> TaskJob:
     """The job of the task's current attempt, with its password values (`secrets`) merged back into the params."""
     if version is None:
         raise Undeliverable(f"version {task.version} of template {task.template_code!r} no longer exists")
@@ -70,12 +71,24 @@ def build_job(task: Task, version: TemplateVersion | None, blob: Blob | None, se
     names = sorted(task.params, key=lambda name: order.get(name, len(order)))
     params = {name: secrets.get(name, task.params[name]) for name in names}
     return TaskJob(
-        task_id=str(task.id), attempt=task.attempt, tenant_id=str(task.tenant_id), template_code=task.template_code,
-        blob=BlobRef(digest=blob.digest, tar_size=blob.tar_size, zst_size=blob.zst_size, zst_sha256=blob.zst_sha256,
-                     files=blob.files),
-        entry_file=version.entry_file, script_type=version.script_type,  # type: ignore[arg-type]
-        params=params, secret_params=sorted(secrets), timeout=task.timeout, log_limit=log_limit,
-    )  # fmt: skip
+        task_id=str(task.id),
+        attempt=task.attempt,
+        tenant_id=str(task.tenant_id),
+        template_code=task.template_code,
+        blob=BlobRef(
+            digest=blob.digest,
+            tar_size=blob.tar_size,
+            zst_size=blob.zst_size,
+            zst_sha256=blob.zst_sha256,
+            files=blob.files,
+        ),
+        entry_file=version.entry_file,
+        script_type=version.script_type,  # type: ignore[arg-type]
+        params=params,
+        secret_params=sorted(secrets),
+        timeout=task.timeout,
+        log_limit=log_limit,
+    )
 
 
 class Dispatcher:
@@ -118,8 +131,9 @@ class Dispatcher:
         try:
             await self.redis.enqueue_job(RUN_JOB, job.to_wire(), _job_id=name, _queue_name=queue, _expires=JOB_EXPIRES)
         except REDIS_ERRORS as exc:
-            log.warning("task %s attempt %d stays %s: Redis did not take its job (%s)", task.id, task.attempt,
-                        task.status, exc)  # fmt: skip
+            log.warning(
+                "task %s attempt %d stays %s: Redis did not take its job (%s)", task.id, task.attempt, task.status, exc
+            )
             return False
         async with session.begin():
             marked = await session.execute(

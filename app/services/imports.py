@@ -22,12 +22,12 @@ from sqlalchemy.exc import IntegrityError as DatabaseIntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import Blob, GitRepository, TaskTemplate, TemplateVersion
+from app.errors import Conflict, InvalidInput, Unavailable
 from app.git.mirror import Mirrors, Remote
 from app.metrics import ApiMetrics
 from app.scan.schema import ScannedSchema, read_schema
 from app.services import blobs
 from app.services.credentials import CredentialBox
-from app.services.errors import Conflict, InvalidInput, Unavailable
 from storage.blobstore import BlobInfo, BlobStore
 from storage.canonical import Limits
 from storage.digest import Digest
@@ -99,15 +99,30 @@ class Source:
     def read_schema(self, script_type: str, entry_file: str) -> ScannedSchema:
         """The parameter schema a scan shows for this content with this entry (blocking: call it in a thread)."""
         with git.Repo(self.mirror) as repo:
-            return read_schema(repo, self.snapshot_info["tree_id"], self.snapshot_info["original_path"], entry_file,
-                               script_type, is_file=self.is_file)  # fmt: skip
+            return read_schema(
+                repo,
+                self.snapshot_info["tree_id"],
+                self.snapshot_info["original_path"],
+                entry_file,
+                script_type,
+                is_file=self.is_file,
+            )
 
 
 class Importer:
     """Imports templates and their new versions; counts them into `metrics` when given."""
 
-    def __init__(self, session: AsyncSession, mirrors: Mirrors, box: CredentialBox, store: BlobStore,
-                 limits: Limits, work_dir: Path, *, metrics: ApiMetrics | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        session: AsyncSession,
+        mirrors: Mirrors,
+        box: CredentialBox,
+        store: BlobStore,
+        limits: Limits,
+        work_dir: Path,
+        *,
+        metrics: ApiMetrics | None = None,
+    ) -> None:
         self.session = session
         self.mirrors = mirrors
         self.box = box
@@ -156,8 +171,9 @@ class Importer:
             return Remote(fields["url"], fields["branch"], credentials)
 
         commit = await self.mirrors.fetch_current(tenant_id, repository_id, read_remote)
-        return await self.mirrors.pool.run(tenant_id, self._resolve, tenant_id, fields, commit, original_path,
-                                           entry_file)  # fmt: skip
+        return await self.mirrors.pool.run(
+            tenant_id, self._resolve, tenant_id, fields, commit, original_path, entry_file
+        )
 
     async def _repository(self, tenant_id: uuid.UUID, repository_id: int) -> GitRepository:
         row = await self.session.scalar(
@@ -167,8 +183,9 @@ class Importer:
             raise InvalidInput(f"no repository {repository_id}", {"repository_id": "no such repository"})
         return row
 
-    def _resolve(self, tenant_id: uuid.UUID, repository: dict[str, Any], commit: str, path: str,
-                 entry_file: str) -> Source:  # fmt: skip
+    def _resolve(
+        self, tenant_id: uuid.UUID, repository: dict[str, Any], commit: str, path: str, entry_file: str
+    ) -> Source:
         """Where `path` is at `commit`, with the entry file checked; one `git ls-tree`, no listing of the tree."""
         mirror = self.mirrors.path(tenant_id, repository["id"])
         try:
@@ -239,9 +256,13 @@ class Importer:
             await self.session.commit()
             try:
                 return await asyncio.to_thread(
-                    self.store.put_if_absent, snapshot.digest, blob_file,
-                    tar_size=snapshot.tar_size, files=snapshot.files, zst_sha256=snapshot.zst_sha256,
-                )  # fmt: skip
+                    self.store.put_if_absent,
+                    snapshot.digest,
+                    blob_file,
+                    tar_size=snapshot.tar_size,
+                    files=snapshot.files,
+                    zst_sha256=snapshot.zst_sha256,
+                )
             except BlobNotFound:
                 continue
             except StorageUnavailable as exc:
@@ -271,21 +292,41 @@ class Importer:
             stored = await self.store_content(source, use_cache=False)
         raise Unavailable(_KEPT_DISAPPEARING)
 
-    async def _insert(self, tenant_id: uuid.UUID, spec: TemplateSpec, source: Source, digest: str,
-                      created_by: uuid.UUID | None, parameters: list[dict[str, Any]],
-                      parameters_source: str) -> tuple[TaskTemplate, TemplateVersion]:  # fmt: skip
+    async def _insert(
+        self,
+        tenant_id: uuid.UUID,
+        spec: TemplateSpec,
+        source: Source,
+        digest: str,
+        created_by: uuid.UUID | None,
+        parameters: list[dict[str, Any]],
+        parameters_source: str,
+    ) -> tuple[TaskTemplate, TemplateVersion]:
         template = TaskTemplate(
-            tenant_id=tenant_id, code=spec.code, name=spec.name, description=spec.description,
-            timeout=spec.timeout, pool=spec.pool, max_attempts=spec.max_attempts, retry_on=list(spec.retry_on),
-            source_git_info=source.snapshot_info, import_state="pending",
-        )  # fmt: skip
+            tenant_id=tenant_id,
+            code=spec.code,
+            name=spec.name,
+            description=spec.description,
+            timeout=spec.timeout,
+            pool=spec.pool,
+            max_attempts=spec.max_attempts,
+            retry_on=list(spec.retry_on),
+            source_git_info=source.snapshot_info,
+            import_state="pending",
+        )
         self.session.add(template)
         await self.session.flush()
         version = TemplateVersion(
-            template_id=template.id, version=1, digest=digest, script_type=spec.script_type,
-            entry_file=spec.entry_file, parameters=parameters, parameters_source=parameters_source,
-            source=source.snapshot_info, created_by=created_by,
-        )  # fmt: skip
+            template_id=template.id,
+            version=1,
+            digest=digest,
+            script_type=spec.script_type,
+            entry_file=spec.entry_file,
+            parameters=parameters,
+            parameters_source=parameters_source,
+            source=source.snapshot_info,
+            created_by=created_by,
+        )
         self.session.add(version)
         await self.session.flush()
         template.current_version_id, template.import_state = version.id, "imported"

@@ -64,9 +64,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 import migrations
 from app.db.models import Base, GitRepository, TaskTemplate, Tenant
+from app.errors import Conflict, InvalidInput
 from app.git.urls import check_remote_url
 from app.services.credentials import CredentialBox, Credentials
-from app.services.errors import Conflict, InvalidInput
 
 LEGACY_SCHEMA = "legacy"
 REQUIRED = {
@@ -190,8 +190,12 @@ async def _check_shape(connection: AsyncConnection) -> dict[str, set[str]]:
             "not a database of the original system: it has no task_templates.repository_id "
             "(an empty database is set up with `ahop db upgrade`)"
         )
-    missing = [f"{table}.{name}" for table, names in REQUIRED.items() for name in names
-               if name not in columns.get(table, set())]  # fmt: skip
+    missing = [
+        f"{table}.{name}"
+        for table, names in REQUIRED.items()
+        for name in names
+        if name not in columns.get(table, set())
+    ]
     if missing:
         raise InvalidInput(f"the legacy schema lacks {', '.join(missing)}; see `app.services.legacy` for the shape")
     if await _schema_exists(connection):
@@ -226,8 +230,12 @@ async def adopt_legacy(connection: AsyncConnection, allowed_schemes: frozenset[s
     tenants = await _rows(connection, "tenants", columns) if "id" in columns.get("tenants", set()) else []
     repositories = await _rows(connection, "git_repositories", columns)
     templates = await _rows(connection, "task_templates", columns)
-    if orphans := [f"{kind} {row['id']}" for kind, rows in (("repository", repositories), ("template", templates))
-                   for row in rows if row["tenant_id"] is None]:  # fmt: skip
+    if orphans := [
+        f"{kind} {row['id']}"
+        for kind, rows in (("repository", repositories), ("template", templates))
+        for row in rows
+        if row["tenant_id"] is None
+    ]:
         raise InvalidInput(f"rows without a tenant_id cannot be adopted: {', '.join(orphans)}; give them one first")
     notes: list[str] = []
     adopted = await _copy_tenants(connection, tenants, {row["tenant_id"] for row in [*repositories, *templates]}, notes)
@@ -235,14 +243,17 @@ async def adopt_legacy(connection: AsyncConnection, allowed_schemes: frozenset[s
     copied = await _copy_repositories(connection, repositories, tenant_of, allowed_schemes, box, notes)
     pending = await _copy_templates(connection, templates, {row["id"]: row for row in repositories}, tenant_of, notes)
     for table in ("git_repositories", "task_templates"):  # the next id the identity hands out follows ours
-        await connection.execute(text(
-            f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), coalesce(max(id), 0) + 1, false) FROM {table}"
-        ))  # fmt: skip
+        await connection.execute(
+            text(
+                f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), coalesce(max(id), 0) + 1, false) FROM {table}"
+            )
+        )
     return Adoption(await _revision(connection) or "", adopted, copied, pending, archived, notes)
 
 
-async def _copy_tenants(connection: AsyncConnection, rows: list[dict[str, Any]], used: set[int],
-                        notes: list[str]) -> list[AdoptedTenant]:  # fmt: skip
+async def _copy_tenants(
+    connection: AsyncConnection, rows: list[dict[str, Any]], used: set[int], notes: list[str]
+) -> list[AdoptedTenant]:
     known = {row["id"]: row for row in rows}
     for legacy_id in sorted(used - known.keys()):
         known[legacy_id] = {"id": legacy_id, "code": None, "name": None}
@@ -271,8 +282,14 @@ def _without_credentials(url: str) -> tuple[str, Credentials | None] | None:
     return urlunsplit(parts._replace(netloc=host)), Credentials("https_token", unquote(secret), unquote(username))
 
 
-async def _copy_repositories(connection: AsyncConnection, rows: list[dict[str, Any]], tenant_of: dict[int, uuid.UUID],
-                             allowed_schemes: frozenset[str], box: CredentialBox, notes: list[str]) -> int:  # fmt: skip
+async def _copy_repositories(
+    connection: AsyncConnection,
+    rows: list[dict[str, Any]],
+    tenant_of: dict[int, uuid.UUID],
+    allowed_schemes: frozenset[str],
+    box: CredentialBox,
+    notes: list[str],
+) -> int:
     names: dict[int, set[str]] = {}
     now = datetime.now(UTC)
     copied = []
@@ -291,15 +308,27 @@ async def _copy_repositories(connection: AsyncConnection, rows: list[dict[str, A
         if name != row["name"]:
             notes.append(f"repository {row['id']} ({row['name']!r}) is now named {name!r}")
         if row["credential_id"] is not None:
-            notes.append(f"repository {row['id']} used legacy credential {row['credential_id']}, which is not "
-                         "carried over: set its credentials through the API before the backfill")  # fmt: skip
+            notes.append(
+                f"repository {row['id']} used legacy credential {row['credential_id']}, which is not "
+                "carried over: set its credentials through the API before the backfill"
+            )
         try:
             check_remote_url(url, allowed_schemes)
         except InvalidInput as exc:
             notes.append(f"repository {row['id']}: {exc}; correct it through the API before the backfill")
-        copied.append({"id": row["id"], "tenant_id": tenant_of[row["tenant_id"]], "name": name, "url": url,
-                       "branch": row["branch"] or "main", "auth_kind": auth_kind, "credentials": sealed,
-                       "created_at": row["created_at"] or now, "updated_at": row["updated_at"] or now})  # fmt: skip
+        copied.append(
+            {
+                "id": row["id"],
+                "tenant_id": tenant_of[row["tenant_id"]],
+                "name": name,
+                "url": url,
+                "branch": row["branch"] or "main",
+                "auth_kind": auth_kind,
+                "credentials": sealed,
+                "created_at": row["created_at"] or now,
+                "updated_at": row["updated_at"] or now,
+            }
+        )
     if copied:
         await connection.execute(insert(GitRepository), copied)
     return len(copied)
@@ -318,14 +347,22 @@ def _source_git_info(row: dict[str, Any], repository: dict[str, Any]) -> dict[st
         "branch": (repository.get("branch") or "main") if repository else None,
         "original_path": row["entry_file"],
         "created_at": iso_utc(row["created_at"]),
-        "legacy": {"code": row["code"], "entry_file": row["entry_file"], "script_type": row["script_type"],
-                   "parameters": parameters},
-    }  # fmt: skip
+        "legacy": {
+            "code": row["code"],
+            "entry_file": row["entry_file"],
+            "script_type": row["script_type"],
+            "parameters": parameters,
+        },
+    }
 
 
-async def _copy_templates(connection: AsyncConnection, rows: list[dict[str, Any]],
-                          repositories: dict[int, dict[str, Any]], tenant_of: dict[int, uuid.UUID],
-                          notes: list[str]) -> int:  # fmt: skip
+async def _copy_templates(
+    connection: AsyncConnection,
+    rows: list[dict[str, Any]],
+    repositories: dict[int, dict[str, Any]],
+    tenant_of: dict[int, uuid.UUID],
+    notes: list[str],
+) -> int:
     codes: dict[int, set[str]] = {}
     now = datetime.now(UTC)
     copied = []
@@ -343,11 +380,20 @@ async def _copy_templates(connection: AsyncConnection, rows: list[dict[str, Any]
         if timeout > MAX_TIMEOUT:
             notes.append(f"template {row['id']} ({code}): timeout {timeout}s is now {MAX_TIMEOUT}s, the API's limit")
             timeout = MAX_TIMEOUT
-        copied.append({"id": row["id"], "tenant_id": tenant_of[row["tenant_id"]], "code": code,
-                       "name": str(row["name"] or code)[:200], "description": row["description"] or "",
-                       "timeout": timeout, "source_git_info": _source_git_info(row, repository),
-                       "import_state": "pending", "created_at": row["created_at"] or now,
-                       "updated_at": row["updated_at"] or now})  # fmt: skip
+        copied.append(
+            {
+                "id": row["id"],
+                "tenant_id": tenant_of[row["tenant_id"]],
+                "code": code,
+                "name": str(row["name"] or code)[:200],
+                "description": row["description"] or "",
+                "timeout": timeout,
+                "source_git_info": _source_git_info(row, repository),
+                "import_state": "pending",
+                "created_at": row["created_at"] or now,
+                "updated_at": row["updated_at"] or now,
+            }
+        )
     if copied:
         await connection.execute(insert(TaskTemplate), copied)
     return len(copied)
@@ -360,10 +406,12 @@ async def drop_legacy(connection: AsyncConnection) -> list[str]:
     if not await _schema_exists(connection):
         raise Conflict(f'there is no schema "{LEGACY_SCHEMA}" to drop (dropped already?)')
     result = await connection.execute(
-        text("SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-             "WHERE n.nspname = :s AND c.relkind IN ('r', 'p', 'v', 'm', 'f') ORDER BY 1"),
+        text(
+            "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = :s AND c.relkind IN ('r', 'p', 'v', 'm', 'f') ORDER BY 1"
+        ),
         {"s": LEGACY_SCHEMA},
-    )  # fmt: skip
+    )
     dropped = list(result.scalars())
     await connection.execute(text(f"DROP SCHEMA {LEGACY_SCHEMA} CASCADE"))
     return dropped

@@ -12,13 +12,13 @@ from sqlalchemy.exc import IntegrityError as DatabaseIntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db.models import GitRepository
+from app.errors import Conflict, NotFound, Upstream
 from app.git.mirror import Mirrors, Remote, check_branch
 from app.git.urls import check_remote_url
 from app.scan.candidates import Candidate
 from app.scan.errors import ScanError
 from app.scan.gitsource import scan_git
 from app.services.credentials import CredentialBox, Credentials
-from app.services.errors import Conflict, NotFound, Upstream
 from storage.canonical import Limits
 
 
@@ -83,8 +83,9 @@ class Repositories:
         await self.session.refresh(row)
         return row
 
-    async def _check_remote(self, tenant_id: uuid.UUID, url: str, branch: str | None,
-                            credentials: Credentials | None) -> str:  # fmt: skip
+    async def _check_remote(
+        self, tenant_id: uuid.UUID, url: str, branch: str | None, credentials: Credentials | None
+    ) -> str:
         """The branch to record, once the remote has answered that it is a repository with that branch (or, with
         no branch given, its default branch): a wrong url or branch is refused now, not at the first sync."""
         url = check_remote_url(url, self.mirrors.options.allowed_schemes)

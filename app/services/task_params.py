@@ -57,8 +57,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from app.errors import InvalidInput
 from app.scan.params import _FALSE, _TRUE, PARAM_TYPES, coerce_number
-from app.services.errors import InvalidInput
 
 MAX_VALUE_BYTES = 96 * 1024
 """The most UTF-8 bytes one parameter's text may have (see "Size" above)."""

@@ -23,8 +23,8 @@ from sqlalchemy import String, cast, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db.models import UNFINISHED_STATUSES, Task, TaskLogLine, TaskStatus, TaskTemplate, TemplateVersion
+from app.errors import Conflict, InvalidInput, NotFound, Unavailable
 from app.services.dispatch import REDIS_ERRORS, Dispatcher
-from app.services.errors import Conflict, InvalidInput, NotFound, Unavailable
 from app.services.task_params import masked, password_names, validate_params
 from worker.protocol import LogLine, ProtocolError, legacy_log_stream, log_stream
 
@@ -117,16 +117,23 @@ async def stored_lines(session: AsyncSession, task: Task, after: int) -> list[Lo
     rows = await session.scalars(
         select(TaskLogLine).where(TaskLogLine.task_id == task_id, TaskLogLine.seq > after).order_by(TaskLogLine.seq)
     )
-    return [LogLine(seq=row.seq, stream=row.stream, line=row.line, attempt=row.attempt or unrecorded)  # type: ignore[arg-type]
-            for row in rows]  # fmt: skip
+    return [
+        LogLine(seq=row.seq, stream=row.stream, line=row.line, attempt=row.attempt or unrecorded)  # type: ignore[arg-type]
+        for row in rows
+    ]
 
 
 _KEY_SHARE = {"read": True, "key_share": True}
 
 
 class Tasks:
-    def __init__(self, session: AsyncSession, dispatcher: Dispatcher,
-                 session_factory: async_sessionmaker[AsyncSession], follow_block: float = 1.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        session: AsyncSession,
+        dispatcher: Dispatcher,
+        session_factory: async_sessionmaker[AsyncSession],
+        follow_block: float = 1.0,
+    ) -> None:
         self.session = session
         self.dispatcher = dispatcher
         self.session_factory = session_factory
@@ -149,12 +156,24 @@ class Tasks:
             params = validate_params(version.parameters, new.params)
             secrets = {name: params[name] for name in password_names(version.parameters) if name in params}
             task = Task(
-                id=uuid.uuid4(), tenant_id=tenant_id, template_id=template.id, template_code=template.code,
-                version_id=version.id, version=version.version, digest=version.digest, pool=template.pool,
-                name=new.name, params=masked(version.parameters, params), sealed_params=self._seal(secrets),
-                status=TaskStatus.PENDING.value, attempt=1, max_attempts=template.max_attempts,
-                retry_on=list(template.retry_on), timeout=new.timeout or template.timeout, created_by=created_by,
-            )  # fmt: skip
+                id=uuid.uuid4(),
+                tenant_id=tenant_id,
+                template_id=template.id,
+                template_code=template.code,
+                version_id=version.id,
+                version=version.version,
+                digest=version.digest,
+                pool=template.pool,
+                name=new.name,
+                params=masked(version.parameters, params),
+                sealed_params=self._seal(secrets),
+                status=TaskStatus.PENDING.value,
+                attempt=1,
+                max_attempts=template.max_attempts,
+                retry_on=list(template.retry_on),
+                timeout=new.timeout or template.timeout,
+                created_by=created_by,
+            )
             self.session.add(task)
         await self.dispatcher.dispatch(self.session, task.id)
         return await self.get(tenant_id, task.id)
@@ -179,8 +198,10 @@ class Tasks:
                 select(func.max(TemplateVersion.version)).where(TemplateVersion.template_id == template.id)
             )
             known = f"versions 1 to {newest}" if newest else "no versions"
-            raise InvalidInput(f"template {template.id} has no version {number}",
-                               {"version": f"no such version; the template has {known}"})  # fmt: skip
+            raise InvalidInput(
+                f"template {template.id} has no version {number}",
+                {"version": f"no such version; the template has {known}"},
+            )
         return version
 
     def _seal(self, secrets: dict[str, Any]) -> bytes | None:
@@ -205,8 +226,16 @@ class Tasks:
             raise NotFound(f"no task {task_id}")
         return task
 
-    async def page(self, tenant_id: uuid.UUID, *, status: str | None, template_id: int | None, page: int,
-                   page_size: int, id_prefix: str | None = None) -> tuple[list[Task], int]:  # fmt: skip
+    async def page(
+        self,
+        tenant_id: uuid.UUID,
+        *,
+        status: str | None,
+        template_id: int | None,
+        page: int,
+        page_size: int,
+        id_prefix: str | None = None,
+    ) -> tuple[list[Task], int]:
         """The tenant's tasks, newest first, and how many match in all; `id_prefix` (lowercase) keeps those whose
         id starts so."""
         conditions = [Task.tenant_id == tenant_id]
@@ -242,9 +271,13 @@ class Tasks:
                 raise Unavailable(f"Redis is unavailable, so the cancel cannot reach the workers: {exc}") from exc
         async with self.session.begin():
             waiting = await self._set(
-                task.id, [TaskStatus.PENDING, TaskStatus.QUEUED], status=TaskStatus.CANCELLED.value,
-                cancel_requested=True, error="cancelled before it started", finished_at=func.now(),
-            )  # fmt: skip
+                task.id,
+                [TaskStatus.PENDING, TaskStatus.QUEUED],
+                status=TaskStatus.CANCELLED.value,
+                cancel_requested=True,
+                error="cancelled before it started",
+                finished_at=func.now(),
+            )
             running = waiting or await self._set(task.id, [TaskStatus.RUNNING], cancel_requested=True)
         cancelled = await self.get(tenant_id, task_id)
         await self.session.commit()

@@ -12,7 +12,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import UNFINISHED_STATUSES, Task, TaskTemplate, TemplateVersion
-from app.services.errors import Conflict, InvalidInput, NotFound
+from app.errors import Conflict, InvalidInput, NotFound
 from app.services.imports import PARAMETERS_MANUAL, PARAMETERS_SCANNED, Importer
 from storage.errors import SnapshotRefused
 from storage.trees import GitTree
@@ -78,20 +78,30 @@ class TemplateChanger:
         template, version = row
         return template, version
 
-    async def _add_version(self, template: TaskTemplate, base: TemplateVersion, *, digest: str,
-                           source: dict[str, Any] | None, created_by: uuid.UUID | None,
-                           **fields: Any) -> TemplateVersion:  # fmt: skip
+    async def _add_version(
+        self,
+        template: TaskTemplate,
+        base: TemplateVersion,
+        *,
+        digest: str,
+        source: dict[str, Any] | None,
+        created_by: uuid.UUID | None,
+        **fields: Any,
+    ) -> TemplateVersion:
         number = await self.session.scalar(
             select(func.max(TemplateVersion.version)).where(TemplateVersion.template_id == template.id)
         )
         version = TemplateVersion(
-            template_id=template.id, version=(number or 0) + 1, digest=digest,
+            template_id=template.id,
+            version=(number or 0) + 1,
+            digest=digest,
             script_type=fields.get("script_type") or base.script_type,
             entry_file=fields.get("entry_file") or base.entry_file,
             parameters=fields["parameters"] if fields.get("parameters") is not None else base.parameters,
             parameters_source=fields.get("parameters_source") or base.parameters_source,
-            source=source, created_by=created_by,
-        )  # fmt: skip
+            source=source,
+            created_by=created_by,
+        )
         self.session.add(version)
         await self.session.flush()
         template.current_version_id = version.id
@@ -110,8 +120,9 @@ class TemplateChanger:
         if entry_file not in paths:
             raise InvalidInput(f"entry_file {entry_file!r} is not in the snapshot", {"entry_file": "not in snapshot"})
 
-    async def change(self, tenant_id: uuid.UUID, template_id: int, changes: TemplateChanges,
-                     created_by: uuid.UUID | None) -> None:  # fmt: skip
+    async def change(
+        self, tenant_id: uuid.UUID, template_id: int, changes: TemplateChanges, created_by: uuid.UUID | None
+    ) -> None:
         async with self.session.begin():
             template, current = await self._template(tenant_id, template_id)
             for name in IN_PLACE:
@@ -126,22 +137,34 @@ class TemplateChanger:
                     .with_for_update(key_share=True)
                 )
                 if target is None:
-                    raise InvalidInput(f"template {template_id} has no version {changes.version}",
-                                       {"version": "no such version"})  # fmt: skip
+                    raise InvalidInput(
+                        f"template {template_id} has no version {changes.version}", {"version": "no such version"}
+                    )
                 template.current_version_id, current = target.id, target
-            runtime = {"entry_file": changes.entry_file, "script_type": changes.script_type,
-                       "parameters": changes.parameters}  # fmt: skip
+            runtime = {
+                "entry_file": changes.entry_file,
+                "script_type": changes.script_type,
+                "parameters": changes.parameters,
+            }
             # Parameters given for a scanned schema pin it (`manual`) even when they equal it: syncs keep them then.
             pinned = changes.parameters is not None and current.parameters_source == PARAMETERS_SCANNED
             if pinned or any(getattr(current, key) != value for key, value in runtime.items() if value is not None):
                 if changes.entry_file is not None and changes.entry_file != current.entry_file:
                     if current.source is None:
                         raise InvalidInput("this version has no recorded source to check entry_file against")
-                    await self.importer.mirrors.pool.run(tenant_id, self._check_entry_file, tenant_id, current.source,
-                                                         changes.entry_file)  # fmt: skip
+                    await self.importer.mirrors.pool.run(
+                        tenant_id, self._check_entry_file, tenant_id, current.source, changes.entry_file
+                    )
                 given = PARAMETERS_MANUAL if changes.parameters is not None else None
-                await self._add_version(template, current, digest=current.digest, source=current.source,
-                                        created_by=created_by, parameters_source=given, **runtime)  # fmt: skip
+                await self._add_version(
+                    template,
+                    current,
+                    digest=current.digest,
+                    source=current.source,
+                    created_by=created_by,
+                    parameters_source=given,
+                    **runtime,
+                )
 
     async def sync(self, tenant_id: uuid.UUID, template_id: int, created_by: uuid.UUID | None) -> Synced:
         """Re-import from the recorded path at the branch head. A scanned schema is read again from the new commit
@@ -172,11 +195,19 @@ class TemplateChanger:
         async def write(digest: str) -> int:
             template, current = await self._template(tenant_id, template_id)
             if current.id != synced_from:  # an edit or a switch of version came first: its choice stands
-                raise Conflict(f"template {template_id} changed while it was being synced (version "
-                               f"{current.version} is current now); sync it again")  # fmt: skip
+                raise Conflict(
+                    f"template {template_id} changed while it was being synced (version "
+                    f"{current.version} is current now); sync it again"
+                )
             template.source_git_info = source.snapshot_info
-            version = await self._add_version(template, current, digest=digest, source=source.snapshot_info,
-                                              created_by=created_by, parameters=parameters)  # fmt: skip
+            version = await self._add_version(
+                template,
+                current,
+                digest=digest,
+                source=source.snapshot_info,
+                created_by=created_by,
+                parameters=parameters,
+            )
             return version.version
 
         number, _, _ = await self.importer.commit_version(source, stored, write)

@@ -9,7 +9,7 @@ from sqlalchemy import Select, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import Blob, TaskTemplate, TemplateVersion
-from app.services.errors import NotFound
+from app.errors import NotFound
 
 
 @dataclass(frozen=True)
@@ -44,17 +44,21 @@ class Templates:
         template, version, blob = row
         return TemplateView(template, version, blob)
 
-    async def page(self, tenant_id: uuid.UUID, *, script_type: str | None, search: str | None, page: int,
-                   page_size: int) -> tuple[list[TemplateView], int]:  # fmt: skip
+    async def page(
+        self, tenant_id: uuid.UUID, *, script_type: str | None, search: str | None, page: int, page_size: int
+    ) -> tuple[list[TemplateView], int]:
         conditions = [TaskTemplate.tenant_id == tenant_id]
         if script_type:
             conditions.append(TemplateVersion.script_type == script_type)
         if search:
             pattern = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
             conditions.append(
-                or_(TaskTemplate.name.ilike(pattern), TaskTemplate.code.ilike(pattern),
-                    TaskTemplate.description.ilike(pattern))
-            )  # fmt: skip
+                or_(
+                    TaskTemplate.name.ilike(pattern),
+                    TaskTemplate.code.ilike(pattern),
+                    TaskTemplate.description.ilike(pattern),
+                )
+            )
         query = _current().where(*conditions)
         total = await self.session.scalar(select(func.count()).select_from(query.subquery())) or 0
         rows = await self.session.execute(

@@ -13,7 +13,7 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import ApiToken, Role, Tenant
-from app.services.errors import Conflict, InvalidInput, NotFound
+from app.errors import Conflict, InvalidInput, NotFound
 
 TOKEN_PREFIX = "ahop_"  # noqa: S105  (a prefix that makes leaked tokens easy to spot, not a secret)
 
@@ -122,10 +122,13 @@ async def list_tenants(session: AsyncSession) -> list[TenantSummary]:
     valid = (
         select(func.count())
         .select_from(ApiToken)
-        .where(ApiToken.tenant_id == Tenant.id, ApiToken.revoked_at.is_(None),
-               or_(ApiToken.expires_at.is_(None), ApiToken.expires_at > func.now()))
+        .where(
+            ApiToken.tenant_id == Tenant.id,
+            ApiToken.revoked_at.is_(None),
+            or_(ApiToken.expires_at.is_(None), ApiToken.expires_at > func.now()),
+        )
         .scalar_subquery()
-    )  # fmt: skip
+    )
     rows = await session.execute(select(Tenant, valid).order_by(Tenant.name))
     return [TenantSummary(tenant, count) for tenant, count in rows.tuples()]
 

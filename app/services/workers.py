@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from app.db.models import Blob
-from app.services.errors import Unavailable
+from app.errors import Unavailable
 from worker.protocol import (
     WORKERS_KEY,
     BlobRef,
@@ -58,15 +58,17 @@ class WorkerState:
 
 def blob_ref(blob: Blob) -> BlobRef:
     """What a worker needs to fetch and check a stored blob."""
-    return BlobRef(digest=blob.digest, tar_size=blob.tar_size, zst_size=blob.zst_size, zst_sha256=blob.zst_sha256,
-                   files=blob.files)  # fmt: skip
+    return BlobRef(
+        digest=blob.digest, tar_size=blob.tar_size, zst_size=blob.zst_size, zst_sha256=blob.zst_sha256, files=blob.files
+    )
 
 
 class Workers:
     """Reads the workers' heartbeats and digests; asks workers to prefetch blobs."""
 
-    def __init__(self, redis: Redis, *, heartbeat_timeout: float, forget_after: float,
-                 prefetch_on_import: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self, redis: Redis, *, heartbeat_timeout: float, forget_after: float, prefetch_on_import: bool = False
+    ) -> None:
         self.redis = redis
         self.heartbeat_timeout = heartbeat_timeout
         self.forget_after = forget_after

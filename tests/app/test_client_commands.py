@@ -25,8 +25,9 @@ def api_url(app_settings: AppSettings, tmp_path: Path) -> Iterator[str]:
     (port,) = free_ports(1)
     env = server_env(app_settings, tmp_path)
     log = open(tmp_path / "serve.log", "w")  # noqa: SIM115  (closed below, after the process)
-    process = subprocess.Popen([sys.executable, "-m", "ahop", "serve", "--port", str(port)], env=env, stdout=log,
-                               stderr=subprocess.STDOUT)  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ahop", "serve", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -60,9 +61,25 @@ def test_repo_and_template_commands(api_url: str, alice: Caller, origin: Path) -
     repository_id = json.loads(added.stdout)["id"]
     assert "ops" in ahop(api_url, token, "repo", "list").stdout
 
-    imported = ahop(api_url, token, "template", "import", "--repo", str(repository_id), "--path",
-                    "scripts/disk_cleanup", "--entry", "cleanup.sh", "--code", "cleanup", "--name", "Cleanup",
-                    "--type", "shell", "--json")  # fmt: skip
+    imported = ahop(
+        api_url,
+        token,
+        "template",
+        "import",
+        "--repo",
+        str(repository_id),
+        "--path",
+        "scripts/disk_cleanup",
+        "--entry",
+        "cleanup.sh",
+        "--code",
+        "cleanup",
+        "--name",
+        "Cleanup",
+        "--type",
+        "shell",
+        "--json",
+    )
     assert imported.returncode == 0, imported.stderr
     template = json.loads(imported.stdout)
     assert template["artifact"]["digest"].startswith("sha256:")
@@ -73,8 +90,24 @@ def test_repo_and_template_commands(api_url: str, alice: Caller, origin: Path) -
     synced = ahop(api_url, token, "template", "sync", str(template["id"]), "--json")
     assert (json.loads(synced.stdout)["changed"], json.loads(synced.stdout)["version"]) == (False, None)
 
-    again = ahop(api_url, token, "template", "import", "--repo", str(repository_id), "--path", "scripts/disk_cleanup",
-                 "--entry", "missing.sh", "--code", "other", "--name", "Other", "--type", "shell")  # fmt: skip
+    again = ahop(
+        api_url,
+        token,
+        "template",
+        "import",
+        "--repo",
+        str(repository_id),
+        "--path",
+        "scripts/disk_cleanup",
+        "--entry",
+        "missing.sh",
+        "--code",
+        "other",
+        "--name",
+        "Other",
+        "--type",
+        "shell",
+    )
     assert again.returncode == 2
     assert "entry_file" in again.stderr
 

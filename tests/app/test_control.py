@@ -53,15 +53,29 @@ def iso(moment: datetime | None = None) -> str:
     return (moment or datetime.now(UTC)).isoformat()
 
 
-async def send(redis: Redis, kind: str, task: dict[str, Any], attempt: int = 1, worker: str = "w1",
-               at: str | None = None, status: FinalStatus | None = None, **outcome: Any) -> None:  # fmt: skip
-    event = Event(type=kind, task_id=task["id"], attempt=attempt, worker=worker, at=at or iso(), status=status,  # type: ignore[arg-type]
-                  **outcome)  # fmt: skip
+async def send(
+    redis: Redis,
+    kind: str,
+    task: dict[str, Any],
+    attempt: int = 1,
+    worker: str = "w1",
+    at: str | None = None,
+    status: FinalStatus | None = None,
+    **outcome: Any,
+) -> None:
+    event = Event(
+        type=kind,  # type: ignore[arg-type]
+        task_id=task["id"],
+        attempt=attempt,
+        worker=worker,
+        at=at or iso(),
+        status=status,
+        **outcome,
+    )
     await redis.xadd(EVENTS_STREAM, event.to_fields())  # type: ignore[arg-type]
 
 
-async def write(redis: Redis, task: dict[str, Any], *lines: tuple[str, str], first: int = 1,
-                attempt: int = 1) -> None:  # fmt: skip
+async def write(redis: Redis, task: dict[str, Any], *lines: tuple[str, str], first: int = 1, attempt: int = 1) -> None:
     """Append lines to an attempt's log stream as its worker does."""
     for seq, (stream, text) in enumerate(lines, start=first):
         line = LogLine(seq, stream, text, attempt)  # type: ignore[arg-type]
@@ -155,8 +169,11 @@ async def test_an_event_left_unrecorded_by_a_dead_server_is_taken_over(
         await task_in(client, alice, task["id"], "running", worker="w1")
         await recorded(redis)
         assert await redis.xpending(EVENTS_STREAM, EVENTS_GROUP) == {
-            "pending": 0, "min": None, "max": None, "consumers": []
-        }  # fmt: skip
+            "pending": 0,
+            "min": None,
+            "max": None,
+            "consumers": [],
+        }
 
 
 async def test_cancelling_a_running_task_asks_its_worker_to_stop_it(
@@ -179,8 +196,9 @@ async def test_a_failed_attempt_is_retried_when_the_template_opts_in(
     client: Client, alice: Caller, origin: Path, redis: Redis, database_url: str
 ) -> None:
     template = await import_template(client, alice, origin)
-    await sql(database_url, "UPDATE task_templates SET max_attempts = 2, retry_on = '{failed}' WHERE id = $1",
-              template["id"])  # fmt: skip
+    await sql(
+        database_url, "UPDATE task_templates SET max_attempts = 2, retry_on = '{failed}' WHERE id = $1", template["id"]
+    )
     task = await create_task(client, alice, template["id"], params={"days": 1})
     assert (task["max_attempts"], task["retry_on"]) == (2, ["failed"])
     await send(redis, "started", task, worker="w1")
@@ -227,13 +245,27 @@ async def test_the_reaper_marks_tasks_of_dead_workers_lost_and_spares_live_ones(
         hour_ago, now = datetime.now(UTC) - timedelta(hours=1), datetime.now(UTC)
         names = ("stale", "fresh", "gone", "restarted", "forgot")
         tasks = {name: await create_task(client, alice, template["id"], params={"days": 1}) for name in names}
-        beats = {"stale": (hour_ago, hour_ago - timedelta(hours=1)), "fresh": (now, hour_ago - timedelta(hours=1)),
-                 "restarted": (now, now), "forgot": (now, hour_ago - timedelta(hours=1))}  # fmt: skip
+        beats = {
+            "stale": (hour_ago, hour_ago - timedelta(hours=1)),
+            "fresh": (now, hour_ago - timedelta(hours=1)),
+            "restarted": (now, now),
+            "forgot": (now, hour_ago - timedelta(hours=1)),
+        }
         for name, (at, started_at) in beats.items():
             running = [tasks[name]["id"]] if name not in ("restarted", "forgot") else []
-            beat = Heartbeat(id=f"w-{name}", host="h", pid=1, pools=["default"], running=running, cache_bytes=0,
-                             cache_entries=0, downloads=0, version="1", started_at=iso(started_at),
-                             at=iso(at))  # fmt: skip
+            beat = Heartbeat(
+                id=f"w-{name}",
+                host="h",
+                pid=1,
+                pools=["default"],
+                running=running,
+                cache_bytes=0,
+                cache_entries=0,
+                downloads=0,
+                version="1",
+                started_at=iso(started_at),
+                at=iso(at),
+            )
             await redis.hset(WORKERS_KEY, beat.id, beat.to_json())  # type: ignore[misc]
         for name in names:
             await send(redis, "started", tasks[name], worker=f"w-{name}", at=iso(hour_ago))
@@ -271,17 +303,30 @@ async def test_heartbeats_missing_after_redis_lost_its_data_do_not_make_running_
         await asyncio.sleep(1.5)  # several reaper passes (every 0.2 s), all within the grace
         assert (await show(client, alice, task["id"]))["status"] == "running"
         long_ago = iso(datetime.now(UTC) - timedelta(hours=2))
-        beat = Heartbeat(id="w-alive", host="h", pid=1, pools=["default"], running=[task["id"]], cache_bytes=0,
-                         cache_entries=0, downloads=0, version="1", started_at=long_ago, at=iso())  # fmt: skip
+        beat = Heartbeat(
+            id="w-alive",
+            host="h",
+            pid=1,
+            pools=["default"],
+            running=[task["id"]],
+            cache_bytes=0,
+            cache_entries=0,
+            downloads=0,
+            version="1",
+            started_at=long_ago,
+            at=iso(),
+        )
         await redis.hset(WORKERS_KEY, beat.id, beat.to_json())  # type: ignore[misc]
         await send(redis, "finished", task, worker="w-alive", status="success", exit_code=0)
         await task_in(client, alice, task["id"], "success", exit_code=0)
 
 
-async def follow(client: Client, caller: Caller, task: dict[str, Any], query: str = "",
-                 headers: dict[str, str] | None = None) -> list[ServerEvent]:  # fmt: skip
-    response = await client.get(f"/api/v1/tasks/{task['id']}/logs?follow=true{query}",
-                                headers={**caller[Role.VIEWER], **(headers or {})})  # fmt: skip
+async def follow(
+    client: Client, caller: Caller, task: dict[str, Any], query: str = "", headers: dict[str, str] | None = None
+) -> list[ServerEvent]:
+    response = await client.get(
+        f"/api/v1/tasks/{task['id']}/logs?follow=true{query}", headers={**caller[Role.VIEWER], **(headers or {})}
+    )
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/event-stream")
     return list(parse_events(response.text.splitlines()))
@@ -302,8 +347,17 @@ async def test_following_a_log_streams_its_lines_then_how_the_task_ended(
             for seq, text in ((3, "three"), (4, "four")):
                 line = LogLine(seq, "stdout", text, 1)
                 worker_redis.xadd(log_stream(task["id"], 1), line.to_fields())
-            finished = Event(type="finished", task_id=task["id"], attempt=1, worker="w1", at=iso(), status="failed",
-                             exit_code=4, error="exit 4", log_lines=4)  # fmt: skip
+            finished = Event(
+                type="finished",
+                task_id=task["id"],
+                attempt=1,
+                worker="w1",
+                at=iso(),
+                status="failed",
+                exit_code=4,
+                error="exit 4",
+                log_lines=4,
+            )
             worker_redis.xadd(EVENTS_STREAM, finished.to_fields())
 
     writer = threading.Thread(target=worker_goes_on)
@@ -314,8 +368,11 @@ async def test_following_a_log_streams_its_lines_then_how_the_task_ended(
         writer.join(30)
     lines = [json.loads(event.data) for event in events if event.name == "message"]
     assert [(line["seq"], line["stream"], line["line"]) for line in lines] == [
-        (1, "stdout", "one"), (2, "stderr", "two"), (3, "stdout", "three"), (4, "stdout", "four")
-    ]  # fmt: skip
+        (1, "stdout", "one"),
+        (2, "stderr", "two"),
+        (3, "stdout", "three"),
+        (4, "stdout", "four"),
+    ]
     assert [event.id for event in events if event.name == "message"] == ["1", "2", "3", "4"]
     assert events[-1].name == "end"
     assert json.loads(events[-1].data) == {"status": "failed", "exit_code": 4, "error": "exit 4"}
@@ -325,6 +382,7 @@ async def test_following_a_log_streams_its_lines_then_how_the_task_ended(
     assert resumed[-1].name == "end"
     after = await follow(client, alice, task, query="&after=3")
     assert [json.loads(event.data)["line"] for event in after if event.name == "message"] == ["four"]
-    bad = await client.get(f"/api/v1/tasks/{task['id']}/logs?follow=true",
-                           headers={**alice[Role.VIEWER], "Last-Event-ID": "x"})  # fmt: skip
+    bad = await client.get(
+        f"/api/v1/tasks/{task['id']}/logs?follow=true", headers={**alice[Role.VIEWER], "Last-Event-ID": "x"}
+    )
     assert bad.status_code == 422, bad.text

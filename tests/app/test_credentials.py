@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from cryptography.fernet import Fernet
 
+from app.errors import InvalidInput
 from app.services.credentials import CredentialBox, Credentials
-from app.services.errors import InvalidInput
 
 
 def test_keys_rotate_without_losing_stored_credentials() -> None:

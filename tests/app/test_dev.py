@@ -45,10 +45,22 @@ def state_dir(tmp_path: Path) -> Iterator[Path]:
 def test_dev_starts_its_own_services_stops_them_all_and_restarts_on_the_same_data(state_dir: Path) -> None:
     with running_dev(state_dir, clean_env()) as (process, env):
         assert stat.S_IMODE((state_dir / "dev.env").stat().st_mode) == 0o600
-        assert set(env) >= {"AHOP_API_URL", "AHOP_TOKEN", "AHOP_DATABASE_URL", "AHOP_REDIS_URL",
-                            "AHOP_S3_ENDPOINT_URL", "AHOP_S3_BUCKET", "AHOP_S3_ACCESS_KEY_ID",
-                            "AHOP_S3_SECRET_ACCESS_KEY", "AHOP_DATA_DIR", "AHOP_WORKER_ROOT", "AWS_ENDPOINT_URL",
-                            "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"}  # fmt: skip
+        assert set(env) >= {
+            "AHOP_API_URL",
+            "AHOP_TOKEN",
+            "AHOP_DATABASE_URL",
+            "AHOP_REDIS_URL",
+            "AHOP_S3_ENDPOINT_URL",
+            "AHOP_S3_BUCKET",
+            "AHOP_S3_ACCESS_KEY_ID",
+            "AHOP_S3_SECRET_ACCESS_KEY",
+            "AHOP_DATA_DIR",
+            "AHOP_WORKER_ROOT",
+            "AWS_ENDPOINT_URL",
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_DEFAULT_REGION",
+        }
         assert env["AHOP_WORKER_ROOT"] == str(state_dir.resolve() / "worker")  # the worker `make run` started
         assert _get(env["AHOP_API_URL"] + "/health/ready") == (
             200,
@@ -97,8 +109,10 @@ def test_dev_interrupted_while_starting_leaves_nothing_running(tmp_path: Path, s
     with open(tmp_path / "out", "w") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "ahop", "dev", "--state-dir", str(state_dir), "--port", str(port)],
-            env=clean_env(), stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            env=clean_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.monotonic() + UP_TIMEOUT
         while not (state_dir / "run" / "s3.pid").exists():  # the servers are booting
@@ -151,8 +165,11 @@ def test_a_database_that_does_not_answer_ends_the_start_with_one_line_and_exit_3
     (port,) = free_ports(1)
     started = subprocess.run(
         [sys.executable, "-m", "ahop", "dev", "--state-dir", str(state_dir), "--port", str(port)],
-        env=env, capture_output=True, text=True, timeout=UP_TIMEOUT,
-    )  # fmt: skip
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=UP_TIMEOUT,
+    )
     assert started.returncode == 3, started.stderr
     assert started.stderr.splitlines() == [
         f"ahop: PostgreSQL at postgresql://postgres:***@127.0.0.1:{closed}/ahop: could not apply the migrations "

@@ -165,8 +165,15 @@ class Templates:
         if code not in self.ids:
             if self.repository_id is None:
                 self.repository_id = await add_repository(self.client, self.caller, self.repo, name="scripts")
-            body = {"name": code, "code": code, "repository_id": self.repository_id, "original_path": code,
-                    "timeout": 600, **TEMPLATES[code], **fields}  # fmt: skip
+            body = {
+                "name": code,
+                "code": code,
+                "repository_id": self.repository_id,
+                "original_path": code,
+                "timeout": 600,
+                **TEMPLATES[code],
+                **fields,
+            }
             response = await self.client.post("/api/v1/task-templates", json=body, headers=self.caller[Role.ADMIN])
             assert response.status_code == 201, response.text
             self.ids[code] = int(response.json()["id"])
@@ -235,9 +242,11 @@ async def test_a_shell_template_runs_with_every_parameter_channel_and_masked_pas
     pwned = tmp_path / "pwned"
     hostile = f"it's $(touch {pwned}) ok"
     task = await run(
-        server, alice, await templates.id("show"),
+        server,
+        alice,
+        await templates.id("show"),
         params={"name": hostile, "colors": "red,blue", "loud": "yes", "token": "hunter2-secret"},
-    )  # fmt: skip
+    )
     assert str(uuid.UUID(task["id"])) == task["id"]
     assert task["params"]["token"] == "********"
     done = await wait_task(server, alice, task["id"])
@@ -418,8 +427,12 @@ async def test_verify_removes_a_tampered_store_entry_and_the_next_run_fetches_ag
 
     verify = await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "ahop", "worker", "verify"], env=worker_env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [sys.executable, "-m", "ahop", "worker", "verify"],
+        env=worker_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert verify.returncode == 1, verify.stdout + verify.stderr
     assert digest in verify.stdout
     assert not entry.exists()

@@ -82,12 +82,16 @@ def ahop(settings: AppSettings, database_url: str, *args: str) -> subprocess.Com
     env = {key: value for key, value in os.environ.items() if not key.startswith("AHOP_")}
     location = settings.s3_location()
     env.update(
-        AHOP_DATABASE_URL=database_url, AHOP_DATA_DIR=str(settings.data_dir), AHOP_GIT_ALLOWED_SCHEMES="https,file",
+        AHOP_DATABASE_URL=database_url,
+        AHOP_DATA_DIR=str(settings.data_dir),
+        AHOP_GIT_ALLOWED_SCHEMES="https,file",
         AHOP_GIT_FILE_ROOTS=settings.git_file_roots,
         AHOP_SECRET_KEYS=settings.secret_keys.get_secret_value() if settings.secret_keys else "",
-        AHOP_S3_ENDPOINT_URL=location.endpoint_url or "", AHOP_S3_BUCKET=location.bucket,
-        AHOP_S3_ACCESS_KEY_ID=location.access_key_id or "", AHOP_S3_SECRET_ACCESS_KEY=location.secret_access_key or "",
-    )  # fmt: skip
+        AHOP_S3_ENDPOINT_URL=location.endpoint_url or "",
+        AHOP_S3_BUCKET=location.bucket,
+        AHOP_S3_ACCESS_KEY_ID=location.access_key_id or "",
+        AHOP_S3_SECRET_ACCESS_KEY=location.secret_access_key or "",
+    )
     return subprocess.run([sys.executable, "-m", "ahop", *args], capture_output=True, text=True, env=env, check=False)
 
 
@@ -97,27 +101,53 @@ def _build_legacy(url: str, ops: Path, tools: Path) -> None:
         try:
             await connection.execute(LEGACY_SCHEMA)
             await connection.executemany(
-                "INSERT INTO tenants (id, name, code) VALUES ($1, $2, $3)", [(1, "运维团队", "ops-team"),
-                                                                              (2, "DB Team", "DB Team")]
-            )  # fmt: skip
+                "INSERT INTO tenants (id, name, code) VALUES ($1, $2, $3)",
+                [(1, "运维团队", "ops-team"), (2, "DB Team", "DB Team")],
+            )
             await connection.executemany(
                 "INSERT INTO git_repositories (id, tenant_id, name, code, url, branch) VALUES ($1, $2, $3, $4, $5, $6)",
-                [(1, 1, "运维脚本库", "ops", str(ops), "main"), (2, 2, "db-tools", "db", f"file://{tools}", "main"),
-                 (5, 2, "retired", "retired", str(tools), "main"),
-                 (7, 1, "mirror", "mirror", "https://deploy:s3cret@git.example.com/ops.git", "main")],
-            )  # fmt: skip
+                [
+                    (1, 1, "运维脚本库", "ops", str(ops), "main"),
+                    (2, 2, "db-tools", "db", f"file://{tools}", "main"),
+                    (5, 2, "retired", "retired", str(tools), "main"),
+                    (7, 1, "mirror", "mirror", "https://deploy:s3cret@git.example.com/ops.git", "main"),
+                ],
+            )
             await connection.executemany(
                 "INSERT INTO task_templates (id, tenant_id, name, code, script_type, entry_file, repository_id,"
                 " parameters, timeout, created_by, created_at)"
                 " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1, $10::text::timestamptz)",
-                [(1, 1, "磁盘清理脚本", "disk_cleanup", "shell", "scripts/disk_cleanup.sh", 1, json.dumps(DAYS), 600,
-                  "2024-01-20 10:30:00+08"),
-                 (2, 1, "Nginx", "nginx deploy", "ansible", "playbooks/nginx", 1, "[]", None, "2024-02-01 00:00:00Z"),
-                 (3, 1, "Old cleanup", "old_cleanup", "shell", "scripts/removed.sh", 1, None, 60, None),
-                 (4, 1, "Backup", "backup", "shell", "scripts/backup/backup.sh", 1, None, 60, None),
-                 (5, 2, "Vacuum", "vacuum", "python", "tools/vacuum.py", 2, None, 60, None),
-                 (6, 2, "Retired", "retired_job", "shell", "tools/vacuum.py", 5, None, 60, None)],
-            )  # fmt: skip
+                [
+                    (
+                        1,
+                        1,
+                        "磁盘清理脚本",
+                        "disk_cleanup",
+                        "shell",
+                        "scripts/disk_cleanup.sh",
+                        1,
+                        json.dumps(DAYS),
+                        600,
+                        "2024-01-20 10:30:00+08",
+                    ),
+                    (
+                        2,
+                        1,
+                        "Nginx",
+                        "nginx deploy",
+                        "ansible",
+                        "playbooks/nginx",
+                        1,
+                        "[]",
+                        None,
+                        "2024-02-01 00:00:00Z",
+                    ),
+                    (3, 1, "Old cleanup", "old_cleanup", "shell", "scripts/removed.sh", 1, None, 60, None),
+                    (4, 1, "Backup", "backup", "shell", "scripts/backup/backup.sh", 1, None, 60, None),
+                    (5, 2, "Vacuum", "vacuum", "python", "tools/vacuum.py", 2, None, 60, None),
+                    (6, 2, "Retired", "retired_job", "shell", "tools/vacuum.py", 5, None, 60, None),
+                ],
+            )
             await connection.execute("INSERT INTO tasks (template_id, status) VALUES (1, 'success')")
         finally:
             await connection.close()
@@ -139,12 +169,17 @@ def test_adopt_a_legacy_database_then_backfill_its_templates(
     legacy_database: str, api_settings: AppSettings, tmp_path: Path
 ) -> None:
     nonce = secrets.token_hex(8)  # fresh content per run: the bucket is shared by the session
-    ops = _repository(tmp_path / "ops", {
-        "scripts/disk_cleanup.sh": f"#!/bin/bash\n# {nonce}\nfind /tmp -mtime +$1 -delete\n",
-        "scripts/other.sh": "echo other\n",
-        "scripts/backup/backup.sh": f". ./lib.sh\nbackup # {nonce}\n", "scripts/backup/lib.sh": "backup() { :; }\n",
-        "playbooks/nginx/site.yml": f"- hosts: all  # {nonce}\n", "playbooks/nginx/templates/nginx.conf": "events {}\n",
-    })  # fmt: skip
+    ops = _repository(
+        tmp_path / "ops",
+        {
+            "scripts/disk_cleanup.sh": f"#!/bin/bash\n# {nonce}\nfind /tmp -mtime +$1 -delete\n",
+            "scripts/other.sh": "echo other\n",
+            "scripts/backup/backup.sh": f". ./lib.sh\nbackup # {nonce}\n",
+            "scripts/backup/lib.sh": "backup() { :; }\n",
+            "playbooks/nginx/site.yml": f"- hosts: all  # {nonce}\n",
+            "playbooks/nginx/templates/nginx.conf": "events {}\n",
+        },
+    )
     tools = _repository(tmp_path / "tools", {"tools/vacuum.py": f"print('vacuum {nonce}')\n"})
     _build_legacy(legacy_database, ops, tools)
 
@@ -166,8 +201,11 @@ def test_adopt_a_legacy_database_then_backfill_its_templates(
     assert {r["tablename"] for r in tables if r["schemaname"] == "public"} == SCHEMA | {"alembic_version"}
     archived = {r["tablename"] for r in tables if r["schemaname"] == "legacy"}
     assert archived == {"tenants", "git_repositories", "task_templates", "tasks"}
-    columns = sql(legacy_database, "SELECT column_name FROM information_schema.columns "
-                                   "WHERE table_schema = 'public' AND table_name = 'task_templates'")  # fmt: skip
+    columns = sql(
+        legacy_database,
+        "SELECT column_name FROM information_schema.columns "
+        "WHERE table_schema = 'public' AND table_name = 'task_templates'",
+    )
     assert "repository_id" not in {r["column_name"] for r in columns}
     references = sql(
         legacy_database,
@@ -180,9 +218,13 @@ def test_adopt_a_legacy_database_then_backfill_its_templates(
     assert all(r["import_state"] == "pending" and r["current_version_id"] is None for r in rows.values())
     info = json.loads(rows[1]["source_git_info"])
     assert {key: value for key, value in info.items() if key != "legacy"} == {
-        "repository_id": 1, "repository_name": "运维脚本库", "repository_url": str(ops), "branch": "main",
-        "original_path": "scripts/disk_cleanup.sh", "created_at": "2024-01-20T02:30:00Z",
-    }  # fmt: skip
+        "repository_id": 1,
+        "repository_name": "运维脚本库",
+        "repository_url": str(ops),
+        "branch": "main",
+        "original_path": "scripts/disk_cleanup.sh",
+        "created_at": "2024-01-20T02:30:00Z",
+    }
     assert info["legacy"]["parameters"] == DAYS
     assert (rows[1]["code"], rows[1]["timeout"], str(rows[1]["tenant_id"])) == ("disk_cleanup", 600, tenant_of[1])
     assert (rows[2]["code"], rows[2]["timeout"]) == ("nginx_deploy", 300)  # the legacy default for a missing timeout
@@ -193,8 +235,11 @@ def test_adopt_a_legacy_database_then_backfill_its_templates(
 
     # Now that nothing references a repository, one can go; and an operator points template 4 at its directory.
     sql(legacy_database, "DELETE FROM git_repositories WHERE id = 5")
-    sql(legacy_database, "UPDATE task_templates SET source_git_info = jsonb_set(source_git_info, '{original_path}',"
-                         " '\"scripts/backup\"') WHERE id = 4")  # fmt: skip
+    sql(
+        legacy_database,
+        "UPDATE task_templates SET source_git_info = jsonb_set(source_git_info, '{original_path}',"
+        " '\"scripts/backup\"') WHERE id = 4",
+    )
     git(ops, "rm", "-q", "scripts/other.sh")
     git(ops, "commit", "-q", "-m", "second")
 
@@ -223,8 +268,12 @@ def test_adopt_a_legacy_database_then_backfill_its_templates(
     assert (versions[1]["script_type"], versions[1]["entry_file"]) == ("shell", "disk_cleanup.sh")
     [days] = json.loads(versions[1]["parameters"])
     assert (days["name"], days["type"], days["label"], days["required"], days["default"]) == (
-        "days", "text", "保留天数", True, "7"
-    )  # fmt: skip
+        "days",
+        "text",
+        "保留天数",
+        True,
+        "7",
+    )
     assert _blob_members(api_settings, digests[2]) == ["site.yml", "templates/nginx.conf"]
     assert (versions[2]["script_type"], versions[2]["entry_file"]) == ("ansible", "site.yml")
     assert _blob_members(api_settings, digests[4]) == ["backup.sh", "lib.sh"]
@@ -233,11 +282,14 @@ def test_adopt_a_legacy_database_then_backfill_its_templates(
 
     info = json.loads(rows[1]["source_git_info"])
     assert (info["commit_sha"], info["tree_id"]) == (
-        git(ops, "rev-parse", "HEAD"), git(ops, "rev-parse", "HEAD:scripts/disk_cleanup.sh")
-    )  # fmt: skip
+        git(ops, "rev-parse", "HEAD"),
+        git(ops, "rev-parse", "HEAD:scripts/disk_cleanup.sh"),
+    )
     assert (info["repository_id"], info["original_path"], info["legacy"]["code"]) == (
-        1, "scripts/disk_cleanup.sh", "disk_cleanup"
-    )  # fmt: skip
+        1,
+        "scripts/disk_cleanup.sh",
+        "disk_cleanup",
+    )
     assert info["created_at"].endswith("Z")
 
     only_db_team = ahop(api_settings, legacy_database, "template", "backfill", "--tenant", tenant_of[2])

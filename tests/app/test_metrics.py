@@ -27,9 +27,16 @@ from tests.metrics_text import Samples, parse_samples, value
 Client = AsyncTestClient[Litestar]
 
 API_METRICS = {
-    "ahop_imports", "ahop_import_dedup", "ahop_task_dispatch_seconds", "ahop_metrics_database_up", "ahop_blobs",
-    "ahop_blobs_stored_bytes", "ahop_blobs_tar_bytes", "ahop_tasks", "ahop_maintenance_runs",
-}  # fmt: skip
+    "ahop_imports",
+    "ahop_import_dedup",
+    "ahop_task_dispatch_seconds",
+    "ahop_metrics_database_up",
+    "ahop_blobs",
+    "ahop_blobs_stored_bytes",
+    "ahop_blobs_tar_bytes",
+    "ahop_tasks",
+    "ahop_maintenance_runs",
+}
 
 
 async def scrape(client: Client) -> Samples:
@@ -120,8 +127,10 @@ async def test_tasks_by_status_match_the_database(
     client: Client, alice: Caller, one_script: Path, database_url: str
 ) -> None:
     async def database_counts() -> dict[str, int]:
-        return {row["status"]: row["count"] for row in await sql(database_url, "SELECT status, count(*) FROM tasks "
-                                                                               "GROUP BY status")}  # fmt: skip
+        return {
+            row["status"]: row["count"]
+            for row in await sql(database_url, "SELECT status, count(*) FROM tasks GROUP BY status")
+        }
 
     def metric_counts(samples: Samples) -> dict[str, float]:
         return {labels[0][1]: count for (name, labels), count in samples.items() if name == "ahop_tasks" and count}
@@ -144,8 +153,17 @@ async def test_tasks_by_status_match_the_database(
 async def test_the_last_completed_gc_is_reported_and_dry_or_failed_runs_are_not(
     client: Client, database_url: str
 ) -> None:
-    report = {"blobs_examined": 9, "candidates": 4, "deleted": 3, "bytes_freed": 3000, "orphans_removed": 2,
-              "orphan_bytes_freed": 200, "versions_pruned": 0, "tasks_pruned": 0, "duration_seconds": 1.5}  # fmt: skip
+    report = {
+        "blobs_examined": 9,
+        "candidates": 4,
+        "deleted": 3,
+        "bytes_freed": 3000,
+        "orphans_removed": 2,
+        "orphan_bytes_freed": 200,
+        "versions_pruned": 0,
+        "tasks_pruned": 0,
+        "duration_seconds": 1.5,
+    }
     noise = {**report, "deleted": 99}
     before = await scrape(client)
     # What GC runs record: a completed run, then (later) a dry run and a run that failed.

@@ -97,7 +97,10 @@ def test_upgrading_a_database_with_templates_and_task_output(empty_database: str
     parameters `manual`; 0006: older output lines keep no attempt, so no row is rewritten."""
     migrate.upgrade(empty_database, "0004")
     digest = "a" * 64
-    asyncio.run(_execute(empty_database, f"""
+    asyncio.run(
+        _execute(
+            empty_database,
+            f"""
         INSERT INTO tenants (name) VALUES ('acme');
         INSERT INTO blobs (digest, tar_size, zst_size, zst_sha256, files) VALUES ('{digest}', 10, 5, '{digest}', 1);
         INSERT INTO task_templates (tenant_id, code, name, import_state)
@@ -109,7 +112,9 @@ def test_upgrading_a_database_with_templates_and_task_output(empty_database: str
         INSERT INTO tasks (tenant_id, template_code, version, digest, pool, timeout, status, started_at, finished_at)
             SELECT id, 'cleanup', 1, '{digest}', 'default', 60, 'success', now(), now() FROM tenants;
         INSERT INTO task_log_lines (task_id, seq, stream, line) SELECT id, 1, 'stdout', 'done' FROM tasks;
-    """))  # fmt: skip
+    """,
+        )
+    )
 
     migrate.upgrade(empty_database)
     sources = asyncio.run(_fetch(empty_database, "SELECT version, parameters_source FROM template_versions ORDER BY 1"))

@@ -67,9 +67,14 @@ def test_repo_add_uses_the_default_branch_and_takes_credentials_from_a_file(
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("AHOP_")}
     env.update(AHOP_API_URL=api_url, AHOP_TOKEN=token)
-    with_key = subprocess.run([sys.executable, "-m", "ahop", "repo", "add", "ops-ssh", str(repo), "--ssh-key-file", "-",
-                               "--json"], input="-----BEGIN OPENSSH PRIVATE KEY-----\nx\n-----END OPENSSH PRIVATE "
-                              "KEY-----\n", capture_output=True, text=True, env=env, check=False)  # fmt: skip
+    with_key = subprocess.run(
+        [sys.executable, "-m", "ahop", "repo", "add", "ops-ssh", str(repo), "--ssh-key-file", "-", "--json"],
+        input="-----BEGIN OPENSSH PRIVATE KEY-----\nx\n-----END OPENSSH PRIVATE KEY-----\n",
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     assert with_key.returncode == 0, with_key.stderr
     assert json.loads(with_key.stdout)["auth_kind"] == "ssh_key"
 
@@ -91,8 +96,20 @@ def test_repo_update_and_delete(api_url: str, alice: Caller, origin: Path, tmp_p
     assert (nothing.returncode, "nothing to change" in nothing.stderr) == (2, True)
     secret_file = tmp_path / "token"
     secret_file.write_text("ghp_rotated")
-    updated = ahop(api_url, token, "repo", "update", repository_id, "--name", "ops-renamed", "--branch", "release",
-                   "--token-file", str(secret_file), "--json")  # fmt: skip
+    updated = ahop(
+        api_url,
+        token,
+        "repo",
+        "update",
+        repository_id,
+        "--name",
+        "ops-renamed",
+        "--branch",
+        "release",
+        "--token-file",
+        str(secret_file),
+        "--json",
+    )
     assert updated.returncode == 0, updated.stderr
     row = json.loads(updated.stdout)
     assert (row["name"], row["branch"], row["auth_kind"]) == ("ops-renamed", "release", "https_token")

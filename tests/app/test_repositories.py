@@ -114,8 +114,9 @@ async def test_renaming_to_a_name_in_use_answers_409_and_keeps_the_name(
 ) -> None:
     first = await _add(client, alice, origin)
     second = await _add(client, alice, origin, name="ops-second")
-    renamed = await client.put(f"/api/v1/git-repositories/{second['id']}", json={"name": first["name"]},
-                               headers=alice[Role.ADMIN])  # fmt: skip
+    renamed = await client.put(
+        f"/api/v1/git-repositories/{second['id']}", json={"name": first["name"]}, headers=alice[Role.ADMIN]
+    )
     assert renamed.status_code == 409, renamed.text
     assert renamed.json()["detail"] == f"a repository named {first['name']!r} already exists"
     shown = await client.get(f"/api/v1/git-repositories/{second['id']}", headers=alice[Role.VIEWER])
@@ -239,8 +240,9 @@ async def test_a_tenant_cannot_add_another_tenants_mirror_or_paths_outside_the_r
     client: Client, api_settings: AppSettings, alice: Caller, bob: Caller, origin: Path, tmp_path: Path
 ) -> None:
     created = await _add(client, alice, origin)
-    assert (await client.post(f"/api/v1/git-repositories/{created['id']}/sync",
-                              headers=alice[Role.ADMIN])).status_code == 201  # fmt: skip
+    assert (
+        await client.post(f"/api/v1/git-repositories/{created['id']}/sync", headers=alice[Role.ADMIN])
+    ).status_code == 201
     mirror = api_settings.data_dir / "mirrors" / alice.tenant_id / f"{created['id']}.git"
     assert (mirror / "HEAD").exists()
     link = tmp_path / "shared-scripts.git"
@@ -270,8 +272,9 @@ async def test_a_tenant_cannot_add_another_tenants_mirror_or_paths_outside_the_r
 
     # Nor by changing a repository of one's own to point there.
     own = await _add(client, bob, origin, name="bobs")
-    moved = await client.put(f"/api/v1/git-repositories/{own['id']}", json={"url": f"file://{link}"},
-                             headers=bob[Role.ADMIN])  # fmt: skip
+    moved = await client.put(
+        f"/api/v1/git-repositories/{own['id']}", json={"url": f"file://{link}"}, headers=bob[Role.ADMIN]
+    )
     assert moved.status_code == 422, moved.text
     shown = await client.get(f"/api/v1/git-repositories/{own['id']}", headers=bob[Role.ADMIN])
     assert shown.json()["url"] == str(origin)
@@ -281,8 +284,9 @@ async def test_a_local_path_is_checked_again_at_every_sync(
     client: Client, api_settings: AppSettings, alice: Caller, bob: Caller, origin: Path, tmp_path: Path
 ) -> None:
     created = await _add(client, alice, origin)
-    assert (await client.post(f"/api/v1/git-repositories/{created['id']}/sync",
-                              headers=alice[Role.ADMIN])).status_code == 201  # fmt: skip
+    assert (
+        await client.post(f"/api/v1/git-repositories/{created['id']}/sync", headers=alice[Role.ADMIN])
+    ).status_code == 201
     alices_mirror = api_settings.data_dir / "mirrors" / alice.tenant_id / f"{created['id']}.git"
     link = tmp_path / "team-scripts"
     link.symlink_to(origin)
@@ -442,14 +446,18 @@ async def test_add_reads_the_remote_at_once_and_refuses_what_it_cannot_use(
         ({"url": str(plain)}, "url", "not a Git repository, or not reachable"),
         ({"url": str(tmp_path / "no-such-path")}, "url", "does not appear to be a git repository"),
         ({"url": "https://127.0.0.1:1/ops.git"}, "url", "not a Git repository, or not reachable (unable to access"),
-        ({"url": str(origin), "branch": "release"}, "branch", "no branch 'release' at the remote (its default "
-         "branch is 'main')"),
+        (
+            {"url": str(origin), "branch": "release"},
+            "branch",
+            "no branch 'release' at the remote (its default branch is 'main')",
+        ),
         ({"url": str(empty)}, "branch", "required: the remote has no default branch"),
         ({"url": str(empty), "branch": "main"}, "branch", "no branch 'main' at the remote"),
-    ]  # fmt: skip
+    ]
     for body, field, message in cases:
-        response = await client.post("/api/v1/git-repositories", json={"name": "ops", **body},
-                                     headers=alice[Role.ADMIN])  # fmt: skip
+        response = await client.post(
+            "/api/v1/git-repositories", json={"name": "ops", **body}, headers=alice[Role.ADMIN]
+        )
         assert response.status_code == 422, (body, response.text)
         (error,) = response.json()["extra"]["errors"]
         assert error["field"] == field, (body, error)
@@ -467,8 +475,9 @@ async def test_without_a_branch_the_remotes_default_branch_is_used(
     git(repo, "init", "-q", "-b", "trunk")
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "first")
-    response = await client.post("/api/v1/git-repositories", json={"name": "trunk", "url": str(repo)},
-                                 headers=alice[Role.ADMIN])  # fmt: skip
+    response = await client.post(
+        "/api/v1/git-repositories", json={"name": "trunk", "url": str(repo)}, headers=alice[Role.ADMIN]
+    )
     assert response.status_code == 201, response.text
     assert response.json()["branch"] == "trunk"
     synced = await client.post(f"/api/v1/git-repositories/{response.json()['id']}/sync", headers=alice[Role.ADMIN])

@@ -24,17 +24,23 @@ echo "cleaning $AHOP_PARAM_DAYS"
 
 
 async def add_repository(client: Client, caller: Caller, origin: Path) -> int:
-    response = await client.post("/api/v1/git-repositories", json={"name": "ops", "url": str(origin)},
-                                 headers=caller[Role.ADMIN])  # fmt: skip
+    response = await client.post(
+        "/api/v1/git-repositories", json={"name": "ops", "url": str(origin)}, headers=caller[Role.ADMIN]
+    )
     assert response.status_code == 201, response.text
     return int(response.json()["id"])
 
 
 def _import_body(repository_id: int, **overrides: Any) -> dict[str, Any]:
     return {
-        "name": "Disk cleanup", "code": "disk_cleanup", "script_type": "shell", "entry_file": "cleanup.sh",
-        "repository_id": repository_id, "original_path": "scripts/disk_cleanup", **overrides,
-    }  # fmt: skip
+        "name": "Disk cleanup",
+        "code": "disk_cleanup",
+        "script_type": "shell",
+        "entry_file": "cleanup.sh",
+        "repository_id": repository_id,
+        "original_path": "scripts/disk_cleanup",
+        **overrides,
+    }
 
 
 def _write_header(origin: Path, header: str, message: str) -> None:
@@ -43,8 +49,9 @@ def _write_header(origin: Path, header: str, message: str) -> None:
 
 
 async def _scanned(client: Client, caller: Caller, repository_id: int, original_path: str) -> dict[str, Any]:
-    response = await client.post(f"/api/v1/git-repositories/{repository_id}/scan-templates",
-                                 headers=caller[Role.OPERATOR])  # fmt: skip
+    response = await client.post(
+        f"/api/v1/git-repositories/{repository_id}/scan-templates", headers=caller[Role.OPERATOR]
+    )
     assert response.status_code == 201, response.text
     by_path: dict[str, dict[str, Any]] = {c["original_path"]: c for c in response.json()["candidates"]}
     return by_path[original_path]
@@ -62,18 +69,22 @@ async def test_an_import_without_parameters_records_the_schema_the_scan_shows(
     template = response.json()
     assert template["parameters"] == candidate["parameters"]
     assert [(p["name"], p["type"], p["required"]) for p in template["parameters"]] == [
-        ("days", "integer", True), ("env", "select", False), ("api_token", "password", False),
-    ]  # fmt: skip
+        ("days", "integer", True),
+        ("env", "select", False),
+        ("api_token", "password", False),
+    ]
     assert template["parameters_source"] == "scanned"
     versions = await client.get(f"/api/v1/task-templates/{template['id']}/versions", headers=alice[Role.VIEWER])
     assert versions.json()[0]["parameters_source"] == "scanned"
 
     # The README's first task: `ahop task run disk_cleanup -p days=7` is a task with days=7.
-    task = await client.post("/api/v1/tasks", json={"template_id": template["id"], "params": {"days": 7}},
-                             headers=alice[Role.OPERATOR])  # fmt: skip
+    task = await client.post(
+        "/api/v1/tasks", json={"template_id": template["id"], "params": {"days": 7}}, headers=alice[Role.OPERATOR]
+    )
     assert task.status_code == 201, task.text
-    refused = await client.post("/api/v1/tasks", json={"template_id": template["id"], "params": {"env": "qa"}},
-                                headers=alice[Role.OPERATOR])  # fmt: skip
+    refused = await client.post(
+        "/api/v1/tasks", json={"template_id": template["id"], "params": {"env": "qa"}}, headers=alice[Role.OPERATOR]
+    )
     assert refused.status_code == 422
     assert {e["field"] for e in refused.json()["extra"]["errors"]} == {"params.days", "params.env"}
 
@@ -84,8 +95,9 @@ async def test_parameters_given_replace_the_scanned_schema_and_syncs_keep_them(
     _write_header(origin, HEADER, "header")
     repository_id = await add_repository(client, alice, origin)
     given = [{"name": "days", "type": "integer", "required": False, "default": 30}]
-    response = await client.post("/api/v1/task-templates", json=_import_body(repository_id, parameters=given),
-                                 headers=alice[Role.ADMIN])  # fmt: skip
+    response = await client.post(
+        "/api/v1/task-templates", json=_import_body(repository_id, parameters=given), headers=alice[Role.ADMIN]
+    )
     assert response.status_code == 201, response.text
     template = response.json()
     assert [(p["name"], p["default"]) for p in template["parameters"]] == [("days", 30)]
@@ -105,14 +117,17 @@ async def test_parameters_given_replace_the_scanned_schema_and_syncs_keep_them(
 async def test_a_sync_reads_the_schema_again_from_the_new_commit(client: Client, alice: Caller, origin: Path) -> None:
     _write_header(origin, HEADER, "header")
     repository_id = await add_repository(client, alice, origin)
-    template = (await client.post("/api/v1/task-templates", json=_import_body(repository_id),
-                                  headers=alice[Role.ADMIN])).json()  # fmt: skip
+    template = (
+        await client.post("/api/v1/task-templates", json=_import_body(repository_id), headers=alice[Role.ADMIN])
+    ).json()
     url = f"/api/v1/task-templates/{template['id']}"
 
     unchanged = (await client.post(f"{url}/sync", headers=alice[Role.ADMIN])).json()
     assert (unchanged["changed"], unchanged["parameters_source"], unchanged["parameters_changed"]) == (
-        False, "scanned", False
-    )  # fmt: skip
+        False,
+        "scanned",
+        False,
+    )
 
     _write_header(origin, HEADER.replace("(dev/staging/prod)", "(dev/prod)") + "# trailing\n", "two envs")
     changed = (await client.post(f"{url}/sync", headers=alice[Role.ADMIN])).json()
@@ -124,8 +139,9 @@ async def test_a_sync_reads_the_schema_again_from_the_new_commit(client: Client,
     assert shown["parameters"] == (await _scanned(client, alice, repository_id, "scripts/disk_cleanup"))["parameters"]
 
     # An edit of the schema makes it manual: later syncs keep it.
-    edited = await client.put(url, json={"parameters": [{"name": "days", "type": "integer"}]},
-                              headers=alice[Role.ADMIN])  # fmt: skip
+    edited = await client.put(
+        url, json={"parameters": [{"name": "days", "type": "integer"}]}, headers=alice[Role.ADMIN]
+    )
     assert edited.status_code == 200, edited.text
     assert (edited.json()["version"], edited.json()["parameters_source"]) == (3, "manual")
     _write_header(origin, HEADER + "# @param extra another one\n", "extra")
@@ -147,8 +163,9 @@ async def test_an_ansible_import_takes_its_survey(client: Client, alice: Caller,
     git(origin, "commit", "-qm", "nginx")
     repository_id = await add_repository(client, alice, origin)
     candidate = await _scanned(client, alice, repository_id, "playbooks/nginx")
-    body = _import_body(repository_id, code="nginx", script_type="ansible", entry_file="playbook.yml",
-                        original_path="playbooks/nginx")  # fmt: skip
+    body = _import_body(
+        repository_id, code="nginx", script_type="ansible", entry_file="playbook.yml", original_path="playbooks/nginx"
+    )
     response = await client.post("/api/v1/task-templates", json=body, headers=alice[Role.ADMIN])
     assert response.status_code == 201, response.text
     template = response.json()
@@ -168,8 +185,9 @@ async def test_a_single_file_import_reads_its_own_header(client: Client, alice: 
 async def test_parameters_given_equal_to_the_scanned_ones_pin_them(client: Client, alice: Caller, origin: Path) -> None:
     _write_header(origin, HEADER, "header")
     repository_id = await add_repository(client, alice, origin)
-    template = (await client.post("/api/v1/task-templates", json=_import_body(repository_id),
-                                  headers=alice[Role.ADMIN])).json()  # fmt: skip
+    template = (
+        await client.post("/api/v1/task-templates", json=_import_body(repository_id), headers=alice[Role.ADMIN])
+    ).json()
     url = f"/api/v1/task-templates/{template['id']}"
     pinned = await client.put(url, json={"parameters": template["parameters"]}, headers=alice[Role.ADMIN])
     assert pinned.status_code == 200, pinned.text

@@ -34,8 +34,25 @@ def import_template(url: str, caller: Caller, origin: Path, code: str, repositor
         added = ahop(url, admin, "repo", "add", "ops", str(origin), "--json")
         assert added.returncode == 0, added.stderr
         repository_id = int(json.loads(added.stdout)["id"])
-    imported = ahop(url, admin, "template", "import", "--repo", str(repository_id), "--path", "scripts/disk_cleanup",
-                    "--entry", "cleanup.sh", "--code", code, "--name", code, "--type", "shell", "--json")  # fmt: skip
+    imported = ahop(
+        url,
+        admin,
+        "template",
+        "import",
+        "--repo",
+        str(repository_id),
+        "--path",
+        "scripts/disk_cleanup",
+        "--entry",
+        "cleanup.sh",
+        "--code",
+        code,
+        "--name",
+        code,
+        "--type",
+        "shell",
+        "--json",
+    )
     assert imported.returncode == 0, imported.stderr
     return int(json.loads(imported.stdout)["id"])
 
@@ -110,18 +127,54 @@ def test_template_pool_and_prefetch_from_the_command_line(
 ) -> None:
     admin = token_of(alice, Role.ADMIN)
     repository_id = _json(ahop(api_url, admin, "repo", "add", "ops", str(origin), "--json"))["id"]
-    template = _json(ahop(api_url, admin, "template", "import", "--repo", str(repository_id), "--path",
-                          "scripts/disk_cleanup", "--entry", "cleanup.sh", "--code", "gpu_cleanup", "--name", "GPU",
-                          "--type", "shell", "--pool", "gpu", "--max-attempts", "2", "--retry-on", "lost",
-                          "--retry-on", "timeout", "--json"))  # fmt: skip
+    template = _json(
+        ahop(
+            api_url,
+            admin,
+            "template",
+            "import",
+            "--repo",
+            str(repository_id),
+            "--path",
+            "scripts/disk_cleanup",
+            "--entry",
+            "cleanup.sh",
+            "--code",
+            "gpu_cleanup",
+            "--name",
+            "GPU",
+            "--type",
+            "shell",
+            "--pool",
+            "gpu",
+            "--max-attempts",
+            "2",
+            "--retry-on",
+            "lost",
+            "--retry-on",
+            "timeout",
+            "--json",
+        )
+    )
     assert (template["pool"], template["max_attempts"], template["retry_on"]) == ("gpu", 2, ["lost", "timeout"])
 
     none_live = ahop(api_url, token_of(alice), "template", "prefetch", str(template["id"]))
     assert (none_live.returncode, none_live.stdout.strip()) == (0, "no worker of pool 'gpu' is live; none was asked")
 
     now = datetime.now(UTC).isoformat()
-    heartbeat = Heartbeat(id="gpu-1", host="gpu-1.example", pid=1, pools=["gpu"], running=[], cache_bytes=0,
-                          cache_entries=0, downloads=0, version="1", started_at=now, at=now)  # fmt: skip
+    heartbeat = Heartbeat(
+        id="gpu-1",
+        host="gpu-1.example",
+        pid=1,
+        pools=["gpu"],
+        running=[],
+        cache_bytes=0,
+        cache_entries=0,
+        downloads=0,
+        version="1",
+        started_at=now,
+        at=now,
+    )
     redis = Redis.from_url(redis_url)
     try:
         redis.hset(WORKERS_KEY, "gpu-1", heartbeat.to_json())
@@ -163,8 +216,16 @@ def import_shout(url: str, caller: Caller, root: Path, codes: tuple[str, ...], p
     assert added.status_code == 201, added.text
     ids = {}
     for code in codes:
-        body = {"name": code, "code": code, "script_type": "shell", "entry_file": "run.sh", "original_path": "shout",
-                "repository_id": added.json()["id"], "parameters": SHOUT_PARAMS, "pool": pool}  # fmt: skip
+        body = {
+            "name": code,
+            "code": code,
+            "script_type": "shell",
+            "entry_file": "run.sh",
+            "original_path": "shout",
+            "repository_id": added.json()["id"],
+            "parameters": SHOUT_PARAMS,
+            "pool": pool,
+        }
         imported = httpx.post(f"{url}/api/v1/task-templates", json=body, headers=headers, timeout=60)
         assert imported.status_code == 201, imported.text
         ids[code] = int(imported.json()["id"])
@@ -223,8 +284,9 @@ def test_task_logs_show_and_cancel(api_url: str, alice: Caller, fleet: Fleet, tm
     shown = _json(ahop(api_url, token, "task", "show", created["id"], "--json"))
     assert (shown["status"], shown["worker"]) == ("success", "w1")
 
-    sleeper = _json(ahop(api_url, token, "task", "run", "shout", "-p", "who=z", "-p", "nap=120", "--no-follow",
-                         "--json"))  # fmt: skip
+    sleeper = _json(
+        ahop(api_url, token, "task", "run", "shout", "-p", "who=z", "-p", "nap=120", "--no-follow", "--json")
+    )
     cancelled = ahop(api_url, token, "task", "cancel", sleeper["id"], "--json")
     assert cancelled.returncode == 0, cancelled.stderr
     ending = ahop(api_url, token, "task", "logs", sleeper["id"], "--follow")
@@ -250,8 +312,13 @@ def test_task_run_warns_when_no_live_worker_serves_the_pool_then_runs_once_one_s
     env.update(AHOP_API_URL=api_url, AHOP_TOKEN=token_of(alice))
     stderr_path = tmp_path / "run.stderr"
     with stderr_path.open("w") as stderr:
-        run = subprocess.Popen([sys.executable, "-m", "ahop", "task", "run", "shout_ansible", "-p", "who=pool"],
-                               stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)  # fmt: skip
+        run = subprocess.Popen(
+            [sys.executable, "-m", "ahop", "task", "run", "shout_ansible", "-p", "who=pool"],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            env=env,
+        )
         try:
             deadline = time.monotonic() + 60  # only catches a hang
             while "no live worker serves pool ansible" not in stderr_path.read_text():

@@ -54,8 +54,15 @@ async def sizes_template(server: Client, alice: Caller, tmp_path: Path) -> int:
     git(repo, "commit", "-q", "-m", "sizes")
     repository_id = await add_repository(server, alice, repo, name="sizes")
     parameters = [{"name": name, "type": "text"} for name in NAMES]
-    body = {"name": "sizes", "code": "sizes", "script_type": "shell", "entry_file": "run.sh", "original_path": "sizes",
-            "repository_id": repository_id, "parameters": parameters}  # fmt: skip
+    body = {
+        "name": "sizes",
+        "code": "sizes",
+        "script_type": "shell",
+        "entry_file": "run.sh",
+        "original_path": "sizes",
+        "repository_id": repository_id,
+        "parameters": parameters,
+    }
     response = await server.post("/api/v1/task-templates", json=body, headers=alice[Role.ADMIN])
     assert response.status_code == 201, response.text
     return int(response.json()["id"])
@@ -79,8 +86,9 @@ async def test_values_too_large_for_a_script_are_refused_at_creation_and_the_lar
     assert "200000 bytes" in message
     assert f"at most {MAX_VALUE_BYTES} bytes (96 KiB)" in message
     together: dict[str, Any] = {name: "x" * (MAX_VALUE_BYTES - 1) for name in NAMES}
-    answer = await server.post("/api/v1/tasks", json={"template_id": sizes_template, "params": together},
-                               headers=alice[Role.OPERATOR])  # fmt: skip
+    answer = await server.post(
+        "/api/v1/tasks", json={"template_id": sizes_template, "params": together}, headers=alice[Role.OPERATOR]
+    )
     assert f"at most {MAX_TOTAL_BYTES} bytes (512 KiB)" in errors(answer)["params"]
     assert await tasks_of(database_url, alice) == before
 

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
+from app.errors import InvalidInput
 from app.scan.params import Parameter, ParamType, Validation
 from app.scan.survey import parse_survey
-from app.services.errors import InvalidInput
 from app.services.task_params import MASK, MAX_TOTAL_BYTES, MAX_VALUE_BYTES, masked, password_names, validate_params
 
 

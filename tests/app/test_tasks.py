@@ -45,8 +45,11 @@ def fast_api_settings(api_settings: AppSettings) -> AppSettings:
 async def cancel_unfinished_tasks(database_url: str) -> AsyncIterator[None]:
     """Later tests' control loops (and workers) must not pick up what a test left waiting or running."""
     yield
-    await sql(database_url, "UPDATE tasks SET status = 'cancelled', finished_at = now(), error = 'left by a test' "
-                            "WHERE status IN ('pending', 'queued', 'running')")  # fmt: skip
+    await sql(
+        database_url,
+        "UPDATE tasks SET status = 'cancelled', finished_at = now(), error = 'left by a test' "
+        "WHERE status IN ('pending', 'queued', 'running')",
+    )
 
 
 @pytest.fixture(name="redis")
@@ -56,8 +59,14 @@ async def redis_client(redis_url: str) -> AsyncIterator[Redis]:
     await client.aclose()
 
 
-async def import_template(client: Client, caller: Caller, origin: Path, code: str = "disk_cleanup",
-                          parameters: list[dict[str, Any]] | None = None, **fields: Any) -> dict[str, Any]:  # fmt: skip
+async def import_template(
+    client: Client,
+    caller: Caller,
+    origin: Path,
+    code: str = "disk_cleanup",
+    parameters: list[dict[str, Any]] | None = None,
+    **fields: Any,
+) -> dict[str, Any]:
     repository_id = await add_repository(client, caller, origin, name=f"ops-{code}")
     payload = body(repository_id, code=code, parameters=PARAMETERS if parameters is None else parameters, **fields)
     response = await client.post("/api/v1/task-templates", json=payload, headers=caller[Role.ADMIN])
@@ -142,9 +151,10 @@ async def test_bad_input_answers_422_naming_every_field_and_writes_nothing(
 ) -> None:
     template = await import_template(client, alice, origin)
     bad = await client.post(
-        "/api/v1/tasks", json={"template_id": template["id"], "params": {"days": "soon", "mode": "turbo", "x": 1}},
+        "/api/v1/tasks",
+        json={"template_id": template["id"], "params": {"days": "soon", "mode": "turbo", "x": 1}},
         headers=alice[Role.OPERATOR],
-    )  # fmt: skip
+    )
     problems = errors(bad)
     assert set(problems) == {"params.days", "params.mode", "params.x"}
     assert "not an integer" in problems["params.days"]
@@ -166,16 +176,20 @@ async def test_a_version_is_picked_by_number_and_an_unknown_one_is_refused(
 ) -> None:
     template = await import_template(client, alice, origin)
     url = f"/api/v1/task-templates/{template['id']}"
-    changed = await client.put(url, json={"parameters": [{"name": "hours", "type": "integer", "default": 3}]},
-                               headers=alice[Role.ADMIN])  # fmt: skip
+    changed = await client.put(
+        url, json={"parameters": [{"name": "hours", "type": "integer", "default": 3}]}, headers=alice[Role.ADMIN]
+    )
     assert changed.json()["version"] == 2, changed.text
 
     current = await create_task(client, alice, template["id"])
     assert (current["version"], current["params"]) == (2, {"hours": 3})
     first = await create_task(client, alice, template["id"], version=1, params={"days": 2})
     assert (first["version"], first["params"]["days"]) == (1, 2)
-    unknown = errors(await client.post("/api/v1/tasks", json={"template_id": template["id"], "version": 9},
-                                       headers=alice[Role.OPERATOR]))  # fmt: skip
+    unknown = errors(
+        await client.post(
+            "/api/v1/tasks", json={"template_id": template["id"], "version": 9}, headers=alice[Role.OPERATOR]
+        )
+    )
     assert "versions 1 to 2" in unknown["version"]
 
 
@@ -193,11 +207,13 @@ async def test_password_values_need_server_keys(api_settings: AppSettings, alice
 
 async def test_tenants_and_roles(client: Client, alice: Caller, bob: Caller, origin: Path) -> None:
     template = await import_template(client, alice, origin)
-    viewer = await client.post("/api/v1/tasks", json={"template_id": template["id"], "params": {"days": 1}},
-                               headers=alice[Role.VIEWER])  # fmt: skip
+    viewer = await client.post(
+        "/api/v1/tasks", json={"template_id": template["id"], "params": {"days": 1}}, headers=alice[Role.VIEWER]
+    )
     assert viewer.status_code == 403, viewer.text
-    stranger = await client.post("/api/v1/tasks", json={"template_id": template["id"], "params": {"days": 1}},
-                                 headers=bob[Role.ADMIN])  # fmt: skip
+    stranger = await client.post(
+        "/api/v1/tasks", json={"template_id": template["id"], "params": {"days": 1}}, headers=bob[Role.ADMIN]
+    )
     assert stranger.status_code == 404, stranger.text
 
     task = await create_task(client, alice, template["id"], params={"days": 1})

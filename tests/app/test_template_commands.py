@@ -34,8 +34,15 @@ def _import(url: str, caller: Caller, root: Path, code: str) -> dict[str, object
     headers = caller[Role.ADMIN]
     added = httpx.post(f"{url}/api/v1/git-repositories", json={"name": "cn", "url": str(repo)}, headers=headers)
     assert added.status_code == 201, added.text
-    body = {"name": NAME, "description": DESCRIPTION, "code": code, "script_type": "shell", "entry_file": "run.sh",
-            "original_path": "cleanup", "repository_id": added.json()["id"]}  # fmt: skip
+    body = {
+        "name": NAME,
+        "description": DESCRIPTION,
+        "code": code,
+        "script_type": "shell",
+        "entry_file": "run.sh",
+        "original_path": "cleanup",
+        "repository_id": added.json()["id"],
+    }
     imported = httpx.post(f"{url}/api/v1/task-templates", json=body, headers=headers, timeout=60)
     assert imported.status_code == 201, imported.text
     return dict(imported.json())
@@ -82,8 +89,22 @@ def test_update_versions_use_and_delete(api_url: str, alice: Caller, tmp_path: P
     template = _import(api_url, alice, tmp_path, "cn_cleanup")
     token = _admin(alice)
 
-    renamed = ahop(api_url, token, "template", "update", "cn_cleanup", "--name", "日志清理", "--timeout", "60",
-                   "--retry-on", "lost", "--max-attempts", "2", "--json")  # fmt: skip
+    renamed = ahop(
+        api_url,
+        token,
+        "template",
+        "update",
+        "cn_cleanup",
+        "--name",
+        "日志清理",
+        "--timeout",
+        "60",
+        "--retry-on",
+        "lost",
+        "--max-attempts",
+        "2",
+        "--json",
+    )
     assert renamed.returncode == 0, renamed.stderr
     changed = json.loads(renamed.stdout)
     assert (changed["name"], changed["timeout"], changed["retry_on"]) == ("日志清理", 60, ["lost"])
@@ -92,8 +113,9 @@ def test_update_versions_use_and_delete(api_url: str, alice: Caller, tmp_path: P
 
     parameters = tmp_path / "parameters.json"
     parameters.write_text(json.dumps([{"name": "days", "type": "integer", "label": "保留天数"}]))
-    switched = ahop(api_url, token, "template", "update", "cn_cleanup", "--entry-file", "other.sh", "--parameters",
-                    str(parameters))  # fmt: skip
+    switched = ahop(
+        api_url, token, "template", "update", "cn_cleanup", "--entry-file", "other.sh", "--parameters", str(parameters)
+    )
     assert switched.returncode == 0, switched.stderr
     assert "version: 2" in switched.stdout.splitlines()
     assert "entry_file: other.sh" in switched.stdout.splitlines()
@@ -132,10 +154,17 @@ def test_update_versions_use_and_delete(api_url: str, alice: Caller, tmp_path: P
 def test_an_unknown_code_or_id_is_bad_input_everywhere(api_url: str, alice: Caller) -> None:  # noqa: F811
     token = _admin(alice)
     for ref in ("no_such_code", "987654"):
-        for args in (("template", "show", ref), ("template", "sync", ref), ("template", "prefetch", ref),
-                     ("template", "update", ref, "--name", "x"), ("template", "delete", ref),
-                     ("template", "versions", ref), ("template", "use", ref, "1"), ("task", "run", ref),
-                     ("task", "list", "--template", ref)):  # fmt: skip
+        for args in (
+            ("template", "show", ref),
+            ("template", "sync", ref),
+            ("template", "prefetch", ref),
+            ("template", "update", ref, "--name", "x"),
+            ("template", "delete", ref),
+            ("template", "versions", ref),
+            ("template", "use", ref, "1"),
+            ("task", "run", ref),
+            ("task", "list", "--template", ref),
+        ):
             result = ahop(api_url, token, *args)
             assert result.returncode == 2, (args, result.stderr)
             assert result.stderr.startswith(f"ahop: no template '{ref}'"), (args, result.stderr)

@@ -24,9 +24,12 @@ Client = AsyncTestClient[Litestar]
 def s3_client(settings: AppSettings) -> Any:
     location = settings.s3_location()
     return boto3.client(
-        "s3", endpoint_url=location.endpoint_url, aws_access_key_id=location.access_key_id,
-        aws_secret_access_key=location.secret_access_key, region_name=location.region,
-    )  # fmt: skip
+        "s3",
+        endpoint_url=location.endpoint_url,
+        aws_access_key_id=location.access_key_id,
+        aws_secret_access_key=location.secret_access_key,
+        region_name=location.region,
+    )
 
 
 async def add_repository(client: Client, caller: Caller, origin: Path, name: str = "ops") -> int:
@@ -64,8 +67,10 @@ async def test_import_stores_the_canonical_blob_and_a_snapshot_of_its_source(
     assert source["commit_sha"] == git(origin, "rev-parse", "HEAD")
     assert source["tree_id"] == git(origin, "rev-parse", "HEAD:scripts/disk_cleanup")
     assert (source["repository_id"], source["repository_name"], source["repository_url"]) == (
-        repository_id, "ops", str(origin)
-    )  # fmt: skip
+        repository_id,
+        "ops",
+        str(origin),
+    )
     assert (source["branch"], source["original_path"]) == ("main", "scripts/disk_cleanup")
     assert source["created_at"].endswith("Z")
     assert template["version"] == 1
@@ -109,9 +114,11 @@ async def test_two_concurrent_imports_of_the_same_content_store_one_blob(
 ) -> None:
     repository_id = await add_repository(client, alice, origin)
     responses = await asyncio.gather(
-        *(client.post("/api/v1/task-templates", json=body(repository_id, code=f"c{i}"), headers=alice[Role.ADMIN])
-          for i in range(3))
-    )  # fmt: skip
+        *(
+            client.post("/api/v1/task-templates", json=body(repository_id, code=f"c{i}"), headers=alice[Role.ADMIN])
+            for i in range(3)
+        )
+    )
     assert [r.status_code for r in responses] == [201, 201, 201], [r.text for r in responses]
     digests = {r.json()["artifact"]["digest"] for r in responses}
     assert len(digests) == 1
@@ -197,14 +204,22 @@ async def test_s3_down_answers_503_and_writes_no_row(
 
     s3 = SeaweedS3.start(tmp_path / "own-s3", durable=False)
     try:
-        LocalStack(env={"AHOP_S3_BUCKET": "down-test", "AHOP_S3_ENDPOINT_URL": s3.endpoint_url,
-                        "AHOP_S3_ACCESS_KEY_ID": s3.credentials.access_key_id,
-                        "AHOP_S3_SECRET_ACCESS_KEY": s3.credentials.secret_access_key}).ensure_bucket()  # fmt: skip
-        settings = api_settings.model_copy(update={
-            "s3_endpoint_url": s3.endpoint_url, "s3_bucket": "down-test",
-            "s3_access_key_id": s3.credentials.access_key_id,
-            "s3_secret_access_key": SecretStr(s3.credentials.secret_access_key),
-        })  # fmt: skip
+        LocalStack(
+            env={
+                "AHOP_S3_BUCKET": "down-test",
+                "AHOP_S3_ENDPOINT_URL": s3.endpoint_url,
+                "AHOP_S3_ACCESS_KEY_ID": s3.credentials.access_key_id,
+                "AHOP_S3_SECRET_ACCESS_KEY": s3.credentials.secret_access_key,
+            }
+        ).ensure_bucket()
+        settings = api_settings.model_copy(
+            update={
+                "s3_endpoint_url": s3.endpoint_url,
+                "s3_bucket": "down-test",
+                "s3_access_key_id": s3.credentials.access_key_id,
+                "s3_secret_access_key": SecretStr(s3.credentials.secret_access_key),
+            }
+        )
         async with AsyncTestClient(create_app(settings)) as client:
             repository_id = await add_repository(client, alice, origin)
             s3.stop()
@@ -239,8 +254,14 @@ async def test_reimporting_a_known_tree_does_not_pack_again(
     store = BlobStore(api_settings.s3_location())
     try:
         async with create_session_factory(engine)() as session:
-            importer = Importer(session, mirrors, CredentialBox(api_settings.secret_key_list()), store, Limits(),
-                                api_settings.data_dir / "tmp")  # fmt: skip
+            importer = Importer(
+                session,
+                mirrors,
+                CredentialBox(api_settings.secret_key_list()),
+                store,
+                Limits(),
+                api_settings.data_dir / "tmp",
+            )
             spec = dict(body(repository_id))
             first = await importer.import_template(uuid.UUID(alice.tenant_id), TemplateSpec(**spec), None)
             first_digest, first_sha = first.blob.digest, first.blob.zst_sha256
@@ -272,8 +293,9 @@ async def test_artifacts_show_their_users_and_stream_their_bytes(
 
     shown = await client.get(f"/api/v1/artifacts/{digest}", headers=alice[Role.VIEWER])
     assert shown.status_code == 200, shown.text
-    assert shown.json()["used_by"] == [{"template_id": created["id"], "code": "disk_cleanup", "version": 1,
-                                        "current": True}]  # fmt: skip
+    assert shown.json()["used_by"] == [
+        {"template_id": created["id"], "code": "disk_cleanup", "version": 1, "current": True}
+    ]
     assert (shown.json()["state"], shown.json()["files"]) == ("stored", 2)
 
     download = await client.get(f"/api/v1/artifacts/{digest}/blob", headers=alice[Role.VIEWER])
@@ -297,17 +319,19 @@ async def test_pool_and_retry_policy_are_set_on_import_and_changed_in_place(
 
     created = await client.post(
         "/api/v1/task-templates",
-        json=body(repository_id, code="gpu_cleanup", pool="gpu.batch-1", max_attempts=3,
-                  retry_on=["lost", "timeout", "lost"]),
+        json=body(
+            repository_id, code="gpu_cleanup", pool="gpu.batch-1", max_attempts=3, retry_on=["lost", "timeout", "lost"]
+        ),
         headers=alice[Role.ADMIN],
-    )  # fmt: skip
+    )
     assert created.status_code == 201, created.text
     url = f"/api/v1/task-templates/{created.json()['id']}"
     shown = (await client.get(url, headers=alice[Role.VIEWER])).json()
     assert (shown["pool"], shown["max_attempts"], shown["retry_on"]) == ("gpu.batch-1", 3, ["lost", "timeout"])
 
-    changed = await client.put(url, json={"pool": "default", "max_attempts": 10, "retry_on": ["failed"]},
-                               headers=alice[Role.ADMIN])  # fmt: skip
+    changed = await client.put(
+        url, json={"pool": "default", "max_attempts": 10, "retry_on": ["failed"]}, headers=alice[Role.ADMIN]
+    )
     assert changed.status_code == 200, changed.text
     shown = (await client.get(url, headers=alice[Role.VIEWER])).json()
     assert (shown["pool"], shown["max_attempts"], shown["retry_on"], shown["version"]) == ("default", 10, ["failed"], 1)
@@ -334,8 +358,10 @@ async def test_bad_pool_and_retry_policy_are_refused_naming_the_field(
         ({"retry_on": "failed"}, "retry_on"),
     ]
     for change, field in cases:
-        for method, target, payload in (("POST", "/api/v1/task-templates", body(repository_id, code="other", **change)),
-                                        ("PUT", url, change)):  # fmt: skip
+        for method, target, payload in (
+            ("POST", "/api/v1/task-templates", body(repository_id, code="other", **change)),
+            ("PUT", url, change),
+        ):
             response = await client.request(method, target, json=payload, headers=alice[Role.ADMIN])
             assert response.status_code == 422, (method, change, response.text)
             fields = {error["field"] for error in response.json()["extra"]["errors"]}

@@ -36,15 +36,30 @@ async def redis(api_settings: AppSettings) -> AsyncIterator[Redis]:
     await client.aclose()
 
 
-async def beat(redis: Redis, worker_id: str, *, age: float = 0.0, pools: tuple[str, ...] = ("default",),
-               running: tuple[str, ...] = (), digests: tuple[str, ...] = ()) -> None:  # fmt: skip
+async def beat(
+    redis: Redis,
+    worker_id: str,
+    *,
+    age: float = 0.0,
+    pools: tuple[str, ...] = ("default",),
+    running: tuple[str, ...] = (),
+    digests: tuple[str, ...] = (),
+) -> None:
     """Publish what a worker publishes: its heartbeat (as of `age` seconds ago) and the digests it holds."""
     at = datetime.now(UTC) - timedelta(seconds=age)
     heartbeat = Heartbeat(
-        id=worker_id, host=f"{worker_id}.example", pid=4242, pools=list(pools), running=list(running),
-        cache_bytes=1 << 20, cache_entries=len(digests), downloads=3, version="1.2.3",
-        started_at=(at - timedelta(hours=1)).isoformat(), at=at.isoformat(),
-    )  # fmt: skip
+        id=worker_id,
+        host=f"{worker_id}.example",
+        pid=4242,
+        pools=list(pools),
+        running=list(running),
+        cache_bytes=1 << 20,
+        cache_entries=len(digests),
+        downloads=3,
+        version="1.2.3",
+        started_at=(at - timedelta(hours=1)).isoformat(),
+        at=at.isoformat(),
+    )
     await redis.hset(WORKERS_KEY, worker_id, heartbeat.to_json())  # type: ignore[misc]
     if digests:
         await redis.sadd(worker_digests_key(worker_id), *digests)  # type: ignore[misc]
@@ -68,8 +83,13 @@ def stored_ref(settings: AppSettings, artifact: dict[str, Any]) -> BlobRef:
     """The blob reference a worker needs, from the template's artifact and the object actually in S3."""
     digest = Digest.parse(artifact["digest"])
     stored = s3_client(settings).get_object(Bucket=settings.s3_bucket, Key=blob_key(digest))["Body"].read()
-    return BlobRef(digest=digest.hex, tar_size=artifact["tar_size"], zst_size=len(stored),
-                   zst_sha256=hashlib.sha256(stored).hexdigest(), files=artifact["files"])  # fmt: skip
+    return BlobRef(
+        digest=digest.hex,
+        tar_size=artifact["tar_size"],
+        zst_size=len(stored),
+        zst_sha256=hashlib.sha256(stored).hexdigest(),
+        files=artifact["files"],
+    )
 
 
 async def test_workers_list_shows_live_and_dead_workers_to_every_tenant(
@@ -146,8 +166,11 @@ async def test_prefetch_asks_each_live_worker_of_the_pool_once(
     response = await client.post(url, headers=alice[Role.OPERATOR])
     assert response.status_code == 202, response.text
     answer = response.json()
-    assert (answer["digest"], answer["pool"], answer["workers"]) == (template["artifact"]["digest"], "default",
-                                                                     ["w-a", "w-b"])  # fmt: skip
+    assert (answer["digest"], answer["pool"], answer["workers"]) == (
+        template["artifact"]["digest"],
+        "default",
+        ["w-a", "w-b"],
+    )
     expected = stored_ref(api_settings, template["artifact"])
     assert await inbox(redis, "w-a") == [expected]
     assert await inbox(redis, "w-b") == [expected]

@@ -127,15 +127,19 @@ class PrivateS3:
     def store(self) -> BlobStore:
         """The project's own client of the bucket, as GC and verify see it."""
         credentials = self.server.credentials
-        return BlobStore(S3Location(self.server.endpoint_url, self.bucket, credentials.access_key_id,
-                                    credentials.secret_access_key))  # fmt: skip
+        return BlobStore(
+            S3Location(self.server.endpoint_url, self.bucket, credentials.access_key_id, credentials.secret_access_key)
+        )
 
     def client(self) -> Any:
         """A plain boto3 client of the test's own, to look at the bucket as an operator's tools would."""
         return boto3.client(
-            "s3", endpoint_url=self.server.endpoint_url, aws_access_key_id=self.server.credentials.access_key_id,
-            aws_secret_access_key=self.server.credentials.secret_access_key, region_name="us-east-1",
-        )  # fmt: skip
+            "s3",
+            endpoint_url=self.server.endpoint_url,
+            aws_access_key_id=self.server.credentials.access_key_id,
+            aws_secret_access_key=self.server.credentials.secret_access_key,
+            region_name="us-east-1",
+        )
 
 
 @pytest.fixture
@@ -188,8 +192,16 @@ def big_origin(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def big_body(repository_id: int, path: str = "big") -> dict[str, Any]:
-    return {"name": path.title(), "code": path, "script_type": "shell", "entry_file": "run.sh",
-            "repository_id": repository_id, "original_path": path, "parameters": [], "timeout": 600}  # fmt: skip
+    return {
+        "name": path.title(),
+        "code": path,
+        "script_type": "shell",
+        "entry_file": "run.sh",
+        "repository_id": repository_id,
+        "original_path": path,
+        "parameters": [],
+        "timeout": 600,
+    }
 
 
 @dataclass
@@ -209,9 +221,12 @@ class ServedApi:
             **env,
         }
         process = ManagedProcess.start(
-            "ahop serve", [sys.executable, "-m", "ahop", "serve", "--port", str(port)],
-            log_path=tmp_path / "api.log", pid_file=tmp_path / "api.pid", env=variables,
-        )  # fmt: skip
+            "ahop serve",
+            [sys.executable, "-m", "ahop", "serve", "--port", str(port)],
+            log_path=tmp_path / "api.log",
+            pid_file=tmp_path / "api.pid",
+            env=variables,
+        )
         api = cls(process, f"http://127.0.0.1:{port}")
         api.wait_ready()
         return api
@@ -321,9 +336,15 @@ class BigImport:
         assert not store.exists(self.digest), "the upload finished before it could be interrupted"
 
 
-async def big_import_in_flight(client: httpx.AsyncClient, caller: Caller, origin: Path, s3: PrivateS3,
-                               settings: AppSettings, hold: Callable[[], None],
-                               path: str = "big") -> BigImport:  # fmt: skip
+async def big_import_in_flight(
+    client: httpx.AsyncClient,
+    caller: Caller,
+    origin: Path,
+    s3: PrivateS3,
+    settings: AppSettings,
+    hold: Callable[[], None],
+    path: str = "big",
+) -> BigImport:
     """Add `origin`, import its template `path`, and once the upload of its blob is under way (a multipart upload
     with a part stored for `big`, a PUT of which S3 has stored CAUGHT_AFTER bytes for `put`) call `hold` at once,
     which stops the uploader (SIGSTOP or SIGKILL of the API): every moment between the two lets a fast machine
@@ -371,8 +392,9 @@ async def upload_in_flight(s3: PrivateS3, hold: Callable[[], None]) -> tuple[Dig
 
 
 async def template_rows(settings: AppSettings, code: str) -> list[Any]:
-    return await sql(settings.database_url, "SELECT id, import_state, current_version_id FROM task_templates "
-                     "WHERE code = $1", code)  # fmt: skip
+    return await sql(
+        settings.database_url, "SELECT id, import_state, current_version_id FROM task_templates WHERE code = $1", code
+    )
 
 
 async def blob_row(settings: AppSettings, digest: Digest) -> list[Any]:

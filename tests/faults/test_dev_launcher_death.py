@@ -85,9 +85,14 @@ def _start_outside_the_launcher(program: Path, user: str, data_dir: Path, port: 
     log = data_dir / "leftover.log"
     started = subprocess.run(
         [str(pg_ctl), "-D", str(data_dir), "-l", str(log), "-w", "-o", options, "start"],
-        user=user if os.geteuid() == 0 else None, cwd="/", start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=UP_TIMEOUT, check=False,
-    )  # fmt: skip
+        user=user if os.geteuid() == 0 else None,
+        cwd="/",
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=UP_TIMEOUT,
+        check=False,
+    )
     assert started.returncode == 0, log.read_text() if log.exists() else "pg_ctl failed"
 
 
@@ -95,8 +100,21 @@ def _redis_as_an_older_launcher_left_it(state_dir: Path) -> psutil.Process:
     """A redis-server in a session of its own that no parent-death signal ties to anyone, recorded in the pid file
     an `ahop dev` without that signal wrote before it was killed."""
     (port,) = free_ports(1)
-    argv = [str(redis_server_binary()), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "yes", "--dir", str(state_dir / "redis"), "--daemonize", "no"]  # fmt: skip
+    argv = [
+        str(redis_server_binary()),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "yes",
+        "--dir",
+        str(state_dir / "redis"),
+        "--daemonize",
+        "no",
+    ]
     launcher = subprocess.run(  # it starts the server and is gone, as a killed launcher is
         [sys.executable, "-c", OLDER_LAUNCHER, *argv], capture_output=True, text=True, timeout=BOUND, check=True
     )

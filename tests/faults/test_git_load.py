@@ -139,8 +139,9 @@ async def hanging(server: int, tenant_id: str) -> AsyncIterator[Hang]:
 
 
 async def _add(client: httpx.AsyncClient, caller: Caller, url: Path, name: str) -> int:
-    answer = await client.post("/api/v1/git-repositories", json={"name": name, "url": str(url)},
-                               headers=caller[Role.ADMIN])  # fmt: skip
+    answer = await client.post(
+        "/api/v1/git-repositories", json={"name": name, "url": str(url)}, headers=caller[Role.ADMIN]
+    )
     assert answer.status_code == 201, answer.text
     return int(answer.json()["id"])
 
@@ -165,10 +166,18 @@ async def test_a_tenant_flooding_syncs_leaves_the_api_to_other_tenants(
 
                 ready = [await client.get("/health/ready") for _ in range(3)]
                 listed = await client.get("/api/v1/git-repositories", headers=other[Role.VIEWER])
-                imported = await client.post("/api/v1/task-templates", headers=other[Role.ADMIN], json={
-                    "name": "Ping", "code": "ping", "script_type": "shell", "entry_file": "ping.sh",
-                    "repository_id": theirs, "original_path": "scripts/ping",
-                })  # fmt: skip
+                imported = await client.post(
+                    "/api/v1/task-templates",
+                    headers=other[Role.ADMIN],
+                    json={
+                        "name": "Ping",
+                        "code": "ping",
+                        "script_type": "shell",
+                        "entry_file": "ping.sh",
+                        "repository_id": theirs,
+                        "original_path": "scripts/ping",
+                    },
+                )
                 templates = await client.get("/api/v1/task-templates", headers=other[Role.VIEWER])
                 ready.append(await client.get("/health/ready"))
                 hang.release()
@@ -186,14 +195,16 @@ async def _at_least(count: Callable[[], Awaitable[int]], least: int) -> bool:
     return bool(await count() >= least)
 
 
-async def _hung_fetch(served: Served, client: httpx.AsyncClient, caller: Caller, origin: Path
-                      ) -> tuple[asyncio.Task[httpx.Response], list[psutil.Process]]:  # fmt: skip
+async def _hung_fetch(
+    served: Served, client: httpx.AsyncClient, caller: Caller, origin: Path
+) -> tuple[asyncio.Task[httpx.Response], list[psutil.Process]]:
     """A sync whose fetch hangs, and the git processes below the server at that moment."""
     repository = await _add(client, caller, origin, "big")
     hang = Hang(served.process.pid, caller.tenant_id)
     hang.start()
-    sync = asyncio.create_task(client.post(f"/api/v1/git-repositories/{repository}/sync",
-                                           headers=caller[Role.OPERATOR]))  # fmt: skip
+    sync = asyncio.create_task(
+        client.post(f"/api/v1/git-repositories/{repository}/sync", headers=caller[Role.OPERATOR])
+    )
     try:
         await until(lambda: _at_least(hang.hung, 1), "the fetch to hang", bound=60)
     finally:
@@ -222,20 +233,32 @@ async def test_a_hung_git_of_an_import_does_not_keep_the_api_from_stopping(
             repository = await _add(client, alice, small_origin, "small")
             hang = Hang(served.process.pid, alice.tenant_id, what="cat-file")
             hang.start()
-            imported = asyncio.create_task(client.post("/api/v1/task-templates", headers=alice[Role.ADMIN], json={
-                "name": "Ping", "code": "ping", "script_type": "shell", "entry_file": "ping.sh",
-                "repository_id": repository, "original_path": "scripts/ping",
-            }))  # fmt: skip
+            imported = asyncio.create_task(
+                client.post(
+                    "/api/v1/task-templates",
+                    headers=alice[Role.ADMIN],
+                    json={
+                        "name": "Ping",
+                        "code": "ping",
+                        "script_type": "shell",
+                        "entry_file": "ping.sh",
+                        "repository_id": repository,
+                        "original_path": "scripts/ping",
+                    },
+                )
+            )
             try:
                 await until(lambda: _at_least(hang.hung, 1), "a git cat-file of the import to hang", bound=60)
             finally:
                 hang.stop_watching()
-            await _stops_leaving_no_git(served, imported, _git_processes(served.process.pid), "SIGTERM",
-                                        shutdown_timeout)  # fmt: skip
+            await _stops_leaving_no_git(
+                served, imported, _git_processes(served.process.pid), "SIGTERM", shutdown_timeout
+            )
 
 
-async def _stops_leaving_no_git(served: Served, request: asyncio.Task[httpx.Response], gits: list[psutil.Process],
-                                how: str, shutdown_timeout: float) -> None:  # fmt: skip
+async def _stops_leaving_no_git(
+    served: Served, request: asyncio.Task[httpx.Response], gits: list[psutil.Process], how: str, shutdown_timeout: float
+) -> None:
     """Signal the server with `how`: it exits within a bound well above its shutdown timeout (only a server that
     does not stop fails this), and none of `gits` is left."""
     try:
@@ -280,8 +303,9 @@ async def test_a_sync_whose_client_left_while_it_waited_fetches_nothing(
 
             try:
                 async with httpx.AsyncClient(base_url=served.url, timeout=REQUEST_BOUND) as leaving:
-                    sync = asyncio.create_task(leaving.post(f"/api/v1/git-repositories/{repository}/sync",
-                                                            headers=alice[Role.OPERATOR]))  # fmt: skip
+                    sync = asyncio.create_task(
+                        leaving.post(f"/api/v1/git-repositories/{repository}/sync", headers=alice[Role.OPERATOR])
+                    )
                     await until(waiting_for_lock, "the sync to wait for the mirror's lock")
                     sync.cancel()  # the client gives up: its connection closes
                     await asyncio.gather(sync, return_exceptions=True)
@@ -294,6 +318,7 @@ async def test_a_sync_whose_client_left_while_it_waited_fetches_nothing(
                 return "the client went away before its git work started" in served.text()
 
             await until(refused, "the sync to give up once it had the lock")
-            assert (await client.get(f"/api/v1/git-repositories/{repository}", headers=alice[Role.VIEWER])
-                    ).json()["head_commit"] is None  # fmt: skip
+            assert (await client.get(f"/api/v1/git-repositories/{repository}", headers=alice[Role.VIEWER])).json()[
+                "head_commit"
+            ] is None
     assert not mirror.exists(), "nothing was fetched for a client that had gone"

@@ -89,9 +89,15 @@ async def take_down(server: PostgresServer, how: str) -> None:
 
 @pytest.mark.parametrize("how", ["stopped", "killed"])
 async def test_tasks_running_and_queued_end_once_when_postgres_restarts_under_the_control_loop(
-    how: str, server: Client, database_of: str, own_postgres: PostgresServer, fleet: Fleet, tmp_path: Path,
-    worker_env: dict[str, str], caplog: pytest.LogCaptureFixture,
-) -> None:  # fmt: skip
+    how: str,
+    server: Client,
+    database_of: str,
+    own_postgres: PostgresServer,
+    fleet: Fleet,
+    tmp_path: Path,
+    worker_env: dict[str, str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     caplog.set_level(logging.INFO, logger="ahop.control")
     waiters = Waiters(server, await make_tenant(database_of), tmp_path)
     await waiters.import_template()

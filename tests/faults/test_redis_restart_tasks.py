@@ -56,9 +56,14 @@ async def server(api_settings: AppSettings, own_redis: RedisServer) -> AsyncIter
 
 
 async def test_running_and_queued_tasks_end_once_after_redis_is_killed_and_restarted(
-    keeps_data: bool, server: Client, own_redis: RedisServer, alice: Caller, worker_env: dict[str, str], tmp_path: Path,
+    keeps_data: bool,
+    server: Client,
+    own_redis: RedisServer,
+    alice: Caller,
+    worker_env: dict[str, str],
+    tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
-) -> None:  # fmt: skip
+) -> None:
     caplog.set_level(logging.INFO, logger="ahop.control")
     waiters = Waiters(server, alice, tmp_path)
     await waiters.import_template()

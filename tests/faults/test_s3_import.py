@@ -60,13 +60,20 @@ async def test_an_import_while_s3_is_down_answers_503_writes_nothing_and_succeed
 @pytest.mark.parametrize("fault", FAULTS)
 @pytest.mark.parametrize("template", ["put", "big"], ids=["one PUT", "in parts"])
 async def test_an_import_whose_upload_s3_stops_or_dies_in_the_middle_answers_503_and_leaves_no_partial_blob(
-    template: str, fault: str, api: ServedApi, private_s3: PrivateS3, faults_settings: AppSettings, carol: Caller,
-    big_origin: Path, tmp_path: Path,
-) -> None:  # fmt: skip
+    template: str,
+    fault: str,
+    api: ServedApi,
+    private_s3: PrivateS3,
+    faults_settings: AppSettings,
+    carol: Caller,
+    big_origin: Path,
+    tmp_path: Path,
+) -> None:
     async with api.client() as client:
         # Hold the API still while S3 fails, so that the fault lands in the middle of this very upload.
-        big = await big_import_in_flight(client, carol, big_origin, private_s3, faults_settings,
-                                         lambda: api.signal(signal.SIGSTOP), template)  # fmt: skip
+        big = await big_import_in_flight(
+            client, carol, big_origin, private_s3, faults_settings, lambda: api.signal(signal.SIGSTOP), template
+        )
         digest = big.digest
         try:
             big.assert_mid_upload(private_s3)

@@ -56,8 +56,9 @@ def fetching_fleet(worker_env: dict[str, str], private_s3: PrivateS3, tmp_path: 
 
 
 async def run_task(client: Client, caller: Caller, template_id: int) -> str:
-    response = await client.post("/api/v1/tasks", json={"template_id": template_id, "params": {}},
-                                 headers=caller[Role.OPERATOR])  # fmt: skip
+    response = await client.post(
+        "/api/v1/tasks", json={"template_id": template_id, "params": {}}, headers=caller[Role.OPERATOR]
+    )
     assert response.status_code == 201, response.text
     return str(response.json()["id"])
 
@@ -82,9 +83,14 @@ async def download_started(worker_root: Path, hold: Callable[[], None]) -> Path:
 
 @pytest.mark.parametrize("fault", ["stopped", "killed"])
 async def test_s3_failing_during_a_workers_download_fails_the_task_clearly_and_leaves_no_partial_entry(
-    fault: str, server: Client, carol: Caller, big_origin: Path, private_s3: PrivateS3, fetching_fleet: Fleet,
+    fault: str,
+    server: Client,
+    carol: Caller,
+    big_origin: Path,
+    private_s3: PrivateS3,
+    fetching_fleet: Fleet,
     worker_env: dict[str, str],
-) -> None:  # fmt: skip
+) -> None:
     repository_id = await add_repository(server, carol, big_origin, name="big")
     imported = await server.post("/api/v1/task-templates", json=big_body(repository_id), headers=carol[Role.ADMIN])
     assert imported.status_code == 201, imported.text

@@ -67,9 +67,18 @@ async def stubborn_template(client: Client, caller: Caller, root: Path) -> int:
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "stubborn")
     repository_id = await add_repository(client, caller, repo, name="stubborn")
-    body = {"name": "stubborn", "code": "stubborn", "repository_id": repository_id, "original_path": "stubborn",
-            "script_type": "shell", "entry_file": "run.sh", "timeout": 600, "max_attempts": 2, "retry_on": ["lost"],
-            "parameters": [{"name": "ledger", "type": "text", "required": True}]}  # fmt: skip
+    body = {
+        "name": "stubborn",
+        "code": "stubborn",
+        "repository_id": repository_id,
+        "original_path": "stubborn",
+        "script_type": "shell",
+        "entry_file": "run.sh",
+        "timeout": 600,
+        "max_attempts": 2,
+        "retry_on": ["lost"],
+        "parameters": [{"name": "ledger", "type": "text", "required": True}],
+    }
     response = await client.post("/api/v1/task-templates", json=body, headers=caller[Role.ADMIN])
     assert response.status_code == 201, response.text
     return int(response.json()["id"])
@@ -111,8 +120,11 @@ async def test_a_sigkilled_workers_scripts_die_with_it_before_the_retry_starts(
     ledger.touch()
     template_id = await stubborn_template(server, alice, tmp_path)
     doomed = fleet.start("doomed")
-    response = await server.post("/api/v1/tasks", json={"template_id": template_id, "params": {"ledger": str(ledger)}},
-                                 headers=alice[Role.OPERATOR])  # fmt: skip
+    response = await server.post(
+        "/api/v1/tasks",
+        json={"template_id": template_id, "params": {"ledger": str(ledger)}},
+        headers=alice[Role.OPERATOR],
+    )
     assert response.status_code == 201, response.text
     task_id = response.json()["id"]
 

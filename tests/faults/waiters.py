@@ -47,10 +47,19 @@ class Waiters:
         git(repo, "add", "-A")
         git(repo, "commit", "-q", "-m", "waiter")
         repository_id = await add_repository(self.client, self.caller, repo, name="waiter")
-        body = {"name": "waiter", "code": "waiter", "repository_id": repository_id, "original_path": "waiter",
-                "script_type": "shell", "entry_file": "run.sh", "timeout": 600,
-                "parameters": [{"name": "ledger", "type": "text", "required": True},
-                               {"name": "go", "type": "text", "required": True}]}  # fmt: skip
+        body = {
+            "name": "waiter",
+            "code": "waiter",
+            "repository_id": repository_id,
+            "original_path": "waiter",
+            "script_type": "shell",
+            "entry_file": "run.sh",
+            "timeout": 600,
+            "parameters": [
+                {"name": "ledger", "type": "text", "required": True},
+                {"name": "go", "type": "text", "required": True},
+            ],
+        }
         response = await self.client.post("/api/v1/task-templates", json=body, headers=self.caller[Role.ADMIN])
         assert response.status_code == 201, response.text
         self.template_id = int(response.json()["id"])
@@ -58,8 +67,11 @@ class Waiters:
     async def post(self) -> Any:
         """POST a task; the answer, whatever its status."""
         params = {"ledger": str(self.ledger), "go": str(self.go)}
-        return await self.client.post("/api/v1/tasks", json={"template_id": self.template_id, "params": params},
-                                      headers=self.caller[Role.OPERATOR])  # fmt: skip
+        return await self.client.post(
+            "/api/v1/tasks",
+            json={"template_id": self.template_id, "params": params},
+            headers=self.caller[Role.OPERATOR],
+        )
 
     async def start(self, count: int) -> list[str]:
         """Create `count` tasks; their ids."""
@@ -126,8 +138,9 @@ async def finished_events(redis_url: str) -> set[str]:
     """The tasks whose `finished` event waits in the events stream, not recorded yet."""
     async with Redis.from_url(redis_url) as client:
         entries = await client.xrange(EVENTS_STREAM)
-    events = [Event.from_fields({key.decode(): value.decode() for key, value in fields.items()})
-              for _, fields in entries]  # fmt: skip
+    events = [
+        Event.from_fields({key.decode(): value.decode() for key, value in fields.items()}) for _, fields in entries
+    ]
     return {str(event.task_id) for event in events if event.type == "finished"}
 
 

@@ -43,8 +43,11 @@ def commit_all(repo_dir: Path, *, stage: bool = True) -> str:
     def run(*args: str) -> str:
         return subprocess.run(
             ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
-            cwd=repo_dir, check=True, capture_output=True, text=True,
-        ).stdout.strip()  # fmt: skip
+            cwd=repo_dir,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
 
     if not (repo_dir / ".git").exists():
         run("init", "-q", "-b", "main")
@@ -177,9 +180,13 @@ def test_the_object_database_is_read_not_the_work_tree(fixture_tree: Path) -> No
 
 @pytest.mark.parametrize(
     ("path", "message"),
-    [("../outside", "leaves the repository"), ("/etc", "relative to the repository root"),
-     ("no/such/dir", "does not exist"), ("a/../../x", "leaves the repository")],
-)  # fmt: skip
+    [
+        ("../outside", "leaves the repository"),
+        ("/etc", "relative to the repository root"),
+        ("no/such/dir", "does not exist"),
+        ("a/../../x", "leaves the repository"),
+    ],
+)
 def test_git_paths_that_do_not_exist_or_escape_are_refused(fixture_tree: Path, path: str, message: str) -> None:
     commit_all(fixture_tree)
     with git.Repo(fixture_tree) as repo, pytest.raises(SnapshotRefused, match=message):

@@ -161,21 +161,53 @@ class Scene:
     def sentinel(self) -> Path:
         return self.area / "sentinel"
 
-    def unpack(self, tar: bytes, *, blob: bytes | None = None, expected: Digest | None = None,
-               tar_size: int | None = None, zst_sha256: str | None = None, zst_size: int | None = None,
-               limits: UnpackLimits = DEFAULT_LIMITS) -> UnpackResult:  # fmt: skip
+    def unpack(
+        self,
+        tar: bytes,
+        *,
+        blob: bytes | None = None,
+        expected: Digest | None = None,
+        tar_size: int | None = None,
+        zst_sha256: str | None = None,
+        zst_size: int | None = None,
+        limits: UnpackLimits = DEFAULT_LIMITS,
+    ) -> UnpackResult:
         """Write the blob (by default: `tar` compressed) and unpack it expecting the digest of `tar`."""
         self.blob.write_bytes(compress(tar) if blob is None else blob)
-        return unpack_file(self.blob, self.dest, digest_of(tar) if expected is None else expected,
-                           tar_size=tar_size, zst_sha256=zst_sha256, zst_size=zst_size, limits=limits)  # fmt: skip
+        return unpack_file(
+            self.blob,
+            self.dest,
+            digest_of(tar) if expected is None else expected,
+            tar_size=tar_size,
+            zst_sha256=zst_sha256,
+            zst_size=zst_size,
+            limits=limits,
+        )
 
-    def refuse(self, error: type[Exception], tar: bytes, *, exact: bool = True, blob: bytes | None = None,
-               expected: Digest | None = None, tar_size: int | None = None, zst_sha256: str | None = None,
-               zst_size: int | None = None, limits: UnpackLimits = DEFAULT_LIMITS) -> str:  # fmt: skip
+    def refuse(
+        self,
+        error: type[Exception],
+        tar: bytes,
+        *,
+        exact: bool = True,
+        blob: bytes | None = None,
+        expected: Digest | None = None,
+        tar_size: int | None = None,
+        zst_sha256: str | None = None,
+        zst_size: int | None = None,
+        limits: UnpackLimits = DEFAULT_LIMITS,
+    ) -> str:
         """Unpack, expect `error` (exactly that class unless `exact` is off), check nothing is left; the message."""
         with pytest.raises(error) as caught:
-            self.unpack(tar, blob=blob, expected=expected, tar_size=tar_size, zst_sha256=zst_sha256,
-                        zst_size=zst_size, limits=limits)  # fmt: skip
+            self.unpack(
+                tar,
+                blob=blob,
+                expected=expected,
+                tar_size=tar_size,
+                zst_sha256=zst_sha256,
+                zst_size=zst_size,
+                limits=limits,
+            )
         if exact:
             assert type(caught.value) is error, f"{type(caught.value).__name__}: {caught.value}"
         self.assert_nothing_left()
@@ -236,8 +268,9 @@ def test_snapshot_unpacks_exactly_regardless_of_umask_and_repacks_to_its_digest(
     dest = tmp_path / "area" / "dest"
 
     with umask(0o077):
-        result = unpack_file(blob, dest, snap.digest, tar_size=snap.tar_size, zst_sha256=snap.zst_sha256,
-                             zst_size=snap.zst_size)  # fmt: skip
+        result = unpack_file(
+            blob, dest, snap.digest, tar_size=snap.tar_size, zst_sha256=snap.zst_sha256, zst_size=snap.zst_size
+        )
 
     assert result == UnpackResult(files=snap.files, tar_size=snap.tar_size)
     assert os.listdir(tmp_path / "area") == ["dest"]
@@ -287,23 +320,41 @@ EscapeCase = Callable[[Scene], tuple[bytes, str, Path]]
 """From a scene: the tar, a fragment the error must quote, and the path the attack would create."""
 
 ESCAPES: dict[str, EscapeCase] = {
-    "dotdot-member": lambda s: (archive(member("../sentinel/pwned.txt", b"x")), "../sentinel/pwned.txt",
-                                s.sentinel / "pwned.txt"),
-    "inner-dotdot": lambda s: (archive(member("ok/../../sentinel/pwned.txt", b"x")), "ok/../../sentinel",
-                               s.sentinel / "pwned.txt"),
-    "absolute-member": lambda s: (archive(member(f"{s.sentinel}/pwned.txt", b"x")), f"{s.sentinel}/pwned.txt",
-                                  s.sentinel / "pwned.txt"),
+    "dotdot-member": lambda s: (
+        archive(member("../sentinel/pwned.txt", b"x")),
+        "../sentinel/pwned.txt",
+        s.sentinel / "pwned.txt",
+    ),
+    "inner-dotdot": lambda s: (
+        archive(member("ok/../../sentinel/pwned.txt", b"x")),
+        "ok/../../sentinel",
+        s.sentinel / "pwned.txt",
+    ),
+    "absolute-member": lambda s: (
+        archive(member(f"{s.sentinel}/pwned.txt", b"x")),
+        f"{s.sentinel}/pwned.txt",
+        s.sentinel / "pwned.txt",
+    ),
     "symlink-up-twice": lambda s: (archive(link("a", "../../x")), "../../x", s.root / "x"),
-    "symlink-then-write": lambda s: (archive(link("a", "../sentinel"), member("a/pwned.txt", b"x")), "../sentinel",
-                                     s.sentinel / "pwned.txt"),
-    "symlink-to-parent": lambda s: (archive(link("d", ".."), member("d/sentinel/pwned.txt", b"x")), "'d'",
-                                    s.sentinel / "pwned.txt"),
+    "symlink-then-write": lambda s: (
+        archive(link("a", "../sentinel"), member("a/pwned.txt", b"x")),
+        "../sentinel",
+        s.sentinel / "pwned.txt",
+    ),
+    "symlink-to-parent": lambda s: (
+        archive(link("d", ".."), member("d/sentinel/pwned.txt", b"x")),
+        "'d'",
+        s.sentinel / "pwned.txt",
+    ),
     "absolute-symlink": lambda s: (archive(link("a", "/etc/passwd")), "/etc/passwd", s.dest / "a"),
-    "absolute-symlink-then-write": lambda s: (archive(link("a", str(s.sentinel)), member("a/pwned.txt", b"x")),
-                                              str(s.sentinel), s.sentinel / "pwned.txt"),
+    "absolute-symlink-then-write": lambda s: (
+        archive(link("a", str(s.sentinel)), member("a/pwned.txt", b"x")),
+        str(s.sentinel),
+        s.sentinel / "pwned.txt",
+    ),
     # s/up -> .. is the tree's root (allowed), so t -> s/up/.. looks like "s" but resolves to the destination's parent
     "symlink-through-symlink": lambda s: (archive(link("s/up", ".."), link("t", "s/up/..")), "'t'", s.dest / "t"),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", ESCAPES.values(), ids=ESCAPES.keys())
@@ -339,10 +390,18 @@ def test_refuses_a_top_level_git_directory(scene: Scene) -> None:
 
 @pytest.mark.parametrize(
     ("typeflag", "kind"),
-    [(b"1", "hard link"), (b"3", "character device"), (b"4", "block device"), (b"5", "directory"),
-     (b"6", "fifo"), (b"7", "b'7'"), (b"g", "global pax"), (b"\x00", "type")],
+    [
+        (b"1", "hard link"),
+        (b"3", "character device"),
+        (b"4", "block device"),
+        (b"5", "directory"),
+        (b"6", "fifo"),
+        (b"7", "b'7'"),
+        (b"g", "global pax"),
+        (b"\x00", "type"),
+    ],
     ids=["hard-link", "char-device", "block-device", "directory", "fifo", "contiguous", "global-pax", "old-regular"],
-)  # fmt: skip
+)
 def test_refuses_member_types_other_than_file_and_symlink(scene: Scene, typeflag: bytes, kind: str) -> None:
     tar = archive(member("first.txt", b"x"), member("odd-member", typeflag=typeflag, target="first.txt"))
     message = scene.refuse(UnsafeArchive, tar)
@@ -352,10 +411,15 @@ def test_refuses_member_types_other_than_file_and_symlink(scene: Scene, typeflag
 
 @pytest.mark.parametrize(
     ("kind", "mode", "linkname"),
-    [(tarfile.LNKTYPE, 0o644, "first.txt"), (tarfile.CHRTYPE, 0o644, ""), (tarfile.FIFOTYPE, 0o644, ""),
-     (tarfile.DIRTYPE, 0o755, ""), (tarfile.REGTYPE, 0o4755, "")],
+    [
+        (tarfile.LNKTYPE, 0o644, "first.txt"),
+        (tarfile.CHRTYPE, 0o644, ""),
+        (tarfile.FIFOTYPE, 0o644, ""),
+        (tarfile.DIRTYPE, 0o755, ""),
+        (tarfile.REGTYPE, 0o4755, ""),
+    ],
     ids=["hard-link", "char-device", "fifo", "directory", "setuid"],
-)  # fmt: skip
+)
 def test_refuses_odd_members_written_by_tarfile(scene: Scene, kind: bytes, mode: int, linkname: str) -> None:
     odd = tar_info("odd-member", kind, mode, linkname)
     odd.devmajor, odd.devminor = (1, 3) if kind == tarfile.CHRTYPE else (0, 0)
@@ -365,11 +429,31 @@ def test_refuses_odd_members_written_by_tarfile(scene: Scene, kind: bytes, mode:
 
 @pytest.mark.parametrize(
     ("mode", "typeflag"),
-    [(0o4755, REGULAR), (0o2755, REGULAR), (0o1755, REGULAR), (0o640, REGULAR), (0o600, REGULAR),
-     (0o664, REGULAR), (0o777, REGULAR), (0o700, REGULAR), (0o755, SYMLINK), (0o644, SYMLINK)],
-    ids=["setuid", "setgid", "sticky", "0640", "0600", "group-writable", "world-writable", "0700", "link-0755",
-         "link-0644"],
-)  # fmt: skip
+    [
+        (0o4755, REGULAR),
+        (0o2755, REGULAR),
+        (0o1755, REGULAR),
+        (0o640, REGULAR),
+        (0o600, REGULAR),
+        (0o664, REGULAR),
+        (0o777, REGULAR),
+        (0o700, REGULAR),
+        (0o755, SYMLINK),
+        (0o644, SYMLINK),
+    ],
+    ids=[
+        "setuid",
+        "setgid",
+        "sticky",
+        "0640",
+        "0600",
+        "group-writable",
+        "world-writable",
+        "0700",
+        "link-0755",
+        "link-0644",
+    ],
+)
 def test_refuses_non_canonical_modes(scene: Scene, mode: int, typeflag: bytes) -> None:
     target = "other" if typeflag == SYMLINK else ""
     message = scene.refuse(UnsafeArchive, archive(member("moded", mode=mode, typeflag=typeflag, target=target)))
@@ -379,10 +463,18 @@ def test_refuses_non_canonical_modes(scene: Scene, mode: int, typeflag: bytes) -
 
 @pytest.mark.parametrize(
     ("start", "value"),
-    [(108, b"0001750\x00"), (116, b"0001750\x00"), (136, b"00000000001\x00"), (265, b"root"), (297, b"wheel"),
-     (329, b"0000000\x00"), (337, b"0000001\x00"), (345, b"prefix")],
+    [
+        (108, b"0001750\x00"),
+        (116, b"0001750\x00"),
+        (136, b"00000000001\x00"),
+        (265, b"root"),
+        (297, b"wheel"),
+        (329, b"0000000\x00"),
+        (337, b"0000001\x00"),
+        (345, b"prefix"),
+    ],
     ids=["uid", "gid", "mtime", "uname", "gname", "devmajor", "devminor", "ustar-prefix"],
-)  # fmt: skip
+)
 def test_refuses_owner_time_device_and_prefix_fields(scene: Scene, start: int, value: bytes) -> None:
     header = patched(tarformat.header("owned.txt", 0o644, 1, REGULAR), start, value)
     assert "owned.txt" in scene.refuse(UnsafeArchive, archive(header + b"x" + tarformat.padding(1)))
@@ -434,8 +526,10 @@ def test_refuses_gnu_longname_members(scene: Scene) -> None:
 
 def test_refuses_a_longlink_member_with_pax_magic(scene: Scene) -> None:
     name = ("long/" + "n" * 120).encode() + b"\x00"
-    tar = archive(tarformat.header("././@LongLink", 0o644, len(name), b"L") + name + tarformat.padding(len(name)),
-                  member("long/short", b"x"))  # fmt: skip
+    tar = archive(
+        tarformat.header("././@LongLink", 0o644, len(name), b"L") + name + tarformat.padding(len(name)),
+        member("long/short", b"x"),
+    )
     assert "@LongLink" in scene.refuse(UnsafeArchive, tar)
 
 
@@ -447,10 +541,12 @@ MALFORMED = {
     "negative-size-at-end-of-stream": SIZE_MINUS_ONE,
     "pax-size-not-a-number": archive(pax_header(pax_record("size", "abc")) + member("neg.txt")),
     "pax-size-negative": archive(pax_header(pax_record("size", "-1")) + member("neg.txt")),
-    "pax-header-size-negative": archive(patched(tarformat.header("././@PaxHeader", 0, 0, tarformat.PAX), 124,
-                                                b"-1000".ljust(12, b"\x00")), member("neg.txt")),
+    "pax-header-size-negative": archive(
+        patched(tarformat.header("././@PaxHeader", 0, 0, tarformat.PAX), 124, b"-1000".ljust(12, b"\x00")),
+        member("neg.txt"),
+    ),
     "pax-record-length-zero": archive(pax_header(b"0 path=a\nXX") + member("neg.txt")),
-}  # fmt: skip
+}
 
 
 @pytest.mark.timeout(2)
@@ -474,11 +570,13 @@ def write_zero_bomb(path: Path, head: bytes, zeros: int) -> None:
 
 @pytest.mark.parametrize(
     ("head", "tar_size", "limits"),
-    [(tarformat.header("zeros.bin", 0o644, 2 << 30, REGULAR), MiB, DEFAULT_LIMITS),
-     (tarformat.header("zeros.bin", 0o644, 2 << 30, REGULAR), None, UnpackLimits(max_tar_bytes=MiB)),
-     (SIZE_MINUS_ONE, MiB, DEFAULT_LIMITS)],
+    [
+        (tarformat.header("zeros.bin", 0o644, 2 << 30, REGULAR), MiB, DEFAULT_LIMITS),
+        (tarformat.header("zeros.bin", 0o644, 2 << 30, REGULAR), None, UnpackLimits(max_tar_bytes=MiB)),
+        (SIZE_MINUS_ONE, MiB, DEFAULT_LIMITS),
+    ],
     ids=["declared-size", "limit", "negative-member-size"],
-)  # fmt: skip
+)
 def test_stops_at_the_declared_tar_size(scene: Scene, head: bytes, tar_size: int | None, limits: UnpackLimits) -> None:
     write_zero_bomb(scene.blob, head, 128 * MiB)
     assert scene.blob.stat().st_size < MiB

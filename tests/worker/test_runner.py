@@ -150,8 +150,13 @@ def make_request(tmp_path: Path, runs_dir: Path) -> Callable[..., RunRequest]:
     def make(files: dict[str, str], entry: str = "run.sh", script_type: str = "shell", **options: Any) -> RunRequest:
         source = write_tree(tmp_path / "template", files, executable=(entry,))
         values: dict[str, Any] = {
-            "runs_dir": runs_dir, "timeout": HANG, "kill_grace": 1.0, "cancel_poll": 0.05, "params": {}, **options
-        }  # fmt: skip
+            "runs_dir": runs_dir,
+            "timeout": HANG,
+            "kill_grace": 1.0,
+            "cancel_poll": 0.05,
+            "params": {},
+            **options,
+        }
         return RunRequest(task_id="task-1", source=source, entry_file=entry, script_type=script_type, **values)
 
     return make
@@ -189,9 +194,21 @@ def typed_params(tmp_path: Path) -> tuple[dict[str, Any], Path, Path]:
 
 def expected_arguments(params: dict[str, Any]) -> list[str]:
     return [
-        "--host-name", "web 1", "--count", "3", "--ratio", "1.5", "--verbose", "true", "--dry_run", "false",
-        "--regions", "eu-west,us-east", "--payload", params["payload"],
-    ]  # fmt: skip
+        "--host-name",
+        "web 1",
+        "--count",
+        "3",
+        "--ratio",
+        "1.5",
+        "--verbose",
+        "true",
+        "--dry_run",
+        "false",
+        "--regions",
+        "eu-west,us-east",
+        "--payload",
+        params["payload"],
+    ]
 
 
 def expected_environment(params: dict[str, Any]) -> dict[str, str]:
@@ -306,9 +323,7 @@ async def test_output_keeps_order_and_streams_and_masks_secrets(make_request: Ca
     result = await run(make_request({"run.sh": script}, params=params, secret_params=["password", "token"]))
 
     assert result.outcome.status == "success"
-    assert result.stdout() == [
-        "out 1", f"login with {MASK} and {MASK}", "crlf", "out 3", "no newline at the end"
-    ]  # fmt: skip
+    assert result.stdout() == ["out 1", f"login with {MASK} and {MASK}", "crlf", "out 3", "no newline at the end"]
     assert result.stderr() == ["err 1", "err 2"]
 
 
@@ -465,8 +480,15 @@ async def test_the_script_sees_none_of_the_workers_environment(
     seen = dict(line.split("=", 1) for line in result.stdout())
     shell_own = {"PWD", "SHLVL", "_"}
     assert set(seen) - shell_own == {
-        "PATH", "HOME", "LANG", "USER", "LOGNAME", "AHOP_TASK_ID", "AHOP_PARAM_ZONE", "AHOP_PARAMS_FILE"
-    }  # fmt: skip
+        "PATH",
+        "HOME",
+        "LANG",
+        "USER",
+        "LOGNAME",
+        "AHOP_TASK_ID",
+        "AHOP_PARAM_ZONE",
+        "AHOP_PARAMS_FILE",
+    }
     assert seen["PATH"] == DEFAULT_PATH
     assert seen["HOME"] == str(runs_dir / "task-1")
     assert seen["LANG"] == "C.UTF-8"
@@ -564,11 +586,19 @@ async def test_a_script_of_the_same_user_cannot_read_a_non_dumpable_workers_envi
         "if sys.argv[1] == '1':\n    make_non_dumpable()\nprint('ready', flush=True)\nsys.stdin.read()\n"
     )
     holder = await asyncio.create_subprocess_exec(
-        "/usr/bin/python3", "-B", "-c", code, "1" if hardened else "0",
+        "/usr/bin/python3",
+        "-B",
+        "-c",
+        code,
+        "1" if hardened else "0",
         env={"PYTHONPATH": str(REPO), "AHOP_S3_SECRET_ACCESS_KEY": secret},
-        user="nobody", group=NOBODY.pw_gid, extra_groups=[], cwd="/",
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-    )  # fmt: skip
+        user="nobody",
+        group=NOBODY.pw_gid,
+        extra_groups=[],
+        cwd="/",
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
     assert holder.stdin is not None
     assert holder.stdout is not None
     try:

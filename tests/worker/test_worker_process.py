@@ -50,9 +50,16 @@ def template(tmp_path: Path, publish: Publish) -> BlobRef:
 
 def a_job(blob: BlobRef, **fields: Any) -> TaskJob:
     values: dict[str, Any] = {
-        "task_id": str(uuid.uuid4()), "attempt": 1, "tenant_id": str(uuid.uuid4()), "template_code": "hello",
-        "blob": blob, "entry_file": "run.sh", "script_type": "shell", "params": {"who": "ops"}, **fields,
-    }  # fmt: skip
+        "task_id": str(uuid.uuid4()),
+        "attempt": 1,
+        "tenant_id": str(uuid.uuid4()),
+        "template_code": "hello",
+        "blob": blob,
+        "entry_file": "run.sh",
+        "script_type": "shell",
+        "params": {"who": "ops"},
+        **fields,
+    }
     return TaskJob(**values)
 
 

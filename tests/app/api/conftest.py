@@ -33,8 +33,11 @@ def errors(response: Any) -> dict[str, str]:
 async def no_unfinished_tasks_left(database_url: str) -> AsyncIterator[None]:
     """Later tests' control loops and workers must not pick up a task a test here started."""
     yield
-    await sql(database_url, "UPDATE tasks SET status = 'cancelled', finished_at = now(), error = 'left by a test' "
-                            "WHERE status IN ('pending', 'queued', 'running')")  # fmt: skip
+    await sql(
+        database_url,
+        "UPDATE tasks SET status = 'cancelled', finished_at = now(), error = 'left by a test' "
+        "WHERE status IN ('pending', 'queued', 'running')",
+    )
 
 
 @pytest.fixture

@@ -37,7 +37,7 @@ from tests.waiting import until
 EXAMPLES_PER_OPERATION = 25
 """Per operation and generation mode (valid, invalid): enough to reach every field, bounded for a 2-core machine."""
 UPSTREAM_FAILED = 502
-"""What the API answers when a Git remote that the request names fails (`app.services.errors.Upstream`): the remote's
+"""What the API answers when a Git remote that the request names fails (`app.errors.Upstream`): the remote's
 error, reported as such, not one of the server's own. Generated repositories have URLs like "0", so imports, syncs
 and scans of them meet it."""
 

@@ -20,20 +20,27 @@ async def test_a_nul_in_any_body_string_is_refused_naming_its_place_and_nothing_
     repository_id = await add_repository(client, alice, origin, name="ops-nul")
     before = await rows(database_url, alice)
     admin = alice[Role.ADMIN]
-    repository = await client.post("/api/v1/git-repositories", json={"name": "a\x00b", "url": str(origin)},
-                                   headers=admin)  # fmt: skip
+    repository = await client.post(
+        "/api/v1/git-repositories", json={"name": "a\x00b", "url": str(origin)}, headers=admin
+    )
     assert set(errors(repository)) == {"name"}
     imported = await client.post(
         "/api/v1/task-templates",
-        json=body(repository_id, code="nul", name="Disk\x00", original_path="scripts/\x00", entry_file="x\x00.sh",
-                  description="\x00", parameters=[{"name": "days", "description": "keep\x00"}]),
+        json=body(
+            repository_id,
+            code="nul",
+            name="Disk\x00",
+            original_path="scripts/\x00",
+            entry_file="x\x00.sh",
+            description="\x00",
+            parameters=[{"name": "days", "description": "keep\x00"}],
+        ),
         headers=admin,
-    )  # fmt: skip
+    )
     found = errors(imported)
     assert set(found) == {"name", "original_path", "entry_file", "description", "parameters.0.description"}
     assert all("NUL" in message for message in found.values())
-    changed = await client.put(f"/api/v1/task-templates/{template['id']}", json={"description": "a\x00"},
-                               headers=admin)  # fmt: skip
+    changed = await client.put(f"/api/v1/task-templates/{template['id']}", json={"description": "a\x00"}, headers=admin)
     assert set(errors(changed)) == {"description"}
     task = await client.post(
         "/api/v1/tasks",
@@ -41,8 +48,9 @@ async def test_a_nul_in_any_body_string_is_refused_naming_its_place_and_nothing_
         headers=alice[Role.OPERATOR],
     )
     assert set(errors(task)) == {"name", "params.note", "params.tags.1"}
-    named = await client.post("/api/v1/tasks", json={"template_id": template["id"], "params": {"no\x00te": "x"}},
-                              headers=alice[Role.OPERATOR])  # fmt: skip
+    named = await client.post(
+        "/api/v1/tasks", json={"template_id": template["id"], "params": {"no\x00te": "x"}}, headers=alice[Role.OPERATOR]
+    )
     assert "NUL" in errors(named)["params.no\x00te"]
     assert await rows(database_url, alice) == before
     shown = await client.get(f"/api/v1/task-templates/{template['id']}", headers=alice[Role.VIEWER])
@@ -51,8 +59,9 @@ async def test_a_nul_in_any_body_string_is_refused_naming_its_place_and_nothing_
 
 async def test_a_nul_in_a_query_or_path_parameter_is_refused_naming_it(client: Client, alice: Caller) -> None:
     viewer = alice[Role.VIEWER]
-    listed = await client.get("/api/v1/task-templates", params={"search": "disk\x00", "script_type": "\x00"},
-                              headers=viewer)  # fmt: skip
+    listed = await client.get(
+        "/api/v1/task-templates", params={"search": "disk\x00", "script_type": "\x00"}, headers=viewer
+    )
     assert set(errors(listed)) == {"search", "script_type"}
     assert "NUL" in errors(listed)["search"]
     artifact = await client.get("/api/v1/artifacts/sha256:%00", headers=viewer)
@@ -79,5 +88,6 @@ async def post_nested(client: Client, caller: Caller, template_id: int, depth: i
     """A task whose `note` is arrays nested so that the body's deepest level is `depth` (the body is level 1)."""
     nested = "[" * (depth - 2) + "]" * (depth - 2)
     content = f'{{"template_id": {template_id}, "params": {{"note": {nested}}}}}'
-    return await client.post("/api/v1/tasks", content=content,
-                             headers={**caller[Role.OPERATOR], "Content-Type": "application/json"})  # fmt: skip
+    return await client.post(
+        "/api/v1/tasks", content=content, headers={**caller[Role.OPERATOR], "Content-Type": "application/json"}
+    )

@@ -36,8 +36,9 @@ async def test_integers_beyond_their_column_are_refused_naming_the_field_and_the
     for path, (params, field, bound) in queries.items():
         found = errors(await client.get(path, params=params, headers=viewer))
         assert found == {field: f"Expected `int` <= {bound}"}
-    task = await client.post("/api/v1/tasks", json={"template_id": INT8_OVER, "version": INT4_OVER},
-                             headers=alice[Role.OPERATOR])  # fmt: skip
+    task = await client.post(
+        "/api/v1/tasks", json={"template_id": INT8_OVER, "version": INT4_OVER}, headers=alice[Role.OPERATOR]
+    )
     found = errors(task)
     assert str(INT8_OVER - 1) in found["template_id"]
     assert str(INT4_OVER - 1) in found["version"]
@@ -75,6 +76,7 @@ async def test_a_last_event_id_beyond_any_line_is_refused(
 ) -> None:
     task = await client.post("/api/v1/tasks", json={"template_id": template["id"]}, headers=alice[Role.OPERATOR])
     assert task.status_code == 201, task.text
-    answer = await client.get(f"/api/v1/tasks/{task.json()['id']}/logs",
-                              headers={**alice[Role.VIEWER], "Last-Event-ID": str(INT8_OVER)})  # fmt: skip
+    answer = await client.get(
+        f"/api/v1/tasks/{task.json()['id']}/logs", headers={**alice[Role.VIEWER], "Last-Event-ID": str(INT8_OVER)}
+    )
     assert errors(answer) == {"Last-Event-ID": "expected the seq of the last line received"}

@@ -25,8 +25,14 @@ from tests.app.test_templates import add_repository, body, s3_client
 Client = AsyncTestClient[Litestar]
 
 
-async def import_template(client: Client, caller: Caller, origin: Path, code: str, repository_id: int | None = None,
-                          path: str = "scripts/disk_cleanup") -> dict[str, Any]:  # fmt: skip
+async def import_template(
+    client: Client,
+    caller: Caller,
+    origin: Path,
+    code: str,
+    repository_id: int | None = None,
+    path: str = "scripts/disk_cleanup",
+) -> dict[str, Any]:
     """Import `path` of `origin` as template `code`; the response's JSON (with `digest` of the current version)."""
     if repository_id is None:
         repository_id = await add_repository(client, caller, origin, name=f"repo-{code}")
@@ -54,8 +60,9 @@ def put_orphan(settings_s3: Any, bucket: str) -> Digest:
 def _random_blob() -> tuple[BlobInfo, bytes]:
     tar = secrets.token_bytes(2048)
     compressed = zstandard.ZstdCompressor().compress(tar)
-    info = BlobInfo(Digest(hashlib.sha256(tar).hexdigest()), len(compressed), len(tar), 1,
-                    hashlib.sha256(compressed).hexdigest())  # fmt: skip
+    info = BlobInfo(
+        Digest(hashlib.sha256(tar).hexdigest()), len(compressed), len(tar), 1, hashlib.sha256(compressed).hexdigest()
+    )
     return info, compressed
 
 
@@ -74,8 +81,9 @@ async def row_without_object(sessions: async_sessionmaker[AsyncSession]) -> str:
     return str(info.digest)
 
 
-async def put_unreferenced(settings_s3: Any, bucket: str, sessions: async_sessionmaker[AsyncSession],
-                           count: int) -> set[str]:  # fmt: skip
+async def put_unreferenced(
+    settings_s3: Any, bucket: str, sessions: async_sessionmaker[AsyncSession], count: int
+) -> set[str]:
     """`count` stored blobs with rows untouched for two days that nothing references: GC's to free."""
     with ThreadPoolExecutor(8) as pool:
         infos = list(pool.map(lambda _: _put_random_object(settings_s3, bucket), range(count)))
@@ -86,8 +94,15 @@ async def put_unreferenced(settings_s3: Any, bucket: str, sessions: async_sessio
 
 
 def _row(info: BlobInfo, touched: datetime) -> Blob:
-    return Blob(digest=info.digest.hex, tar_size=info.tar_size, zst_size=info.zst_size, zst_sha256=info.zst_sha256,
-                files=info.files, touched_at=touched, created_at=touched)  # fmt: skip
+    return Blob(
+        digest=info.digest.hex,
+        tar_size=info.tar_size,
+        zst_size=info.zst_size,
+        zst_sha256=info.zst_sha256,
+        files=info.files,
+        touched_at=touched,
+        created_at=touched,
+    )
 
 
 def listed(store: BlobStore) -> set[str]:

@@ -91,8 +91,11 @@ async def test_a_run_whose_process_died_reads_as_failed(
     run_id, listed_id = uuid.uuid4(), uuid.uuid4()
     async with sessions() as session, session.begin():  # what a crashed `ahop gc` leaves behind
         for crashed in (run_id, listed_id):
-            session.add(MaintenanceRun(id=crashed, kind="gc", started_by="crashed",
-                                       updated_at=datetime.now(UTC) - timedelta(minutes=10)))  # fmt: skip
+            session.add(
+                MaintenanceRun(
+                    id=crashed, kind="gc", started_by="crashed", updated_at=datetime.now(UTC) - timedelta(minutes=10)
+                )
+            )
 
     response = await own_client.get(f"/api/v1/admin/runs/{run_id}", headers=carol[Role.SYSTEM])
 

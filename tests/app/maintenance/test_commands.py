@@ -24,19 +24,27 @@ def command_env(settings: AppSettings) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("AHOP_")}
     location = settings.s3_location()
     env.update(
-        AHOP_DATABASE_URL=settings.database_url, AHOP_S3_ENDPOINT_URL=location.endpoint_url or "",
-        AHOP_S3_BUCKET=location.bucket, AHOP_S3_ACCESS_KEY_ID=location.access_key_id or "",
-        AHOP_S3_SECRET_ACCESS_KEY=location.secret_access_key or "", AHOP_DATA_DIR=str(settings.data_dir),
-        AHOP_GIT_ALLOWED_SCHEMES="https,ssh,file", AHOP_GIT_FILE_ROOTS=settings.git_file_roots,
-    )  # fmt: skip
+        AHOP_DATABASE_URL=settings.database_url,
+        AHOP_S3_ENDPOINT_URL=location.endpoint_url or "",
+        AHOP_S3_BUCKET=location.bucket,
+        AHOP_S3_ACCESS_KEY_ID=location.access_key_id or "",
+        AHOP_S3_SECRET_ACCESS_KEY=location.secret_access_key or "",
+        AHOP_DATA_DIR=str(settings.data_dir),
+        AHOP_GIT_ALLOWED_SCHEMES="https,ssh,file",
+        AHOP_GIT_FILE_ROOTS=settings.git_file_roots,
+    )
     return env
 
 
 async def ahop(settings: AppSettings, *args: str) -> subprocess.CompletedProcess[str]:
     return await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-m", "ahop", *args], capture_output=True, text=True,
-        env=command_env(settings), check=False,
-    )  # fmt: skip
+        subprocess.run,
+        [sys.executable, "-m", "ahop", *args],
+        capture_output=True,
+        text=True,
+        env=command_env(settings),
+        check=False,
+    )
 
 
 async def test_gc_prints_its_report_and_a_second_gc_at_once_exits_4(
@@ -100,9 +108,14 @@ async def test_on_a_terminal_verify_draws_a_progress_bar_with_counts_and_bytes(
         env = command_env(own_settings)
         env.update(COLUMNS="120", TERM="xterm")
         process = await asyncio.to_thread(
-            subprocess.run, [sys.executable, "-m", "ahop", "verify", "--grace", "0"], stdout=subprocess.PIPE,
-            stderr=terminal, text=True, env=env, check=False,
-        )  # fmt: skip
+            subprocess.run,
+            [sys.executable, "-m", "ahop", "verify", "--grace", "0"],
+            stdout=subprocess.PIPE,
+            stderr=terminal,
+            text=True,
+            env=env,
+            check=False,
+        )
         os.close(terminal)
         terminal = -1
         drawn = b""

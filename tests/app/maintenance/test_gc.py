@@ -39,9 +39,14 @@ async def gc(maintenance: Maintenance, *, grace: float = 0, dry_run: bool = Fals
 
 
 async def test_gc_frees_what_nothing_references_and_keeps_the_rest(
-    own_client: Client, carol: Caller, origin: Path, own_settings: AppSettings, maintenance: Maintenance,
-    store: BlobStore, sessions: async_sessionmaker[AsyncSession],
-) -> None:  # fmt: skip
+    own_client: Client,
+    carol: Caller,
+    origin: Path,
+    own_settings: AppSettings,
+    maintenance: Maintenance,
+    store: BlobStore,
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
     kept = await import_template(own_client, carol, origin, "kept", path="scripts/disk_cleanup")
     (origin / "other").mkdir()
     (origin / "other" / "cleanup.sh").write_text("echo other\n")
@@ -72,9 +77,14 @@ async def test_gc_frees_what_nothing_references_and_keeps_the_rest(
 
 
 async def test_a_dry_run_changes_nothing_and_names_what_a_real_run_then_deletes(
-    own_client: Client, carol: Caller, origin: Path, own_settings: AppSettings, maintenance: Maintenance,
-    store: BlobStore, sessions: async_sessionmaker[AsyncSession],
-) -> None:  # fmt: skip
+    own_client: Client,
+    carol: Caller,
+    origin: Path,
+    own_settings: AppSettings,
+    maintenance: Maintenance,
+    store: BlobStore,
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
     imported = await import_template(own_client, carol, origin, "svc")
     digests = [imported["artifact"]["digest"]]
     for _ in range(3):  # versions 2..4; with AHOP_KEEP_VERSIONS=2 versions 1 and 2 are no longer retained
@@ -173,9 +183,11 @@ class CancelWhileDeleting:
 
 
 async def test_a_gc_stopped_while_deleting_leaves_no_row_without_its_object_and_reports_what_it_did(
-    own_settings: AppSettings, maintenance: Maintenance, store: BlobStore,
+    own_settings: AppSettings,
+    maintenance: Maintenance,
+    store: BlobStore,
     sessions: async_sessionmaker[AsyncSession],
-) -> None:  # fmt: skip
+) -> None:
     """A row whose object is gone would be handed out as a tree-cache hit; an object whose row is gone is only an
     orphan that a later GC removes. So a stopped sweep must never leave the first kind."""
     created = await put_unreferenced(s3_client(own_settings), own_settings.s3_bucket, sessions, 1000)

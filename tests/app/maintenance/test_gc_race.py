@@ -100,8 +100,9 @@ async def referenced_blobs(sessions: async_sessionmaker[AsyncSession]) -> list[t
     return [(f"{why} (sha256:{digest})", rows.get(digest)) for why, digest in wanted]
 
 
-async def assert_everything_referenced_is_stored(sessions: async_sessionmaker[AsyncSession], store: BlobStore,
-                                                 round_number: int) -> None:  # fmt: skip
+async def assert_everything_referenced_is_stored(
+    sessions: async_sessionmaker[AsyncSession], store: BlobStore, round_number: int
+) -> None:
     for why, row in await referenced_blobs(sessions):
         assert row is not None, f"round {round_number}: {why} has no blob row"
         expected = Expected(Digest(row.digest), row.zst_size, row.zst_sha256, row.tar_size)
@@ -111,9 +112,13 @@ async def assert_everything_referenced_is_stored(sessions: async_sessionmaker[As
 
 @pytest.mark.timeout(1800)  # a few hundred rounds take minutes on a small machine
 async def test_gc_in_a_loop_never_loses_a_referenced_blob(
-    own_client: Client, carol: Caller, origin: Path, own_settings: AppSettings, store: BlobStore,
+    own_client: Client,
+    carol: Caller,
+    origin: Path,
+    own_settings: AppSettings,
+    store: BlobStore,
     sessions: async_sessionmaker[AsyncSession],
-) -> None:  # fmt: skip
+) -> None:
     (origin / "fresh").mkdir()
     (origin / "fresh" / "cleanup.sh").write_text("echo fresh\n")
     git(origin, "add", "-A")
@@ -151,8 +156,10 @@ async def test_gc_in_a_loop_never_loses_a_referenced_blob(
             commit_new_content(origin, "fresh")
             # The shared content loses its last template; the GC loop marks it as garbage; several templates
             # import it again at once (tree → digest cache hits) while the GC is about to free it.
-            await asyncio.gather(delete(previous[0] if previous else None, previous_task),
-                                 *(delete(template_id, None) for template_id in previous[1:]))  # fmt: skip
+            await asyncio.gather(
+                delete(previous[0] if previous else None, previous_task),
+                *(delete(template_id, None) for template_id in previous[1:]),
+            )
             await asyncio.sleep(random.uniform(0, 0.3))
             imported = await asyncio.gather(
                 *(try_import(f"same-{round_number}-{copy}", "scripts/disk_cleanup") for copy in range(SAME_COPIES)),

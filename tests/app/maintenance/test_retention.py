@@ -59,9 +59,12 @@ async def test_old_versions_go_unless_current_or_run_by_an_unfinished_task(
 
 
 async def test_finished_tasks_and_reports_past_their_days_go_with_their_output(
-    own_client: Client, carol: Caller, origin: Path, maintenance: Maintenance,
+    own_client: Client,
+    carol: Caller,
+    origin: Path,
+    maintenance: Maintenance,
     sessions: async_sessionmaker[AsyncSession],
-) -> None:  # fmt: skip
+) -> None:
     imported = await import_template(own_client, carol, origin, "busy")
     admin = carol[Role.ADMIN]
     ids = []
@@ -78,8 +81,13 @@ async def test_finished_tasks_and_reports_past_their_days_go_with_their_output(
             update(Task).where(Task.id == old).values(finished_at=func.now() - func.make_interval(0, 0, 0, 31))
         )
         session.add(TaskLogLine(task_id=old, seq=1, stream="stdout", line="long ago"))
-        ancient = MaintenanceRun(id=uuid.uuid4(), kind="verify", status="succeeded", started_by="test",
-                                 finished_at=datetime.now(UTC) - timedelta(days=40))  # fmt: skip
+        ancient = MaintenanceRun(
+            id=uuid.uuid4(),
+            kind="verify",
+            status="succeeded",
+            started_by="test",
+            finished_at=datetime.now(UTC) - timedelta(days=40),
+        )
         session.add(ancient)
 
     report = await collect(maintenance)

@@ -51,8 +51,11 @@ def overwrite(settings: AppSettings, digest: str, data: bytes) -> None:
 
 async def outcome_on_row(sessions: async_sessionmaker[AsyncSession], digest: str) -> tuple[str | None, str | None]:
     async with sessions() as session:
-        row = (await session.execute(select(Blob.verify_outcome, Blob.verify_detail).where(
-            Blob.digest == Digest.parse(digest).hex))).one()  # fmt: skip
+        row = (
+            await session.execute(
+                select(Blob.verify_outcome, Blob.verify_detail).where(Blob.digest == Digest.parse(digest).hex)
+            )
+        ).one()
     return row[0], row[1]
 
 
@@ -67,9 +70,12 @@ async def two_templates(client: Client, caller: Caller, origin: Path) -> tuple[d
 
 
 async def test_all_good_is_ok_and_recorded_on_each_row(
-    own_client: Client, carol: Caller, origin: Path, maintenance: Maintenance,
+    own_client: Client,
+    carol: Caller,
+    origin: Path,
+    maintenance: Maintenance,
     sessions: async_sessionmaker[AsyncSession],
-) -> None:  # fmt: skip
+) -> None:
     first, second = await two_templates(own_client, carol, origin)
 
     status, report = await verify(maintenance)
@@ -82,9 +88,13 @@ async def test_all_good_is_ok_and_recorded_on_each_row(
 
 
 async def test_overwritten_deleted_and_extra_objects_are_each_named(
-    own_client: Client, carol: Caller, origin: Path, maintenance: Maintenance, own_settings: AppSettings,
+    own_client: Client,
+    carol: Caller,
+    origin: Path,
+    maintenance: Maintenance,
+    own_settings: AppSettings,
     sessions: async_sessionmaker[AsyncSession],
-) -> None:  # fmt: skip
+) -> None:
     first, second = await two_templates(own_client, carol, origin)
     corrupt, missing = first["artifact"]["digest"], second["artifact"]["digest"]
     size = first["artifact"]["zst_size"]
@@ -108,9 +118,13 @@ async def test_overwritten_deleted_and_extra_objects_are_each_named(
 
 
 async def test_a_young_row_that_nothing_references_yet_is_in_flight_but_a_referenced_one_is_missing(
-    own_client: Client, carol: Caller, origin: Path, maintenance: Maintenance, own_settings: AppSettings,
+    own_client: Client,
+    carol: Caller,
+    origin: Path,
+    maintenance: Maintenance,
+    own_settings: AppSettings,
     sessions: async_sessionmaker[AsyncSession],
-) -> None:  # fmt: skip
+) -> None:
     imported = await import_template(own_client, carol, origin, "fresh")
     referenced = imported["artifact"]["digest"]
     s3_client(own_settings).delete_object(Bucket=own_settings.s3_bucket, Key=blob_key(Digest.parse(referenced)))
@@ -129,9 +143,14 @@ async def test_a_young_row_that_nothing_references_yet_is_in_flight_but_a_refere
 
 
 async def test_repair_packs_a_damaged_blob_again_from_its_commit(
-    own_client: Client, carol: Caller, origin: Path, maintenance: Maintenance, own_settings: AppSettings,
-    store: BlobStore, sessions: async_sessionmaker[AsyncSession],
-) -> None:  # fmt: skip
+    own_client: Client,
+    carol: Caller,
+    origin: Path,
+    maintenance: Maintenance,
+    own_settings: AppSettings,
+    store: BlobStore,
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
     first, second = await two_templates(own_client, carol, origin)
     damaged, gone = first["artifact"]["digest"], second["artifact"]["digest"]
     overwrite(own_settings, damaged, b"garbage")

@@ -196,5 +196,7 @@ def test_encodings_declared_gbk_and_a_cut_last_line() -> None:
 def test_nul_characters_are_left_out_of_a_header_line_and_said() -> None:
     found, problems = header_of("#!/bin/bash\n# Name: clean\0up\n# @param days integer keep\0 this\necho\n")
     assert found["days"].description == "keep this"
-    assert problems == [(2, "this line holds NUL characters; they were left out"),
-                        (3, "this line holds NUL characters; they were left out")]  # fmt: skip
+    assert problems == [
+        (2, "this line holds NUL characters; they were left out"),
+        (3, "this line holds NUL characters; they were left out"),
+    ]

@@ -250,8 +250,9 @@ def test_a_survey_nested_too_deep_is_a_problem_not_a_crash() -> None:
 
 
 def test_nul_characters_are_left_out_of_a_survey_and_said() -> None:
-    text = json.dumps({"name": "n\0", "spec": [{"variable": "v", "type": "text", "question_name": "Q\0?",
-                                               "default": "a\0b"}]})  # fmt: skip
+    text = json.dumps(
+        {"name": "n\0", "spec": [{"variable": "v", "type": "text", "question_name": "Q\0?", "default": "a\0b"}]}
+    )
     survey = parse_survey("survey.json", text.encode())
     (parameter,) = survey.parameters
     assert (survey.name, parameter.label, parameter.default) == ("n", "Q?", "ab")
