@@ -11,7 +11,7 @@
   the timed region. Target: ours/limit ≤ 1.5.
 - warm overhead: with the entry in the store, what the worker does around a run besides copying — `LocalStore.use`
   entered and `link_template`, in worker threads as `worker.attempts` does (target ≤ 10 ms), and leaving `use`
-  afterwards — and, apart, the run copy itself (`worker.runner._copy_tree`, private, called as the runner calls it),
+  afterwards — and, apart, the run copy itself (`worker.rundir.copy_tree`, called as the runner calls it),
   shown beside `cp -a` of the same entry.
 - dispatch: the API in-process (Litestar's test client runs the app and its control loop in a thread of this process;
   no HTTP socket) and one real `ahop worker` process with its default settings. A one-file shell template prints
@@ -64,7 +64,7 @@ from storage.keys import blob_key
 from storage.snapshot import Snapshot, snapshot_directory
 from worker.attempts import entered_in_thread
 from worker.protocol import WORKERS_KEY, BlobRef
-from worker.runner import _copy_tree
+from worker.rundir import copy_tree
 from worker.store import LocalStore
 
 RESULTS = Path(__file__).resolve().parent.parent / "bench-results"
@@ -193,7 +193,7 @@ async def warm_overhead(name: str, ref: BlobRef, store: LocalStore, runs: int, s
         async with entered_in_thread(store.use(ref)) as entry:
             await asyncio.to_thread(store.link_template, "bench", f"warm-{name}", ref.digest)
             linked = time.perf_counter()
-            await asyncio.to_thread(_copy_tree, entry, dest, None)
+            await asyncio.to_thread(copy_tree, entry, dest, None)
             copied = time.perf_counter()
         left = time.perf_counter()
         if run:
