@@ -56,7 +56,7 @@ from app.devstack.postgres import PostgresServer
 from app.devstack.seaweed import SeaweedS3
 from app.devstack.stack import LocalStack
 from app.maintenance import references
-from app.maintenance.service import Maintenance, build_maintenance
+from app.maintenance.start import Maintenance, build_maintenance
 from bench import machine
 from bench.imports import SERVICE_KEYS, fresh_database_and_bucket
 from bench.snapshot import code_under_test, cpu_seconds, progress

@@ -63,7 +63,7 @@ from app.db.engine import create_engine, create_session_factory
 from app.db.models import Blob, RunStatus
 from app.devstack.seaweed import SeaweedS3
 from app.devstack.stack import LocalStack
-from app.maintenance.service import Maintenance, RunResult, build_maintenance
+from app.maintenance.start import Maintenance, RunResult, build_maintenance
 from bench import machine
 from bench.corpus import _semi_compressible
 from bench.imports import SERVICE_KEYS, fresh_database_and_bucket
