@@ -19,7 +19,7 @@ from app.db.models import MaintenanceRun, Role, RunKind
 from app.errors import InvalidInput
 from app.maintenance.launcher import RunLauncher
 from app.maintenance.runs import get_run, list_runs
-from app.maintenance.service import Maintenance, StartedRun
+from app.maintenance.start import Maintenance, StartedRun
 from storage.digest import Digest
 from storage.errors import InvalidDigest
 
