@@ -27,7 +27,7 @@ C is the app's `verify_concurrency` (AHOP_VERIFY_CONCURRENCY, default 4) unless 
 uses the same C. Throughput is MB (10^6 bytes) of compressed data per second of wall-clock time. Target: ours ≥ 0.7
 times the limit. The S3 server (SeaweedFS, started like the tests' unless AHOP_S3_* name one) runs on the same cores
 and its CPU time is shown apart ("S3 CPU s", when we started it); PostgreSQL runs there too (ours only). `openssl
-sha256`, not `sha256sum` (PERF_NOTES).
+sha256`, not `sha256sum` (docs/BENCHMARKS.md says why).
 
 Prints a Markdown table and writes the raw timings and machine facts to `bench-results/verify-<UTC>.json`.
 """
