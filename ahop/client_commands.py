@@ -15,8 +15,9 @@ from typing import Any
 import click
 
 from ahop.api_client import call_api, resolve_template
-from ahop.console import echo_fields, echo_json, fail, show
+from ahop.console import echo_json, fail, show, show_one
 from ahop.exit_codes import EXIT_BAD_INPUT
+from worker.protocol import RETRY_OUTCOMES, SCRIPT_TYPES
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")
 
@@ -191,14 +192,14 @@ TEMPLATE_COLUMNS = [
 @click.option("--entry", "entry_file", required=True, help="Entry file, relative to --path.")
 @click.option("--code", required=True)
 @click.option("--name", required=True)
-@click.option("--type", "script_type", type=click.Choice(["shell", "python", "ansible"]), required=True)
+@click.option("--type", "script_type", type=click.Choice(SCRIPT_TYPES), required=True)
 @click.option("--description", default="")
 @click.option("--timeout", type=int, default=3600, show_default=True)
 @click.option("--pool", default="default", show_default=True, help="Worker pool that runs its tasks.")
 @click.option("--max-attempts", type=int, default=1, show_default=True, help="Attempts a task gets in all (1-10).")
 @click.option(
     "--retry-on",
-    type=click.Choice(["failed", "timeout", "lost"]),
+    type=click.Choice(RETRY_OUTCOMES),
     multiple=True,
     help="An outcome that starts another attempt (repeatable); none by default.",
 )
@@ -302,11 +303,7 @@ def template_list(search: str | None, as_json: bool) -> None:
 @json_option
 def template_show(template_ref: str, as_json: bool) -> None:
     """Show one template (TEMPLATE: its code or id) as `key: value` lines."""
-    answer = call_api("GET", f"/api/v1/task-templates/{resolve_template(template_ref)}")
-    if as_json:
-        echo_json(answer)
-    else:
-        echo_fields(answer)
+    show_one(call_api("GET", f"/api/v1/task-templates/{resolve_template(template_ref)}"), as_json)
 
 
 @template.command("sync")

@@ -111,6 +111,15 @@ def echo_fields(data: dict[str, Any]) -> None:
         click.echo(f"{key}: {to_json(text, indent=None) if NEWLINE in text else text}")
 
 
+def show_one(data: dict[str, Any], as_json: bool) -> None:
+    """One object of the API (`task show`, `template show`, a changed template): its JSON with `--json`, else
+    `key: value` lines."""
+    if as_json:
+        echo_json(data)
+    else:
+        echo_fields(data)
+
+
 def show(data: Any, as_json: bool, columns: list[str]) -> None:
     """An API answer: its JSON with `--json`, else a table of its items (a page, a list, or one object)."""
     if as_json:

@@ -44,7 +44,6 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Literal
 
 from app.scan.headers import HEADER_BYTES, Header, parse_header
 from app.scan.limits import LimitCheck
@@ -59,8 +58,8 @@ from app.scan.playbooks import (
 )
 from app.scan.survey import SURVEY_BYTES, SURVEY_NAMES, Survey, parse_survey
 from storage.canonical import Limits
+from worker.protocol import ScriptType
 
-ScriptType = Literal["shell", "python", "ansible"]
 SCRIPT_SUFFIXES: dict[str, ScriptType] = {".sh": "shell", ".py": "python"}
 PLAYBOOKS = DEFAULT_PLAYBOOKS
 LIBRARY_DIRS = frozenset({"lib", "libs", "vendor", "node_modules", "__pycache__"})
