@@ -76,8 +76,8 @@ DefaultValue = str | int | float | bool | tuple[str, ...] | None
 
 
 def json_object(fields: list[tuple[str, Any]]) -> dict[str, object]:
-    """A value of the scan (`dataclasses.asdict` gives the fields, nested values already converted) as JSON
-    carries it: its fields in the order they are declared, tuples as lists."""
+    """`dataclasses.asdict`'s dict_factory for the scan's values: their fields in the order they are declared,
+    tuples (parameters, options, a multiselect's default) as the lists that JSON carries."""
     return {name: list(value) if isinstance(value, tuple) else value for name, value in fields}
 
 
