@@ -12,10 +12,25 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import psutil
+
 from app.devstack.postgres import ROOT_HOME
 from app.devstack.processes import free_ports
 
 UP_TIMEOUT = 180.0  # generous: only catches a hang
+
+
+def stopped(process: subprocess.Popen[str], state_dir: Path, stop_signal: signal.Signals = signal.SIGINT) -> int:
+    """Stop `ahop dev` with `stop_signal` and return its exit code. One that does not end within the bound fails
+    the test naming what still runs and the last lines of each server's log, so a slow stop shows which server."""
+    process.send_signal(stop_signal)
+    try:
+        return process.wait(timeout=UP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        still = [f"{child.pid} {child.name()} {child.status()}" for child in psutil.Process(process.pid).children()]
+        logs = {log.name: log.read_text(errors="replace")[-400:] for log in sorted((state_dir / "logs").glob("*.log"))}
+        what = f"ahop dev still runs {UP_TIMEOUT:g}s after {stop_signal.name}: {still}; logs: {logs}"
+        raise AssertionError(what) from None
 
 
 def read_env_file(path: Path) -> dict[str, str]:

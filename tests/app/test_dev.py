@@ -20,7 +20,7 @@ from app.devstack.dev import API_HOST, check_port_free
 from app.devstack.errors import StackError
 from app.devstack.processes import free_ports
 from app.devstack.stack import LocalStack
-from tests.dev_runs import UP_TIMEOUT, clean_env, remove_root_database, running_dev
+from tests.dev_runs import UP_TIMEOUT, clean_env, remove_root_database, running_dev, stopped
 
 
 def _recorded_pids(state_dir: Path) -> dict[str, int]:
@@ -68,8 +68,7 @@ def test_dev_starts_its_own_services_stops_them_all_and_restarts_on_the_same_dat
         )
         pids = _recorded_pids(state_dir)
         assert set(pids) == {"postgres", "redis", "s3", "api", "worker"}
-        process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=UP_TIMEOUT) == 0
+        assert stopped(process, state_dir) == 0
     assert [name for name, pid in pids.items() if psutil.pid_exists(pid)] == []
     assert not (state_dir / "dev.env").exists()
 
@@ -100,8 +99,7 @@ def test_dev_with_given_services_starts_none_of_its_own(
         for key in ("AHOP_DATABASE_URL", "AHOP_REDIS_URL", "AHOP_S3_ENDPOINT_URL", "AHOP_S3_BUCKET"):
             assert env[key] == given[key]
         assert _get(env["AHOP_API_URL"] + "/health/ready")[0] == 200
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=UP_TIMEOUT) == 0
+        assert stopped(process, state_dir, signal.SIGTERM) == 0
 
 
 def test_dev_interrupted_while_starting_leaves_nothing_running(tmp_path: Path, state_dir: Path) -> None:

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from app.devstack.postgres import PostgresServer
 from app.devstack.processes import free_ports
 from app.devstack.redis import RedisServer, redis_server_binary
 from app.devstack.server import LocalServer
-from tests.dev_runs import UP_TIMEOUT, clean_env, remove_root_database, running_dev
+from tests.dev_runs import UP_TIMEOUT, clean_env, remove_root_database, running_dev, stopped
 from tests.faults.test_dev_restarts import answers_ready, recorded_pid
 
 BOUND = 120.0  # generous: only catches a hang
@@ -130,8 +129,7 @@ def test_servers_left_on_the_state_dir_by_another_launcher_are_stopped_and_the_n
     with running_dev(state_dir, clean_env()) as (process, env):  # the cluster, made by a first run
         postmaster = psutil.Process(recorded_pid(state_dir, "postgres"))
         program, user, data_dir = Path(postmaster.exe()), postmaster.username(), Path(postmaster.cwd())
-        process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=UP_TIMEOUT) == 0
+        assert stopped(process, state_dir) == 0
     (port,) = free_ports(1)
     _start_outside_the_launcher(program, user, data_dir, port)
     leftover = psutil.Process(int((data_dir / "postmaster.pid").read_text().splitlines()[0]))
