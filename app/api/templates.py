@@ -137,7 +137,7 @@ class Artifact(BaseModel):
 
     @classmethod
     def of(cls, blob: Blob) -> Artifact:
-        return cls(digest=f"sha256:{blob.digest}", tar_size=blob.tar_size, zst_size=blob.zst_size, files=blob.files)
+        return cls(digest=str(blob.digest), tar_size=blob.tar_size, zst_size=blob.zst_size, files=blob.files)
 
 
 class TemplateOut(Timestamped):
@@ -362,4 +362,4 @@ class TemplateController(Controller):
             if asked
             else f"no worker of pool {pool!r} is live; none was asked"
         )
-        return PrefetchResult(digest=f"sha256:{view.blob.digest}", pool=pool, workers=asked, detail=detail)
+        return PrefetchResult(digest=str(view.blob.digest), pool=pool, workers=asked, detail=detail)

@@ -45,7 +45,7 @@ def publish(blobs: BlobStore, tmp_path_factory: pytest.TempPathFactory) -> Publi
         )
         packed.unlink()
         return BlobRef(
-            digest=stored.digest.hex,
+            digest=stored.digest,
             tar_size=stored.tar_size,
             zst_size=stored.zst_size,
             zst_sha256=stored.zst_sha256,
