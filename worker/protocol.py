@@ -30,7 +30,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from storage.digest import Digest
 
@@ -126,6 +126,21 @@ def deserialize(data: bytes) -> dict[str, Any]:
     return value
 
 
+class BlobFigures(Protocol):
+    """What is recorded of a stored blob, wherever it is read from: its row, its object's metadata, its packing."""
+
+    @property
+    def digest(self) -> Digest: ...
+    @property
+    def tar_size(self) -> int: ...
+    @property
+    def zst_size(self) -> int: ...
+    @property
+    def zst_sha256(self) -> str: ...
+    @property
+    def files(self) -> int: ...
+
+
 @dataclass(frozen=True)
 class BlobRef:
     """A stored blob as a worker needs to fetch and check it: the tar digest and the figures of its object."""
@@ -136,6 +151,11 @@ class BlobRef:
     zst_size: int
     zst_sha256: str
     files: int
+
+    @classmethod
+    def of(cls, blob: BlobFigures) -> BlobRef:
+        """The reference to a stored blob, from its recorded figures."""
+        return cls(blob.digest, blob.tar_size, blob.zst_size, blob.zst_sha256, blob.files)
 
     def to_wire(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "digest": self.digest.hex}

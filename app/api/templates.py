@@ -17,7 +17,8 @@ from app.errors import Conflict, Unavailable
 from app.services.imports import Importer, TemplateSpec
 from app.services.template_changes import Synced, TemplateChanger, TemplateChanges
 from app.services.templates import Templates, TemplateView
-from app.services.workers import Workers, blob_ref
+from app.services.workers import Workers
+from worker.protocol import BlobRef
 
 ParameterType = Literal["text", "textarea", "password", "integer", "float", "select", "multiselect", "boolean"]
 RetryOutcome = Literal["failed", "timeout", "lost"]
@@ -259,7 +260,7 @@ class TemplateController(Controller):
         parameters = [p.model_dump() for p in data.parameters] if data.parameters is not None else None
         spec = TemplateSpec(**data.model_dump(exclude={"parameters"}), parameters=parameters)
         imported = await importer.import_template(principal.tenant_id, spec, principal.token_id)
-        await workers.announce(imported.template.pool, blob_ref(imported.blob))
+        await workers.announce(imported.template.pool, BlobRef.of(imported.blob))
         return await TemplateDetail.build(await templates.get(principal.tenant_id, imported.template.id), workers)
 
     @get("/", summary="List templates")
@@ -334,7 +335,7 @@ class TemplateController(Controller):
         if synced.version is not None:
             view = await templates.get(principal.tenant_id, template_id)
             if view.blob is not None:
-                await workers.announce(view.template.pool, blob_ref(view.blob))
+                await workers.announce(view.template.pool, BlobRef.of(view.blob))
         return SyncResult.of(synced)
 
     @post(
@@ -356,7 +357,7 @@ class TemplateController(Controller):
         if view.blob is None:
             raise Conflict(f"template {template_id} has no current version to prefetch")
         pool = view.template.pool
-        asked = await workers.prefetch(pool, blob_ref(view.blob))
+        asked = await workers.prefetch(pool, BlobRef.of(view.blob))
         detail = (
             f"asked {len(asked)} live worker(s) of pool {pool!r} to prefetch"
             if asked

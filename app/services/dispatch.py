@@ -75,13 +75,7 @@ def build_job(
         attempt=task.attempt,
         tenant_id=str(task.tenant_id),
         template_code=task.template_code,
-        blob=BlobRef(
-            digest=blob.digest,
-            tar_size=blob.tar_size,
-            zst_size=blob.zst_size,
-            zst_sha256=blob.zst_sha256,
-            files=blob.files,
-        ),
+        blob=BlobRef.of(blob),
         entry_file=version.entry_file,
         script_type=version.script_type,  # type: ignore[arg-type]
         params=params,

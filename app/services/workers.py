@@ -17,7 +17,6 @@ from datetime import UTC, datetime
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from app.db.models import Blob
 from app.errors import Unavailable
 from storage.digest import Digest
 from worker.protocol import (
@@ -55,13 +54,6 @@ class WorkerState:
     started_at: datetime
     age_seconds: float
     live: bool
-
-
-def blob_ref(blob: Blob) -> BlobRef:
-    """What a worker needs to fetch and check a stored blob."""
-    return BlobRef(
-        digest=blob.digest, tar_size=blob.tar_size, zst_size=blob.zst_size, zst_sha256=blob.zst_sha256, files=blob.files
-    )
 
 
 class Workers:
