@@ -105,6 +105,9 @@ class LocalStore:
         """The lock file held shared while the entry of `digest` is in use, and exclusively to remove it."""
         return self.locks_dir / f"{digest.hex}.lock"
 
+    def _fetch_lock(self, digest: Digest) -> Path:
+        return self.locks_dir / f"{digest.hex}.fetch"
+
     def _meta_file(self, digest: Digest) -> Path:
         return self.meta_dir / f"{digest.hex}.json"
 
@@ -145,7 +148,7 @@ class LocalStore:
             os.close(descriptor)
 
     def _fetch_once(self, blob: BlobRef, path: Path) -> bool:
-        descriptor = lock(self.locks_dir / f"{blob.digest.hex}.fetch")
+        descriptor = lock(self._fetch_lock(blob.digest))
         try:
             if path.is_dir():  # fetched by another thread or process while we waited
                 return False
@@ -210,7 +213,7 @@ class LocalStore:
         """The size record and lock files of a digest, unlinked by the holder of its exclusive use lock (nobody
         uses or fetches the digest meanwhile)."""
         self._meta_file(digest).unlink(missing_ok=True)
-        (self.locks_dir / f"{digest.hex}.fetch").unlink(missing_ok=True)
+        self._fetch_lock(digest).unlink(missing_ok=True)
         self.use_lock(digest).unlink(missing_ok=True)
 
     def link_template(self, tenant_id: str, code: str, digest: Digest) -> Path:

@@ -1,9 +1,9 @@
 """Checking a worker's local store against its digests (`ahop worker verify`), and sweeping what does not belong.
 
 Every entry is packed again (hashing only, nothing written) and compared with the digest it is named after. An entry
-that no longer matches is removed, unless a task is using it: then it is reported and left for a later verify, as
-removing files under a running script would change what it runs mid-way. Stray files in the store, records of
-entries that are gone and work left under tmp/ by a process that died are removed as well.
+that no longer matches is removed, unless a task is using it: like eviction, verify never removes an entry in use, so
+it is reported and a later verify removes it. Stray files in the store, records of entries that are gone and work
+left under tmp/ by a process that died are removed as well.
 """
 
 from __future__ import annotations
