@@ -16,8 +16,8 @@ import click
 
 from ahop.blob_commands import snapshot, unpack
 from ahop.client_commands import repo, template, worker_list
-from ahop.console import configure_logging, echo_json, fail, load_settings
-from ahop.exit_codes import EXIT_PROBLEMS, EXIT_UNAVAILABLE, code_for_error
+from ahop.console import configure_logging, echo_json, fail, load_settings, run
+from ahop.exit_codes import EXIT_PROBLEMS, EXIT_UNAVAILABLE
 from ahop.legacy_commands import adopt_legacy, backfill
 from ahop.maintenance_commands import gc, verify
 from ahop.task_commands import task
@@ -168,12 +168,5 @@ for command in (template_update, template_delete, template_versions, template_us
 
 
 def main() -> None:
-    """The `ahop` console script. An error no command handled, but that the operator can act on (a domain error,
-    a service that did not answer), is printed once and exits with the code `ahop.exit_codes` maps it to."""
-    try:
-        cli.main(prog_name="ahop")
-    except Exception as exc:
-        code = code_for_error(exc)
-        if code is None:
-            raise
-        fail(str(exc) or type(exc).__name__, code)
+    """The `ahop` console script."""
+    run(cli, "ahop")

@@ -9,16 +9,34 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
+from click.decorators import FC
 
 from ahop.api_client import call_api, resolve_template
-from ahop.console import echo_fields, echo_json, fail, show
+from ahop.console import echo_json, fail, show, show_one
 from ahop.exit_codes import EXIT_BAD_INPUT
+from worker.protocol import RETRY_OUTCOMES, SCRIPT_TYPES
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")
+
+
+def retry_on_option(help_text: str, *words: str) -> Callable[[FC], FC]:
+    """`--retry-on OUTCOME` (repeatable): an ending of an attempt that starts another one, or one of `words`."""
+    return click.option("--retry-on", type=click.Choice([*RETRY_OUTCOMES, *words]), multiple=True, help=help_text)
+
+
+def parameters_option(help_text: str) -> Callable[[FC], FC]:
+    """`--parameters FILE` (`parameters_file`): a file that `read_parameters` reads."""
+    return click.option(
+        "--parameters",
+        "parameters_file",
+        type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
+        help=help_text,
+    )
 
 
 @click.group()
@@ -191,23 +209,13 @@ TEMPLATE_COLUMNS = [
 @click.option("--entry", "entry_file", required=True, help="Entry file, relative to --path.")
 @click.option("--code", required=True)
 @click.option("--name", required=True)
-@click.option("--type", "script_type", type=click.Choice(["shell", "python", "ansible"]), required=True)
+@click.option("--type", "script_type", type=click.Choice(SCRIPT_TYPES), required=True)
 @click.option("--description", default="")
 @click.option("--timeout", type=int, default=3600, show_default=True)
 @click.option("--pool", default="default", show_default=True, help="Worker pool that runs its tasks.")
 @click.option("--max-attempts", type=int, default=1, show_default=True, help="Attempts a task gets in all (1-10).")
-@click.option(
-    "--retry-on",
-    type=click.Choice(["failed", "timeout", "lost"]),
-    multiple=True,
-    help="An outcome that starts another attempt (repeatable); none by default.",
-)
-@click.option(
-    "--parameters",
-    "parameters_file",
-    type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
-    help="A JSON list of parameters to record instead of the scanned ones ('-': stdin).",
-)
+@retry_on_option("An outcome that starts another attempt (repeatable); none by default.")
+@parameters_option("A JSON list of parameters to record instead of the scanned ones ('-': stdin).")
 @json_option
 def template_import(
     repository_id: int,
@@ -302,11 +310,7 @@ def template_list(search: str | None, as_json: bool) -> None:
 @json_option
 def template_show(template_ref: str, as_json: bool) -> None:
     """Show one template (TEMPLATE: its code or id) as `key: value` lines."""
-    answer = call_api("GET", f"/api/v1/task-templates/{resolve_template(template_ref)}")
-    if as_json:
-        echo_json(answer)
-    else:
-        echo_fields(answer)
+    show_one(call_api("GET", f"/api/v1/task-templates/{resolve_template(template_ref)}"), as_json)
 
 
 @template.command("sync")

@@ -3,7 +3,8 @@
 Output rules: `--json` prints JSON with non-ASCII text as it is (a Chinese name stays readable). A table on a
 terminal is sized to it; off a terminal (a pipe, a file) it is one tab-separated line per row under a header line,
 and no value is ever cut. One object (`task show`, `template show`) prints as `key: value` lines, nested objects
-as dotted keys. Errors go to stderr, once, as `ahop: <message>`.
+as dotted keys. Errors go to stderr, once, as `ahop: <message>`, and end the command with the code that
+`ahop.exit_codes` gives (`fail` for the errors a command names, `run` for those it leaves to the map).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from ahop.exit_codes import EXIT_BAD_INPUT
+from ahop.exit_codes import EXIT_BAD_INPUT, code_for_error
 
 SettingsT = TypeVar("SettingsT")
 NEWLINE = "\n"
@@ -25,6 +26,19 @@ def fail(message: str, code: int) -> NoReturn:
     """Print `ahop: message` on stderr and exit with `code` (see `ahop.exit_codes`)."""
     click.echo(f"ahop: {message}", err=True)
     sys.exit(code)
+
+
+def run(command: click.Command, name: str) -> None:
+    """Run the command line. An error no command handled, but that the operator can act on (a domain error, a
+    service that did not answer), is printed once and exits with the code `ahop.exit_codes` maps it to; any other
+    error is a bug, and its traceback shows."""
+    try:
+        command.main(prog_name=name)
+    except Exception as exc:
+        code = code_for_error(exc)
+        if code is None:
+            raise
+        fail(str(exc) or type(exc).__name__, code)
 
 
 def load_settings(factory: Callable[[], SettingsT]) -> SettingsT:
@@ -109,6 +123,15 @@ def echo_fields(data: dict[str, Any]) -> None:
     for key, value in _flatten(data):
         text = _text(value)
         click.echo(f"{key}: {to_json(text, indent=None) if NEWLINE in text else text}")
+
+
+def show_one(data: dict[str, Any], as_json: bool) -> None:
+    """One object of the API (`task show`, `template show`, a changed template): its JSON with `--json`, else
+    `key: value` lines."""
+    if as_json:
+        echo_json(data)
+    else:
+        echo_fields(data)
 
 
 def show(data: Any, as_json: bool, columns: list[str]) -> None:

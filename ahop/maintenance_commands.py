@@ -20,7 +20,7 @@ from ahop.console import echo_json, fail, load_settings
 from ahop.exit_codes import EXIT_BAD_INPUT, EXIT_PROBLEMS, EXIT_UNAVAILABLE
 
 if TYPE_CHECKING:
-    from app.maintenance.service import Maintenance, RunResult, StartedRun
+    from app.maintenance.start import Maintenance, RunResult, StartedRun
 
 
 def _started_by() -> str:
@@ -37,7 +37,7 @@ def _run(start: Any, command: str, as_json: bool) -> RunResult:
 
     from ahop.progress_display import TerminalProgress
     from app.db.engine import create_engine
-    from app.maintenance.service import build_maintenance
+    from app.maintenance.start import build_maintenance
     from app.settings import AppSettings
     from storage.blobstore import BlobStore
 

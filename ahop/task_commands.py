@@ -20,10 +20,17 @@ import click
 
 from ahop.api_client import auth_headers, call_api, check_answer, client_settings, resolve_task, resolve_template
 from ahop.client_commands import json_option
-from ahop.console import echo_fields, echo_json, fail, show
-from ahop.exit_codes import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_PROBLEMS, EXIT_TIMED_OUT, EXIT_UNAVAILABLE
+from ahop.console import echo_json, fail, show, show_one
+from ahop.exit_codes import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_PROBLEMS,
+    EXIT_TIMED_OUT,
+    EXIT_UNAVAILABLE,
+)
+from worker.protocol import TASK_STATUSES
 
-STATUSES = ("pending", "queued", "running", "success", "failed", "timeout", "cancelled", "lost")
 TASK_COLUMNS = ["id", "template_code", "version", "status", "attempt", "exit_code", "worker", "created_at"]
 RECONNECTS = 5
 """Times in a row a broken log stream is resumed (after the last line seen) before giving up."""
@@ -72,7 +79,7 @@ class Ending:
 def exit_code_of(ending: Ending) -> int:
     """The exit code `ahop task run` ends with for a task that ended so."""
     if ending.status == "success":
-        return 0
+        return EXIT_OK
     code = ending.exit_code
     if ending.status == "timeout":
         return EXIT_TIMED_OUT
@@ -204,7 +211,7 @@ def _create(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 @task.command("list")
-@click.option("--status", type=click.Choice(STATUSES), help="Only tasks in this status.")
+@click.option("--status", type=click.Choice(TASK_STATUSES), help="Only tasks in this status.")
 @click.option("--template", "template_ref", metavar="TEMPLATE", help="Only tasks of this template (code or id).")
 @click.option("--page", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--page-size", type=click.IntRange(1, 500), default=50, show_default=True)
@@ -224,11 +231,7 @@ def task_list(status: str | None, template_ref: str | None, page: int, page_size
 @json_option
 def task_show(task_ref: str, as_json: bool) -> None:
     """Show one task (its id, or the start of it) as `key: value` lines."""
-    answer = call_api("GET", f"/api/v1/tasks/{resolve_task(task_ref)}")
-    if as_json:
-        echo_json(answer)
-    else:
-        echo_fields(answer)
+    show_one(call_api("GET", f"/api/v1/tasks/{resolve_task(task_ref)}"), as_json)
 
 
 def cancel_outcome(answer: dict[str, Any]) -> str:

@@ -12,9 +12,10 @@ from typing import Any
 import click
 
 from ahop.api_client import call_api, find_template, resolve_template
-from ahop.client_commands import json_option, read_parameters
-from ahop.console import echo_fields, echo_json, echo_table, fail
+from ahop.client_commands import json_option, parameters_option, read_parameters, retry_on_option
+from ahop.console import echo_json, echo_table, fail, show_one
 from ahop.exit_codes import EXIT_BAD_INPUT
+from worker.protocol import SCRIPT_TYPES
 
 VERSION_COLUMNS = [
     "current",
@@ -28,11 +29,7 @@ VERSION_COLUMNS = [
 
 
 def _changed(template_id: int, payload: dict[str, Any], as_json: bool) -> None:
-    answer = call_api("PUT", f"/api/v1/task-templates/{template_id}", payload)
-    if as_json:
-        echo_json(answer)
-    else:
-        echo_fields(answer)
+    show_one(call_api("PUT", f"/api/v1/task-templates/{template_id}", payload), as_json)
 
 
 @click.command("update")
@@ -42,26 +39,15 @@ def _changed(template_id: int, payload: dict[str, Any], as_json: bool) -> None:
 @click.option("--timeout", type=click.IntRange(min=1), default=None, help="Seconds a task may run.")
 @click.option("--pool", default=None, help="Worker pool that runs its tasks.")
 @click.option("--max-attempts", type=click.IntRange(1, 10), default=None, help="Attempts a task gets in all.")
-@click.option(
-    "--retry-on",
-    type=click.Choice(["failed", "timeout", "lost", "none"]),
-    multiple=True,
-    help="An outcome that starts another attempt (repeatable; 'none' retries nothing).",
-)
+@retry_on_option("An outcome that starts another attempt (repeatable; 'none' retries nothing).", "none")
 @click.option("--entry-file", default=None, help="Entry file, relative to the template's path (adds a version).")
 @click.option(
     "--script-type",
-    type=click.Choice(["shell", "python", "ansible"]),
+    type=click.Choice(SCRIPT_TYPES),
     default=None,
     help="How the entry file runs (adds a version).",
 )
-@click.option(
-    "--parameters",
-    "parameters_file",
-    type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
-    default=None,
-    help="A JSON file with the parameter list ('-': stdin) (adds a version).",
-)
+@parameters_option("A JSON file with the parameter list ('-': stdin) (adds a version).")
 @json_option
 def template_update(
     template_ref: str,

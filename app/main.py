@@ -30,11 +30,11 @@ from app.api.request_guard import refuse_unstorable_input
 from app.api.tasks import TaskController
 from app.api.templates import TemplateController
 from app.api.workers import WorkerController
-from app.control.runner import build_control_loop
+from app.control.loop import build_control_loop
 from app.db.engine import create_engine, create_session_factory
 from app.git.mirror import Mirrors
 from app.maintenance.launcher import RunLauncher
-from app.maintenance.service import build_maintenance
+from app.maintenance.start import build_maintenance
 from app.metrics import ApiMetrics
 from app.services.artifacts import Artifacts
 from app.services.credentials import CredentialBox

@@ -9,10 +9,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.db.engine import asyncpg_url
 from app.git.mirror import GitOptions
-from storage.blobstore import S3Location
+from storage.settings import S3Settings
 
 
-class AppSettings(BaseSettings):
+class AppSettings(S3Settings, BaseSettings):
     """Everything the API server and its commands need to know about their surroundings."""
 
     model_config = SettingsConfigDict(env_prefix="AHOP_", extra="ignore")
@@ -22,19 +22,6 @@ class AppSettings(BaseSettings):
         description="PostgreSQL URL; postgresql:// is accepted and driven by asyncpg.",
     )
     redis_url: str = "redis://127.0.0.1:6379/0"
-    s3_endpoint_url: str | None = None
-    s3_bucket: str = "ahop"
-    s3_access_key_id: str | None = None
-    s3_secret_access_key: SecretStr | None = None
-    s3_region: str = "us-east-1"
-    s3_connect_timeout: float = Field(default=5.0, gt=0, description="Seconds to open a connection to S3.")
-    s3_read_timeout: float = Field(
-        default=20.0,
-        gt=0,
-        description="Seconds S3 may stay silent within one request (a stopped server) before "
-        "the request is tried again or fails with 503; an import waits at most about attempts x this per request.",
-    )
-    s3_max_attempts: int = Field(default=3, ge=1, le=10, description="Tries of each S3 request, the first included.")
     data_dir: Path = Path("/var/lib/ahop")
     host: str = "127.0.0.1"
     port: int = 8000
@@ -148,18 +135,6 @@ class AppSettings(BaseSettings):
     def secret_key_list(self) -> list[str]:
         raw = self.secret_keys.get_secret_value() if self.secret_keys else ""
         return [key.strip() for key in raw.split(",") if key.strip()]
-
-    def s3_location(self) -> S3Location:
-        return S3Location(
-            endpoint_url=self.s3_endpoint_url,
-            bucket=self.s3_bucket,
-            access_key_id=self.s3_access_key_id,
-            secret_access_key=self.s3_secret_access_key.get_secret_value() if self.s3_secret_access_key else None,
-            region=self.s3_region,
-            connect_timeout=self.s3_connect_timeout,
-            read_timeout=self.s3_read_timeout,
-            max_attempts=self.s3_max_attempts,
-        )
 
 
 def _split_roots(roots: str) -> list[str]:

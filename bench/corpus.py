@@ -71,7 +71,7 @@ _SYLLABLES = (
     "ba",
 )
 _PUNCTUATION = (":", "=", "-", "{{", "}}", "#", "|", "&&", "$", "(", ")", '"', "0", "1", "true", "false", "\\")
-_GIT_ENV = {
+GIT_ENV = {
     "GIT_AUTHOR_NAME": "bench",
     "GIT_AUTHOR_EMAIL": "bench@example.invalid",
     "GIT_AUTHOR_DATE": "2024-01-01T00:00:00Z",
@@ -148,7 +148,7 @@ def generate(spec: CorpusSpec, parent: Path) -> Corpus:
     with _FastImport(repo) as git_import:
         for path, kind, size in zip(paths, kinds, sizes, strict=True):
             if kind == "semi":
-                data = _semi_compressible(rng, size)
+                data = semi_compressible(rng, size)
             elif kind == "random":
                 data = rng.randbytes(size)
             else:
@@ -229,7 +229,7 @@ def _text(rng: random.Random, bank: list[bytes], size: int) -> bytes:
     return data[: size - 1] + b"\n"
 
 
-def _semi_compressible(rng: random.Random, size: int) -> bytes:
+def semi_compressible(rng: random.Random, size: int) -> bytes:
     """Random bytes over a 16- or 64-symbol alphabet: entropy 4 or 6 bits a byte (packed data, base64 blobs)."""
     alphabet = (
         b"0123456789abcdef"
@@ -259,7 +259,7 @@ class _FastImport:
     them costs about the same as at the default level."""
 
     def __init__(self, repo: Path) -> None:
-        self._env = {**os.environ, **_GIT_ENV}
+        self._env = {**os.environ, **GIT_ENV}
         self._repo = repo
         subprocess.run(["git", "-C", str(repo), "init", "--quiet", "--initial-branch=main"], check=True, env=self._env)
         command = ["git", "-C", str(repo), "-c", "pack.compression=1", "fast-import", "--quiet", "--depth=0"]

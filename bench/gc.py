@@ -31,7 +31,6 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
-import json
 import os
 import random
 import statistics
@@ -56,17 +55,15 @@ from app.devstack.postgres import PostgresServer
 from app.devstack.seaweed import SeaweedS3
 from app.devstack.stack import LocalStack
 from app.maintenance import references
-from app.maintenance.service import Maintenance, build_maintenance
+from app.maintenance.start import Maintenance, build_maintenance
 from bench import machine
-from bench.imports import SERVICE_KEYS, fresh_database_and_bucket
-from bench.snapshot import code_under_test, cpu_seconds, progress
-from bench.tasks import app_settings
+from bench.harness import RESULTS, code_under_test, cpu_seconds, progress, write_results
+from bench.services import app_settings, fresh_database_and_bucket, start_stack
 from storage.blobstore import CONTENT_TYPE, DELETE_BATCH, BlobInfo, BlobStore, ListedBlob, S3Location, _client
 from storage.digest import Digest
 from storage.keys import blob_key
 from storage.tarformat import MODE_FILE, REGULAR, end_of_archive, header, padding
 
-RESULTS = Path(__file__).resolve().parent.parent / "bench-results"
 TARGET_SECONDS = 60.0
 TARGET_BLOBS = 20_000
 GRACE = 3600.0
@@ -358,7 +355,7 @@ def one_run(stack: LocalStack, work: Path, args: argparse.Namespace, seed: int) 
     location = stack.s3_location(bucket)
     population = populate(location, database_url, args.blobs, args.orphans, seed)
     half = len(population.unreferenced)
-    settings = app_settings(stack, database_url, bucket, work / "server", None)
+    settings = app_settings(stack, database_url, bucket, work / "server")
     result: dict[str, Any] = {"setup_s": population.setup_seconds}
     servers = servers_of(stack)
 
@@ -489,10 +486,9 @@ def main(argv: list[str] | None = None) -> int:
         "target_s": TARGET_SECONDS,
         "loadavg_start": os.getloadavg(),
     }
-    given = {key: os.environ[key] for key in SERVICE_KEYS if key in os.environ}
     with tempfile.TemporaryDirectory(prefix="ahop-bench-gc-") as work_dir:
         work = Path(work_dir)
-        stack = LocalStack.start(work / "stack", given, database="postgres", durable=False)
+        stack = start_stack(work / "stack")
         try:
             runs = [one_run(stack, work, args, seed) for seed in range(args.runs)]
         finally:
@@ -501,9 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     report["loadavg_end"] = os.getloadavg()
     report["runs"] = runs
     print(tables(runs, args.blobs, args.orphans))
-    args.results.mkdir(parents=True, exist_ok=True)
-    out = args.results / f"gc-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
-    out.write_text(json.dumps(report, indent=2, ensure_ascii=False, default=str) + "\n")
+    out = write_results(args.results, "gc", report, default=str)
     print(f"\nraw figures, the mark query's plan and machine facts: {out}")
     return 0
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import secrets
@@ -27,44 +26,27 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import git
-from cryptography.fernet import Fernet
 from litestar.testing import AsyncTestClient
-from pydantic import SecretStr
 
-from app.db import migrate
-from app.db.engine import create_engine, create_session_factory
-from app.db.models import Role
-from app.devstack.postgres import ensure_database
-from app.devstack.stack import LocalStack
 from app.main import create_app
-from app.services.tokens import create_tenant, issue_token
 from app.settings import AppSettings
 from bench import machine
-from bench.corpus import _GIT_ENV, SPECS, TEMPLATE_PATH, generate
+from bench.corpus import GIT_ENV, SPECS, TEMPLATE_PATH, generate
+from bench.harness import RESULTS, write_results
 from bench.presign import presigned_urls
+from bench.services import app_settings, fresh_database_and_bucket, start_stack, tenant_token
 from storage.blobstore import S3Location
 from storage.snapshot import snapshot_git
-
-RESULTS = Path(__file__).resolve().parent.parent / "bench-results"
-SERVICE_KEYS = (
-    "AHOP_DATABASE_URL",
-    "AHOP_REDIS_URL",
-    "AHOP_S3_ENDPOINT_URL",
-    "AHOP_S3_ACCESS_KEY_ID",
-    "AHOP_S3_SECRET_ACCESS_KEY",
-    "AHOP_S3_REGION",
-)
 
 
 def commit_change(repo: Path, run: int) -> str:
     marker = repo / TEMPLATE_PATH / "bench-run.txt"
     marker.write_text(f"cold run {run} {secrets.token_hex(8)}\n")
-    env = {**os.environ, **_GIT_ENV}
+    env = {**os.environ, **GIT_ENV}
     # The corpus was committed by fast-import, which leaves the index empty: load HEAD's tree into it first,
     # or the commit would hold the marker alone.
     subprocess.run(["git", "-C", str(repo), "read-tree", "HEAD"], check=True, env=env)
@@ -106,33 +88,12 @@ class ByHand:
                 "+refs/heads/*:refs/heads/*",
             ],
             check=True,
-            env={**os.environ, **_GIT_ENV},
+            env={**os.environ, **GIT_ENV},
         )
         with git.Repo(self.mirror) as repository, self.blob.open("wb") as out:
             snapshot_git(repository, commit, TEMPLATE_PATH, out)
         subprocess.run(["curl", "-sSf", "-o", os.devnull, "-T", str(self.blob), self.put_url], check=True)
         return time.perf_counter() - started
-
-
-def fresh_database_and_bucket(stack: LocalStack) -> tuple[str, str]:
-    """A migrated database and a bucket of this run's own on the stack's servers: their URL and name."""
-    database = f"ahop_bench_{secrets.token_hex(4)}"
-    ensure_database(stack.env["AHOP_DATABASE_URL"], database)
-    database_url = stack.env["AHOP_DATABASE_URL"].rsplit("/", 1)[0] + "/" + database
-    migrate.upgrade(database_url)
-    bucket = f"ahop-bench-{secrets.token_hex(4)}"
-    stack.ensure_bucket(bucket)
-    return database_url, bucket
-
-
-async def tenant_token(database_url: str) -> str:
-    engine = create_engine(database_url, pool_size=1)
-    try:
-        async with create_session_factory(engine)() as session, session.begin():
-            tenant = await create_tenant(session, f"bench-{secrets.token_hex(4)}")
-            return (await issue_token(session, tenant.id, Role.ADMIN)).secret
-    finally:
-        await engine.dispose()
 
 
 async def measure(settings: AppSettings, token: str, repo: Path, runs: int, by_hand: ByHand) -> dict[str, Any]:
@@ -202,27 +163,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if shutil.which("curl") is None:
         raise SystemExit("the by-hand pipeline needs `curl` on PATH")
-    given = {key: os.environ[key] for key in SERVICE_KEYS if key in os.environ}
     with tempfile.TemporaryDirectory(prefix="ahop-bench-imports-") as temp:
         work = Path(temp)
         print(f"generating the {args.corpus} corpus…", file=sys.stderr)
         corpus = generate(SPECS[args.corpus], work)
-        stack = LocalStack.start(work / "stack", given, database="postgres", durable=False)
+        stack = start_stack(work / "stack")
         try:
             database_url, bucket = fresh_database_and_bucket(stack)
             location = stack.s3_location(bucket)
-            settings = AppSettings(
-                database_url=database_url,
-                redis_url=stack.env["AHOP_REDIS_URL"],
-                s3_endpoint_url=location.endpoint_url,
-                s3_bucket=bucket,
-                s3_access_key_id=location.access_key_id,
-                s3_secret_access_key=SecretStr(location.secret_access_key or ""),
-                data_dir=work / "server",
-                git_allowed_schemes="https,ssh,file",
-                git_file_roots="/",  # its own corpora, wherever they are
-                secret_keys=SecretStr(Fernet.generate_key().decode()),
-            )
+            settings = app_settings(stack, database_url, bucket, work / "server")
             token = asyncio.run(tenant_token(database_url))
             by_hand = ByHand(work, location)
             timings = asyncio.run(measure(settings, token, corpus.repo, args.runs, by_hand))
@@ -243,8 +192,6 @@ def main(argv: list[str] | None = None) -> int:
         f"the snapshot; the cold import takes {api / by_hand_median:.2f} times as long"
     )
     print(f"  warm sync            {warm_median * 1000:7.1f} ms median, {warm_p95 * 1000:.1f} ms p95  (target ≤ 50 ms)")
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"imports-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
     report = {
         "corpus": args.corpus,
         "files": corpus.files,
@@ -256,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         "warm_median_ms": warm_median * 1000,
         "machine": machine.describe({"work": Path(tempfile.gettempdir())}),
     }
-    out.write_text(json.dumps(report, indent=2))
+    out = write_results(RESULTS, "imports", report)
     print(f"  results: {out}")
     return 0
 

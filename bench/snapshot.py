@@ -34,29 +34,22 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import datetime
-import gc
-import hashlib
 import io
-import json
 import os
 import pstats
-import resource
 import shutil
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from shlex import quote
 from typing import Any
 
 import git
 
-from bench import machine
+from bench import harness, machine
 from bench.corpus import SPECS, TEMPLATE_PATH, Corpus, generate
 from storage.snapshot import Snapshot, snapshot_directory, snapshot_git
 
@@ -84,79 +77,14 @@ class Operation:
 
 
 @dataclass
-class Measurement:
-    corpus: str
-    operation: str
-    tar_bytes: int
-    ours_s: list[float] = field(default_factory=list)
-    limit_s: list[float] = field(default_factory=list)
-    ours_cpu_s: list[float] = field(default_factory=list)
-    limit_cpu_s: list[float] = field(default_factory=list)
-    note: str = ""
-
-    @property
-    def ours(self) -> float | None:
-        return statistics.median(self.ours_s) if self.ours_s else None
-
-    @property
-    def limit(self) -> float | None:
-        return statistics.median(self.limit_s) if self.limit_s else None
-
-    @property
-    def ours_cpu(self) -> float | None:
-        return statistics.median(self.ours_cpu_s) if self.ours_cpu_s else None
-
-    @property
-    def limit_cpu(self) -> float | None:
-        return statistics.median(self.limit_cpu_s) if self.limit_cpu_s else None
-
-    @property
-    def ratio(self) -> float | None:
-        return self.ours / self.limit if self.ours is not None and self.limit else None
+class PackMeasurement(harness.Measurement):
+    """A row of the pack and unpack table, with this benchmark's targets."""
 
     @property
     def target(self) -> float | None:
         if self.operation.startswith("unpack"):
             return UNPACK_TARGET
         return TARGETS.get((self.corpus, self.operation))
-
-    def to_json(self) -> dict[str, Any]:
-        met = None if self.target is None or self.ratio is None else self.ratio <= self.target
-        return {
-            **asdict(self),
-            "ours_median_s": self.ours,
-            "limit_median_s": self.limit,
-            "ours_cpu_median_s": self.ours_cpu,
-            "limit_cpu_median_s": self.limit_cpu,
-            "ratio": self.ratio,
-            "target": self.target,
-            "target_met": met,
-        }
-
-
-def run_shell(command: str) -> None:
-    subprocess.run(["bash", "-c", f"set -euo pipefail\n{command}"], check=True, stdin=subprocess.DEVNULL)
-
-
-def cpu_seconds() -> float:
-    """CPU time of this process (all its threads) and of its waited-for children (the limit's tools, git)."""
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-
-def timed(run: Callable[[Path], object], dest: Path) -> tuple[float, float]:
-    """Wall-clock and CPU seconds of `run(dest)`."""
-    gc.collect()
-    cpu, start = cpu_seconds(), time.perf_counter()
-    run(dest)
-    return time.perf_counter() - start, cpu_seconds() - cpu
-
-
-def remove(dest: Path, *, sync: bool) -> None:
-    if dest.exists():
-        shutil.rmtree(dest)
-    if sync:
-        os.sync()  # deletions and write-back settle before the next timed run, not during it
 
 
 def operations(corpus: Corpus, snap: Snapshot, blob: Path, places: dict[str, Path]) -> list[Operation]:
@@ -201,49 +129,25 @@ def unpack_limit(blob: Path, dest: Path) -> str:
     return f"mkdir {dest_arg} && zstd -dcq {blob_arg} | tar -xf - -C {dest_arg}"
 
 
-def prepare(corpus: Corpus, work: Path) -> tuple[Snapshot, Path]:
-    """Pack the corpus to a blob file and check that every way of computing its digest agrees."""
-    blob = work / f"{corpus.spec.name}.tar.zst"
-    with git.Repo(corpus.repo) as repo, open(blob, "wb") as out:
-        snap = snapshot_git(repo, corpus.commit, TEMPLATE_PATH, out)
-    from_directory = snapshot_directory(corpus.directory, None)
-    decompressed = hashlib.sha256()
-    with subprocess.Popen(["zstd", "-dcq", str(blob)], stdout=subprocess.PIPE) as zstd:
-        assert zstd.stdout is not None
-        while chunk := zstd.stdout.read(1 << 20):
-            decompressed.update(chunk)
-    digests = {
-        "git pack": str(snap.digest),
-        "directory pack": str(from_directory.digest),
-        "sha256 of zstd -dc": f"sha256:{decompressed.hexdigest()}",
-    }
-    if len(set(digests.values())) != 1 or zstd.returncode != 0 or snap.files != corpus.files:
-        raise SystemExit(
-            f"FAIL: {corpus.spec.name}: digests disagree or files are missing: {digests}, "
-            f"{snap.files} members packed of {corpus.files}, zstd exit {zstd.returncode}"
-        )
-    return snap, blob
-
-
 def run_side(op: Operation, side: str, dest: Path) -> tuple[float, float] | None:
     """Wall and CPU seconds one side of `op` took to produce `dest`; None when our side cannot run."""
     if side == "limit":
-        return timed(lambda d: run_shell(op.limit(d)), dest)
+        return harness.timed(lambda d: harness.run_shell(op.limit(d)), dest)
     if op.name.startswith("unpack") and unpack_file is None:
         return None
-    return timed(op.ours, dest)
+    return harness.timed(op.ours, dest)
 
 
 def measure(
     corpus: Corpus, snap: Snapshot, blob: Path, places: dict[str, Path], runs: int, skip: set[str]
-) -> list[Measurement]:
+) -> list[harness.Measurement]:
     """Warm up, check the outputs, then time `runs` interleaved pairs of every operation not in `skip`."""
     found = []
     counter = 0
     for op in operations(corpus, snap, blob, places):
         if op.name in skip:
             continue
-        row = Measurement(corpus.spec.name, op.name, snap.tar_size)
+        row = PackMeasurement(corpus.spec.name, op.name, snap.tar_size)
         if op.name.startswith("unpack") and unpack_file is None:
             row.note = "storage/unpack.py (unpack_file) is missing: only the limit was measured"
         for run in range(runs + 1):  # run 0 is the warm-up: page cache, imports, first-call costs
@@ -256,8 +160,10 @@ def measure(
                 elif seconds is not None and run > 0:
                     wall.append(seconds[0])
                     cpu.append(seconds[1])
-                remove(dest, sync=op.name == "unpack disk")
-        progress(f"  {op.name:<13} ours {fmt(row.ours)} s   limit {fmt(row.limit)} s   (medians)")
+                harness.remove(dest, sync=op.name == "unpack disk")
+        harness.progress(
+            f"  {op.name:<13} ours {harness.fmt(row.ours)} s   limit {harness.fmt(row.limit)} s   (medians)"
+        )
         found.append(row)
     return found
 
@@ -272,50 +178,12 @@ def profile(
         dest = op.scratch / "profiled"
         profiler = cProfile.Profile()
         profiler.runcall(op.ours, dest)
-        remove(dest, sync=False)
+        harness.remove(dest, sync=False)
         path = results / f"{stamp}-{corpus.spec.name}-{op.name.replace(' ', '-')}.pstats"
         profiler.dump_stats(path)
         text = io.StringIO()
         pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(12)
         print(f"\n### cProfile, {corpus.spec.name} / {op.name} (ours; {path})\n{text.getvalue()}")
-
-
-def code_under_test() -> dict[str, str]:
-    """The commit and the sha256 of each storage module measured: they change while others work on them."""
-    root = Path(__file__).resolve().parent.parent
-    head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=False)
-    found = {"commit": head.stdout.strip()}
-    for name in ("snapshot", "trees", "canonical", "tarformat", "unpack"):
-        module = root / "storage" / f"{name}.py"
-        found[f"storage/{name}.py"] = hashlib.sha256(module.read_bytes()).hexdigest()[:16] if module.exists() else ""
-    return found
-
-
-def fmt(value: float | None, digits: int = 3) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
-def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def table(rows: list[Measurement]) -> str:
-    lines = [
-        "| corpus | operation | tar MB | ours s | limit s | ours MB/s | ours/limit | target | ours CPU | limit CPU |",
-        "|---|---|---:|---:|---:|---:|---:|---|---:|---:|",
-    ]
-    for row in rows:
-        speed = fmt(row.tar_bytes / 1e6 / row.ours, 0) if row.ours else "n/a"
-        target = ""
-        if row.target is not None:
-            verdict = "n/a" if row.ratio is None else "met" if row.ratio <= row.target else "MISSED"
-            target = f"≤ {row.target:.2f}: {verdict}"
-        lines.append(
-            f"| {row.corpus} | {row.operation} | {row.tar_bytes / 1e6:.1f} | {fmt(row.ours)} | "
-            f"{fmt(row.limit)} | {speed} | {fmt(row.ratio, 2)} | {target} | {fmt(row.ours_cpu, 2)} | "
-            f"{fmt(row.limit_cpu, 2)} |"
-        )
-    return "\n".join(lines)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -346,7 +214,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    code = code_under_test()  # as imported: later edits to the files do not change what runs
+    code = harness.code_under_test()  # as imported: later edits to the files do not change what runs
     load_start = os.getloadavg()  # other work on the machine shows up in the figures: record it
     if missing := machine.missing_tools():
         print(
@@ -355,10 +223,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     if unpack_file is None:
-        progress("bench.snapshot: storage/unpack.py (unpack_file) not found: our unpack will not be measured.")
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+        harness.progress("bench.snapshot: storage/unpack.py (unpack_file) not found: our unpack will not be measured.")
+    stamp = harness.utc_stamp()
     args.results.mkdir(parents=True, exist_ok=True)
-    rows: list[Measurement] = []
+    rows: list[harness.Measurement] = []
     corpora: dict[str, dict[str, Any]] = {}
     with (
         tempfile.TemporaryDirectory(prefix="ahop-bench-", dir=args.disk) as disk_dir,
@@ -368,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.corpora:
             started = time.perf_counter()
             corpus = generate(SPECS[name], places["tmpfs"] / "corpora")
-            snap, blob = prepare(corpus, places["tmpfs"])
+            snap, blob = harness.pack_corpus(corpus, places["tmpfs"])
             corpora[name] = {
                 "files": corpus.files,
                 "content_bytes": corpus.content_bytes,
@@ -377,7 +245,9 @@ def main(argv: list[str] | None = None) -> int:
                 **snap.to_json(),
             }
             sizes = f"tar {snap.tar_size / 1e6:.1f} MB, zst {snap.zst_size / 1e6:.1f} MB"
-            progress(f"{name}: {corpus.files:,} files, {sizes}, digests agree; set up in {corpora[name]['setup_s']} s")
+            harness.progress(
+                f"{name}: {corpus.files:,} files, {sizes}, digests agree; set up in {corpora[name]['setup_s']} s"
+            )
             skip = set() if name in args.disk_corpora else {"unpack disk"}
             rows += measure(corpus, snap, blob, places, args.runs, skip)
             if args.profile:
@@ -385,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(corpus.repo)
             blob.unlink()
         info = machine.describe(places)
-    print(table(rows))
+    print(harness.table(rows))
     report = {
         "machine": info,
         "loadavg_start_end": [load_start, os.getloadavg()],
@@ -394,8 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         "corpora": corpora,
         "results": [row.to_json() for row in rows],
     }
-    path = args.results / f"snapshot-{stamp}.json"
-    path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    path = harness.write_results(args.results, "snapshot", report, stamp=stamp)
     print(f"\nraw timings and machine facts: {path}")
     return 0
 

@@ -11,7 +11,7 @@
   the timed region. Target: ours/limit ≤ 1.5.
 - warm overhead: with the entry in the store, what the worker does around a run besides copying — `LocalStore.use`
   entered and `link_template`, in worker threads as `worker.attempts` does (target ≤ 10 ms), and leaving `use`
-  afterwards — and, apart, the run copy itself (`worker.runner._copy_tree`, private, called as the runner calls it),
+  afterwards — and, apart, the run copy itself (`worker.rundir.copy_tree`, called as the runner calls it),
   shown beside `cp -a` of the same entry.
 - dispatch: the API in-process (Litestar's test client runs the app and its control loop in a thread of this process;
   no HTTP socket) and one real `ahop worker` process with its default settings. A one-file shell template prints
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import secrets
@@ -38,15 +37,12 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from shlex import quote
 from typing import Any
 
-from cryptography.fernet import Fernet
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
-from pydantic import SecretStr
 from redis import Redis
 
 from app.devstack.processes import ManagedProcess
@@ -54,20 +50,31 @@ from app.devstack.stack import LocalStack
 from app.main import create_app
 from app.settings import AppSettings
 from bench import machine
-from bench.corpus import _GIT_ENV, SPECS, generate
-from bench.imports import SERVICE_KEYS, fresh_database_and_bucket, tenant_token
+from bench.corpus import GIT_ENV, SPECS, generate
+from bench.harness import (
+    RESULTS,
+    Measurement,
+    code_under_test,
+    fmt,
+    pack_corpus,
+    progress,
+    remove,
+    run_shell,
+    table,
+    timed,
+    write_results,
+)
 from bench.presign import presigned_urls
-from bench.snapshot import Measurement, code_under_test, fmt, prepare, progress, remove, run_shell, table, timed
+from bench.services import app_settings, fresh_database_and_bucket, start_stack, tenant_token
 from storage.blobstore import BlobStore, S3Location
 from storage.digest import Digest
 from storage.keys import blob_key
 from storage.snapshot import snapshot_directory
 from worker.attempts import entered_in_thread
 from worker.protocol import WORKERS_KEY, BlobRef
-from worker.runner import _copy_tree
+from worker.rundir import copy_tree
 from worker.store import LocalStore
 
-RESULTS = Path(__file__).resolve().parent.parent / "bench-results"
 FETCH_TARGET = 1.5
 OVERHEAD_TARGET_MS = 10.0
 DISPATCH_TARGETS_MS = {"p50": 50.0, "p95": 150.0}
@@ -78,7 +85,7 @@ Client = AsyncTestClient[Litestar]
 
 @dataclass
 class FetchMeasurement(Measurement):
-    """A row of the cold-fetch table (the snapshot benchmark's row, with the fetch target)."""
+    """A row of the cold-fetch table, with the fetch target."""
 
     @property
     def target(self) -> float | None:
@@ -112,7 +119,7 @@ def upload(name: str, blobs: BlobStore, scratch: Path) -> BlobRef:
     """Generate corpus `name` on `scratch`, pack it to a verified blob and store it; the reference a job carries."""
     started = time.perf_counter()
     corpus = generate(SPECS[name], scratch / "corpora")
-    snap, blob = prepare(corpus, scratch)
+    snap, blob = pack_corpus(corpus, scratch)
     blobs.put_if_absent(snap.digest, blob, tar_size=snap.tar_size, files=snap.files, zst_sha256=snap.zst_sha256)
     shutil.rmtree(corpus.repo)
     blob.unlink()
@@ -183,7 +190,7 @@ async def warm_overhead(name: str, ref: BlobRef, store: LocalStore, runs: int, s
         async with entered_in_thread(store.use(ref)) as entry:
             await asyncio.to_thread(store.link_template, "bench", f"warm-{name}", ref.digest)
             linked = time.perf_counter()
-            await asyncio.to_thread(_copy_tree, entry, dest, None)
+            await asyncio.to_thread(copy_tree, entry, dest, None)
             copied = time.perf_counter()
         left = time.perf_counter()
         if run:
@@ -212,7 +219,7 @@ def tiny_repo(parent: Path) -> Path:
     script = repo / "tiny" / "run.sh"
     script.write_text(TINY_SCRIPT)
     script.chmod(0o755)
-    env = {**os.environ, **_GIT_ENV}
+    env = {**os.environ, **GIT_ENV}
     for command in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "tiny template"]):
         subprocess.run(["git", "-C", str(repo), *command], check=True, env=env, capture_output=True)
     return repo
@@ -393,38 +400,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def app_settings(
-    stack: LocalStack, database_url: str, bucket: str, data_dir: Path, interval: float | None
-) -> AppSettings:
-    location = stack.s3_location(bucket)
-    fields: dict[str, Any] = dict(
-        database_url=database_url,
-        redis_url=stack.env["AHOP_REDIS_URL"],
-        s3_endpoint_url=location.endpoint_url,
-        s3_bucket=bucket,
-        s3_access_key_id=location.access_key_id,
-        s3_secret_access_key=SecretStr(location.secret_access_key or ""),
-        s3_region=location.region,
-        data_dir=data_dir,
-        git_allowed_schemes="https,ssh,file",
-        git_file_roots="/",  # its own corpora
-        secret_keys=SecretStr(Fernet.generate_key().decode()),
-    )
-    if interval is not None:
-        fields["control_interval"] = interval
-    return AppSettings(**fields)
-
-
 def measure(args: argparse.Namespace, work: Path, scratch: Path, report: dict[str, Any]) -> list[str]:
     """Run the parts asked for against a fresh stack; fill `report` and return the printed tables."""
     tables: list[str] = []
     sync = machine.filesystem_type(args.dir) != "tmpfs"  # on disk, deletions settle outside the timed region
-    stack = LocalStack.start(
-        work / "stack",
-        {key: os.environ[key] for key in SERVICE_KEYS if key in os.environ},
-        database="postgres",
-        durable=False,
-    )
+    stack = start_stack(work / "stack")
     try:
         database_url, bucket = fresh_database_and_bucket(stack)
         location = stack.s3_location(bucket)
@@ -477,9 +457,7 @@ def main(argv: list[str] | None = None) -> int:
         report["machine"] = machine.describe({"work": Path(work_dir), "scratch": Path(scratch_dir)})
     report["loadavg_end"] = os.getloadavg()
     print("\n\n".join(tables))
-    args.results.mkdir(parents=True, exist_ok=True)
-    out = args.results / f"tasks-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
-    out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    out = write_results(args.results, "tasks", report)
     print(f"\nraw timings and machine facts: {out}")
     return 0
 

@@ -27,7 +27,7 @@ C is the app's `verify_concurrency` (AHOP_VERIFY_CONCURRENCY, default 4) unless 
 uses the same C. Throughput is MB (10^6 bytes) of compressed data per second of wall-clock time. Target: ours ≥ 0.7
 times the limit. The S3 server (SeaweedFS, started like the tests' unless AHOP_S3_* name one) runs on the same cores
 and its CPU time is shown apart ("S3 CPU s", when we started it); PostgreSQL runs there too (ours only). `openssl
-sha256`, not `sha256sum` (PERF_NOTES).
+sha256`, not `sha256sum` (docs/BENCHMARKS.md says why).
 
 Prints a Markdown table and writes the raw timings and machine facts to `bench-results/verify-<UTC>.json`.
 """
@@ -38,8 +38,6 @@ import argparse
 import asyncio
 import contextlib
 import functools
-import hashlib
-import json
 import os
 import random
 import shutil
@@ -51,7 +49,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -63,19 +60,17 @@ from app.db.engine import create_engine, create_session_factory
 from app.db.models import Blob, RunStatus
 from app.devstack.seaweed import SeaweedS3
 from app.devstack.stack import LocalStack
-from app.maintenance.service import Maintenance, RunResult, build_maintenance
+from app.maintenance.start import Maintenance, RunResult, build_maintenance
 from bench import machine
-from bench.corpus import _semi_compressible
-from bench.imports import SERVICE_KEYS, fresh_database_and_bucket
+from bench.corpus import semi_compressible
+from bench.harness import RESULTS, code_under_test, cpu_seconds, fmt, progress, write_results
 from bench.presign import presigned_urls
-from bench.snapshot import code_under_test, cpu_seconds, fmt, progress
-from bench.tasks import app_settings
+from bench.services import app_settings, fresh_database_and_bucket, start_stack
 from storage.blobstore import BlobStore, S3Location
 from storage.keys import blob_key
 from storage.snapshot import snapshot_directory
 from storage.verify import Expected, Outcome, check_blobs
 
-RESULTS = Path(__file__).resolve().parent.parent / "bench-results"
 TARGET = 0.7
 
 
@@ -167,7 +162,7 @@ def make_blobs(store: BlobStore, scratch: Path, name: str, count: int, sizes: tu
         root = scratch / f"{name}-{number}"
         root.mkdir()
         size = rng.randint(*sizes)
-        (root / "payload.bin").write_bytes(_semi_compressible(rng, size * 9 // 10))
+        (root / "payload.bin").write_bytes(semi_compressible(rng, size * 9 // 10))
         (root / "notes.txt").write_bytes(b"".join(b"line %d of %s\n" % (n, name.encode()) for n in range(size // 200)))
         blob = scratch / f"{name}-{number}.tar.zst"
         with blob.open("wb") as out:
@@ -358,7 +353,7 @@ def prepare(
     store = closing.enter_context(BlobStore(location))
     blobs = make_blobs(store, scratch, name, count, sizes, seed)
     presign(location, blobs)
-    settings = app_settings(stack, database_url, bucket, work / "server", None)
+    settings = app_settings(stack, database_url, bucket, work / "server")
     if concurrency is not None:
         settings = settings.model_copy(update={"verify_concurrency": concurrency})
     engine = create_engine(settings.database_url, pool_size=3)  # as `ahop verify` does
@@ -376,28 +371,19 @@ def main(argv: list[str] | None = None) -> int:
     if missing := [tool for tool in ("bash", "curl", "zstd", "openssl", "tee") if shutil.which(tool) is None]:
         print(f"bench.verify: missing command-line tools {', '.join(missing)}; install them and run again.")
         return 2
-    code = {
-        **code_under_test(),
-        **{
-            f"storage/{name}.py": hashlib.sha256(
-                (Path(__file__).resolve().parent.parent / "storage" / f"{name}.py").read_bytes()
-            ).hexdigest()[:16]
-            for name in ("verify", "blobstore")
-        },
-    }
+    code = code_under_test("verify", "blobstore")
     report: dict[str, Any] = {
         "code": code,
         "runs": args.runs,
         "concurrency": args.concurrency,
         "loadavg_start": os.getloadavg(),
     }
-    given = {key: os.environ[key] for key in SERVICE_KEYS if key in os.environ}
     with (
         tempfile.TemporaryDirectory(prefix="ahop-bench-verify-") as work_dir,
         tempfile.TemporaryDirectory(prefix="ahop-bench-verify-", dir=args.scratch) as scratch_dir,
     ):
         work, scratch = Path(work_dir), Path(scratch_dir)
-        stack = LocalStack.start(work / "stack", given, database="postgres", durable=False)
+        stack = start_stack(work / "stack")
         try:
             with asyncio.Runner() as runner, contextlib.ExitStack() as closing:
                 prepared = []
@@ -420,9 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     report["loadavg_end"] = os.getloadavg()
     report["results"] = [row.to_json() for row in rows]
     print(table(rows, report["concurrency"]))
-    args.results.mkdir(parents=True, exist_ok=True)
-    out = args.results / f"verify-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
-    out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    out = write_results(args.results, "verify", report)
     print(f"\nraw timings and machine facts: {out}")
     return 0
 

@@ -2,7 +2,8 @@
 
 StorageError
 ├── InvalidDigest        text that is not `sha256:<64 lowercase hex>`
-├── SnapshotRefused      content that cannot become a canonical snapshot (bad input)
+├── SnapshotRefused      content that cannot become a canonical snapshot (bad input); `missing_member` names
+│   │                    the file it was to hold when that is what is missing
 │   └── LimitExceeded    a tree over the size or file-count limit (the message gives both figures)
 ├── IntegrityError       bytes that are not what their digest or checksum says
 │   └── UnsafeArchive    an archive member that a canonical tar never holds (escaping path, device, …)
@@ -22,6 +23,12 @@ class InvalidDigest(StorageError, ValueError):
 
 class SnapshotRefused(StorageError):
     """The requested content cannot be packed canonically (a symlink leaving the tree, a submodule, …)."""
+
+    def __init__(self, message: str, *, missing_member: str | None = None) -> None:
+        super().__init__(message)
+        self.missing_member = missing_member
+        """The file that the snapshot was to hold and that its path lacks (an entry file that is absent or not a
+        file); None when the path or its content is what is refused."""
 
 
 class LimitExceeded(SnapshotRefused):

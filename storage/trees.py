@@ -272,12 +272,16 @@ def locate_git_path(repo: git.Repo, rev: str, path: str, member: str) -> GitPath
     if kind == "blob":
         name = PurePosixPath(path).name
         if member != name:
-            raise SnapshotRefused(f"the entry of the single file {path!r} is {name!r}, not {member!r}")
+            raise SnapshotRefused(
+                f"the entry of the single file {path!r} is {name!r}, not {member!r}", missing_member=member
+            )
         return GitPath(commit, path, kind, object_id, f"file:{int(mode, 8):o}:{object_id}:{name}")
     try:
         member_kind = repo.git.cat_file("-t", f"{object_id}:{member}").strip()
     except git.GitCommandError:
         member_kind = "missing"
     if member_kind != "blob":
-        raise SnapshotRefused(f"{member!r} is not a file of {path or '.'!r} at {rev} ({commit[:12]})")
+        raise SnapshotRefused(
+            f"{member!r} is not a file of {path or '.'!r} at {rev} ({commit[:12]})", missing_member=member
+        )
     return GitPath(commit, path, kind, object_id, f"tree:{object_id}")

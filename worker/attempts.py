@@ -16,6 +16,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -48,15 +49,15 @@ async def entered_in_thread(manager: AbstractContextManager[T]) -> AsyncIterator
         await asyncio.to_thread(manager.__exit__, None, None, None)
 
 
+@dataclass(eq=False)
 class Attempts:
     """Runs attempts for one worker process and knows which tasks it is running now."""
 
-    def __init__(self, settings: WorkerSettings, redis: Redis, store: LocalStore, worker_id: str) -> None:
-        self.settings = settings
-        self.redis = redis
-        self.store = store
-        self.worker_id = worker_id
-        self._running: set[str] = set()
+    settings: WorkerSettings
+    redis: Redis
+    store: LocalStore
+    worker_id: str
+    _running: set[str] = field(default_factory=set, init=False, repr=False)
 
     def running(self) -> list[str]:
         return sorted(self._running)

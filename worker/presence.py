@@ -10,6 +10,7 @@ import os
 import socket
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 
 from redis.asyncio import Redis
@@ -41,30 +42,24 @@ def package_version() -> str:
         return "unknown"
 
 
+@dataclass(eq=False)
 class Presence:
     """Publishes heartbeats and the store's digests; serves the worker's inbox."""
 
-    def __init__(
-        self,
-        redis: Redis,
-        store: LocalStore,
-        worker_id: str,
-        pools: list[str],
-        running: Callable[[], list[str]],
-        interval: float,
-        *,
-        outage: RedisOutage,
-    ) -> None:
-        self.redis = redis
-        self.store = store
-        self.worker_id = worker_id
-        self.pools = pools
-        self.running = running
-        self.interval = interval
-        self.outage = outage
-        self.started_at = now_iso()
-        self.version = package_version()
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ahop-heartbeat")
+    redis: Redis
+    store: LocalStore
+    worker_id: str
+    pools: list[str]
+    running: Callable[[], list[str]]
+    interval: float
+    outage: RedisOutage = field(kw_only=True)
+    started_at: str = field(default_factory=now_iso, init=False)
+    version: str = field(default_factory=package_version, init=False)
+    _thread: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="ahop-heartbeat"),
+        init=False,
+        repr=False,
+    )
 
     async def beat(self) -> None:
         """Write one heartbeat and replace the published set of digests."""

@@ -30,7 +30,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 from storage.digest import Digest
 
@@ -53,10 +53,18 @@ EVENTS_GROUP = "ahop-control"
 WORKERS_KEY = "ahop:workers"
 """Hash: worker id → the JSON of its latest `Heartbeat`."""
 
-SCRIPT_TYPES = ("shell", "python", "ansible")
 ScriptType = Literal["shell", "python", "ansible"]
+"""How a template's entry file runs: with bash, python3 or ansible-playbook."""
+SCRIPT_TYPES: tuple[ScriptType, ...] = get_args(ScriptType)
 FinalStatus = Literal["success", "failed", "timeout", "cancelled"]
-FINAL_STATUSES: tuple[FinalStatus, ...] = ("success", "failed", "timeout", "cancelled")
+"""How an attempt that a worker ran ended, as its `finished` event says."""
+FINAL_STATUSES: tuple[FinalStatus, ...] = get_args(FinalStatus)
+TaskStatusName = Literal["pending", "queued", "running", FinalStatus, "lost"]
+"""Every status a task passes through (DESIGN §5); `lost` is the server's verdict on a worker that went silent."""
+TASK_STATUSES: tuple[TaskStatusName, ...] = get_args(TaskStatusName)
+RetryOutcome = Literal["failed", "timeout", "lost"]
+"""The endings after which a template may give a task another attempt."""
+RETRY_OUTCOMES: tuple[RetryOutcome, ...] = get_args(RetryOutcome)
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 

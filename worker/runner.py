@@ -1,4 +1,6 @@
-"""Runs one task's script: a private copy of its template, parameters in, masked output lines out, timeout, cancel.
+"""Plans and executes one task's script: interpreter and arguments, parameters in, timeout, cancel, process group.
+
+The run copy and the run-as user are `worker.rundir`'s, the output lines `worker.output`'s.
 
 What a script gets (DESIGN §4):
 - its working directory `runs_dir/<task_id>`: a writable copy of the read-only store entry, removed when the task
@@ -23,23 +25,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
-import pwd
 import re
 import shutil
 import signal
-import stat
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from worker import supervisor
+from worker.output import DRAIN_SECONDS, MAX_LINE_BYTES, LineCallback, line_emitter, read_lines, secret_pattern
 from worker.protocol import FinalStatus
+from worker.rundir import (
+    NotRunnable,
+    RunAsUser,
+    check_reachable,
+    prepare_run_copy,
+    remove_run_copy,
+    run_as_user,
+    user_name,
+)
 
 log = logging.getLogger("ahop.worker")
 
@@ -53,23 +62,12 @@ SUPERVISOR = str(Path(__file__).with_name("supervisor.py"))
 """Run as a program of its own (see `worker.supervisor`); the worker imports it only for its signal numbers."""
 KILL_ALL_SECONDS = 5.0
 """Most seconds the supervisor may take to kill everything on `STOP_ALL` before SIGKILL ends its group."""
-MAX_LINE_BYTES = 64 * 1024
-"""A longer line (or output without any newline) is passed on in pieces of at most this many bytes."""
-MASK = "********"
 CANCEL_GRACE = 0.5
 """Most seconds between SIGTERM and SIGKILL on a cancel, so a cancelled script is gone within about a second."""
-DRAIN_SECONDS = 0.5
-"""After the script exits: how long its output may take to end before what is left of its group is killed, and
-then how long a pipe may stay silent before it counts as held open by a process that left the group."""
-LATE_OUTPUT_BYTES = 4 * 1024 * 1024
-LATE_OUTPUT_SECONDS = 30.0
-"""Most output read after the group is killed. What pipes and buffers held is read within these limits even by a
-slow consumer; beyond them it comes from a process outside the group."""
 
 _TASK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _NOT_ENV_NAME = re.compile(r"[^A-Z0-9_]")
 
-LineCallback = Callable[[str, str], Awaitable[None]]
 CancelCheck = Callable[[], Awaitable[bool]]
 
 
@@ -114,25 +112,13 @@ class RunOutcome:
     error: str | None
 
 
-class _NotRunnable(Exception):
-    """The request cannot run; the message becomes the task's error."""
-
-
-@dataclass(frozen=True)
-class _User:
-    name: str
-    uid: int
-    gid: int
-    home: Path | None
-
-
 @dataclass(frozen=True)
 class _Plan:
     run_dir: Path
     params_file: Path
     argv: list[str]
     env: dict[str, str]
-    user: _User | None
+    user: RunAsUser | None
     """Who the script runs as when that is not the worker's own user."""
     secrets: re.Pattern[str] | None
 
@@ -147,42 +133,44 @@ async def run_script(request: RunRequest, on_line: LineCallback, cancelled: Canc
     """
     try:
         plan = await asyncio.to_thread(_plan, request)
-    except _NotRunnable as exc:
+    except NotRunnable as exc:
         return RunOutcome("failed", None, str(exc))
     try:
         try:
-            await asyncio.to_thread(_prepare_files, request, plan)
-        except _NotRunnable as exc:
+            await asyncio.to_thread(
+                prepare_run_copy, request.source, plan.run_dir, plan.params_file, request.params, plan.user
+            )
+        except NotRunnable as exc:
             return RunOutcome("failed", None, str(exc))
         return await _execute(request, plan, on_line, cancelled)
     finally:
-        await asyncio.to_thread(_clean_up, plan)
+        await asyncio.to_thread(remove_run_copy, plan.run_dir, plan.params_file, plan.user)
 
 
 def _plan(request: RunRequest) -> _Plan:
     """Check everything that can be checked before touching the disk, and decide the command and environment."""
     name = INTERPRETERS.get(request.script_type)
     if name is None:
-        raise _NotRunnable(f"unknown script type {request.script_type!r}; expected one of {', '.join(INTERPRETERS)}")
+        raise NotRunnable(f"unknown script type {request.script_type!r}; expected one of {', '.join(INTERPRETERS)}")
     interpreter = shutil.which(name, path=request.search_path)
     if interpreter is None and request.own_bin is not None:
         interpreter = shutil.which(name, path=request.own_bin)
     if interpreter is None:
         looked = request.search_path + (f" and {request.own_bin}" if request.own_bin is not None else "")
-        raise _NotRunnable(
+        raise NotRunnable(
             f"{name} is not installed on this worker (needed for {request.script_type} templates); looked in {looked}"
         )
     if not _TASK_ID.fullmatch(request.task_id):
-        raise _NotRunnable(f"task id {request.task_id!r} cannot name a run directory; expected letters, digits, . _ -")
+        raise NotRunnable(f"task id {request.task_id!r} cannot name a run directory; expected letters, digits, . _ -")
     entry = _entry_argument(request.source, request.entry_file)
-    user = _run_as_user(request.run_as)
+    user = run_as_user(request.run_as)
     try:
         request.runs_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
     except OSError as exc:
-        raise _NotRunnable(f"could not create the runs directory {request.runs_dir}: {exc}") from exc
+        raise NotRunnable(f"could not create the runs directory {request.runs_dir}: {exc}") from exc
     runs_dir = request.runs_dir.resolve()
     if user is not None:
-        _check_reachable(runs_dir, user)
+        check_reachable(runs_dir, user)
     run_dir = runs_dir / request.task_id
     params_file = runs_dir / f"{request.task_id}.params.json"
 
@@ -191,7 +179,7 @@ def _plan(request: RunRequest) -> _Plan:
         arguments = ["-e", f"@{params_file}", entry]
     else:
         arguments = [entry, *(part for param, text in texts.items() for part in (f"--{param}", text))]
-    worker_user = _user_name(os.geteuid()) if user is None else user.name
+    worker_user = user_name(os.geteuid()) if user is None else user.name
     env = {
         "PATH": request.search_path,
         "HOME": str(user.home if user is not None and user.home is not None else run_dir),
@@ -204,19 +192,18 @@ def _plan(request: RunRequest) -> _Plan:
         env["AHOP_PARAM_" + _NOT_ENV_NAME.sub("_", param.upper())] = text
     env["AHOP_PARAMS_FILE"] = str(params_file)
 
-    secrets = sorted({texts[n] for n in request.secret_params if texts.get(n)}, key=len, reverse=True)
-    pattern = re.compile("|".join(map(re.escape, secrets))) if secrets else None
-    return _Plan(run_dir, params_file, [interpreter, *arguments], env, user, pattern)
+    secrets = secret_pattern(texts.get(name, "") for name in request.secret_params)
+    return _Plan(run_dir, params_file, [interpreter, *arguments], env, user, secrets)
 
 
 def _entry_argument(source: Path, entry_file: str) -> str:
     """The entry file as the interpreter's argument: relative to the run copy, never mistaken for an option."""
     path = PurePosixPath(entry_file)
     if not entry_file or "\x00" in entry_file or path.is_absolute() or ".." in path.parts:
-        raise _NotRunnable(f"entry file {entry_file!r} must be a relative path inside the template")
+        raise NotRunnable(f"entry file {entry_file!r} must be a relative path inside the template")
     target = (source / path).resolve()
     if not target.is_relative_to(source.resolve()) or not target.is_file():
-        raise _NotRunnable(f"entry file {entry_file!r} is not a file of the template")
+        raise NotRunnable(f"entry file {entry_file!r} is not a file of the template")
     return f"./{path.as_posix()}"
 
 
@@ -228,132 +215,15 @@ def _param_texts(params: Mapping[str, Any]) -> dict[str, str]:
             continue
         items = value if isinstance(value, list) else [value]
         if not all(isinstance(item, str | int | float) for item in items):
-            raise _NotRunnable(
+            raise NotRunnable(
                 f"parameter {name!r} has a value of type {type(value).__name__}; "
                 "expected text, a number, true/false or a list of text"
             )
         text = ",".join(("true" if item else "false") if isinstance(item, bool) else str(item) for item in items)
         if "\x00" in text or "\x00" in name:
-            raise _NotRunnable(f"parameter {name!r} contains a NUL character, which no script can receive")
+            raise NotRunnable(f"parameter {name!r} contains a NUL character, which no script can receive")
         texts[name] = text
     return texts
-
-
-def _user_name(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:  # a uid without a passwd entry, as in some containers
-        return str(uid)
-
-
-def _run_as_user(name: str | None) -> _User | None:
-    """The user to switch to, or None when the script runs as the worker's own user."""
-    if name is None:
-        return None
-    try:
-        entry = pwd.getpwnam(name)
-    except KeyError:
-        raise _NotRunnable(f"run-as user {name!r} does not exist on this worker") from None
-    if entry.pw_uid == os.geteuid():
-        return None
-    if os.geteuid() != 0:
-        raise _NotRunnable(
-            f"this worker runs as uid {os.geteuid()}, not root, so it cannot run scripts as {name!r}; "
-            "run the worker as root or remove its run-as user"
-        )
-    home = Path(entry.pw_dir)
-    return _User(name, entry.pw_uid, entry.pw_gid, home if home.is_dir() else None)
-
-
-def _check_reachable(directory: Path, user: _User) -> None:
-    """Refuse clearly when the run-as user could not enter its run directory (it keeps only its primary group)."""
-    for path in (directory, *directory.parents):
-        info = path.stat()
-        if info.st_uid == user.uid:
-            bit = stat.S_IXUSR
-        elif info.st_gid == user.gid:
-            bit = stat.S_IXGRP
-        else:
-            bit = stat.S_IXOTH
-        if not info.st_mode & bit:
-            raise _NotRunnable(
-                f"run-as user {user.name!r} cannot enter {path} (mode {stat.S_IMODE(info.st_mode):o}); the runs "
-                f"directory and every directory above it must be searchable by that user, e.g. chmod o+x {path}"
-            )
-
-
-def _prepare_files(request: RunRequest, plan: _Plan) -> None:
-    """Make the run copy and the parameters file, owned by the run-as user when there is one."""
-    owner = (plan.user.uid, plan.user.gid) if plan.user is not None else None
-    _clean_up(plan)  # left by a worker that died during an earlier attempt of this task
-    try:
-        _copy_tree(request.source, plan.run_dir, owner)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-        with os.fdopen(os.open(plan.params_file, flags, 0o600), "wb") as f:
-            if owner is not None:
-                os.fchown(f.fileno(), *owner)
-            f.write(json.dumps(dict(request.params), ensure_ascii=False).encode())
-    except OSError as exc:
-        raise _NotRunnable(f"could not prepare the run directory {plan.run_dir}: {exc}") from exc
-
-
-def _copy_tree(source: Path, dest: Path, owner: tuple[int, int] | None) -> None:
-    """Copy files with their modes plus owner write, symlinks as symlinks; the top directory private (0700).
-
-    Directories go to the run-as user bottom-up: each stays the worker's while its entries are changed, so no other
-    process of that user can swap an entry for a symlink and have the worker chown or chmod the link's target.
-    """
-
-    def copy_file(src: str, dst: str) -> str:
-        shutil.copyfile(src, dst, follow_symlinks=False)
-        os.chmod(dst, stat.S_IMODE(os.stat(src).st_mode) | stat.S_IWUSR)
-        if owner is not None:
-            os.chown(dst, *owner)
-        return dst
-
-    shutil.copytree(source, dest, symlinks=True, copy_function=copy_file)
-    for root, dirs, files in os.walk(dest, topdown=False):
-        for name in dirs + files:
-            path = os.path.join(root, name)
-            if os.path.islink(path):
-                if owner is not None:
-                    os.lchown(path, *owner)
-            elif name in dirs:  # copytree gave it the store's read-only mode
-                os.chmod(path, stat.S_IMODE(os.lstat(path).st_mode) | stat.S_IRWXU)
-                if owner is not None:
-                    os.chown(path, *owner)
-    os.chmod(dest, 0o700)
-    if owner is not None:
-        os.chown(dest, *owner)
-
-
-def _clean_up(plan: _Plan) -> None:
-    try:
-        _remove_tree(plan.run_dir, repair=plan.user is None)
-        with contextlib.suppress(FileNotFoundError):
-            plan.params_file.unlink()
-    except OSError as exc:
-        log.warning("could not remove the run directory %s: %s", plan.run_dir, exc)
-
-
-def _remove_tree(path: Path, repair: bool) -> None:
-    """Remove a run copy; with `repair`, also one whose script (the worker's own user) took away its permissions.
-
-    Never repair for a run-as user: root needs no permissions to remove, and chmod would follow that user's links.
-    """
-    try:
-        shutil.rmtree(path)  # resistant to symlink swaps (works on directory descriptors)
-    except FileNotFoundError:
-        return
-    except OSError:
-        if not repair:
-            raise
-        os.chmod(path, stat.S_IRWXU)
-        for root, dirs, _ in os.walk(path):
-            for name in dirs:
-                if not os.path.islink(sub := os.path.join(root, name)):
-                    os.chmod(sub, stat.S_IRWXU)
-        shutil.rmtree(path)
 
 
 class _ScriptProtocol(asyncio.subprocess.SubprocessStreamProtocol):
@@ -399,8 +269,8 @@ async def _execute(request: RunRequest, plan: _Plan, on_line: LineCallback, canc
     assert protocol.stderr is not None
     group_ended = asyncio.Event()
     readers = [
-        asyncio.create_task(_read_lines(protocol.stdout, _emitter("stdout", on_line, plan.secrets), group_ended)),
-        asyncio.create_task(_read_lines(protocol.stderr, _emitter("stderr", on_line, plan.secrets), group_ended)),
+        asyncio.create_task(read_lines(protocol.stdout, line_emitter("stdout", on_line, plan.secrets), group_ended)),
+        asyncio.create_task(read_lines(protocol.stderr, line_emitter("stderr", on_line, plan.secrets), group_ended)),
     ]
     watcher = asyncio.create_task(_wait_for_cancel(cancelled, request.cancel_poll))
     stop: Literal["timeout", "cancelled"] | None = None
@@ -486,7 +356,7 @@ async def _finish_output(group: int, readers: list[asyncio.Task[None]], group_en
     # unless the group is already empty and the pid was taken again within the drain time.
     _signal_group(group, signal.SIGKILL)
     group_ended.set()
-    await asyncio.wait(readers)  # each ends at its pipe's end, or as `_read_lines` says
+    await asyncio.wait(readers)  # each ends at its pipe's end, or as `read_lines` says
     for reader in readers:
         if (failure := reader.exception()) is not None:
             raise failure
@@ -496,73 +366,3 @@ def _signal_group(group: int, signum: signal.Signals) -> None:
     # ESRCH: the group is gone. EPERM: no member could be signalled (all became another user, e.g. setuid).
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(group, signum)
-
-
-def _emitter(stream: str, on_line: LineCallback, secrets: re.Pattern[str] | None) -> Callable[[bytes], Awaitable[None]]:
-    async def emit(data: bytes) -> None:
-        # NUL cannot be stored as text (PostgreSQL refuses it): binary output shows U+FFFD in its place.
-        text = data.decode("utf-8", errors="replace").removesuffix("\r").replace("\x00", "\ufffd")
-        await on_line(stream, secrets.sub(MASK, text) if secrets is not None else text)
-
-    return emit
-
-
-async def _read_lines(
-    reader: asyncio.StreamReader, emit: Callable[[bytes], Awaitable[None]], group_ended: asyncio.Event
-) -> None:
-    """Pass each line (without its newline) to `emit`; lines longer than `MAX_LINE_BYTES` go in pieces.
-
-    Once the script's group is killed, a pipe still open is held by a process that left the group (setsid):
-    reading stops when it stays silent for `DRAIN_SECONDS`, or brings more than `LATE_OUTPUT_BYTES`, or after
-    `LATE_OUTPUT_SECONDS`. A slow `emit` does not lose lines. When `emit` fails, reading goes on without it, so
-    the script never blocks on a full pipe; the error is raised once the output has ended.
-    """
-    failure: Exception | None = None
-
-    async def deliver(data: bytes) -> None:
-        nonlocal failure
-        if failure is None:
-            try:
-                await emit(data)
-            except Exception as exc:
-                failure = exc
-
-    pending, late, cut_off = b"", 0, float("inf")
-    loop = asyncio.get_running_loop()
-    while True:
-        if group_ended.is_set():
-            cut_off = min(cut_off, loop.time() + LATE_OUTPUT_SECONDS)
-            if loop.time() > cut_off:
-                break
-        try:
-            chunk = await asyncio.wait_for(reader.read(MAX_LINE_BYTES), DRAIN_SECONDS)
-        except TimeoutError:
-            if group_ended.is_set():
-                break
-            continue
-        if not chunk:
-            break
-        if group_ended.is_set() and (late := late + len(chunk)) > LATE_OUTPUT_BYTES:
-            break
-        *lines, pending = (pending + chunk).split(b"\n")
-        for line in lines:
-            for piece in _pieces(line):
-                await deliver(piece)
-        *full, pending = _pieces(pending)  # keep at most MAX_LINE_BYTES of an unfinished line
-        for piece in full:
-            await deliver(piece)
-    if pending:
-        await deliver(pending)
-    if failure is not None:
-        raise failure
-
-
-def _pieces(line: bytes) -> Iterator[bytes]:
-    """`line` cut into pieces of at most `MAX_LINE_BYTES`, never inside a UTF-8 character."""
-    while len(line) > MAX_LINE_BYTES:
-        cut = MAX_LINE_BYTES
-        while cut > MAX_LINE_BYTES - 3 and line[cut] & 0xC0 == 0x80:  # a continuation byte: back to its start
-            cut -= 1
-        yield line[:cut]
-        line = line[cut:]
-    yield line

@@ -6,33 +6,20 @@ import os
 import socket
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from storage.blobstore import S3Location
+from storage.settings import S3Settings
 from worker.protocol import DEFAULT_POOL
 from worker.runner import DEFAULT_PATH
 
 
-class WorkerSettings(BaseSettings):
+class WorkerSettings(S3Settings, BaseSettings):
     """What a worker host needs: Redis, read access to S3 and a directory of its own. No database."""
 
     model_config = SettingsConfigDict(env_prefix="AHOP_", extra="ignore")
 
     redis_url: str = "redis://127.0.0.1:6379/0"
-    s3_endpoint_url: str | None = None
-    s3_bucket: str = "ahop"
-    s3_access_key_id: str | None = None
-    s3_secret_access_key: SecretStr | None = None
-    s3_region: str = "us-east-1"
-    s3_connect_timeout: float = Field(default=5.0, gt=0, description="Seconds to open a connection to S3.")
-    s3_read_timeout: float = Field(
-        default=20.0,
-        gt=0,
-        description="Seconds S3 may stay silent within one request or download (a stopped "
-        "server) before it is tried again or the task fails saying so.",
-    )
-    s3_max_attempts: int = Field(default=3, ge=1, le=10, description="Tries of each S3 request, the first included.")
     worker_root: Path = Path("/opt/ahop-worker")
     worker_id: str | None = Field(default=None, description="This worker's name; default <host>-<pid>.")
     worker_pool: str = Field(default=DEFAULT_POOL, description="The pool (queue) this worker takes jobs from.")
@@ -58,18 +45,6 @@ class WorkerSettings(BaseSettings):
         description="Port of the Prometheus metrics (GET /metrics); 0 turns them off. One port per worker on a host.",
     )
     worker_metrics_host: str = Field(default="0.0.0.0", description="Address the metrics port listens on.")  # noqa: S104
-
-    def s3_location(self) -> S3Location:
-        return S3Location(
-            endpoint_url=self.s3_endpoint_url,
-            bucket=self.s3_bucket,
-            access_key_id=self.s3_access_key_id,
-            secret_access_key=self.s3_secret_access_key.get_secret_value() if self.s3_secret_access_key else None,
-            region=self.s3_region,
-            connect_timeout=self.s3_connect_timeout,
-            read_timeout=self.s3_read_timeout,
-            max_attempts=self.s3_max_attempts,
-        )
 
     def resolved_worker_id(self) -> str:
         return self.worker_id or f"{socket.gethostname()}-{os.getpid()}"

@@ -14,12 +14,12 @@ from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.auth import Principal
-from app.api.schemas import INT8_MAX, Page, PageNumber, PageSize, Timestamped
-from app.db.models import MaintenanceRun, Role, RunKind
+from app.api.schemas import INT8_MAX, Page, PageNumber, PageSize, RowOut
+from app.db.models import Role, RunKind
 from app.errors import InvalidInput
 from app.maintenance.launcher import RunLauncher
 from app.maintenance.runs import get_run, list_runs
-from app.maintenance.service import Maintenance, StartedRun
+from app.maintenance.start import Maintenance, StartedRun
 from storage.digest import Digest
 from storage.errors import InvalidDigest
 
@@ -47,7 +47,7 @@ class RunStarted(BaseModel):
     report_url: str
 
 
-class RunOut(Timestamped):
+class RunOut(RowOut):
     id: uuid.UUID
     kind: str
     status: str = Field(description="running, succeeded, problems (verify found some) or failed (see error).")
@@ -58,21 +58,6 @@ class RunOut(Timestamped):
     started_at: datetime
     updated_at: datetime
     finished_at: datetime | None
-
-    @classmethod
-    def of(cls, run: MaintenanceRun) -> RunOut:
-        return cls(
-            id=run.id,
-            kind=run.kind,
-            status=run.status,
-            options=run.options,
-            report=run.report,
-            error=run.error,
-            started_by=run.started_by,
-            started_at=run.started_at,
-            updated_at=run.updated_at,
-            finished_at=run.finished_at,
-        )
 
 
 def _started_by(principal: Principal) -> str:

@@ -11,8 +11,8 @@ from litestar.params import JSONBody
 from pydantic import BaseModel, Field
 
 from app.api.auth import Principal
-from app.api.schemas import IdPath, Page, PageNumber, PageSize, Timestamped
-from app.db.models import GitRepository, Role
+from app.api.schemas import IdPath, Page, PageNumber, PageSize, RowOut
+from app.db.models import Role
 from app.services.credentials import Credentials
 from app.services.repositories import Repositories, RepositoryFields
 
@@ -43,7 +43,7 @@ class RepositoryUpdate(BaseModel):
     clear_credentials: bool = False
 
 
-class RepositoryOut(Timestamped):
+class RepositoryOut(RowOut):
     id: int
     name: str
     url: str
@@ -53,20 +53,6 @@ class RepositoryOut(Timestamped):
     synced_at: datetime | None
     created_at: datetime
     updated_at: datetime
-
-    @classmethod
-    def of(cls, row: GitRepository) -> RepositoryOut:
-        return cls(
-            id=row.id,
-            name=row.name,
-            url=row.url,
-            branch=row.branch,
-            auth_kind=row.auth_kind,
-            head_commit=row.head_commit,
-            synced_at=row.synced_at,
-            created_at=row.created_at,
-            updated_at=row.updated_at,
-        )
 
 
 class ScanOut(BaseModel):

@@ -9,7 +9,7 @@ repositories and templates are `bigint` (`RowId`, `IdPath`, `IdQuery`), version 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Generic, TypeVar
+from typing import Annotated, Generic, Self, TypeVar
 
 from litestar.params import PathParameter, QueryParameter
 from pydantic import BaseModel, Field, field_serializer
@@ -50,3 +50,11 @@ class Timestamped(BaseModel):
         if isinstance(value, datetime):
             return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
         return value
+
+
+class RowOut(Timestamped):
+    """An answer that is one database row: each field is the row's column of the same name."""
+
+    @classmethod
+    def of(cls, row: object) -> Self:
+        return cls.model_validate(row, from_attributes=True)

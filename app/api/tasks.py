@@ -21,10 +21,9 @@ from app.db.models import Role, Task
 from app.errors import InvalidInput
 from app.services.tasks import Ending, KeepAlive, NewTask, Tasks
 from app.services.workers import Workers
-from worker.protocol import LogLine
+from worker.protocol import LogLine, TaskStatusName
 
 EVENT_STREAM = "text/event-stream; charset=utf-8"
-StatusName = Literal["pending", "queued", "running", "success", "failed", "timeout", "cancelled", "lost"]
 
 
 class TaskIn(BaseModel):
@@ -176,7 +175,7 @@ class TaskController(Controller):
         self,
         principal: NamedDependency[Principal],
         tasks: NamedDependency[Tasks],
-        status: Annotated[StatusName | None, QueryParameter()] = None,
+        status: Annotated[TaskStatusName | None, QueryParameter()] = None,
         template_id: IdQuery = None,
         id_prefix: Annotated[
             str | None,

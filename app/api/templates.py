@@ -14,14 +14,13 @@ from app.api.auth import Principal
 from app.api.schemas import IdPath, Page, PageNumber, PageSize, RowId, Timestamped, VersionNumber
 from app.db.models import Blob, Role, TemplateVersion
 from app.errors import Conflict, Unavailable
+from app.scan.params import ParamType
 from app.services.imports import Importer, TemplateSpec
 from app.services.template_changes import Synced, TemplateChanger, TemplateChanges
 from app.services.templates import Templates, TemplateView
 from app.services.workers import Workers
-from worker.protocol import BlobRef
+from worker.protocol import BlobRef, RetryOutcome, ScriptType
 
-ParameterType = Literal["text", "textarea", "password", "integer", "float", "select", "multiselect", "boolean"]
-RetryOutcome = Literal["failed", "timeout", "lost"]
 POOL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 POOL_DESCRIPTION = "The worker pool (queue) that runs the template's tasks."
 MAX_ATTEMPTS_DESCRIPTION = "Attempts a task gets in all: 1 runs it once, whatever happens."
@@ -44,7 +43,7 @@ class ParameterSpec(BaseModel):
     """One parameter in the normalized schema that scans produce and tasks are validated against."""
 
     name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$")
-    type: ParameterType = "text"
+    type: ParamType = "text"
     label: str = ""
     description: str = ""
     required: bool = False
@@ -56,7 +55,7 @@ class ParameterSpec(BaseModel):
 class TemplateIn(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     code: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    script_type: Literal["shell", "python", "ansible"]
+    script_type: ScriptType
     entry_file: str = Field(min_length=1, max_length=1000)
     repository_id: RowId
     original_path: str = Field(default="", max_length=1000)
@@ -84,7 +83,7 @@ class TemplateUpdate(BaseModel):
     description: str | None = Field(default=None, max_length=10_000)
     timeout: int | None = Field(default=None, ge=1, le=7 * 86400)
     entry_file: str | None = Field(default=None, min_length=1, max_length=1000)
-    script_type: Literal["shell", "python", "ansible"] | None = None
+    script_type: ScriptType | None = None
     parameters: list[ParameterSpec] | None = None
     version: VersionNumber | None = None
     pool: str | None = Field(

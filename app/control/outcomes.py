@@ -40,15 +40,13 @@ class Outcome:
     at: datetime | None = None
 
 
+@dataclass(eq=False)
 class Outcomes:
     """Records outcomes for the event consumer and the reaper."""
 
-    def __init__(
-        self, session_factory: async_sessionmaker[AsyncSession], dispatcher: Dispatcher, log_limit: int
-    ) -> None:
-        self.session_factory = session_factory
-        self.dispatcher = dispatcher
-        self.log_limit = log_limit
+    session_factory: async_sessionmaker[AsyncSession]
+    dispatcher: Dispatcher
+    log_limit: int
 
     async def record(self, task_id: uuid.UUID, attempt: int, outcome: Outcome) -> str | None:
         """Record `outcome` for `attempt` of the task: the status it ends in (`pending` for a retry), or None when

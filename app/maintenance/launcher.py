@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 
-from app.maintenance.service import StartedRun
+from app.maintenance.start import StartedRun
 
 log = logging.getLogger("ahop.maintenance")
 

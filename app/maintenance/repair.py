@@ -41,20 +41,15 @@ class Origin:
         return f"repository {self.repository_id} at {self.commit_sha[:12]}, path {self.path or '.'!r}"
 
 
+@dataclass(eq=False)
 class Repairer:
-    def __init__(
-        self,
-        sessions: async_sessionmaker[AsyncSession],
-        store: BlobStore,
-        mirrors: Mirrors,
-        limits: Limits,
-        work_dir: Path,
-    ) -> None:
-        self.sessions = sessions
-        self.store = store
-        self.mirrors = mirrors
-        self.limits = limits
-        self.work_dir = work_dir
+    """Packs a broken blob again from the Git source its template versions recorded."""
+
+    sessions: async_sessionmaker[AsyncSession]
+    store: BlobStore
+    mirrors: Mirrors
+    limits: Limits
+    work_dir: Path
 
     async def repair(self, digest: Digest) -> tuple[bool, str]:
         """(repaired, what was done or why it could not be)."""

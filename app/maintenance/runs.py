@@ -11,10 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, func, select, update
@@ -187,11 +186,3 @@ class RunRecorder:
                 .where(MaintenanceRun.id == self.run_id)
                 .values(status=status.value, report=report, error=error, finished_at=func.now(), updated_at=func.now())
             )
-
-
-def elapsed_since(started: float) -> float:
-    return round(time.monotonic() - started, 3)
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)

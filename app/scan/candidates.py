@@ -39,16 +39,16 @@ Candidates:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Literal
 
 from app.scan.headers import HEADER_BYTES, Header, parse_header
 from app.scan.limits import LimitCheck
-from app.scan.params import Parameter, Problem
+from app.scan.params import Parameter, Problem, json_object
 from app.scan.playbooks import (
     DEFAULT_PLAYBOOKS,
     PLAYBOOK_BYTES,
@@ -59,8 +59,8 @@ from app.scan.playbooks import (
 )
 from app.scan.survey import SURVEY_BYTES, SURVEY_NAMES, Survey, parse_survey
 from storage.canonical import Limits
+from worker.protocol import ScriptType
 
-ScriptType = Literal["shell", "python", "ansible"]
 SCRIPT_SUFFIXES: dict[str, ScriptType] = {".sh": "shell", ".py": "python"}
 PLAYBOOKS = DEFAULT_PLAYBOOKS
 LIBRARY_DIRS = frozenset({"lib", "libs", "vendor", "node_modules", "__pycache__"})
@@ -103,19 +103,7 @@ class Candidate:
     problems: tuple[Problem, ...]
 
     def to_json(self) -> dict[str, object]:
-        return {
-            "path": self.path,
-            "original_path": self.original_path,
-            "code": self.code,
-            "name": self.name,
-            "description": self.description,
-            "script_type": self.script_type,
-            "entry_file": self.entry_file,
-            "parameters": [parameter.to_json() for parameter in self.parameters],
-            "size": self.size,
-            "file_count": self.file_count,
-            "problems": [problem.to_json() for problem in self.problems],
-        }
+        return dataclasses.asdict(self, dict_factory=json_object)
 
 
 def scan(files: Iterable[ScanFile], read: Reader, limits: Limits | None = None) -> list[Candidate]:

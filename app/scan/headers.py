@@ -106,12 +106,8 @@ def parse_header(path: str, data: bytes) -> Header:
         elif param_match := _PARAM.fullmatch(body):
             found = True
             parameter = _parse_param(path, number, (param_match.group(1) or "").strip(), problems)
-            if parameter is None:
-                continue
-            if parameter.name in parameters:
+            if parameter is not None and parameters.setdefault(parameter.name, parameter) is not parameter:
                 problems.append(Problem(path, number, f"@param {parameter.name} is declared twice; the first wins"))
-            else:
-                parameters[parameter.name] = parameter
     return Header(
         found=found,
         name=fields.get("name", ("", 0))[0],

@@ -29,22 +29,14 @@ integer: a parameter that mentions a secret (`token_timeout`) is masked, which i
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, get_args
 
 ParamType = Literal["text", "textarea", "password", "integer", "float", "select", "multiselect", "boolean"]
-PARAM_TYPES: tuple[ParamType, ...] = (
-    "text",
-    "textarea",
-    "password",
-    "integer",
-    "float",
-    "select",
-    "multiselect",
-    "boolean",
-)
+PARAM_TYPES: tuple[ParamType, ...] = get_args(ParamType)
 TYPE_ALIASES: dict[str, ParamType] = {
     "str": "text",
     "string": "text",
@@ -83,6 +75,12 @@ DefaultValue = str | int | float | bool | tuple[str, ...] | None
 """A default as JSON will carry it; a multiselect's default is the tuple of its chosen options."""
 
 
+def json_object(fields: list[tuple[str, Any]]) -> dict[str, object]:
+    """`dataclasses.asdict`'s dict_factory for the scan's values: their fields in the order they are declared,
+    tuples (parameters, options, a multiselect's default) as the lists that JSON carries."""
+    return {name: list(value) if isinstance(value, tuple) else value for name, value in fields}
+
+
 @dataclass(frozen=True)
 class Problem:
     """Something wrong with one candidate, at a file and (when known) a 1-based line; the scan goes on."""
@@ -92,7 +90,7 @@ class Problem:
     message: str
 
     def to_json(self) -> dict[str, object]:
-        return {"file": self.file, "line": self.line, "message": self.message}
+        return dataclasses.asdict(self, dict_factory=json_object)
 
 
 @dataclass(frozen=True)
@@ -106,13 +104,7 @@ class Validation:
     max_length: int | None = None
 
     def to_json(self) -> dict[str, object]:
-        return {
-            "min": self.min,
-            "max": self.max,
-            "pattern": self.pattern,
-            "min_length": self.min_length,
-            "max_length": self.max_length,
-        }
+        return dataclasses.asdict(self, dict_factory=json_object)
 
 
 @dataclass(frozen=True)
@@ -129,16 +121,7 @@ class Parameter:
     validation: Validation = field(default_factory=Validation)
 
     def to_json(self) -> dict[str, object]:
-        return {
-            "name": self.name,
-            "type": self.type,
-            "label": self.label,
-            "description": self.description,
-            "required": self.required,
-            "default": list(self.default) if isinstance(self.default, tuple) else self.default,
-            "options": list(self.options),
-            "validation": self.validation.to_json(),
-        }
+        return dataclasses.asdict(self, dict_factory=json_object)
 
 
 def resolve_type(word: str) -> ParamType | None:

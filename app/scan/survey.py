@@ -89,12 +89,8 @@ def parse_survey(path: str, data: bytes) -> Survey:
         for index, item in enumerate(spec):
             line = item_lines.get(index)
             parameter = _parameter(path, line, item, problems)
-            if parameter is None:
-                continue
-            if parameter.name in parameters:
+            if parameter is not None and parameters.setdefault(parameter.name, parameter) is not parameter:
                 problems.append(Problem(path, line, f"variable {parameter.name!r} is asked twice; the first wins"))
-            else:
-                parameters[parameter.name] = parameter
     return Survey(name, description, tuple(parameters.values()), tuple(problems))
 
 

@@ -19,10 +19,11 @@ from app.git.urls import check_remote_url
 from app.scan.candidates import PLAYBOOKS
 from app.scan.params import NAME, TYPE_NAMES, Parameter, coerce_default, resolve_type
 from app.services.imports import Importer
-from app.services.legacy import SCRIPT_TYPES, TIME_TYPES
+from app.services.legacy import TIME_TYPES
 from storage.digest import Digest
 from storage.errors import SnapshotRefused
 from storage.trees import normalize_repo_path
+from worker.protocol import SCRIPT_TYPES
 
 
 def convert_parameters(raw: object) -> list[dict[str, Any]]:

@@ -26,30 +26,30 @@ class Readiness:
         return all(outcome == OK for outcome in self.checks.values())
 
 
+@dataclass(eq=False)
 class HealthProbe:
     """Checks Postgres, Redis and S3 concurrently, each bounded by `timeout` seconds."""
 
-    def __init__(self, engine: AsyncEngine, redis: Redis, blobs: BlobStore, timeout: float) -> None:
-        self._engine = engine
-        self._redis = redis
-        self._blobs = blobs
-        self._timeout = timeout
+    engine: AsyncEngine
+    redis: Redis
+    blobs: BlobStore
+    timeout: float
 
     async def _database(self) -> None:
-        async with self._engine.connect() as connection:
+        async with self.engine.connect() as connection:
             await connection.execute(text("SELECT 1"))
 
     async def _redis_ping(self) -> None:
-        await self._redis.ping()
+        await self.redis.ping()
 
     async def _s3(self) -> None:
-        await asyncio.to_thread(self._blobs.check_bucket)
+        await asyncio.to_thread(self.blobs.check_bucket)
 
     async def _outcome(self, probe: Callable[[], Awaitable[None]]) -> str:
         try:
-            await asyncio.wait_for(probe(), self._timeout)
+            await asyncio.wait_for(probe(), self.timeout)
         except TimeoutError:
-            return f"unavailable: no answer within {self._timeout:g}s"
+            return f"unavailable: no answer within {self.timeout:g}s"
         except Exception as exc:  # any failure of a dependency is reported, not raised
             return f"unavailable: {type(exc).__name__}: {exc}"[:300].strip()
         return OK

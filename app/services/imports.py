@@ -191,7 +191,7 @@ class Importer:
         try:
             located = locate_git_path(git.Repo(mirror), commit, path, entry_file)
         except SnapshotRefused as exc:
-            field = "entry_file" if "is not a file of" in str(exc) or "the entry of" in str(exc) else "original_path"
+            field = "original_path" if exc.missing_member is None else "entry_file"
             raise InvalidInput(str(exc), {field: str(exc)}) from exc
         original_path = located.path
         info = {

@@ -80,7 +80,6 @@ OPTIONAL = {
 }
 LEGACY_TIMEOUT = 300
 MAX_TIMEOUT = 7 * 86400
-SCRIPT_TYPES = ("shell", "python", "ansible")
 TIME_TYPES = frozenset({"datetime", "date", "time"})
 # Tables, partitioned tables, views, materialized views, foreign tables and sequences that no column owns (owned
 # ones move with their table); extension members stay.

@@ -1,9 +1,4 @@
-"""Git repositories, blobs, task templates and their versions, and the tree → digest cache.
-
-Revision ID: 0002
-Revises: 0001
-Create Date: 2026-11-28
-"""
+"""Git repositories, blobs, task templates and their versions, and the tree → digest cache."""
 
 from __future__ import annotations
 
@@ -13,8 +8,6 @@ from sqlalchemy.dialects import postgresql
 
 revision = "0002"
 down_revision = "0001"
-branch_labels = None
-depends_on = None
 
 SHA256_HEX = "~ '^[0-9a-f]{64}$'"
 

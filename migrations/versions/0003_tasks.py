@@ -1,9 +1,4 @@
-"""Tasks, their stored output, and the retry policy a template may opt in to.
-
-Revision ID: 0003
-Revises: 0002
-Create Date: 2026-11-28
-"""
+"""Tasks, their stored output, and the retry policy a template may opt in to."""
 
 from __future__ import annotations
 
@@ -13,8 +8,6 @@ from sqlalchemy.dialects import postgresql
 
 revision = "0003"
 down_revision = "0002"
-branch_labels = None
-depends_on = None
 
 STATUSES = "'pending', 'queued', 'running', 'success', 'failed', 'timeout', 'cancelled', 'lost'"
 UNFINISHED = "'pending', 'queued', 'running'"

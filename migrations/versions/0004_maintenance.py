@@ -1,9 +1,5 @@
 """Maintenance: the reports of GC and verify runs, each blob's last verify outcome, and the indexes GC and
 retention delete by.
-
-Revision ID: 0004
-Revises: 0003
-Create Date: 2026-11-28
 """
 
 from __future__ import annotations
@@ -14,8 +10,6 @@ from sqlalchemy.dialects import postgresql
 
 revision = "0004"
 down_revision = "0003"
-branch_labels = None
-depends_on = None
 
 OUTCOMES = "'ok', 'missing', 'corrupt', 'size-mismatch'"
 

@@ -4,10 +4,6 @@ at import or sync) or `manual` (given by the client).
 Versions written before this revision were imported either with parameters given by hand or, without them, with
 none at all (imports then dropped the scanned schema). Those with an empty schema are marked `scanned`, so the next
 sync reads their schema from Git; those with a schema keep it as `manual`.
-
-Revision ID: 0005
-Revises: 0004
-Create Date: 2026-12-03
 """
 
 from __future__ import annotations
@@ -17,8 +13,6 @@ from alembic import op
 
 revision = "0005"
 down_revision = "0004"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:

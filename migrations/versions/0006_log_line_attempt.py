@@ -3,10 +3,6 @@
 Lines stored before this revision keep no attempt (NULL), so the upgrade rewrites no row: readers take such a line
 as attempt 1's when its task never had another attempt; for a task that was retried, which attempt wrote each of its
 older lines is not known (shown as null).
-
-Revision ID: 0006
-Revises: 0005
-Create Date: 2026-12-03
 """
 
 from __future__ import annotations
@@ -16,8 +12,6 @@ from alembic import op
 
 revision = "0006"
 down_revision = "0005"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:

@@ -13,7 +13,7 @@ from arq.jobs import Job
 from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
 
-from app.db.models import Role
+from app.db.models import Role, TaskStatus
 from app.main import create_app
 from app.settings import AppSettings
 from tests.app.conftest import Caller
@@ -21,7 +21,7 @@ from tests.app.test_templates import Client, add_repository, body
 from tests.app.test_workers_api import beat
 from tests.database import sql
 from tests.waiting import until
-from worker.protocol import WORKERS_KEY, TaskJob, cancel_key, deserialize, job_id, queue_name
+from worker.protocol import TASK_STATUSES, WORKERS_KEY, TaskJob, cancel_key, deserialize, job_id, queue_name
 
 PARAMETERS: list[dict[str, Any]] = [
     {"name": "days", "type": "integer", "required": True, "validation": {"min": 1}},
@@ -247,6 +247,10 @@ async def test_list_filters_pages_newest_first(client: Client, alice: Caller, or
     assert await ids("status=cancelled") == ([second["id"]], 1)
     assert await ids(f"status=queued&template_id={other['id']}") == ([], 0)
     assert "status" in errors(await client.get("/api/v1/tasks?status=exploded", headers=alice[Role.VIEWER]))
+
+
+def test_the_statuses_the_server_stores_are_the_ones_the_api_and_the_command_line_name() -> None:
+    assert tuple(TaskStatus) == TASK_STATUSES
 
 
 async def test_cancel_before_start_and_after_the_end(client: Client, alice: Caller, origin: Path, redis: Redis) -> None:

@@ -18,6 +18,7 @@ import zstandard
 from storage.canonical import Limits
 from storage.errors import LimitExceeded, SnapshotRefused
 from storage.snapshot import Snapshot, snapshot_directory, snapshot_git
+from storage.trees import locate_git_path
 from storage.unpack import unpack_file
 
 LONG_PATH = "deeply/nested/" + "d" * 60 + "/" + "f" * 40 + ".txt"  # > 100 bytes: needs a pax path record
@@ -168,6 +169,19 @@ def test_git_subdirectory_and_single_file(fixture_tree: Path) -> None:
     assert single.digest == pack_dir(fixture_tree / "run.sh")[0].digest
     assert single.files == 1
     assert root_dot.digest == pack_dir(fixture_tree)[0].digest
+
+
+def test_a_located_path_that_lacks_its_entry_file_names_the_file_and_a_bad_path_names_none(fixture_tree: Path) -> None:
+    commit_all(fixture_tree)
+    with git.Repo(fixture_tree) as repo:
+        assert locate_git_path(repo, "HEAD", "lib", "common.sh").kind == "tree"
+        for path, entry in (("lib", "nope.sh"), ("lib", "sub"), ("run.sh", "other.sh")):
+            with pytest.raises(SnapshotRefused) as refused:
+                locate_git_path(repo, "HEAD", path, entry)
+            assert refused.value.missing_member == entry, (path, entry)
+        with pytest.raises(SnapshotRefused) as refused:
+            locate_git_path(repo, "HEAD", "nope", "run.sh")
+        assert refused.value.missing_member is None
 
 
 def test_the_object_database_is_read_not_the_work_tree(fixture_tree: Path) -> None:

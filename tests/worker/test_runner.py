@@ -26,7 +26,8 @@ import pytest
 
 import worker.hardening
 from worker.hardening import root_without_run_as_warning
-from worker.runner import DEFAULT_PATH, DRAIN_SECONDS, MASK, MAX_LINE_BYTES, RunOutcome, RunRequest, run_script
+from worker.output import DRAIN_SECONDS, MASK, MAX_LINE_BYTES
+from worker.runner import DEFAULT_PATH, RunOutcome, RunRequest, run_script
 
 HANG = 60.0
 """Bound of every wait here: long enough never to fail a slow machine, short enough to catch a hang."""

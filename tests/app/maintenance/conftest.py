@@ -17,7 +17,7 @@ from app.db.engine import create_engine, create_session_factory
 from app.devstack.postgres import ensure_database
 from app.devstack.stack import LocalStack
 from app.main import create_app
-from app.maintenance.service import Maintenance, build_maintenance
+from app.maintenance.start import Maintenance, build_maintenance
 from app.settings import AppSettings
 from storage.blobstore import BlobStore
 from tests.app.conftest import Caller, make_tenant

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db.models import MaintenanceRun, Role
-from app.maintenance.service import Maintenance
+from app.maintenance.start import Maintenance
 from app.settings import AppSettings
 from storage.digest import Digest
 from storage.keys import blob_key

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from app.maintenance.service import Maintenance
+from app.maintenance.start import Maintenance
 from app.settings import AppSettings
 from storage.digest import Digest
 from storage.keys import blob_key

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db.models import Role, RunStatus
 from app.maintenance.runs import AlreadyRunning, get_run
-from app.maintenance.service import Maintenance
+from app.maintenance.start import Maintenance
 from app.settings import AppSettings
 from storage.blobstore import BlobStore, PendingUpload
 from storage.keys import blob_key

@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.db.engine import create_engine, create_session_factory
 from app.db.models import Blob, Role, RunStatus, Task, TaskTemplate, TemplateVersion
 from app.maintenance.references import UNFINISHED
-from app.maintenance.service import Maintenance, policy_of
+from app.maintenance.start import Maintenance, policy_of
 from app.settings import AppSettings
 from storage.blobstore import BlobStore
 from storage.verify import Expected, Outcome, check_blob

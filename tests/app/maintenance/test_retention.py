@@ -11,7 +11,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db.models import MaintenanceRun, Role, RunStatus, Task, TaskLogLine
-from app.maintenance.service import Maintenance
+from app.maintenance.start import Maintenance
 from storage.blobstore import BlobStore
 from tests.app.conftest import Caller
 from tests.app.maintenance.helpers import Client, commit_new_content, import_template, stored

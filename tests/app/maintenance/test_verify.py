@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db.models import Blob, RunStatus, TemplateVersion
 from app.maintenance.gc import GarbageCollector, GcOptions
-from app.maintenance.service import Maintenance
+from app.maintenance.start import Maintenance
 from app.maintenance.verify import Verifier, VerifyOptions
 from app.settings import AppSettings
 from storage.blobstore import BlobStore

@@ -71,20 +71,15 @@ class Policy:
     verify_concurrency: int = 4
 
 
+@dataclass(eq=False)
 class Maintenance:
-    def __init__(
-        self,
-        engine: AsyncEngine,
-        sessions: async_sessionmaker[AsyncSession],
-        store: BlobStore,
-        policy: Policy,
-        repairer: Repairer | None = None,
-    ) -> None:
-        self.engine = engine
-        self.sessions = sessions
-        self.store = store
-        self.policy = policy
-        self.repairer = repairer
+    """Starts GC and verify runs by the policy; repairs need the `repairer`, which the server's mirrors make."""
+
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    store: BlobStore
+    policy: Policy
+    repairer: Repairer | None = None
 
     async def start_gc(self, *, dry_run: bool, grace: float | None, wait: bool, started_by: str) -> StartedRun:
         """Take the GC lock (AlreadyRunning unless `wait`) and record the run; the lock goes when it ends."""
