@@ -7,7 +7,6 @@ input, 3 a service unavailable, 4 another GC is running, 124 the task timed out.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -97,19 +96,20 @@ def worker(ctx: click.Context) -> None:
 def verify_store(as_json: bool) -> None:
     """Re-pack every entry of this host's store; remove those whose digest no longer matches (exit 1 if any)."""
     from storage.blobstore import BlobStore
+    from worker import store_verify
     from worker.settings import WorkerSettings
     from worker.store import LocalStore
 
     settings = load_settings(WorkerSettings)
-    report = LocalStore(settings.worker_root, BlobStore(settings.s3_location())).verify()
+    report = store_verify.verify_store(LocalStore(settings.worker_root, BlobStore(settings.s3_location())))
     if as_json:
-        echo_json(dataclasses.asdict(report))
+        echo_json(report.to_json())
     else:
         click.echo(f"{len(report.ok)} entries ok in {settings.worker_root / 'store'}")
         for digest in report.removed:
-            click.echo(f"removed sha256:{digest}: its files no longer pack to its digest")
+            click.echo(f"removed {digest}: its files no longer pack to its digest")
         for digest in report.in_use:
-            click.echo(f"kept sha256:{digest}: it does not match its digest but a task is using it; verify again later")
+            click.echo(f"kept {digest}: it does not match its digest but a task is using it; verify again later")
         for path in report.junk:
             click.echo(f"removed {path}: not a store entry")
     if report.problems:

@@ -69,7 +69,7 @@ from bench.services import app_settings, fresh_database_and_bucket, start_stack,
 from storage.blobstore import BlobStore, S3Location
 from storage.digest import Digest
 from storage.keys import blob_key
-from storage.snapshot import Snapshot, snapshot_directory
+from storage.snapshot import snapshot_directory
 from worker.attempts import entered_in_thread
 from worker.protocol import WORKERS_KEY, BlobRef
 from worker.rundir import copy_tree
@@ -115,16 +115,6 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
-def blob_ref(snap: Snapshot) -> BlobRef:
-    return BlobRef(
-        digest=snap.digest.hex,
-        tar_size=snap.tar_size,
-        zst_size=snap.zst_size,
-        zst_sha256=snap.zst_sha256,
-        files=snap.files,
-    )
-
-
 def upload(name: str, blobs: BlobStore, scratch: Path) -> BlobRef:
     """Generate corpus `name` on `scratch`, pack it to a verified blob and store it; the reference a job carries."""
     started = time.perf_counter()
@@ -137,7 +127,7 @@ def upload(name: str, blobs: BlobStore, scratch: Path) -> BlobRef:
         f"{name}: {snap.files:,} files, tar {snap.tar_size / 1e6:.1f} MB, zst {snap.zst_size / 1e6:.1f} MB, "
         f"stored in S3 in {time.perf_counter() - started:.1f} s"
     )
-    return blob_ref(snap)
+    return BlobRef.of(snap)
 
 
 def presigned_get(location: S3Location, digest: Digest) -> str:
@@ -154,16 +144,16 @@ def remove_tree(path: Path, *, sync: bool) -> None:
 
 
 def packs_to(tree: Path, ref: BlobRef, who: str) -> None:
-    digest = snapshot_directory(tree, None).digest.hex
+    digest = snapshot_directory(tree, None).digest
     if digest != ref.digest:
-        raise SystemExit(f"FAIL: the tree {who} unpacked ({tree}) packs to sha256:{digest}, not sha256:{ref.digest}")
+        raise SystemExit(f"FAIL: the tree {who} unpacked ({tree}) packs to {digest}, not {ref.digest}")
 
 
 def cold_fetch(
     name: str, ref: BlobRef, blobs: BlobStore, location: S3Location, place: Path, runs: int, sync: bool
 ) -> FetchMeasurement:
     """Interleaved runs of our prefetch into a fresh store and of curl | zstd | tar into a fresh directory."""
-    url = presigned_get(location, Digest(ref.digest))
+    url = presigned_get(location, ref.digest)
     row = FetchMeasurement(name, "cold fetch", ref.tar_size)
 
     def ours(dest: Path) -> None:
@@ -181,7 +171,7 @@ def cold_fetch(
             dest = place / f"{name}-{side}-{run}"
             seconds, cpu_seconds = timed(work, dest)
             if run == 0:
-                packs_to(dest / "store" / "sha256" / ref.digest if side == "ours" else dest, ref, side)
+                packs_to(dest / "store" / "sha256" / ref.digest.hex if side == "ours" else dest, ref, side)
             else:
                 wall.append(seconds)
                 cpu.append(cpu_seconds)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, BinaryIO, NamedTuple, TypedDict
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple, Self, TypedDict
 
 import boto3
 import botocore.exceptions
@@ -224,7 +224,20 @@ def _checksum(sha256: bytes) -> str:
     return base64.b64encode(sha256).decode("ascii")
 
 
-class BlobReader:
+class _Closing:
+    """Something to close once done with it: `with` closes it when the block ends."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+
+class BlobReader(_Closing):
     """A blob's compressed bytes as they arrive from the server. Close it, or use it in a `with` block."""
 
     def __init__(
@@ -244,14 +257,8 @@ class BlobReader:
         """Release the connection."""
         self._body.close()
 
-    def __enter__(self) -> BlobReader:
-        return self
 
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        self.close()
-
-
-class BlobStore:
+class BlobStore(_Closing):
     """Blob objects in one bucket of an S3-compatible store. Thread-safe; close it when done."""
 
     multipart_threshold: int = 64 * MiB
@@ -282,12 +289,6 @@ class BlobStore:
     def close(self) -> None:
         """Close the client's connections."""
         self._s3.close()
-
-    def __enter__(self) -> BlobStore:
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        self.close()
 
     def _about(self, action: str, key: str | None = None) -> str:
         place = f"bucket {self.location.bucket!r} at {self.location.endpoint_url or 'AWS S3'}"

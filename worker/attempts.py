@@ -95,7 +95,7 @@ class Attempts:
             outcome = RunOutcome(
                 status="failed",
                 exit_code=None,
-                error=f"template sha256:{job.blob.digest} could not be used, so the script did not run: {exc}",
+                error=f"template {job.blob.digest} could not be used, so the script did not run: {exc}",
             )
         except Exception as exc:  # whatever went wrong here, the server must hear how the attempt ended
             log.exception("task %s attempt %d failed in the worker", job.task_id, job.attempt)

@@ -86,7 +86,7 @@ class Presence:
             pipe.hset(WORKERS_KEY, self.worker_id, heartbeat.to_json())
             pipe.delete(key)
             if digests:
-                pipe.sadd(key, *digests)
+                pipe.sadd(key, *(digest.hex for digest in digests))
                 pipe.expire(key, max(60, int(self.interval * 10)))
             await pipe.execute()
 
@@ -128,9 +128,9 @@ class Presence:
         try:
             fetched = await asyncio.to_thread(self.store.prefetch, blob)
         except StorageError as exc:
-            log.error("prefetch of sha256:%s failed: %s", blob.digest, exc)
+            log.error("prefetch of %s failed: %s", blob.digest, exc)
             return
-        log.info("prefetch of sha256:%s: %s", blob.digest, "downloaded" if fetched else "already held")
+        log.info("prefetch of %s: %s", blob.digest, "downloaded" if fetched else "already held")
         with contextlib.suppress(RedisError, OSError):  # the next regular heartbeat publishes it otherwise
             await self.beat()
 

@@ -30,7 +30,9 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, get_args
+from typing import Any, Literal, Protocol, get_args
+
+from storage.digest import Digest
 
 PROTOCOL_VERSION = 2
 """Carried by every job the server sends; a worker refuses versions it does not know."""
@@ -102,7 +104,7 @@ def legacy_log_stream(task_id: str) -> str:
 
 
 def worker_digests_key(worker_id: str) -> str:
-    """Set of the digests (64 hex) in a worker's store."""
+    """Set of the digests in a worker's store, each as its 64 hex characters (`Digest.hex`)."""
     return f"ahop:worker:{worker_id}:digests"
 
 
@@ -132,26 +134,48 @@ def deserialize(data: bytes) -> dict[str, Any]:
     return value
 
 
+class BlobFigures(Protocol):
+    """What is recorded of a stored blob, wherever it is read from: its row, its object's metadata, its packing."""
+
+    @property
+    def digest(self) -> Digest: ...
+    @property
+    def tar_size(self) -> int: ...
+    @property
+    def zst_size(self) -> int: ...
+    @property
+    def zst_sha256(self) -> str: ...
+    @property
+    def files(self) -> int: ...
+
+
 @dataclass(frozen=True)
 class BlobRef:
     """A stored blob as a worker needs to fetch and check it: the tar digest and the figures of its object."""
 
-    digest: str
-    """64 hex characters: the sha256 of the canonical tar."""
+    digest: Digest
+    """The sha256 of the canonical tar; on the wire, its 64 hex characters."""
     tar_size: int
     zst_size: int
     zst_sha256: str
     files: int
 
+    @classmethod
+    def of(cls, blob: BlobFigures) -> BlobRef:
+        """The reference to a stored blob, from its recorded figures."""
+        return cls(blob.digest, blob.tar_size, blob.zst_size, blob.zst_sha256, blob.files)
+
     def to_wire(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "digest": self.digest.hex}
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> BlobRef:
-        ref = cls(**_pick(cls, data))
-        if not _HEX64.fullmatch(ref.digest) or not _HEX64.fullmatch(ref.zst_sha256):
+        values = _pick(cls, data)
+        if not all(
+            isinstance(values[name], str) and _HEX64.fullmatch(values[name]) for name in ("digest", "zst_sha256")
+        ):
             raise ProtocolError("a blob reference needs 64 lowercase hex characters for digest and zst_sha256")
-        return ref
+        return cls(**{**values, "digest": Digest(values["digest"])})
 
 
 @dataclass(frozen=True)
@@ -176,7 +200,7 @@ class TaskJob:
     protocol: int = PROTOCOL_VERSION
 
     def to_wire(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "blob": self.blob.to_wire()}
 
     def log_key(self) -> str:
         """The stream this attempt's output goes to: its own, or the task's shared one for a version 1 job."""
@@ -235,13 +259,7 @@ class Event:
         raw = {_text(k): _text(v) for k, v in fields.items()}.get("event")
         if raw is None:
             raise ProtocolError("an event stream entry needs an 'event' field")
-        try:
-            data = json.loads(raw)
-        except json.JSONDecodeError as error:
-            raise ProtocolError(f"an event is not JSON: {error}") from None
-        if not isinstance(data, dict):
-            raise ProtocolError("an event must be a JSON object")
-        event = cls(**_pick(cls, data))
+        event = cls(**_pick(cls, _json_object(raw, "an event")))
         if event.type not in ("started", "finished"):
             raise ProtocolError(f"unknown event type {event.type!r}")
         if event.type == "finished" and event.status not in FINAL_STATUSES:
@@ -305,13 +323,18 @@ class Heartbeat:
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> Heartbeat:
-        try:
-            data = json.loads(raw)
-        except json.JSONDecodeError as error:
-            raise ProtocolError(f"a heartbeat is not JSON: {error}") from None
-        if not isinstance(data, dict):
-            raise ProtocolError("a heartbeat must be a JSON object")
-        return cls(**_pick(cls, data))
+        return cls(**_pick(cls, _json_object(raw, "a heartbeat")))
+
+
+def _json_object(raw: str | bytes, what: str) -> dict[str, Any]:
+    """The JSON object in `raw`; anything else raises `ProtocolError` naming `what` was read ("an event", …)."""
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as error:
+        raise ProtocolError(f"{what} is not JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise ProtocolError(f"{what} must be a JSON object")
+    return data
 
 
 def _pick(cls: type[Any], data: dict[str, Any]) -> dict[str, Any]:

@@ -24,8 +24,6 @@ import json
 import os
 import re
 import secrets
-import shutil
-import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -34,17 +32,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from storage.blobstore import BlobStore
-from storage.canonical import Limits
 from storage.digest import Digest
-from storage.errors import SnapshotRefused
-from storage.snapshot import snapshot_directory
-from storage.unpack import DEFAULT_LIMITS, unpack_file
+from storage.unpack import unpack_file
 from worker.metrics import WorkerMetrics, download_result
 from worker.protocol import BlobRef
+from worker.store_files import lock, remove_tree, seal, touch, try_lock
 
-_HEX64 = re.compile(r"[0-9a-f]{64}")
+ENTRY_NAME = re.compile(r"[0-9a-f]{64}")
+"""The name of a store entry and the stem of its records: the 64 hex characters of its digest."""
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
-_VERIFY_LIMITS = Limits(max_bytes=DEFAULT_LIMITS.max_tar_bytes, max_files=DEFAULT_LIMITS.max_files)
 TMP_GRACE = 60.0
 """Seconds before an unlocked item under tmp/ counts as left over (it covers the instant between mkdir and flock)."""
 
@@ -57,101 +53,12 @@ class StoreStats:
     entries: int
 
 
-@dataclass(frozen=True)
-class VerifyReport:
-    """What `LocalStore.verify` found: digests whose content packs back to them (`ok`), digests whose content does
-    not and was removed (`removed`), such digests kept because they were in use (`in_use`, removed by a later
-    verify), and stray paths (relative to the root) that were removed (`junk`)."""
-
-    ok: list[str]
-    removed: list[str]
-    in_use: list[str]
-    junk: list[str]
-
-    @property
-    def problems(self) -> bool:
-        """Whether some entry's content did not match its digest (stray files are only housekeeping)."""
-        return bool(self.removed or self.in_use)
-
-
-def _digest(text: str) -> Digest:
-    """`sha256:<hex>` or the bare 64 hex; anything else raises InvalidDigest saying what is expected."""
-    return Digest.parse(text) if text.startswith("sha256:") else Digest(text)
-
-
-def _try_lock(path: Path, operation: int) -> int | None:
-    """A descriptor holding `operation` (flock) on the lock file `path`, created if missing; None when LOCK_NB was
-    asked and another holder refuses it. A lock file is only unlinked by the holder of its exclusive lock, so the
-    lock is retaken when the file we locked is no longer the one at `path`."""
-    while True:
-        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(descriptor, operation)
-            held, current = os.fstat(descriptor), os.stat(path)
-        except BlockingIOError:
-            os.close(descriptor)
-            return None
-        except FileNotFoundError:
-            os.close(descriptor)
-            continue
-        except BaseException:
-            os.close(descriptor)
-            raise
-        if (held.st_dev, held.st_ino) == (current.st_dev, current.st_ino):
-            return descriptor
-        os.close(descriptor)
-
-
-def _lock(path: Path, *, shared: bool = False) -> int:
-    """A descriptor holding a shared or exclusive flock on the lock file `path`, waiting for it as long as it takes."""
-    descriptor = _try_lock(path, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
-    if descriptor is None:  # only a LOCK_NB request is ever refused
-        raise RuntimeError(f"a blocking lock of {path} was refused")
-    return descriptor
-
-
-def _touch(descriptor: int) -> None:
-    """Record a use now; explicit nanoseconds, because the kernel's own file times are coarse (jiffies)."""
-    now = time.time_ns()
-    os.utime(descriptor, ns=(now, now))
-
-
-def _seal(root: Path) -> tuple[int, int]:
-    """Remove the write bits of every file and directory below `root`; return (bytes of regular files, files)."""
-    total = files = 0
-    pending = [os.fspath(root)]
-    while pending:
-        with os.scandir(pending.pop()) as listing:
-            for item in listing:
-                if item.is_symlink():
-                    continue  # a symlink's own mode means nothing on Linux
-                info = item.stat(follow_symlinks=False)
-                if stat.S_ISDIR(info.st_mode):
-                    pending.append(item.path)
-                elif stat.S_ISREG(info.st_mode):
-                    total += info.st_size
-                    files += 1
-                os.chmod(item.path, stat.S_IMODE(info.st_mode) & ~0o222)
-    return total, files
-
-
-def _remove_tree(path: Path) -> None:
-    """Remove a file or a (read-only) tree: directories get their owner bits back first, as we may not be root."""
-    if path.is_symlink() or not path.is_dir():
-        path.unlink(missing_ok=True)
-        return
-    pending = [os.fspath(path)]
-    while pending:
-        directory = pending.pop()
-        os.chmod(directory, stat.S_IMODE(os.lstat(directory).st_mode) | 0o700)
-        with os.scandir(directory) as listing:
-            pending += [item.path for item in listing if item.is_dir(follow_symlinks=False)]
-    shutil.rmtree(path)
-
-
 class LocalStore:
     """The store under `root`, filled from `blobs`, capped at `max_bytes` of content when given. Thread-safe.
-    Counts its hits, misses and downloads into `metrics` (a registry nobody serves when not given)."""
+    Counts its hits, misses and downloads into `metrics` (a registry nobody serves when not given).
+
+    Checking the entries against their digests is `worker.store_verify`; it works through the record and removal
+    methods below, under the same locks."""
 
     def __init__(
         self,
@@ -173,19 +80,36 @@ class LocalStore:
         self._blobs = blobs
         self._counter = threading.Lock()
         self.entries_dir = root / "store" / "sha256"
-        self._meta = root / "store" / "meta"
-        self._locks = root / "store" / "locks"
+        self.meta_dir = root / "store" / "meta"
+        self.locks_dir = root / "store" / "locks"
         self.templates_dir = root / "templates"
         self.runs_dir = root / "runs"
         self.tmp_dir = root / "tmp"
-        for directory in (self.entries_dir, self._meta, self._locks, self.templates_dir, self.runs_dir, self.tmp_dir):
+        for directory in (
+            self.entries_dir,
+            self.meta_dir,
+            self.locks_dir,
+            self.templates_dir,
+            self.runs_dir,
+            self.tmp_dir,
+        ):
             directory.mkdir(parents=True, exist_ok=True)
         self.runs_dir.chmod(0o711)  # run-as users may enter their own run directory, never list the others
-        self._clean_tmp()
+        self.clean_tmp()
 
-    def entry(self, digest: str) -> Path:
+    def entry(self, digest: Digest) -> Path:
         """Where the content of `digest` lives (present or not)."""
-        return self.entries_dir / _digest(digest).hex
+        return self.entries_dir / digest.hex
+
+    def use_lock(self, digest: Digest) -> Path:
+        """The lock file held shared while the entry of `digest` is in use, and exclusively to remove it."""
+        return self.locks_dir / f"{digest.hex}.lock"
+
+    def _fetch_lock(self, digest: Digest) -> Path:
+        return self.locks_dir / f"{digest.hex}.fetch"
+
+    def _meta_file(self, digest: Digest) -> Path:
+        return self.meta_dir / f"{digest.hex}.json"
 
     @contextmanager
     def use(self, blob: BlobRef) -> Iterator[Path]:
@@ -206,31 +130,30 @@ class LocalStore:
 
     @contextmanager
     def _using(self, blob: BlobRef) -> Iterator[tuple[Path, bool]]:
-        digest = _digest(blob.digest)
-        use_lock = self._locks / f"{digest.hex}.lock"
-        descriptor = _lock(use_lock, shared=True)
-        path = self.entries_dir / digest.hex
+        digest = blob.digest
+        descriptor = lock(self.use_lock(digest), shared=True)
+        path = self.entry(digest)
         try:
-            _touch(descriptor)
+            touch(descriptor)
             downloaded = False
             if not path.is_dir():
-                downloaded = self._fetch_once(digest, blob, path)
+                downloaded = self._fetch_once(blob, path)
                 if downloaded and self.max_bytes is not None:
                     self.evict()
             yield path, downloaded
-            _touch(descriptor)
+            touch(descriptor)
         finally:
             if not path.is_dir():  # the fetch failed: leave no lock files behind if nobody else waits on them
-                self._forget(digest.hex, descriptor)
+                self._forget(digest, descriptor)
             os.close(descriptor)
 
-    def _fetch_once(self, digest: Digest, blob: BlobRef, path: Path) -> bool:
-        descriptor = _lock(self._locks / f"{digest.hex}.fetch")
+    def _fetch_once(self, blob: BlobRef, path: Path) -> bool:
+        descriptor = lock(self._fetch_lock(blob.digest))
         try:
             if path.is_dir():  # fetched by another thread or process while we waited
                 return False
             try:
-                self._fetch(digest, blob, path)
+                self._fetch(blob, path)
             except Exception as exc:
                 self.metrics.downloads.labels(result=download_result(exc)).inc()
                 raise
@@ -239,7 +162,8 @@ class LocalStore:
         finally:
             os.close(descriptor)
 
-    def _fetch(self, digest: Digest, blob: BlobRef, path: Path) -> None:
+    def _fetch(self, blob: BlobRef, path: Path) -> None:
+        digest = blob.digest
         with self._work_dir() as work:
             compressed = work / "blob.tar.zst"
             self._blobs.download(digest, compressed)
@@ -251,10 +175,10 @@ class LocalStore:
             unpack_file(compressed, unpacked, digest, tar_size=blob.tar_size)
             self.metrics.unpack_seconds.observe(time.perf_counter() - started)
             compressed.unlink()
-            size, files = _seal(unpacked)
+            size, files = seal(unpacked)
             meta = work / "meta.json"
             meta.write_text(json.dumps({"bytes": size, "files": files}))
-            os.replace(meta, self._meta / f"{digest.hex}.json")
+            os.replace(meta, self._meta_file(digest))
             try:
                 unpacked.rename(path)  # the commit point
             except OSError as exc:
@@ -275,24 +199,24 @@ class LocalStore:
             yield work
         finally:
             with suppress(OSError):  # whatever is left is swept by a later cleaner; the caller's error matters
-                _remove_tree(work)
+                remove_tree(work)
             os.close(descriptor)
 
-    def _forget(self, hex_digest: str, descriptor: int) -> None:
+    def _forget(self, digest: Digest, descriptor: int) -> None:
         """Drop the records of an absent entry when `descriptor` (its use lock) can be made exclusive."""
         with suppress(BlockingIOError):
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            if not (self.entries_dir / hex_digest).is_dir():
-                self._drop_records(hex_digest)
+            if not self.entry(digest).is_dir():
+                self.drop_records(digest)
 
-    def _drop_records(self, hex_digest: str) -> None:
+    def drop_records(self, digest: Digest) -> None:
         """The size record and lock files of a digest, unlinked by the holder of its exclusive use lock (nobody
         uses or fetches the digest meanwhile)."""
-        (self._meta / f"{hex_digest}.json").unlink(missing_ok=True)
-        (self._locks / f"{hex_digest}.fetch").unlink(missing_ok=True)
-        (self._locks / f"{hex_digest}.lock").unlink(missing_ok=True)
+        self._meta_file(digest).unlink(missing_ok=True)
+        self._fetch_lock(digest).unlink(missing_ok=True)
+        self.use_lock(digest).unlink(missing_ok=True)
 
-    def link_template(self, tenant_id: str, code: str, digest: str) -> Path:
+    def link_template(self, tenant_id: str, code: str, digest: Digest) -> Path:
         """Point `templates/<tenant_id>/<code>` at the store entry of `digest` (present: link inside `use`), replacing
         any earlier link atomically. Returns the link."""
         for what, name in (("tenant id", tenant_id), ("template code", code)):
@@ -316,28 +240,30 @@ class LocalStore:
             raise OSError(exc.errno, f"cannot replace {link} with a symlink to {entry}: {exc.strerror}") from exc
         return link
 
-    def digests(self) -> list[str]:
-        """The digests (64 hex) whose content is in the store."""
-        return sorted(item.name for item in self._entries())
+    def digests(self) -> list[Digest]:
+        """The digests whose content is in the store."""
+        return sorted(self._entries())
 
-    def _entries(self) -> Iterator[os.DirEntry[str]]:
+    def _entries(self) -> Iterator[Digest]:
         with os.scandir(self.entries_dir) as listing:
-            yield from (item for item in listing if _HEX64.fullmatch(item.name) and item.is_dir(follow_symlinks=False))
+            for item in listing:
+                if ENTRY_NAME.fullmatch(item.name) and item.is_dir(follow_symlinks=False):
+                    yield Digest(item.name)
 
     def stats(self) -> StoreStats:
         """Bytes of content and entries in the store, from the size recorded beside each entry."""
-        sizes = [self._size(item.name) for item in self._entries()]
+        sizes = [self.entry_bytes(digest) for digest in self._entries()]
         return StoreStats(bytes=sum(sizes), entries=len(sizes))
 
-    def _size(self, hex_digest: str) -> int:
-        meta = self._meta / f"{hex_digest}.json"
+    def entry_bytes(self, digest: Digest) -> int:
+        """The bytes of content of an entry, from its size record; a lost or damaged record is written again."""
+        meta = self._meta_file(digest)
         try:
             return int(json.loads(meta.read_text())["bytes"])
         except (OSError, ValueError, KeyError, TypeError):
             pass
-        entry = self.entries_dir / hex_digest
         try:
-            size, files = _seal(entry)
+            size, files = seal(self.entry(digest))
         except FileNotFoundError:
             return 0  # removed meanwhile
         with self._work_dir() as work:  # rewrite a lost or damaged record atomically
@@ -345,132 +271,64 @@ class LocalStore:
             os.replace(work / "meta.json", meta)
         return size
 
-    def _last_used(self, hex_digest: str) -> int:
-        for path in (self._locks / f"{hex_digest}.lock", self._meta / f"{hex_digest}.json"):
+    def _last_used(self, digest: Digest) -> int:
+        for path in (self.use_lock(digest), self._meta_file(digest)):
             with suppress(FileNotFoundError):
                 return path.stat().st_mtime_ns
         return 0
 
-    def evict(self) -> list[str]:
+    def evict(self) -> list[Digest]:
         """Remove least recently used entries until the content fits `max_bytes`, skipping entries in use (which
-        may leave the store over the cap). Returns the removed digests (64 hex)."""
+        may leave the store over the cap). Returns the removed digests."""
         if self.max_bytes is None:
             return []
-        descriptor = _lock(self.root / "store" / "evict.lock")
+        descriptor = lock(self.root / "store" / "evict.lock")
         try:
-            candidates = sorted((self._last_used(item.name), item.name) for item in self._entries())
-            sizes = {hex_digest: self._size(hex_digest) for _, hex_digest in candidates}
+            candidates = sorted((self._last_used(digest), digest) for digest in self._entries())
+            sizes = {digest: self.entry_bytes(digest) for _, digest in candidates}
             total = sum(sizes.values())
-            removed: list[str] = []
-            for _, hex_digest in candidates:
+            removed: list[Digest] = []
+            for _, digest in candidates:
                 if total <= self.max_bytes:
                     break
-                if self._remove_unused(hex_digest):
-                    total -= sizes[hex_digest]
-                    removed.append(hex_digest)
+                if self._remove_unused(digest):
+                    total -= sizes[digest]
+                    removed.append(digest)
             return removed
         finally:
             os.close(descriptor)
 
-    def _remove_unused(self, hex_digest: str) -> bool:
+    def _remove_unused(self, digest: Digest) -> bool:
         """Remove an entry unless it is in use; True when it was removed by us."""
-        descriptor = _try_lock(self._locks / f"{hex_digest}.lock", fcntl.LOCK_EX | fcntl.LOCK_NB)
+        descriptor = try_lock(self.use_lock(digest), fcntl.LOCK_EX | fcntl.LOCK_NB)
         if descriptor is None:
             return False
         try:
-            return self._remove_locked(hex_digest)
+            return self.remove_locked(digest)
         finally:
             os.close(descriptor)
 
-    def _remove_locked(self, hex_digest: str) -> bool:
-        """Remove an entry whose use lock we hold exclusively: out of the store by one rename, then deleted."""
-        entry = self.entries_dir / hex_digest
+    def remove_locked(self, digest: Digest) -> bool:
+        """Remove an entry whose use lock the caller holds exclusively: out of the store by one rename, then deleted.
+        True when it was there to remove."""
+        entry = self.entry(digest)
         if not entry.is_dir():
             return False
         with self._work_dir() as work:
             entry.chmod(0o755)  # moving a directory to another parent needs write permission on it
-            entry.rename(work / hex_digest)
-            self._drop_records(hex_digest)
+            entry.rename(work / digest.hex)
+            self.drop_records(digest)
         return True
 
-    def verify(self) -> VerifyReport:
-        """Re-pack every entry (hashing only) and remove those whose digest no longer matches, plus stray files
-        in the store and left-over work under tmp/. Entries in use are checked but only removed when unused."""
-        ok: list[str] = []
-        removed: list[str] = []
-        in_use: list[str] = []
-        junk: list[str] = []
-        with os.scandir(self.entries_dir) as listing:
-            names = sorted(item.name for item in listing)
-        for name in names:
-            path = self.entries_dir / name
-            if not _HEX64.fullmatch(name) or path.is_symlink() or not path.is_dir():
-                junk += self._remove_junk(path)
-                continue
-            descriptor = _lock(self._locks / f"{name}.lock", shared=True)
-            try:
-                if not path.is_dir():
-                    continue  # evicted while we waited
-                if self._packs_to(path, name):
-                    ok.append(name)
-                    path.chmod(0o555)
-                    self._size(name)  # rewrites a lost size record
-                    continue
-                try:
-                    fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    in_use.append(name)
-                    continue
-                if self._remove_locked(name):
-                    removed.append(name)
-            finally:
-                os.close(descriptor)
-        junk += self._sweep_records()
-        junk += self._clean_tmp()
-        return VerifyReport(ok=ok, removed=removed, in_use=in_use, junk=junk)
-
-    @staticmethod
-    def _packs_to(path: Path, hex_digest: str) -> bool:
-        try:
-            return snapshot_directory(path, None, limits=_VERIFY_LIMITS).digest.hex == hex_digest
-        except SnapshotRefused:  # a tree no canonical tar holds (a fifo, an escaping symlink, …): not the content
-            return False
-
-    def _remove_junk(self, path: Path) -> list[str]:
+    def remove_junk(self, path: Path) -> list[str]:
+        """Remove a stray file or tree of the store; its path relative to the root, or nothing when already gone."""
         with suppress(FileNotFoundError):
-            _remove_tree(path)
+            remove_tree(path)
             return [str(path.relative_to(self.root))]
         return []
 
-    def _sweep_records(self) -> list[str]:
-        """Size records and lock files of digests that have no entry (and that nobody is fetching), and strays."""
-        junk: list[str] = []
-        for folder, suffixes in ((self._meta, (".json",)), (self._locks, (".lock", ".fetch"))):
-            with os.scandir(folder) as listing:
-                names = sorted(item.name for item in listing)
-            for name in names:
-                stem, dot, suffix = name.rpartition(".")
-                if not (_HEX64.fullmatch(stem) and f"{dot}{suffix}" in suffixes):
-                    junk += self._remove_junk(folder / name)
-                elif not (self.entries_dir / stem).is_dir() and self._forget_absent(stem):
-                    junk.append(str((folder / name).relative_to(self.root)))
-        return junk
-
-    def _forget_absent(self, hex_digest: str) -> bool:
-        """Drop the records of an absent entry unless it is in use (being fetched); True when dropped."""
-        descriptor = _try_lock(self._locks / f"{hex_digest}.lock", fcntl.LOCK_EX | fcntl.LOCK_NB)
-        if descriptor is None:
-            return False
-        try:
-            if (self.entries_dir / hex_digest).is_dir():
-                return False
-            self._drop_records(hex_digest)
-            return True
-        finally:
-            os.close(descriptor)
-
-    def _clean_tmp(self) -> list[str]:
-        """Remove work under tmp/ that no live process holds (left by a process that died)."""
+    def clean_tmp(self) -> list[str]:
+        """Remove work under tmp/ that no live process holds (left by a process that died); the removed paths."""
         junk: list[str] = []
         with os.scandir(self.tmp_dir) as listing:
             items = list(listing)
@@ -483,11 +341,11 @@ class LocalStore:
             except FileNotFoundError:
                 continue
             except OSError:  # a symlink (ELOOP) or unreadable: nobody works in it
-                junk += self._remove_junk(path)
+                junk += self.remove_junk(path)
                 continue
             try:
                 fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                junk += self._remove_junk(path)
+                junk += self.remove_junk(path)
             except BlockingIOError:
                 continue  # in progress
             finally:

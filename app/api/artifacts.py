@@ -45,7 +45,7 @@ class ArtifactController(Controller):
         view = await artifacts.get(principal.tenant_id, parse_digest(digest))
         blob = view.blob
         return ArtifactOut(
-            digest=f"sha256:{blob.digest}",
+            digest=str(blob.digest),
             tar_size=blob.tar_size,
             zst_size=blob.zst_size,
             zst_sha256=blob.zst_sha256,

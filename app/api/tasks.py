@@ -73,7 +73,7 @@ class TaskOut(Timestamped):
             template_id=task.template_id,
             template_code=task.template_code,
             version=task.version,
-            digest=f"sha256:{task.digest}",
+            digest=str(task.digest),
             pool=task.pool,
             name=task.name,
             params=task.params,

@@ -18,8 +18,8 @@ from app.scan.params import ParamType
 from app.services.imports import Importer, TemplateSpec
 from app.services.template_changes import Synced, TemplateChanger, TemplateChanges
 from app.services.templates import Templates, TemplateView
-from app.services.workers import Workers, blob_ref
-from worker.protocol import RetryOutcome, ScriptType
+from app.services.workers import Workers
+from worker.protocol import BlobRef, RetryOutcome, ScriptType
 
 POOL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 POOL_DESCRIPTION = "The worker pool (queue) that runs the template's tasks."
@@ -137,7 +137,7 @@ class Artifact(BaseModel):
 
     @classmethod
     def of(cls, blob: Blob) -> Artifact:
-        return cls(digest=f"sha256:{blob.digest}", tar_size=blob.tar_size, zst_size=blob.zst_size, files=blob.files)
+        return cls(digest=str(blob.digest), tar_size=blob.tar_size, zst_size=blob.zst_size, files=blob.files)
 
 
 class TemplateOut(Timestamped):
@@ -259,7 +259,7 @@ class TemplateController(Controller):
         parameters = [p.model_dump() for p in data.parameters] if data.parameters is not None else None
         spec = TemplateSpec(**data.model_dump(exclude={"parameters"}), parameters=parameters)
         imported = await importer.import_template(principal.tenant_id, spec, principal.token_id)
-        await workers.announce(imported.template.pool, blob_ref(imported.blob))
+        await workers.announce(imported.template.pool, BlobRef.of(imported.blob))
         return await TemplateDetail.build(await templates.get(principal.tenant_id, imported.template.id), workers)
 
     @get("/", summary="List templates")
@@ -334,7 +334,7 @@ class TemplateController(Controller):
         if synced.version is not None:
             view = await templates.get(principal.tenant_id, template_id)
             if view.blob is not None:
-                await workers.announce(view.template.pool, blob_ref(view.blob))
+                await workers.announce(view.template.pool, BlobRef.of(view.blob))
         return SyncResult.of(synced)
 
     @post(
@@ -356,10 +356,10 @@ class TemplateController(Controller):
         if view.blob is None:
             raise Conflict(f"template {template_id} has no current version to prefetch")
         pool = view.template.pool
-        asked = await workers.prefetch(pool, blob_ref(view.blob))
+        asked = await workers.prefetch(pool, BlobRef.of(view.blob))
         detail = (
             f"asked {len(asked)} live worker(s) of pool {pool!r} to prefetch"
             if asked
             else f"no worker of pool {pool!r} is live; none was asked"
         )
-        return PrefetchResult(digest=f"sha256:{view.blob.digest}", pool=pool, workers=asked, detail=detail)
+        return PrefetchResult(digest=str(view.blob.digest), pool=pool, workers=asked, detail=detail)

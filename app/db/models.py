@@ -25,6 +25,9 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from app.db.digest_column import DigestColumn
+from storage.digest import Digest
+
 
 class Base(DeclarativeBase):
     pass
@@ -88,8 +91,8 @@ class Blob(Base):
 
     __tablename__ = "blobs"
 
-    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
-    """The 64 hex characters of the sha256 (the `sha256:` prefix is implied)."""
+    digest: Mapped[Digest] = mapped_column(DigestColumn, primary_key=True)
+    """Stored as the 64 hex characters of the sha256 (the `sha256:` prefix is implied)."""
     tar_size: Mapped[int] = mapped_column(BigInteger)
     zst_size: Mapped[int] = mapped_column(BigInteger)
     zst_sha256: Mapped[str] = mapped_column(String(64))
@@ -133,7 +136,7 @@ class TemplateVersion(Base):
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     template_id: Mapped[int] = mapped_column(ForeignKey("task_templates.id", ondelete="CASCADE"))
     version: Mapped[int] = mapped_column(Integer)
-    digest: Mapped[str] = mapped_column(ForeignKey("blobs.digest", ondelete="RESTRICT"))
+    digest: Mapped[Digest] = mapped_column(DigestColumn, ForeignKey("blobs.digest", ondelete="RESTRICT"))
     script_type: Mapped[str] = mapped_column(String(16))
     entry_file: Mapped[str] = mapped_column(Text)
     parameters: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, server_default=text("'[]'::jsonb"))
@@ -151,7 +154,7 @@ class TreeDigest(Base):
     __tablename__ = "tree_digests"
 
     tree_key: Mapped[str] = mapped_column(String(300), primary_key=True)
-    digest: Mapped[str] = mapped_column(ForeignKey("blobs.digest", ondelete="CASCADE"))
+    digest: Mapped[Digest] = mapped_column(DigestColumn, ForeignKey("blobs.digest", ondelete="CASCADE"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
@@ -182,7 +185,7 @@ class Task(Base):
     template_code: Mapped[str] = mapped_column(String(100))
     version_id: Mapped[int | None] = mapped_column(ForeignKey("template_versions.id", ondelete="SET NULL"))
     version: Mapped[int] = mapped_column(Integer)
-    digest: Mapped[str] = mapped_column(String(64))
+    digest: Mapped[Digest] = mapped_column(DigestColumn)
     pool: Mapped[str] = mapped_column(String(64))
     name: Mapped[str] = mapped_column(String(200), server_default="")
     params: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))

@@ -134,7 +134,7 @@ class GarbageCollector:
         report.duration_seconds = round(time.monotonic() - started, 3)
         return report
 
-    async def _mark(self, report: GcReport) -> list[tuple[str, int]]:
+    async def _mark(self, report: GcReport) -> list[tuple[Digest, int]]:
         self.progress.phase("mark")
         async with self.sessions() as session:
             report.blobs_examined = int(await session.scalar(select(func.count()).select_from(Blob)) or 0)
@@ -151,7 +151,7 @@ class GarbageCollector:
         candidates = [(digest, size) for digest, size in rows]
         report.candidates = len(candidates)
         report.candidate_bytes = sum(size for _, size in candidates)
-        report.candidate_digests = [f"sha256:{digest}" for digest, _ in candidates[:LISTED_DIGESTS]]
+        report.candidate_digests = [str(digest) for digest, _ in candidates[:LISTED_DIGESTS]]
         self.progress.advance(report.blobs_examined)
         return candidates
 
@@ -162,7 +162,7 @@ class GarbageCollector:
         """The check made just before a row goes: untouched within the grace, no version row, no unfinished task."""
         return and_(Blob.touched_at < func.now() - self._grace(), references.unreferenced_now())
 
-    async def _sweep(self, candidates: list[tuple[str, int]], report: GcReport) -> None:
+    async def _sweep(self, candidates: list[tuple[Digest, int]], report: GcReport) -> None:
         self.progress.phase("sweep", len(candidates))
         step = min(self.options.batch, DELETE_BATCH)
         async with self.sessions() as session:
@@ -173,7 +173,7 @@ class GarbageCollector:
                 report.kept_in_use += len(batch) - (report.deleted - deleted)
                 self.progress.advance(len(batch), report.bytes_freed - freed)
 
-    async def _delete_batch(self, session: AsyncSession, batch: list[str], report: GcReport) -> None:
+    async def _delete_batch(self, session: AsyncSession, batch: list[Digest], report: GcReport) -> None:
         """Delete the rows first and the objects while their row locks are still held, then commit whatever
         became of the objects: an object left behind is an orphan that a later sweep removes, whereas a row whose
         object is gone would be handed out by the tree cache. An import waiting on a row lock finds the row gone
@@ -190,7 +190,7 @@ class GarbageCollector:
             await session.rollback()
             return
         try:
-            await to_the_end(asyncio.to_thread(self.store.delete, [Digest(digest) for digest, _ in confirmed]))
+            await to_the_end(asyncio.to_thread(self.store.delete, [digest for digest, _ in confirmed]))
         finally:
             committed = asyncio.ensure_future(session.commit())
             try:
@@ -202,7 +202,7 @@ class GarbageCollector:
                 if committed.done() and not committed.cancelled() and committed.exception() is None:
                     self._count_deleted(confirmed, report)
 
-    async def _forget_rows_again(self, deleted: list[tuple[str, int]]) -> None:
+    async def _forget_rows_again(self, deleted: list[tuple[Digest, int]]) -> None:
         """The commit that deletes the rows failed after their objects went: delete them again, in a new session,
         where they are still unreferenced and untouched. What cannot be deleted is logged for `verify --repair`."""
         digests = [digest for digest, _ in deleted]
@@ -214,18 +214,18 @@ class GarbageCollector:
                 "GC deleted the objects of %d blobs but could not delete their rows; run `ahop verify "
                 "--repair` once the database is back: %s",
                 len(digests),
-                ", ".join(digests),
+                ", ".join(digest.hex for digest in digests),
             )
             raise
 
     @staticmethod
-    def _count_deleted(deleted: list[tuple[str, int]], report: GcReport) -> None:
+    def _count_deleted(deleted: list[tuple[Digest, int]], report: GcReport) -> None:
         report.deleted += len(deleted)
         report.bytes_freed += sum(size for _, size in deleted)
         room = LISTED_DIGESTS - len(report.deleted_digests)
-        report.deleted_digests += [f"sha256:{digest}" for digest, _ in deleted[: max(room, 0)]]
+        report.deleted_digests += [str(digest) for digest, _ in deleted[: max(room, 0)]]
 
-    async def _lock_unreferenced(self, session: AsyncSession, batch: list[str]) -> list[tuple[str, int]]:
+    async def _lock_unreferenced(self, session: AsyncSession, batch: list[Digest]) -> list[tuple[Digest, int]]:
         """Lock the batch's rows (skipping rows an import or a task holds right now), then keep those that are
         still unreferenced and untouched: a new statement, which sees everything committed while we waited."""
         locked = list(
@@ -244,7 +244,7 @@ class GarbageCollector:
         cutoff = older_than(self.options.grace)
         async with self.sessions() as session:
             async for page in blob_pages(self.store):
-                old = {item.digest.hex: item.size for item in page if item.last_modified < cutoff}
+                old = {item.digest: item.size for item in page if item.last_modified < cutoff}
                 orphans = await _without_rows(session, old)
                 await session.rollback()
                 if orphans and not self.options.dry_run:
@@ -255,7 +255,7 @@ class GarbageCollector:
                     report.orphans_removed += len(orphans)
                     report.orphan_bytes_freed += sum(old[digest] for digest in orphans)
                 room = LISTED_DIGESTS - len(report.orphan_digests)
-                report.orphan_digests += [f"sha256:{digest}" for digest in orphans[: max(room, 0)]]
+                report.orphan_digests += [str(digest) for digest in orphans[: max(room, 0)]]
                 self.progress.advance(len(page), sum(item.size for item in page))
 
     async def _abort_stale_uploads(self, report: GcReport) -> None:
@@ -275,7 +275,7 @@ class GarbageCollector:
                 continue
             report.uploads_aborted += 1
 
-    async def _delete_orphans(self, session: AsyncSession, orphans: list[str]) -> list[str]:
+    async def _delete_orphans(self, session: AsyncSession, orphans: list[Digest]) -> list[Digest]:
         async with session.begin():
             keys = sorted({digest_lock_key(digest) for digest in orphans})
             await session.execute(
@@ -287,11 +287,11 @@ class GarbageCollector:
             )
             still = await _without_rows(session, dict.fromkeys(orphans, 0))
             if still:
-                await to_the_end(asyncio.to_thread(self.store.delete, [Digest(digest) for digest in still]))
+                await to_the_end(asyncio.to_thread(self.store.delete, still))
         return still
 
 
-async def _without_rows(session: AsyncSession, digests: dict[str, int]) -> list[str]:
+async def _without_rows(session: AsyncSession, digests: dict[Digest, int]) -> list[Digest]:
     if not digests:
         return []
     present = set(await session.scalars(select(Blob.digest).where(Blob.digest.in_(list(digests)))))

@@ -12,6 +12,7 @@ from sqlalchemy.sql import Select, Subquery
 from sqlalchemy.sql.expression import Exists
 
 from app.db.models import UNFINISHED_STATUSES, Blob, Task, TaskTemplate, TemplateVersion
+from storage.digest import Digest
 
 UNFINISHED = [status.value for status in UNFINISHED_STATUSES]
 
@@ -47,11 +48,11 @@ def unretained_versions(keep: int) -> Select[int]:
     return select(ranked.c.id).where(ranked.c.rank > keep, ~_current(ranked), ~_running(ranked))
 
 
-def held_by_task(digest: SQLColumnExpression[str]) -> ColumnElement[bool]:
+def held_by_task(digest: SQLColumnExpression[Digest]) -> ColumnElement[bool]:
     return exists().where(Task.digest == digest, Task.status.in_(UNFINISHED))
 
 
-def held_by_any_version(digest: SQLColumnExpression[str]) -> ColumnElement[bool]:
+def held_by_any_version(digest: SQLColumnExpression[Digest]) -> ColumnElement[bool]:
     return exists().where(TemplateVersion.digest == digest)
 
 

@@ -51,7 +51,7 @@ class Repairer:
     limits: Limits
     work_dir: Path
 
-    async def repair(self, digest: str) -> tuple[bool, str]:
+    async def repair(self, digest: Digest) -> tuple[bool, str]:
         """(repaired, what was done or why it could not be)."""
         origins = await self._origins(digest)
         if not origins:
@@ -68,12 +68,12 @@ class Repairer:
                 reasons.append(f"{origin.describe()}: {exc}")
                 continue
             try:
-                if snapshot.digest.hex != digest:
+                if snapshot.digest != digest:
                     reasons.append(f"{origin.describe()}: packs to {snapshot.digest}, not to this blob's digest")
                     continue
                 stored = await asyncio.to_thread(
                     self.store.replace,
-                    Digest(digest),
+                    digest,
                     blob_file,
                     tar_size=snapshot.tar_size,
                     files=snapshot.files,
@@ -91,7 +91,7 @@ class Repairer:
             return True, f"packed again from {origin.describe()}"
         return False, "; ".join(reasons)
 
-    async def _origins(self, digest: str) -> list[Origin]:
+    async def _origins(self, digest: Digest) -> list[Origin]:
         async with self.sessions() as session:
             rows = (
                 await session.execute(

@@ -124,7 +124,7 @@ class Maintenance:
             raise InvalidInput("repair needs the server's Git mirrors, which this process does not have")
         if digest is not None:
             async with self.sessions() as session:
-                if await session.get(Blob, digest.hex) is None:
+                if await session.get(Blob, digest) is None:
                     raise NotFound(f"no blob {digest} is recorded")
         recorded = {
             "scope": options.scope,

@@ -120,7 +120,7 @@ class Verifier:
         self.progress = progress or Silent()
         self.report = VerifyReport(scope=options.scope)
         """Filled in as the run goes: what it found so far when it fails or is stopped."""
-        self._created: dict[str, datetime] = {}
+        self._created: dict[Digest, datetime] = {}
         """`created_at` of each row read and not yet settled: tells a row from one written again since."""
 
     async def run(self) -> VerifyReport:
@@ -169,26 +169,28 @@ class Verifier:
         on_loop(self._settle(page, report))
 
     def _rows(self, on_loop: OnLoop, stop: threading.Event) -> Iterator[Expected]:
-        after = ""
+        after: Digest | None = None
         while not stop.is_set():
             page: list[Expected] = on_loop(self._page(after))
             yield from page
             if len(page) < PAGE or self.options.scope != "all":
                 return
-            after = page[-1].digest.hex
+            after = page[-1].digest
 
-    async def _page(self, after: str) -> list[Expected]:
+    async def _page(self, after: Digest | None) -> list[Expected]:
         query = select(Blob.digest, Blob.zst_size, Blob.zst_sha256, Blob.tar_size, Blob.created_at)
         if self.options.digest is not None:
-            query = query.where(Blob.digest == self.options.digest.hex)
+            query = query.where(Blob.digest == self.options.digest)
         elif self.options.sample is not None:
             query = query.order_by(func.random()).limit(self.options.sample)
         else:
-            query = query.where(Blob.digest > after).order_by(Blob.digest).limit(PAGE)
+            if after is not None:
+                query = query.where(Blob.digest > after)
+            query = query.order_by(Blob.digest).limit(PAGE)
         async with self.sessions() as session:
             rows = (await session.execute(query)).all()
         self._created.update((row.digest, row.created_at) for row in rows)
-        return [Expected(Digest(row.digest), row.zst_size, row.zst_sha256, row.tar_size) for row in rows]
+        return [Expected(row.digest, row.zst_size, row.zst_sha256, row.tar_size) for row in rows]
 
     async def _settle(self, checks: list[Check], report: VerifyReport) -> None:
         """Judge a page of checks, record their outcomes on the rows and count them in the report."""
@@ -198,16 +200,16 @@ class Verifier:
         report.bytes_read += sum(check.zst_bytes for check in checks)
         problems = sorted((check for check in checks if check.outcome is not Outcome.OK), key=lambda c: c.digest)
         report.ok += len(checks) - len(problems)
-        created = {check.digest.hex: self._created.pop(check.digest.hex, None) for check in checks}
-        standing = await self._standing({check.digest.hex: created[check.digest.hex] for check in problems})
-        judged = [check for check in problems if standing.get(check.digest.hex) is Standing.STORED]
-        report.gone += sum(1 for check in problems if check.digest.hex not in standing)
-        report.in_flight += sum(1 for check in problems if standing.get(check.digest.hex) is Standing.IN_FLIGHT)
+        created = {check.digest: self._created.pop(check.digest, None) for check in checks}
+        standing = await self._standing({check.digest: created[check.digest] for check in problems})
+        judged = [check for check in problems if standing.get(check.digest) is Standing.STORED]
+        report.gone += sum(1 for check in problems if check.digest not in standing)
+        report.in_flight += sum(1 for check in problems if standing.get(check.digest) is Standing.IN_FLIGHT)
         await self._record([check for check in checks if check.outcome is Outcome.OK] + judged)
         for check in judged:
             await self._judge(check, report)
 
-    async def _standing(self, created: dict[str, datetime | None]) -> dict[str, Standing]:
+    async def _standing(self, created: dict[Digest, datetime | None]) -> dict[Digest, Standing]:
         """How the rows of these problem blobs (digest → the `created_at` the check was made for) stand now. Absent:
         GC deleted the row, or deleted it and an import wrote it again since (a new `created_at`)."""
         if not created:
@@ -232,7 +234,7 @@ class Verifier:
         if not checks:
             return
         values = [  # in digest order, as every verify run writes: two runs never wait on each other in a cycle
-            {"key": check.digest.hex, "outcome": check.outcome.value, "detail": check.detail or None}
+            {"key": check.digest, "outcome": check.outcome.value, "detail": check.detail or None}
             for check in sorted(checks, key=lambda check: check.digest)
         ]
         table = cast("Table", Blob.__table__)
@@ -250,7 +252,7 @@ class Verifier:
         report.count(check.outcome)
         entry: dict[str, Any] = {"digest": str(check.digest), "outcome": check.outcome.value, "detail": check.detail}
         if self.options.repair and self.repairer is not None:
-            repaired, how = await self.repairer.repair(check.digest.hex)
+            repaired, how = await self.repairer.repair(check.digest)
             entry.update(repaired=repaired, repair=how)
             if repaired:
                 report.repaired += 1
@@ -264,7 +266,7 @@ class Verifier:
         async with self.sessions() as session, session.begin():
             await session.execute(
                 update(Blob)
-                .where(Blob.digest == digest.hex)
+                .where(Blob.digest == digest)
                 .values(verified_at=func.now(), verify_outcome=Outcome.OK.value, verify_detail="repaired")
             )
 
@@ -273,15 +275,15 @@ class Verifier:
         cutoff = older_than(self.options.grace)
         async with self.sessions() as session:
             async for page in blob_pages(self.store):
-                old = [item.digest.hex for item in page if item.last_modified < cutoff]
+                old = [item.digest for item in page if item.last_modified < cutoff]
                 known = set(await session.scalars(select(Blob.digest).where(Blob.digest.in_(old)))) if old else set()
                 await session.rollback()
                 orphans = await asyncio.to_thread(self._still_stored, sorted(set(old) - known))
                 report.orphans += len(orphans)
                 room = LISTED - len(report.orphan_digests)
-                report.orphan_digests += [f"sha256:{digest}" for digest in orphans[: max(room, 0)]]
+                report.orphan_digests += [str(digest) for digest in orphans[: max(room, 0)]]
                 self.progress.advance(len(page), sum(item.size for item in page))
 
-    def _still_stored(self, digests: list[str]) -> list[str]:
+    def _still_stored(self, digests: list[Digest]) -> list[Digest]:
         """Those of `digests` whose object is still there (GC may have deleted it since the listing)."""
-        return [digest for digest in digests if self.store.exists(Digest(digest))]
+        return [digest for digest in digests if self.store.exists(digest)]

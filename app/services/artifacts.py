@@ -68,11 +68,11 @@ class Artifacts:
                 TemplateVersion.id,
             )
             .join(TemplateVersion, TemplateVersion.template_id == TaskTemplate.id)
-            .where(TaskTemplate.tenant_id == tenant_id, TemplateVersion.digest == digest.hex)
+            .where(TaskTemplate.tenant_id == tenant_id, TemplateVersion.digest == digest)
             .order_by(TaskTemplate.id, TemplateVersion.version)
         )
         used_by = [Usage(tid, code, number, current == vid) for tid, code, number, current, vid in rows]
-        blob = await self.session.get(Blob, digest.hex)
+        blob = await self.session.get(Blob, digest)
         if not used_by or blob is None:
             raise NotFound(f"no artifact {digest} among this tenant's templates")
         return ArtifactView(blob, used_by)

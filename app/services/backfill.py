@@ -20,6 +20,7 @@ from app.scan.candidates import PLAYBOOKS
 from app.scan.params import NAME, TYPE_NAMES, Parameter, coerce_default, resolve_type
 from app.services.imports import Importer
 from app.services.legacy import TIME_TYPES
+from storage.digest import Digest
 from storage.errors import SnapshotRefused
 from storage.trees import normalize_repo_path
 from worker.protocol import SCRIPT_TYPES
@@ -96,9 +97,9 @@ class Backfiller:
         except (NotFound, Conflict, InvalidInput, Upstream) as exc:
             await self.session.rollback()
             return Outcome(template_id, tenant_id, code, reason=str(exc))
-        return Outcome(template_id, tenant_id, code, digest=f"sha256:{digest}")
+        return Outcome(template_id, tenant_id, code, digest=str(digest))
 
-    async def _import(self, template_id: int, tenant_id: uuid.UUID, info: dict[str, Any]) -> str:
+    async def _import(self, template_id: int, tenant_id: uuid.UUID, info: dict[str, Any]) -> Digest:
         legacy = info.get("legacy") or {}
         repository_id, path = info.get("repository_id"), info.get("original_path")
         if repository_id is None:
@@ -114,7 +115,7 @@ class Backfiller:
         stored = await self.importer.store_content(source)
         recorded = {**source.snapshot_info, "legacy": legacy}
 
-        async def write(digest: str) -> None:
+        async def write(digest: Digest) -> None:
             await self._write(template_id, digest, recorded, script_type, entry_file, parameters)
 
         await self.importer.commit_version(source, stored, write)
@@ -188,7 +189,7 @@ class Backfiller:
     async def _write(
         self,
         template_id: int,
-        digest: str,
+        digest: Digest,
         recorded: dict[str, Any],
         script_type: str,
         entry_file: str,

@@ -18,10 +18,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import Blob, TemplateVersion, TreeDigest
 from storage.blobstore import BlobInfo
+from storage.digest import Digest
 from storage.snapshot import Snapshot
 
 
-async def cached_digest(session: AsyncSession, content_key: str) -> str | None:
+async def cached_digest(session: AsyncSession, content_key: str) -> Digest | None:
     """The digest this Git content packed to before, if its blob row still exists."""
     return await session.scalar(
         select(TreeDigest.digest).join(Blob, Blob.digest == TreeDigest.digest).where(TreeDigest.tree_key == content_key)
@@ -32,10 +33,10 @@ LOCK_NAMESPACE = 0x61686F70
 """The first key of every per-digest advisory lock ("ahop"); the second is `digest_lock_key(digest)`."""
 
 
-def digest_lock_key(digest: str) -> int:
+def digest_lock_key(digest: Digest) -> int:
     """A 32-bit advisory lock key for the digest: its first 8 hex digits, signed. Collisions only make two digests
     wait for each other."""
-    value = int(digest[:8], 16)
+    value = int(digest.hex[:8], 16)
     return value - (1 << 32) if value >= 1 << 31 else value
 
 
@@ -43,13 +44,11 @@ async def upsert_blob(session: AsyncSession, snapshot: Snapshot) -> bool:
     """Insert the blob row, or touch the existing one (whose figures stay: the first writer's). True if inserted.
 
     Takes the digest's advisory lock (shared) until the transaction ends; see the module's docstring."""
-    await session.execute(
-        select(func.pg_advisory_xact_lock_shared(LOCK_NAMESPACE, digest_lock_key(snapshot.digest.hex)))
-    )
+    await session.execute(select(func.pg_advisory_xact_lock_shared(LOCK_NAMESPACE, digest_lock_key(snapshot.digest))))
     statement = (
         insert(Blob)
         .values(
-            digest=snapshot.digest.hex,
+            digest=snapshot.digest,
             tar_size=snapshot.tar_size,
             zst_size=snapshot.zst_size,
             zst_sha256=snapshot.zst_sha256,
@@ -61,7 +60,7 @@ async def upsert_blob(session: AsyncSession, snapshot: Snapshot) -> bool:
     return bool(await session.scalar(statement))
 
 
-async def touch_stored(session: AsyncSession, digest: str, stored: BlobInfo | None) -> Blob | None:
+async def touch_stored(session: AsyncSession, digest: Digest, stored: BlobInfo | None) -> Blob | None:
     """Touch the row in the version's transaction (with the stored object's figures when known); None if GC took it."""
     values: dict[str, object] = {"touched_at": text("now()"), "state": "stored"}
     if stored is not None:
@@ -70,7 +69,7 @@ async def touch_stored(session: AsyncSession, digest: str, stored: BlobInfo | No
     return row
 
 
-async def remember_tree(session: AsyncSession, content_key: str, digest: str) -> None:
+async def remember_tree(session: AsyncSession, content_key: str, digest: Digest) -> None:
     await session.execute(
         insert(TreeDigest)
         .values(tree_key=content_key, digest=digest)
@@ -78,7 +77,7 @@ async def remember_tree(session: AsyncSession, content_key: str, digest: str) ->
     )
 
 
-async def forget_unused_blob(session: AsyncSession, digest: str) -> None:
+async def forget_unused_blob(session: AsyncSession, digest: Digest) -> None:
     """Undo our row after a failed upload, unless a version references it by now."""
     referenced = exists().where(TemplateVersion.digest == digest)
     await session.execute(delete(Blob).where(Blob.digest == digest, ~referenced))

@@ -65,7 +65,7 @@ def build_job(
     if version is None:
         raise Undeliverable(f"version {task.version} of template {task.template_code!r} no longer exists")
     if blob is None:
-        raise Undeliverable(f"the template's content sha256:{task.digest} is no longer stored")
+        raise Undeliverable(f"the template's content {task.digest} is no longer stored")
     # In the schema's order (a JSONB column keeps its own): scripts get their `--name value` arguments in that order.
     order = {str(entry.get("name")): index for index, entry in enumerate(version.parameters)}
     names = sorted(task.params, key=lambda name: order.get(name, len(order)))
@@ -75,13 +75,7 @@ def build_job(
         attempt=task.attempt,
         tenant_id=str(task.tenant_id),
         template_code=task.template_code,
-        blob=BlobRef(
-            digest=blob.digest,
-            tar_size=blob.tar_size,
-            zst_size=blob.zst_size,
-            zst_sha256=blob.zst_sha256,
-            files=blob.files,
-        ),
+        blob=BlobRef.of(blob),
         entry_file=version.entry_file,
         script_type=version.script_type,  # type: ignore[arg-type]
         params=params,

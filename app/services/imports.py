@@ -76,7 +76,7 @@ class Imported:
 class Stored:
     """Content whose blob row and object exist: `info` is the stored object's figures (None on a cache hit)."""
 
-    digest: str
+    digest: Digest
     info: BlobInfo | None
     packed: bool
 
@@ -145,7 +145,7 @@ class Importer:
             parameters, parameters_source = spec.parameters, PARAMETERS_MANUAL
         stored = await self.store_content(source)
 
-        async def insert(digest: str) -> tuple[TaskTemplate, TemplateVersion]:
+        async def insert(digest: Digest) -> tuple[TaskTemplate, TemplateVersion]:
             return await self._insert(tenant_id, spec, source, digest, created_by, parameters, parameters_source)
 
         try:
@@ -234,18 +234,18 @@ class Importer:
             blob_file.close()
         if not uploaded and self.metrics is not None:
             self.metrics.deduplicated()
-        return Stored(snapshot.digest.hex, stored, packed=True)
+        return Stored(snapshot.digest, stored, packed=True)
 
-    async def _still_stored(self, digest: str) -> bool:
+    async def _still_stored(self, digest: Digest) -> bool:
         """Whether the object of a cached digest is still there (one HEAD, made only when a new version is about to
         use it): if something removed it behind the row's back, the content is packed and stored again instead of
         handing out a blob that is gone. When S3 cannot answer, the row is trusted."""
         try:
-            exists = await asyncio.to_thread(self.store.exists, Digest(digest))
+            exists = await asyncio.to_thread(self.store.exists, digest)
         except StorageError:
             return True
         if not exists:
-            log.warning("blob sha256:%s is recorded but its object is gone: packing it again", digest)
+            log.warning("blob %s is recorded but its object is gone: packing it again", digest)
         return exists
 
     async def _upload(self, snapshot: Snapshot, blob_file: BinaryIO) -> tuple[bool, BlobInfo]:
@@ -267,13 +267,13 @@ class Importer:
                 continue
             except StorageUnavailable as exc:
                 if inserted:
-                    await blobs.forget_unused_blob(self.session, snapshot.digest.hex)
+                    await blobs.forget_unused_blob(self.session, snapshot.digest)
                     await self.session.commit()
                 raise Unavailable(f"S3 is unavailable, nothing was imported: {exc}") from exc
         raise Unavailable(_KEPT_DISAPPEARING)
 
     async def commit_version(
-        self, source: Source, stored: Stored, write: Callable[[str], Awaitable[WrittenT]]
+        self, source: Source, stored: Stored, write: Callable[[Digest], Awaitable[WrittenT]]
     ) -> tuple[WrittenT, Blob, bool]:
         """Run `write(digest)` in the transaction that touches the blob row (DESIGN §6). If GC freed the blob
         since it was stored or found in the cache, store it again and retry."""
@@ -297,7 +297,7 @@ class Importer:
         tenant_id: uuid.UUID,
         spec: TemplateSpec,
         source: Source,
-        digest: str,
+        digest: Digest,
         created_by: uuid.UUID | None,
         parameters: list[dict[str, Any]],
         parameters_source: str,

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.db.models import UNFINISHED_STATUSES, Task, TaskTemplate, TemplateVersion
 from app.errors import Conflict, InvalidInput, NotFound
 from app.services.imports import PARAMETERS_MANUAL, PARAMETERS_SCANNED, Importer
+from storage.digest import Digest
 from storage.errors import SnapshotRefused
 from storage.trees import GitTree
 
@@ -83,7 +84,7 @@ class TemplateChanger:
         template: TaskTemplate,
         base: TemplateVersion,
         *,
-        digest: str,
+        digest: Digest,
         source: dict[str, Any] | None,
         created_by: uuid.UUID | None,
         **fields: Any,
@@ -192,7 +193,7 @@ class TemplateChanger:
         if stored.digest == current_digest and not changed_schema:
             return Synced(None, origin, parameters_changed=False)
 
-        async def write(digest: str) -> int:
+        async def write(digest: Digest) -> int:
             template, current = await self._template(tenant_id, template_id)
             if current.id != synced_from:  # an edit or a switch of version came first: its choice stands
                 raise Conflict(

@@ -17,8 +17,8 @@ from datetime import UTC, datetime
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from app.db.models import Blob
 from app.errors import Unavailable
+from storage.digest import Digest
 from worker.protocol import (
     WORKERS_KEY,
     BlobRef,
@@ -54,13 +54,6 @@ class WorkerState:
     started_at: datetime
     age_seconds: float
     live: bool
-
-
-def blob_ref(blob: Blob) -> BlobRef:
-    """What a worker needs to fetch and check a stored blob."""
-    return BlobRef(
-        digest=blob.digest, tar_size=blob.tar_size, zst_size=blob.zst_size, zst_sha256=blob.zst_sha256, files=blob.files
-    )
 
 
 class Workers:
@@ -122,15 +115,15 @@ class Workers:
             return []
         return [f"no live worker serves pool {pool}; the task waits in its queue until a worker of the pool starts"]
 
-    async def holders(self, pool: str, digest: str) -> list[WorkerState]:
-        """The live workers of `pool` whose stores hold `digest` (64 hex)."""
+    async def holders(self, pool: str, digest: Digest) -> list[WorkerState]:
+        """The live workers of `pool` whose stores hold `digest`."""
         candidates = await self.live(pool)
         if not candidates:
             return []
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for state in candidates:
-                    pipe.sismember(worker_digests_key(state.heartbeat.id), digest)
+                    pipe.sismember(worker_digests_key(state.heartbeat.id), digest.hex)
                 held = await pipe.execute()
         except (RedisError, OSError) as exc:
             raise Unavailable(f"Redis is unavailable, the holders of a digest cannot be read: {exc}") from exc
@@ -162,7 +155,7 @@ class Workers:
         try:
             asked = await self.prefetch(pool, blob)
         except Unavailable as exc:
-            log.warning("prefetch of sha256:%s after import skipped: %s", blob.digest, exc)
+            log.warning("prefetch of %s after import skipped: %s", blob.digest, exc)
             return []
-        log.info("asked %d worker(s) of pool %s to prefetch sha256:%s", len(asked), pool, blob.digest)
+        log.info("asked %d worker(s) of pool %s to prefetch %s", len(asked), pool, blob.digest)
         return asked

@@ -131,7 +131,7 @@ async def test_a_task_is_queued_with_coerced_parameters_and_its_password_only_in
     assert job.secret_params == ["token"]
     assert (job.entry_file, job.script_type, job.timeout, job.attempt) == ("cleanup.sh", "shell", 600, 1)
     assert (job.tenant_id, job.template_code) == (alice.tenant_id, "disk_cleanup")
-    assert "sha256:" + job.blob.digest == template["artifact"]["digest"]
+    assert str(job.blob.digest) == template["artifact"]["digest"]
     assert job.blob.zst_size == template["artifact"]["zst_size"]
 
     (row,) = await sql(database_url, "SELECT params, sealed_params FROM tasks WHERE id = $1", uuid.UUID(task["id"]))

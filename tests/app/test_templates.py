@@ -192,7 +192,7 @@ async def test_s3_down_answers_503_and_writes_no_row(
 
     engine = create_engine(database_url, pool_size=1)
 
-    async def counts() -> tuple[int, set[str]]:
+    async def counts() -> tuple[int, set[Digest]]:
         async with create_session_factory(engine)() as session:
             templates = await session.scalar(
                 select(func.count()).select_from(TaskTemplate).where(TaskTemplate.tenant_id == alice.tenant_id)
@@ -271,12 +271,12 @@ async def test_reimporting_a_known_tree_does_not_pack_again(
             second_digest = second.blob.digest
             # An object removed behind its row's back (a bucket restored from an old backup, a stray delete) is
             # not handed out: the cache hit is checked, and the content packed and stored again.
-            s3_client(api_settings).delete_object(Bucket=api_settings.s3_bucket, Key=blob_key(Digest(first_digest)))
+            s3_client(api_settings).delete_object(Bucket=api_settings.s3_bucket, Key=blob_key(first_digest))
             third = await importer.import_template(
                 uuid.UUID(alice.tenant_id), TemplateSpec(**{**spec, "code": "healed"}), None
             )
             third_digest = third.blob.digest
-            restored = store.head(Digest(first_digest))
+            restored = store.head(first_digest)
     finally:
         await engine.dispose()
     assert (first.packed, second.packed, third.packed) == (True, False, True)

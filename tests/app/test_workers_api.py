@@ -84,7 +84,7 @@ def stored_ref(settings: AppSettings, artifact: dict[str, Any]) -> BlobRef:
     digest = Digest.parse(artifact["digest"])
     stored = s3_client(settings).get_object(Bucket=settings.s3_bucket, Key=blob_key(digest))["Body"].read()
     return BlobRef(
-        digest=digest.hex,
+        digest=digest,
         tar_size=artifact["tar_size"],
         zst_size=len(stored),
         zst_sha256=hashlib.sha256(stored).hexdigest(),

@@ -44,13 +44,7 @@ def publish(blobs: BlobStore, tmp_path_factory: pytest.TempPathFactory) -> Publi
             snapshot.digest, packed, tar_size=snapshot.tar_size, files=snapshot.files, zst_sha256=snapshot.zst_sha256
         )
         packed.unlink()
-        return BlobRef(
-            digest=stored.digest.hex,
-            tar_size=stored.tar_size,
-            zst_size=stored.zst_size,
-            zst_sha256=stored.zst_sha256,
-            files=stored.files,
-        )
+        return BlobRef.of(stored)
 
     return publish
 

@@ -95,7 +95,7 @@ async def put_unreferenced(
 
 def _row(info: BlobInfo, touched: datetime) -> Blob:
     return Blob(
-        digest=info.digest.hex,
+        digest=info.digest,
         tar_size=info.tar_size,
         zst_size=info.zst_size,
         zst_sha256=info.zst_sha256,
@@ -117,7 +117,7 @@ def stored(store: BlobStore, digest: str | Digest) -> bool:
 
 async def blob_rows(sessions: async_sessionmaker[AsyncSession]) -> set[str]:
     async with sessions() as session:
-        return {f"sha256:{digest}" for digest in await session.scalars(select(Blob.digest))}
+        return {str(digest) for digest in await session.scalars(select(Blob.digest))}
 
 
 __all__ = ["Client", "add_repository", "s3_client"]

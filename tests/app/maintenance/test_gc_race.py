@@ -33,7 +33,6 @@ from app.maintenance.references import UNFINISHED
 from app.maintenance.start import Maintenance, policy_of
 from app.settings import AppSettings
 from storage.blobstore import BlobStore
-from storage.digest import Digest
 from storage.verify import Expected, Outcome, check_blob
 from tests.app.conftest import Caller, git
 from tests.app.maintenance.helpers import Client, add_repository, commit_new_content
@@ -97,7 +96,7 @@ async def referenced_blobs(sessions: async_sessionmaker[AsyncSession]) -> list[t
             row.digest: row
             for row in await session.scalars(select(Blob).where(Blob.digest.in_([d for _, d in wanted])))
         }
-    return [(f"{why} (sha256:{digest})", rows.get(digest)) for why, digest in wanted]
+    return [(f"{why} ({digest})", rows.get(digest)) for why, digest in wanted]
 
 
 async def assert_everything_referenced_is_stored(
@@ -105,7 +104,7 @@ async def assert_everything_referenced_is_stored(
 ) -> None:
     for why, row in await referenced_blobs(sessions):
         assert row is not None, f"round {round_number}: {why} has no blob row"
-        expected = Expected(Digest(row.digest), row.zst_size, row.zst_sha256, row.tar_size)
+        expected = Expected(row.digest, row.zst_size, row.zst_sha256, row.tar_size)
         check = await asyncio.to_thread(check_blob, store, expected)
         assert check.outcome is Outcome.OK, f"round {round_number}: {why}: {check.outcome} {check.detail}"
 

@@ -53,7 +53,7 @@ async def outcome_on_row(sessions: async_sessionmaker[AsyncSession], digest: str
     async with sessions() as session:
         row = (
             await session.execute(
-                select(Blob.verify_outcome, Blob.verify_detail).where(Blob.digest == Digest.parse(digest).hex)
+                select(Blob.verify_outcome, Blob.verify_detail).where(Blob.digest == Digest.parse(digest))
             )
         ).one()
     return row[0], row[1]
@@ -158,7 +158,7 @@ async def test_repair_packs_a_damaged_blob_again_from_its_commit(
     async with sessions() as session, session.begin():  # a version whose source no mirror has: cannot be repaired
         await session.execute(
             update(TemplateVersion)
-            .where(TemplateVersion.digest == Digest.parse(gone).hex)
+            .where(TemplateVersion.digest == Digest.parse(gone))
             .values(source={"repository_id": 999999, "commit_sha": "0" * 40, "original_path": "second"})
         )
 
@@ -172,9 +172,9 @@ async def test_repair_packs_a_damaged_blob_again_from_its_commit(
     assert (report["repaired"], report["not_repaired"]) == (1, 1)
     assert status is RunStatus.PROBLEMS
     async with sessions() as session:
-        row = await session.get(Blob, Digest.parse(damaged).hex)
+        row = await session.get(Blob, Digest.parse(damaged))
     assert row is not None
-    check = check_blob(store, Expected(Digest(row.digest), row.zst_size, row.zst_sha256, row.tar_size))
+    check = check_blob(store, Expected(row.digest, row.zst_size, row.zst_sha256, row.tar_size))
     assert check.outcome is Outcome.OK, check.detail
     assert (await outcome_on_row(sessions, damaged))[0] == "ok"
 
