@@ -35,11 +35,13 @@ from app.settings import AppSettings
 from storage.blobstore import BlobStore, S3Location
 from storage.digest import Digest
 from storage.keys import digest_from_key
-from tests import waiting
-from tests.app.conftest import Caller, git, make_tenant, server_env
-from tests.app.maintenance.test_commands import ahop
 from tests.conftest import drop_database, with_database
-from tests.database import sql
+from tests.support import waiting
+from tests.support.cli import ahop_on_server
+from tests.support.database import sql
+from tests.support.repositories import git
+from tests.support.served import server_env
+from tests.support.tenants import Caller, make_tenant
 
 BOUND = 90.0
 """Every wait's bound: it only catches hangs. With the short S3 timeouts below, a request to a stopped S3 fails in
@@ -403,7 +405,7 @@ async def blob_row(settings: AppSettings, digest: Digest) -> list[Any]:
 
 async def maintenance(settings: AppSettings, *args: str) -> dict[str, Any]:
     """`ahop gc|verify … --grace 0 --json` as an operator runs it; its report."""
-    done = await ahop(settings, *args, "--grace", "0", "--json")
+    done = await ahop_on_server(settings, *args, "--grace", "0", "--json")
     assert done.returncode in (0, 1), done.stdout + done.stderr
     report: dict[str, Any] = json.loads(done.stdout)["report"]
     return report

@@ -24,11 +24,12 @@ import pytest
 from app.db.models import Role
 from app.git.mirrorlock import MirrorLock
 from app.settings import AppSettings
-from tests.app.conftest import Caller, git, make_tenant
-from tests.faults.test_worker_death import alive
-from tests.metrics_text import parse_samples, value
-from tests.served import Served, serve
-from tests.waiting import until
+from tests.support.fleet import alive
+from tests.support.metrics_text import parse_samples, value
+from tests.support.repositories import git
+from tests.support.served import Served, serve
+from tests.support.tenants import Caller, make_tenant
+from tests.support.waiting import until
 
 BIG_BYTES = 16 << 20
 """Incompressible data in the large repository: its fetch runs long enough to be caught."""

@@ -11,11 +11,10 @@ from arq.connections import RedisSettings, create_pool
 from redis.asyncio import Redis
 
 from app.devstack.redis import RedisServer
-from tests import waiting
-from tests.fleet import Fleet
+from tests.support import waiting
+from tests.support.fleet import Fleet
+from tests.support.jobs import Publish, a_job, events_of, log_of, script_blob
 from tests.worker import conftest as worker_fixtures
-from tests.worker.conftest import Publish
-from tests.worker.test_worker_process import a_job, events_of, log_of, script_blob
 from worker.protocol import RUN_JOB, TaskJob, job_id, queue_name, serialize
 
 # The worker tests' fixtures: the session bucket, and publishing a directory into it.

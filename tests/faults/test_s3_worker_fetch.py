@@ -18,12 +18,12 @@ from app.main import create_app
 from app.settings import AppSettings
 from storage.digest import Digest
 from storage.keys import blob_key
-from tests import waiting
-from tests.app.conftest import Caller
-from tests.app.test_end_to_end import wait_task
-from tests.app.test_templates import add_repository
 from tests.faults.s3_faults import BIG_BYTES, S3_TIMEOUTS, PrivateS3, big_body, inject, recover, socket_buffers
-from tests.fleet import Fleet
+from tests.support import waiting
+from tests.support.fleet import Fleet
+from tests.support.repositories import add_repository
+from tests.support.tasks import wait_task
+from tests.support.tenants import Caller
 
 Client = AsyncTestClient[Litestar]
 OUTCOME_BOUND = 45.0

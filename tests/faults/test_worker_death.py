@@ -17,10 +17,10 @@ from litestar.testing import AsyncTestClient
 from app.db.models import Role
 from app.main import create_app
 from app.settings import AppSettings
-from tests import waiting
-from tests.app.conftest import Caller, git
-from tests.app.test_templates import add_repository
-from tests.fleet import Fleet
+from tests.support import waiting
+from tests.support.fleet import Fleet, alive
+from tests.support.repositories import add_repository, git
+from tests.support.tenants import Caller
 
 Client = AsyncTestClient[Litestar]
 BOUND = 60.0
@@ -104,13 +104,6 @@ def attempt_processes(ledger: Path, attempt: int) -> list[psutil.Process]:
         if int(number) == attempt:
             processes.append(psutil.Process(int(pid)))
     return processes
-
-
-def alive(process: psutil.Process) -> bool:
-    try:
-        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 async def test_a_sigkilled_workers_scripts_die_with_it_before_the_retry_starts(

@@ -12,9 +12,9 @@ from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
 
 from app.db.models import Role
-from tests import waiting
-from tests.app.conftest import Caller, git
-from tests.app.test_templates import add_repository
+from tests.support import waiting
+from tests.support.repositories import add_repository, git
+from tests.support.tenants import Caller
 from worker.protocol import EVENTS_STREAM, Event
 
 Client = AsyncTestClient[Litestar]

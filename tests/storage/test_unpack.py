@@ -27,7 +27,7 @@ from storage.digest import Digest
 from storage.errors import IntegrityError, UnsafeArchive
 from storage.snapshot import Snapshot, snapshot_directory
 from storage.unpack import DEFAULT_LIMITS, UnpackLimits, UnpackResult, unpack_file
-from tests.storage.test_snapshot import LONG_PATH, build_fixture_tree
+from tests.support.trees import LONG_PATH, build_fixture_tree
 
 MiB = 1 << 20
 REGULAR, SYMLINK = tarformat.REGULAR, tarformat.SYMLINK

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -12,9 +12,8 @@ from arq.connections import ArqRedis, RedisSettings
 from app.devstack.stack import LocalStack
 from storage.blobstore import BlobStore, S3Location
 from storage.snapshot import snapshot_directory
+from tests.support.jobs import Publish
 from worker.protocol import BlobRef, serialize
-
-Publish = Callable[[Path], BlobRef]
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from storage.blobstore import BlobStore, S3Location
 from storage.digest import Digest
 from storage.errors import BlobNotFound, IntegrityError
 from storage.keys import blob_key
-from tests.worker.conftest import Publish
+from tests.support.jobs import Publish
 from worker.protocol import BlobRef
 from worker.store import LocalStore, StoreStats
 

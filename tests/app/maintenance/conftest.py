@@ -20,8 +20,8 @@ from app.main import create_app
 from app.maintenance.service import Maintenance, build_maintenance
 from app.settings import AppSettings
 from storage.blobstore import BlobStore
-from tests.app.conftest import Caller, make_tenant
 from tests.conftest import drop_database, with_database
+from tests.support.tenants import Caller, make_tenant
 
 
 @pytest.fixture
