@@ -27,7 +27,7 @@ from app.devstack.stack import LocalStack
 from app.main import create_app
 from app.settings import AppSettings
 from tests.support.fleet import Fleet
-from tests.support.repositories import git
+from tests.support.repositories import commit_all
 from tests.support.tenants import Caller, make_tenant
 
 SERVICE_KEYS = (
@@ -169,7 +169,5 @@ def origin(tmp_path: Path) -> Path:
     script.chmod(0o755)
     # Unique content per test: the database (and its tree → digest cache) is shared by the whole session.
     (repo / "scripts" / "disk_cleanup" / "README.md").write_text(f"cleans disks ({secrets.token_hex(8)})\n")
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "first")
+    commit_all(repo, message="first")
     return repo

@@ -6,36 +6,18 @@ import json
 from pathlib import Path
 
 from app.db.models import Role
-from tests.support.cli import ahop
-from tests.support.tenants import Caller
+from tests.support.cli import ahop, template_import
+from tests.support.tenants import Caller, token_of
 
 
 def test_repo_and_template_commands(api_url: str, alice: Caller, origin: Path) -> None:
-    token = alice[Role.ADMIN]["Authorization"].removeprefix("Bearer ")
+    token = token_of(alice, Role.ADMIN)
     added = ahop(api_url, token, "repo", "add", "ops", str(origin), "--json")
     assert added.returncode == 0, added.stderr
     repository_id = json.loads(added.stdout)["id"]
     assert "ops" in ahop(api_url, token, "repo", "list").stdout
 
-    imported = ahop(
-        api_url,
-        token,
-        "template",
-        "import",
-        "--repo",
-        str(repository_id),
-        "--path",
-        "scripts/disk_cleanup",
-        "--entry",
-        "cleanup.sh",
-        "--code",
-        "cleanup",
-        "--name",
-        "Cleanup",
-        "--type",
-        "shell",
-        "--json",
-    )
+    imported = ahop(api_url, token, *template_import(repository_id, "cleanup", "Cleanup"), "--json")
     assert imported.returncode == 0, imported.stderr
     template = json.loads(imported.stdout)
     assert template["artifact"]["digest"].startswith("sha256:")
@@ -46,24 +28,7 @@ def test_repo_and_template_commands(api_url: str, alice: Caller, origin: Path) -
     synced = ahop(api_url, token, "template", "sync", str(template["id"]), "--json")
     assert (json.loads(synced.stdout)["changed"], json.loads(synced.stdout)["version"]) == (False, None)
 
-    again = ahop(
-        api_url,
-        token,
-        "template",
-        "import",
-        "--repo",
-        str(repository_id),
-        "--path",
-        "scripts/disk_cleanup",
-        "--entry",
-        "missing.sh",
-        "--code",
-        "other",
-        "--name",
-        "Other",
-        "--type",
-        "shell",
-    )
+    again = ahop(api_url, token, *template_import(repository_id, "other", "Other", entry="missing.sh"))
     assert again.returncode == 2
     assert "entry_file" in again.stderr
 

@@ -25,7 +25,7 @@ from app.settings import AppSettings
 from storage.digest import Digest
 from storage.keys import blob_key
 from tests.conftest import drop_database, with_database
-from tests.support.repositories import git
+from tests.support.repositories import commit_all, git
 from tests.support.s3 import s3_client
 from tests.support.schema import SCHEMA
 
@@ -60,9 +60,7 @@ def _repository(root: Path, files: dict[str, str]) -> Path:
     for path, content in files.items():
         (root / path).parent.mkdir(parents=True, exist_ok=True)
         (root / path).write_text(content)
-    git(root, "init", "-q", "-b", "main")
-    git(root, "add", "-A")
-    git(root, "commit", "-q", "-m", "first")
+    commit_all(root, message="first")
     return root
 
 

@@ -11,12 +11,8 @@ from pathlib import Path
 
 from app.db.models import Role
 from tests.support.cli import ahop
-from tests.support.repositories import git
-from tests.support.tenants import Caller
-
-
-def _admin(caller: Caller) -> str:
-    return caller[Role.ADMIN]["Authorization"].removeprefix("Bearer ")
+from tests.support.repositories import commit_all, git
+from tests.support.tenants import Caller, token_of
 
 
 def _repositories(url: str, token: str) -> list[dict[str, object]]:
@@ -31,7 +27,7 @@ def test_repo_add_refuses_a_remote_it_cannot_use_at_once(
     origin: Path,
     tmp_path: Path,
 ) -> None:
-    token = _admin(alice)
+    token = token_of(alice, Role.ADMIN)
     cases = [
         (("repo", "add", "ops", str(tmp_path)), "is not a Git repository or cannot be reached"),
         (("repo", "add", "ops", "https://127.0.0.1:1/ops.git"), "url: not a Git repository, or not reachable"),
@@ -54,10 +50,8 @@ def test_repo_add_uses_the_default_branch_and_takes_credentials_from_a_file(
     repo = tmp_path / "trunk-origin"
     repo.mkdir()
     (repo / "run.sh").write_text("echo trunk\n")
-    git(repo, "init", "-q", "-b", "trunk")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "first")
-    token = _admin(alice)
+    commit_all(repo, message="first", branch="trunk")
+    token = token_of(alice, Role.ADMIN)
     secret_file = tmp_path / "token"
     secret_file.write_text("ghp_notonthecommandline\n")
     added = ahop(api_url, token, "repo", "add", "ops", str(repo), "--token-file", str(secret_file), "--json")
@@ -86,7 +80,7 @@ def test_repo_add_uses_the_default_branch_and_takes_credentials_from_a_file(
 
 
 def test_repo_update_and_delete(api_url: str, alice: Caller, origin: Path, tmp_path: Path) -> None:
-    token = _admin(alice)
+    token = token_of(alice, Role.ADMIN)
     added = ahop(api_url, token, "repo", "add", "ops", str(origin), "--json")
     repository_id = str(json.loads(added.stdout)["id"])
     git(origin, "branch", "release")

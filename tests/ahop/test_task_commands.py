@@ -16,7 +16,7 @@ from redis import Redis
 
 from ahop.task_commands import ServerEvent, parse_events
 from app.db.models import Role
-from tests.support.cli import ahop
+from tests.support.cli import ahop, template_import
 from tests.support.fleet import Fleet
 from tests.support.shout import import_shout
 from tests.support.tenants import Caller, token_of
@@ -29,25 +29,7 @@ def import_template(url: str, caller: Caller, origin: Path, code: str, repositor
         added = ahop(url, admin, "repo", "add", "ops", str(origin), "--json")
         assert added.returncode == 0, added.stderr
         repository_id = int(json.loads(added.stdout)["id"])
-    imported = ahop(
-        url,
-        admin,
-        "template",
-        "import",
-        "--repo",
-        str(repository_id),
-        "--path",
-        "scripts/disk_cleanup",
-        "--entry",
-        "cleanup.sh",
-        "--code",
-        code,
-        "--name",
-        code,
-        "--type",
-        "shell",
-        "--json",
-    )
+    imported = ahop(url, admin, *template_import(repository_id, code, code), "--json")
     assert imported.returncode == 0, imported.stderr
     return int(json.loads(imported.stdout)["id"])
 
@@ -126,20 +108,7 @@ def test_template_pool_and_prefetch_from_the_command_line(
         ahop(
             api_url,
             admin,
-            "template",
-            "import",
-            "--repo",
-            str(repository_id),
-            "--path",
-            "scripts/disk_cleanup",
-            "--entry",
-            "cleanup.sh",
-            "--code",
-            "gpu_cleanup",
-            "--name",
-            "GPU",
-            "--type",
-            "shell",
+            *template_import(repository_id, "gpu_cleanup", "GPU"),
             "--pool",
             "gpu",
             "--max-attempts",

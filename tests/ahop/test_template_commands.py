@@ -12,15 +12,11 @@ import httpx
 
 from app.db.models import Role
 from tests.support.cli import ahop
-from tests.support.repositories import git
-from tests.support.tenants import Caller
+from tests.support.repositories import commit_all
+from tests.support.tenants import Caller, token_of
 
 NAME = "磁盘清理"
 DESCRIPTION = "清理过期的日志文件"
-
-
-def _admin(caller: Caller) -> str:
-    return caller[Role.ADMIN]["Authorization"].removeprefix("Bearer ")
 
 
 def _import(url: str, caller: Caller, root: Path, code: str) -> dict[str, object]:
@@ -29,9 +25,7 @@ def _import(url: str, caller: Caller, root: Path, code: str) -> dict[str, object
     (repo / "cleanup").mkdir(parents=True)
     (repo / "cleanup" / "run.sh").write_text("echo run\n")
     (repo / "cleanup" / "other.sh").write_text(f"echo other {secrets.token_hex(8)}\n")  # the tree cache is shared
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "cleanup")
+    commit_all(repo, message="cleanup")
     headers = caller[Role.ADMIN]
     added = httpx.post(f"{url}/api/v1/git-repositories", json={"name": "cn", "url": str(repo)}, headers=headers)
     assert added.status_code == 201, added.text
@@ -55,7 +49,7 @@ def test_show_prints_key_value_lines_and_json_keeps_chinese_readable(
     tmp_path: Path,
 ) -> None:
     template = _import(api_url, alice, tmp_path, "disk_cleanup")
-    token = _admin(alice)
+    token = token_of(alice, Role.ADMIN)
     digest = str(template["artifact"]["digest"])  # type: ignore[index]
 
     shown = ahop(api_url, token, "template", "show", "disk_cleanup")
@@ -88,7 +82,7 @@ def test_show_prints_key_value_lines_and_json_keeps_chinese_readable(
 
 def test_update_versions_use_and_delete(api_url: str, alice: Caller, tmp_path: Path) -> None:
     template = _import(api_url, alice, tmp_path, "cn_cleanup")
-    token = _admin(alice)
+    token = token_of(alice, Role.ADMIN)
 
     renamed = ahop(
         api_url,
@@ -153,7 +147,7 @@ def test_update_versions_use_and_delete(api_url: str, alice: Caller, tmp_path: P
 
 
 def test_an_unknown_code_or_id_is_bad_input_everywhere(api_url: str, alice: Caller) -> None:
-    token = _admin(alice)
+    token = token_of(alice, Role.ADMIN)
     for ref in ("no_such_code", "987654"):
         for args in (
             ("template", "show", ref),

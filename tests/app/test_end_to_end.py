@@ -32,7 +32,7 @@ from storage.keys import blob_key
 from tests.support import waiting
 from tests.support.database import sql
 from tests.support.fleet import Fleet
-from tests.support.repositories import add_repository, git
+from tests.support.repositories import add_repository, commit_all
 from tests.support.s3 import s3_client
 from tests.support.tasks import create_task, log_lines, output, wait_task
 from tests.support.tenants import Caller
@@ -111,9 +111,7 @@ def scripts_repo(root: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         (path.parent / "NOTES.md").write_text(f"{secrets.token_hex(8)}\n")
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "scripts")
+    commit_all(repo, message="scripts")
     return repo
 
 

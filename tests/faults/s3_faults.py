@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
 import httpx
 import pytest
 from pydantic import SecretStr
@@ -39,7 +38,8 @@ from tests.conftest import drop_database, with_database
 from tests.support import waiting
 from tests.support.cli import ahop_on_server
 from tests.support.database import sql
-from tests.support.repositories import git
+from tests.support.repositories import commit_all
+from tests.support.s3 import s3_client
 from tests.support.served import server_env
 from tests.support.tenants import Caller, make_tenant
 
@@ -128,20 +128,18 @@ class PrivateS3:
 
     def store(self) -> BlobStore:
         """The project's own client of the bucket, as GC and verify see it."""
+        return BlobStore(self.location())
+
+    def location(self) -> S3Location:
+        """The bucket on the private server, with its credentials."""
         credentials = self.server.credentials
-        return BlobStore(
-            S3Location(self.server.endpoint_url, self.bucket, credentials.access_key_id, credentials.secret_access_key)
+        return S3Location(
+            self.server.endpoint_url, self.bucket, credentials.access_key_id, credentials.secret_access_key
         )
 
     def client(self) -> Any:
         """A plain boto3 client of the test's own, to look at the bucket as an operator's tools would."""
-        return boto3.client(
-            "s3",
-            endpoint_url=self.server.endpoint_url,
-            aws_access_key_id=self.server.credentials.access_key_id,
-            aws_secret_access_key=self.server.credentials.secret_access_key,
-            region_name="us-east-1",
-        )
+        return s3_client(self.location())
 
 
 @pytest.fixture
@@ -187,9 +185,7 @@ def big_origin(tmp_path_factory: pytest.TempPathFactory) -> Path:
         with open(repo / name / "payload.bin", "wb") as out:
             for _ in range(size >> 20):
                 out.write(os.urandom(1 << 20))
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "big")
+    commit_all(repo, message="big")
     return repo
 
 

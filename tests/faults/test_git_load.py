@@ -26,7 +26,7 @@ from app.git.mirrorlock import MirrorLock
 from app.settings import AppSettings
 from tests.support.fleet import alive
 from tests.support.metrics_text import parse_samples, value
-from tests.support.repositories import git
+from tests.support.repositories import commit_all
 from tests.support.served import Served, serve
 from tests.support.tenants import Caller, make_tenant
 from tests.support.waiting import until
@@ -44,9 +44,7 @@ def big_origin(tmp_path: Path) -> Path:
     (repo / "scripts" / "report").mkdir(parents=True)
     (repo / "scripts" / "report" / "report.sh").write_text("#!/bin/bash\n# Name: Report\necho ok\n")
     (repo / "data.bin").write_bytes(os.urandom(BIG_BYTES))
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "large")
+    commit_all(repo, message="large")
     return repo
 
 
@@ -55,9 +53,7 @@ def small_origin(tmp_path: Path) -> Path:
     repo = tmp_path / "small-origin"
     (repo / "scripts" / "ping").mkdir(parents=True)
     (repo / "scripts" / "ping" / "ping.sh").write_text(f"#!/bin/bash\n# Name: Ping\necho {os.getpid()} {time.time()}\n")
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "small")
+    commit_all(repo, message="small")
     return repo
 
 

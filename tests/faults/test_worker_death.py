@@ -19,7 +19,7 @@ from app.main import create_app
 from app.settings import AppSettings
 from tests.support import waiting
 from tests.support.fleet import Fleet, alive
-from tests.support.repositories import add_repository, git
+from tests.support.repositories import add_repository, commit_all
 from tests.support.tenants import Caller
 
 Client = AsyncTestClient[Litestar]
@@ -63,9 +63,7 @@ async def stubborn_template(client: Client, caller: Caller, root: Path) -> int:
     (repo / "stubborn").mkdir(parents=True)
     (repo / "stubborn" / "run.sh").write_text(STUBBORN_SH)
     (repo / "stubborn" / "NOTES.md").write_text(f"{secrets.token_hex(8)}\n")  # unique content per test
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "stubborn")
+    commit_all(repo, message="stubborn")
     repository_id = await add_repository(client, caller, repo, name="stubborn")
     body = {
         "name": "stubborn",

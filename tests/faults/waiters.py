@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 
 from app.db.models import Role
 from tests.support import waiting
-from tests.support.repositories import add_repository, git
+from tests.support.repositories import add_repository, commit_all
 from tests.support.tenants import Caller
 from worker.protocol import EVENTS_STREAM, Event
 
@@ -43,9 +43,7 @@ class Waiters:
         (repo / "waiter").mkdir(parents=True)
         (repo / "waiter" / "run.sh").write_text(WAITER_SH)
         (repo / "waiter" / "NOTES.md").write_text(f"{secrets.token_hex(8)}\n")  # unique content per test
-        git(repo, "init", "-q", "-b", "main")
-        git(repo, "add", "-A")
-        git(repo, "commit", "-q", "-m", "waiter")
+        commit_all(repo, message="waiter")
         repository_id = await add_repository(self.client, self.caller, repo, name="waiter")
         body = {
             "name": "waiter",

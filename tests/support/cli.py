@@ -46,3 +46,25 @@ async def ahop_on_server(settings: AppSettings, *args: str) -> subprocess.Comple
         env=server_command_env(settings),
         check=False,
     )
+
+
+def template_import(
+    repository_id: int | str, code: str, name: str, *, entry: str = "cleanup.sh", path: str = "scripts/disk_cleanup"
+) -> tuple[str, ...]:
+    """The arguments of `ahop template import` for a shell template of a directory of the repository."""
+    return (
+        "template",
+        "import",
+        "--repo",
+        str(repository_id),
+        "--path",
+        path,
+        "--entry",
+        entry,
+        "--code",
+        code,
+        "--name",
+        name,
+        "--type",
+        "shell",
+    )

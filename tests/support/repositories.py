@@ -22,13 +22,14 @@ def git(repo: Path, *args: str) -> str:
     ).stdout.strip()
 
 
-def commit_all(repo: Path, *, stage: bool = True) -> str:
-    """Commit the directory as it is (a repository is made first if there is none); the new commit's sha."""
+def commit_all(repo: Path, *, message: str = "snapshot", branch: str = "main", stage: bool = True) -> str:
+    """Commit the directory as it is (a repository on `branch` is made first if there is none); the new commit's
+    sha."""
     if not (repo / ".git").exists():
-        git(repo, "init", "-q", "-b", "main")
+        git(repo, "init", "-q", "-b", branch)
     if stage:
         git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "snapshot", "--allow-empty")
+    git(repo, "commit", "-q", "-m", message, "--allow-empty")
     return git(repo, "rev-parse", "HEAD")
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 
 from app.db.models import Role
-from tests.support.repositories import git
+from tests.support.repositories import commit_all
 from tests.support.tenants import Caller
 
 SHOUT_SH = """#!/bin/bash
@@ -32,9 +32,7 @@ def import_shout(url: str, caller: Caller, root: Path, codes: tuple[str, ...], p
     (repo / "shout").mkdir(parents=True)
     (repo / "shout" / "run.sh").write_text(SHOUT_SH)
     (repo / "shout" / "NOTES.md").write_text(f"{secrets.token_hex(8)}\n")  # unique content: the tree cache is shared
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "shout")
+    commit_all(repo, message="shout")
     headers = caller[Role.ADMIN]
     added = httpx.post(f"{url}/api/v1/git-repositories", json={"name": "shout", "url": str(repo)}, headers=headers)
     assert added.status_code == 201, added.text

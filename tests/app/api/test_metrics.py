@@ -21,7 +21,7 @@ from tests.support import waiting
 from tests.support.database import sql
 from tests.support.fleet import Fleet
 from tests.support.metrics_text import Samples, parse_samples, value
-from tests.support.repositories import add_repository, git
+from tests.support.repositories import add_repository, commit_all
 from tests.support.templates import body
 from tests.support.tenants import Caller
 
@@ -73,9 +73,7 @@ def one_script(tmp_path: Path) -> Path:
     repo = tmp_path / "one-origin"
     (repo / "one").mkdir(parents=True)
     (repo / "one" / "cleanup.sh").write_text(f"#!/bin/bash\necho {secrets.token_hex(8)}\n")
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "one script")
+    commit_all(repo, message="one script")
     return repo
 
 

@@ -19,7 +19,7 @@ from app.main import create_app
 from app.settings import AppSettings
 from tests.support.database import sql
 from tests.support.metrics_text import parse_samples, value
-from tests.support.repositories import git
+from tests.support.repositories import commit_all, git
 from tests.support.tenants import Caller
 from tests.support.waiting import until
 
@@ -312,9 +312,7 @@ async def test_scan_lists_candidates_with_inferred_parameters(client: Client, al
     (repo / "ansible" / "deploy" / "survey.yml").write_text(
         "name: Deploy\nspec:\n  - {type: password, variable: db_password, question_name: DB password, required: true}\n"
     )
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "scripts")
+    commit_all(repo, message="scripts")
     created = await _add(client, alice, repo)
     response = await client.post(
         f"/api/v1/git-repositories/{created['id']}/scan-templates", headers=alice[Role.OPERATOR]
@@ -351,9 +349,7 @@ def _commit_tree(repo: Path, files: dict[str, str]) -> None:
     for path, text in files.items():
         (repo / path).parent.mkdir(parents=True, exist_ok=True)
         (repo / path).write_text(text)
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "layout")
+    commit_all(repo, message="layout")
 
 
 async def _scan(client: Client, caller: Caller, repo: Path) -> tuple[object, dict[str, dict[str, Any]]]:
@@ -473,9 +469,7 @@ async def test_without_a_branch_the_remotes_default_branch_is_used(
     repo = tmp_path / "trunk-origin"
     repo.mkdir()
     (repo / "run.sh").write_text("echo trunk\n")
-    git(repo, "init", "-q", "-b", "trunk")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "first")
+    commit_all(repo, message="first", branch="trunk")
     response = await client.post(
         "/api/v1/git-repositories", json={"name": "trunk", "url": str(repo)}, headers=alice[Role.ADMIN]
     )

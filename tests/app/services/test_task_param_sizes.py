@@ -23,7 +23,7 @@ from app.settings import AppSettings
 from tests.support.api import errors
 from tests.support.database import sql
 from tests.support.fleet import Fleet
-from tests.support.repositories import add_repository, git
+from tests.support.repositories import add_repository, commit_all
 from tests.support.tasks import create_task, log_lines, output, wait_task
 from tests.support.tenants import Caller
 
@@ -49,9 +49,7 @@ async def sizes_template(server: Client, alice: Caller, tmp_path: Path) -> int:
     repo = tmp_path / "sizes-origin"
     (repo / "sizes").mkdir(parents=True)
     (repo / "sizes" / "run.sh").write_text(SIZES_SH + f"# {tmp_path.name}\n")  # unique content per test
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "sizes")
+    commit_all(repo, message="sizes")
     repository_id = await add_repository(server, alice, repo, name="sizes")
     parameters = [{"name": name, "type": "text"} for name in NAMES]
     body = {
