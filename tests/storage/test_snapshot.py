@@ -7,8 +7,6 @@ import io
 import os
 import subprocess
 import tarfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import git
@@ -20,7 +18,7 @@ from storage.errors import LimitExceeded, SnapshotRefused
 from storage.snapshot import Snapshot, snapshot_directory, snapshot_git
 from storage.unpack import unpack_file
 from tests.support.repositories import commit_all
-from tests.support.trees import GOLDEN_DIGEST, build_fixture_tree
+from tests.support.trees import GOLDEN_DIGEST, build_fixture_tree, umask
 
 
 def reference_tar(root: Path) -> bytes:
@@ -52,15 +50,6 @@ def decompress(blob: bytes) -> bytes:
 def pack_dir(root: Path, level: int = 3) -> tuple[Snapshot, bytes]:
     out = io.BytesIO()
     return snapshot_directory(root, out, level=level), out.getvalue()
-
-
-@contextmanager
-def umask(mask: int) -> Iterator[None]:
-    previous = os.umask(mask)
-    try:
-        yield
-    finally:
-        os.umask(previous)
 
 
 @pytest.fixture

@@ -1,7 +1,11 @@
-"""A directory with every kind of entry a canonical tar must carry, and the digest its tar always has."""
+"""A directory with every kind of entry a canonical tar must carry, the digest its tar always has, and the umask
+it is made under."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 LONG_PATH = "deeply/nested/" + "d" * 60 + "/" + "f" * 40 + ".txt"  # > 100 bytes: needs a pax path record
@@ -23,3 +27,13 @@ def build_fixture_tree(root: Path) -> None:
     (root / "配置-été.txt").write_text("non-ascii name\n")
     (root / LONG_PATH).write_text("long path\n")
     (root / "current").symlink_to("lib/sub/data.json")
+
+
+@contextmanager
+def umask(mask: int) -> Iterator[None]:
+    """The process's umask set to `mask` inside the block, as a user's shell may have it."""
+    previous = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(previous)

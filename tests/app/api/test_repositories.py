@@ -237,14 +237,18 @@ async def _at_least(count: Any, least: int) -> bool:
     return bool(await count() >= least)
 
 
+async def _synced_mirror(client: Client, settings: AppSettings, caller: Caller, origin: Path) -> Path:
+    """Add `origin` as a repository of the caller's and sync it once; where its mirror is."""
+    created = await _add(client, caller, origin)
+    synced = await client.post(f"/api/v1/git-repositories/{created['id']}/sync", headers=caller[Role.ADMIN])
+    assert synced.status_code == 201
+    return settings.data_dir / "mirrors" / caller.tenant_id / f"{created['id']}.git"
+
+
 async def test_a_tenant_cannot_add_another_tenants_mirror_or_paths_outside_the_roots(
     client: Client, api_settings: AppSettings, alice: Caller, bob: Caller, origin: Path, tmp_path: Path
 ) -> None:
-    created = await _add(client, alice, origin)
-    assert (
-        await client.post(f"/api/v1/git-repositories/{created['id']}/sync", headers=alice[Role.ADMIN])
-    ).status_code == 201
-    mirror = api_settings.data_dir / "mirrors" / alice.tenant_id / f"{created['id']}.git"
+    mirror = await _synced_mirror(client, api_settings, alice, origin)
     assert (mirror / "HEAD").exists()
     link = tmp_path / "shared-scripts.git"
     link.symlink_to(mirror)
@@ -284,11 +288,7 @@ async def test_a_tenant_cannot_add_another_tenants_mirror_or_paths_outside_the_r
 async def test_a_local_path_is_checked_again_at_every_sync(
     client: Client, api_settings: AppSettings, alice: Caller, bob: Caller, origin: Path, tmp_path: Path
 ) -> None:
-    created = await _add(client, alice, origin)
-    assert (
-        await client.post(f"/api/v1/git-repositories/{created['id']}/sync", headers=alice[Role.ADMIN])
-    ).status_code == 201
-    alices_mirror = api_settings.data_dir / "mirrors" / alice.tenant_id / f"{created['id']}.git"
+    alices_mirror = await _synced_mirror(client, api_settings, alice, origin)
     link = tmp_path / "team-scripts"
     link.symlink_to(origin)
     bobs = await _add(client, bob, link, name="team")
