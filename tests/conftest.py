@@ -7,13 +7,11 @@ The services come from the same launcher `ahop dev` uses, unless the environment
 
 from __future__ import annotations
 
-import asyncio
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 from cryptography.fernet import Fernet
 from litestar import Litestar
@@ -21,11 +19,10 @@ from litestar.testing import AsyncTestClient
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
-from app.db import migrate
-from app.devstack.postgres import ensure_database
 from app.devstack.stack import LocalStack
 from app.main import create_app
 from app.settings import AppSettings
+from tests.support.database import new_database
 from tests.support.fleet import Fleet
 from tests.support.repositories import commit_all
 from tests.support.tenants import Caller, make_tenant
@@ -40,12 +37,6 @@ SERVICE_KEYS = (
 )
 
 
-def with_database(url: str, name: str) -> str:
-    """The same server URL, naming another database."""
-    base, _, _ = url.rpartition("/")
-    return f"{base}/{name}"
-
-
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     """Real Postgres, Redis and S3 for the whole session: given by the environment, or started here."""
@@ -58,21 +49,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
 @pytest.fixture(scope="session")
 def database_url(stack: LocalStack) -> Iterator[str]:
     """A database of our own for this session, built by running the migrations; dropped afterwards."""
-    name = f"ahop_test_{secrets.token_hex(6)}"
-    server_url = stack.env["AHOP_DATABASE_URL"]
-    ensure_database(server_url, name)
-    url = with_database(server_url, name)
-    migrate.upgrade(url)
-    yield url
-    asyncio.run(drop_database(server_url, name))
-
-
-async def drop_database(server_url: str, name: str) -> None:
-    connection = await asyncpg.connect(server_url.replace("+asyncpg", ""))
-    try:
-        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await connection.close()
+    with new_database(stack, "ahop_test", migrated=True) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -19,12 +19,11 @@ import asyncpg
 import pytest
 import zstandard
 
-from app.devstack.postgres import ensure_database
 from app.devstack.stack import LocalStack
 from app.settings import AppSettings
 from storage.digest import Digest
 from storage.keys import blob_key
-from tests.conftest import drop_database, with_database
+from tests.support.database import new_database
 from tests.support.repositories import commit_all, git
 from tests.support.s3 import s3_client
 from tests.support.schema import SCHEMA
@@ -49,11 +48,8 @@ DAYS = [{"name": "days", "type": "string", "label": "保留天数", "required": 
 
 @pytest.fixture
 def legacy_database(stack: LocalStack) -> Iterator[str]:
-    server_url = stack.env["AHOP_DATABASE_URL"]
-    name = f"ahop_legacy_{secrets.token_hex(4)}"
-    ensure_database(server_url, name)
-    yield with_database(server_url, name)
-    asyncio.run(drop_database(server_url, name))
+    with new_database(stack, "ahop_legacy") as url:
+        yield url
 
 
 def _repository(root: Path, files: dict[str, str]) -> Path:

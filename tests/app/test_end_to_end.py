@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis as AsyncRedis
 
@@ -30,6 +29,7 @@ from app.settings import AppSettings
 from storage.digest import Digest
 from storage.keys import blob_key
 from tests.support import waiting
+from tests.support.api import Client
 from tests.support.database import sql
 from tests.support.fleet import Fleet
 from tests.support.repositories import add_repository, commit_all
@@ -38,7 +38,6 @@ from tests.support.tasks import create_task, log_lines, output, wait_task
 from tests.support.tenants import Caller
 from worker.protocol import queue_name
 
-Client = AsyncTestClient[Litestar]
 FINAL = {"success", "failed", "timeout", "cancelled", "lost"}
 
 SHOW_SH = """#!/bin/bash

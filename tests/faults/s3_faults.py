@@ -24,9 +24,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from app.db import migrate
 from app.db.models import Role
-from app.devstack.postgres import ensure_database
 from app.devstack.processes import ManagedProcess, free_ports
 from app.devstack.seaweed import SeaweedS3
 from app.devstack.stack import LocalStack
@@ -34,10 +32,9 @@ from app.settings import AppSettings
 from storage.blobstore import BlobStore, S3Location
 from storage.digest import Digest
 from storage.keys import digest_from_key
-from tests.conftest import drop_database, with_database
 from tests.support import waiting
 from tests.support.cli import ahop_on_server
-from tests.support.database import sql
+from tests.support.database import new_migrated_database, sql
 from tests.support.repositories import commit_all
 from tests.support.s3 import s3_client
 from tests.support.served import server_env
@@ -158,15 +155,10 @@ async def faults_settings(
     api_settings: AppSettings, stack: LocalStack, private_s3: PrivateS3, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[AppSettings]:
     """The API's settings over a database of the test's own and its private S3."""
-    name = f"ahop_s3f_{secrets.token_hex(5)}"
-    server_url = stack.env["AHOP_DATABASE_URL"]
-    await asyncio.to_thread(ensure_database, server_url, name)
-    url = with_database(server_url, name)
-    await asyncio.to_thread(migrate.upgrade, url)
-    yield api_settings.model_copy(
-        update={"database_url": url, "git_file_roots": str(tmp_path_factory.getbasetemp()), **private_s3.settings()}
-    )
-    await drop_database(server_url, name)
+    async with new_migrated_database(stack, "ahop_s3f") as url:
+        yield api_settings.model_copy(
+            update={"database_url": url, "git_file_roots": str(tmp_path_factory.getbasetemp()), **private_s3.settings()}
+        )
 
 
 @pytest.fixture

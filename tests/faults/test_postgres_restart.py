@@ -21,8 +21,9 @@ from app.db.models import Role
 from app.devstack.postgres import PostgresServer, ensure_database
 from app.main import create_app
 from app.settings import AppSettings
-from tests.faults.waiters import Client, Waiters, finished_events, ran_once, said_once
+from tests.faults.waiters import Waiters, finished_events, ran_once, said_once
 from tests.support import waiting
+from tests.support.api import Client
 from tests.support.fleet import Fleet
 from tests.support.tenants import make_tenant
 

@@ -11,18 +11,17 @@ from typing import Any
 
 import psutil
 import pytest
-from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from app.db.models import Role
 from app.main import create_app
 from app.settings import AppSettings
 from tests.support import waiting
+from tests.support.api import Client
 from tests.support.fleet import Fleet, alive
 from tests.support.repositories import add_repository, commit_all
 from tests.support.tenants import Caller
 
-Client = AsyncTestClient[Litestar]
 BOUND = 60.0
 """Every wait's bound: it only catches hangs."""
 

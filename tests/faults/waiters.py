@@ -7,17 +7,15 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from litestar import Litestar
-from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
 
 from app.db.models import Role
 from tests.support import waiting
+from tests.support.api import Client
 from tests.support.repositories import add_repository, commit_all
 from tests.support.tenants import Caller
 from worker.protocol import EVENTS_STREAM, Event
 
-Client = AsyncTestClient[Litestar]
 UNFINISHED = {"pending", "queued", "running"}
 
 WAITER_SH = """#!/bin/bash

@@ -19,8 +19,9 @@ TASK_PARAMETERS: list[dict[str, Any]] = [
 """A parameter of each kind a task's operator fills in: required, chosen, secret, defaulted."""
 
 
-def body(repository_id: int, **overrides: Any) -> dict[str, Any]:
-    """The import request of the origin's `scripts/disk_cleanup` as a shell template, with `overrides`."""
+def bare_body(repository_id: int, **overrides: Any) -> dict[str, Any]:
+    """The import request of the origin's `scripts/disk_cleanup` as a shell template with only the fields an import
+    needs (its parameters, then, as the scan reads them), and `overrides`."""
     return {
         "name": "Disk cleanup",
         "code": "disk_cleanup",
@@ -28,11 +29,18 @@ def body(repository_id: int, **overrides: Any) -> dict[str, Any]:
         "entry_file": "cleanup.sh",
         "repository_id": repository_id,
         "original_path": "scripts/disk_cleanup",
+        **overrides,
+    }
+
+
+def body(repository_id: int, **overrides: Any) -> dict[str, Any]:
+    """The import request of the origin's `scripts/disk_cleanup` as a shell template, with `overrides`."""
+    described = {
         "description": "frees space",
         "parameters": [{"name": "days", "type": "integer", "required": True, "validation": {"min": 1}}],
         "timeout": 600,
-        **overrides,
     }
+    return bare_body(repository_id, **{**described, **overrides})
 
 
 async def import_template(

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -18,14 +17,13 @@ from app.db.models import Role
 from app.main import create_app
 from app.settings import AppSettings
 from tests.support import waiting
+from tests.support.api import Client
 from tests.support.database import sql
 from tests.support.fleet import Fleet
 from tests.support.metrics_text import Samples, parse_samples, value
 from tests.support.repositories import add_repository, commit_all
 from tests.support.templates import body
 from tests.support.tenants import Caller
-
-Client = AsyncTestClient[Litestar]
 
 API_METRICS = {
     "ahop_imports",

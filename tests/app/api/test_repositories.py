@@ -10,20 +10,18 @@ from typing import Any
 
 import pytest
 from httpx import Response
-from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from app.db.models import Role
 from app.git.mirror import Mirrors
 from app.main import create_app
 from app.settings import AppSettings
+from tests.support.api import Client
 from tests.support.database import sql
 from tests.support.metrics_text import parse_samples, value
 from tests.support.repositories import commit_all, git
 from tests.support.tenants import Caller
 from tests.support.waiting import until
-
-Client = AsyncTestClient[Litestar]
 
 
 async def _add(client: Client, caller: Caller, origin: Path, **extra: object) -> dict[str, object]:

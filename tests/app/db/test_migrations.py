@@ -3,26 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import Iterator
 
 import asyncpg
 import pytest
 
 from app.db import migrate
-from app.devstack.postgres import ensure_database
 from app.devstack.stack import LocalStack
-from tests.conftest import drop_database, with_database
+from tests.support.database import new_database
 from tests.support.schema import SCHEMA
 
 
 @pytest.fixture
 def empty_database(stack: LocalStack) -> Iterator[str]:
-    server_url = stack.env["AHOP_DATABASE_URL"]
-    name = f"ahop_migrations_{secrets.token_hex(4)}"
-    ensure_database(server_url, name)
-    yield with_database(server_url, name)
-    asyncio.run(drop_database(server_url, name))
+    with new_database(stack, "ahop_migrations") as url:
+        yield url
 
 
 async def _tables(url: str) -> set[str]:

@@ -5,14 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from litestar import Litestar
-from litestar.testing import AsyncTestClient
-
 from app.db.models import Role
-from tests.support.repositories import git
+from tests.support.api import Client
+from tests.support.repositories import add_repository, git
+from tests.support.templates import bare_body
 from tests.support.tenants import Caller
-
-Client = AsyncTestClient[Litestar]
 
 HEADER = """#!/bin/bash
 # Name: Disk cleanup
@@ -24,29 +21,17 @@ echo "cleaning $AHOP_PARAM_DAYS"
 """
 
 
-async def add_repository(client: Client, caller: Caller, origin: Path) -> int:
-    response = await client.post(
-        "/api/v1/git-repositories", json={"name": "ops", "url": str(origin)}, headers=caller[Role.ADMIN]
-    )
-    assert response.status_code == 201, response.text
-    return int(response.json()["id"])
-
-
-def _import_body(repository_id: int, **overrides: Any) -> dict[str, Any]:
-    return {
-        "name": "Disk cleanup",
-        "code": "disk_cleanup",
-        "script_type": "shell",
-        "entry_file": "cleanup.sh",
-        "repository_id": repository_id,
-        "original_path": "scripts/disk_cleanup",
-        **overrides,
-    }
-
-
 def _write_header(origin: Path, header: str, message: str) -> None:
     (origin / "scripts" / "disk_cleanup" / "cleanup.sh").write_text(header)
     git(origin, "commit", "-qam", message)
+
+
+async def _imported_with_header(client: Client, caller: Caller, origin: Path) -> dict[str, Any]:
+    """The origin's script with HEADER committed, imported without parameters; the template's JSON."""
+    _write_header(origin, HEADER, "header")
+    repository_id = await add_repository(client, caller, origin)
+    response = await client.post("/api/v1/task-templates", json=bare_body(repository_id), headers=caller[Role.ADMIN])
+    return dict(response.json())
 
 
 async def _scanned(client: Client, caller: Caller, repository_id: int, original_path: str) -> dict[str, Any]:
@@ -65,7 +50,7 @@ async def test_an_import_without_parameters_records_the_schema_the_scan_shows(
     repository_id = await add_repository(client, alice, origin)
     candidate = await _scanned(client, alice, repository_id, "scripts/disk_cleanup")
 
-    response = await client.post("/api/v1/task-templates", json=_import_body(repository_id), headers=alice[Role.ADMIN])
+    response = await client.post("/api/v1/task-templates", json=bare_body(repository_id), headers=alice[Role.ADMIN])
     assert response.status_code == 201, response.text
     template = response.json()
     assert template["parameters"] == candidate["parameters"]
@@ -97,7 +82,7 @@ async def test_parameters_given_replace_the_scanned_schema_and_syncs_keep_them(
     repository_id = await add_repository(client, alice, origin)
     given = [{"name": "days", "type": "integer", "required": False, "default": 30}]
     response = await client.post(
-        "/api/v1/task-templates", json=_import_body(repository_id, parameters=given), headers=alice[Role.ADMIN]
+        "/api/v1/task-templates", json=bare_body(repository_id, parameters=given), headers=alice[Role.ADMIN]
     )
     assert response.status_code == 201, response.text
     template = response.json()
@@ -116,11 +101,7 @@ async def test_parameters_given_replace_the_scanned_schema_and_syncs_keep_them(
 
 
 async def test_a_sync_reads_the_schema_again_from_the_new_commit(client: Client, alice: Caller, origin: Path) -> None:
-    _write_header(origin, HEADER, "header")
-    repository_id = await add_repository(client, alice, origin)
-    template = (
-        await client.post("/api/v1/task-templates", json=_import_body(repository_id), headers=alice[Role.ADMIN])
-    ).json()
+    template = await _imported_with_header(client, alice, origin)
     url = f"/api/v1/task-templates/{template['id']}"
 
     unchanged = (await client.post(f"{url}/sync", headers=alice[Role.ADMIN])).json()
@@ -137,7 +118,8 @@ async def test_a_sync_reads_the_schema_again_from_the_new_commit(client: Client,
     shown = (await client.get(url, headers=alice[Role.VIEWER])).json()
     env = next(p for p in shown["parameters"] if p["name"] == "env")
     assert env["options"] == ["dev", "prod"]
-    assert shown["parameters"] == (await _scanned(client, alice, repository_id, "scripts/disk_cleanup"))["parameters"]
+    scanned = await _scanned(client, alice, template["source_git_info"]["repository_id"], "scripts/disk_cleanup")
+    assert shown["parameters"] == scanned["parameters"]
 
     # An edit of the schema makes it manual: later syncs keep it.
     edited = await client.put(
@@ -164,7 +146,7 @@ async def test_an_ansible_import_takes_its_survey(client: Client, alice: Caller,
     git(origin, "commit", "-qm", "nginx")
     repository_id = await add_repository(client, alice, origin)
     candidate = await _scanned(client, alice, repository_id, "playbooks/nginx")
-    body = _import_body(
+    body = bare_body(
         repository_id, code="nginx", script_type="ansible", entry_file="playbook.yml", original_path="playbooks/nginx"
     )
     response = await client.post("/api/v1/task-templates", json=body, headers=alice[Role.ADMIN])
@@ -178,17 +160,13 @@ async def test_an_ansible_import_takes_its_survey(client: Client, alice: Caller,
 async def test_a_single_file_import_reads_its_own_header(client: Client, alice: Caller, origin: Path) -> None:
     _write_header(origin, HEADER, "header")
     repository_id = await add_repository(client, alice, origin)
-    body = _import_body(repository_id, original_path="scripts/disk_cleanup/cleanup.sh")
+    body = bare_body(repository_id, original_path="scripts/disk_cleanup/cleanup.sh")
     template = (await client.post("/api/v1/task-templates", json=body, headers=alice[Role.ADMIN])).json()
     assert [p["name"] for p in template["parameters"]] == ["days", "env", "api_token"]
 
 
 async def test_parameters_given_equal_to_the_scanned_ones_pin_them(client: Client, alice: Caller, origin: Path) -> None:
-    _write_header(origin, HEADER, "header")
-    repository_id = await add_repository(client, alice, origin)
-    template = (
-        await client.post("/api/v1/task-templates", json=_import_body(repository_id), headers=alice[Role.ADMIN])
-    ).json()
+    template = await _imported_with_header(client, alice, origin)
     url = f"/api/v1/task-templates/{template['id']}"
     pinned = await client.put(url, json={"parameters": template["parameters"]}, headers=alice[Role.ADMIN])
     assert pinned.status_code == 200, pinned.text
@@ -204,7 +182,7 @@ async def test_a_header_holding_nul_characters_imports_without_them(
 ) -> None:
     _write_header(origin, HEADER.replace("Keep files newer", "Keep\0 files newer"), "a NUL in the header")
     repository_id = await add_repository(client, alice, origin)
-    response = await client.post("/api/v1/task-templates", json=_import_body(repository_id), headers=alice[Role.ADMIN])
+    response = await client.post("/api/v1/task-templates", json=bare_body(repository_id), headers=alice[Role.ADMIN])
     assert response.status_code == 201, response.text
     days = next(p for p in response.json()["parameters"] if p["name"] == "days")
     assert days["description"] == "Keep files newer than this"

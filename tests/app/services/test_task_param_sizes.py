@@ -13,21 +13,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from app.db.models import Role
 from app.main import create_app
 from app.services.task_params import MAX_TOTAL_BYTES, MAX_VALUE_BYTES
 from app.settings import AppSettings
-from tests.support.api import errors
+from tests.support.api import Client, errors
 from tests.support.database import sql
 from tests.support.fleet import Fleet
 from tests.support.repositories import add_repository, commit_all
 from tests.support.tasks import create_task, log_lines, output, wait_task
 from tests.support.tenants import Caller
 
-Client = AsyncTestClient[Litestar]
 NAMES = "abcdef"
 SIZES_SH = """#!/bin/bash
 while [ $# -gt 0 ]; do echo "argument $1 has ${#2} bytes"; shift 2; done
