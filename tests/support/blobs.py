@@ -18,6 +18,7 @@ from app.settings import AppSettings
 from storage.blobstore import BlobInfo, BlobStore
 from storage.digest import Digest
 from storage.keys import blob_key
+from tests.support.jobs import blob_figures
 from tests.support.s3 import s3_client
 
 
@@ -32,6 +33,11 @@ def overwrite(settings: AppSettings, digest: str, data: bytes) -> None:
     key = blob_key(Digest.parse(digest))
     metadata = s3.head_object(Bucket=settings.s3_bucket, Key=key)["Metadata"]
     s3.put_object(Bucket=settings.s3_bucket, Key=key, Body=data, Metadata=metadata)
+
+
+def remove_object(settings: AppSettings, digest: str) -> None:
+    """Delete the object under the blob's key behind the server's back, its row left as it was."""
+    s3_client(settings.s3_location()).delete_object(Bucket=settings.s3_bucket, Key=blob_key(Digest.parse(digest)))
 
 
 def _random_blob() -> tuple[BlobInfo, bytes]:
@@ -71,15 +77,7 @@ async def put_unreferenced(
 
 
 def _row(info: BlobInfo, touched: datetime) -> Blob:
-    return Blob(
-        digest=info.digest.hex,
-        tar_size=info.tar_size,
-        zst_size=info.zst_size,
-        zst_sha256=info.zst_sha256,
-        files=info.files,
-        touched_at=touched,
-        created_at=touched,
-    )
+    return Blob(**blob_figures(info), touched_at=touched, created_at=touched)
 
 
 def listed(store: BlobStore) -> set[str]:

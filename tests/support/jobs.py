@@ -12,10 +12,22 @@ from typing import Any
 from arq.connections import ArqRedis
 from redis.asyncio import Redis
 
+from storage.blobstore import BlobInfo
 from tests.support import waiting
 from worker.protocol import EVENTS_STREAM, RUN_JOB, BlobRef, Event, LogLine, TaskJob, job_id, log_stream, queue_name
 
 Publish = Callable[[Path], BlobRef]
+
+
+def blob_figures(info: BlobInfo) -> dict[str, Any]:
+    """A stored blob's figures, under the names both a job's `BlobRef` and the blob's row give them."""
+    return {
+        "digest": info.digest.hex,
+        "tar_size": info.tar_size,
+        "zst_size": info.zst_size,
+        "zst_sha256": info.zst_sha256,
+        "files": info.files,
+    }
 
 
 def a_job(blob: BlobRef, **fields: Any) -> TaskJob:

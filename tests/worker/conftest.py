@@ -12,7 +12,7 @@ from arq.connections import ArqRedis, RedisSettings
 from app.devstack.stack import LocalStack
 from storage.blobstore import BlobStore, S3Location
 from storage.snapshot import snapshot_directory
-from tests.support.jobs import Publish
+from tests.support.jobs import Publish, blob_figures
 from worker.protocol import BlobRef, serialize
 
 
@@ -43,13 +43,7 @@ def publish(blobs: BlobStore, tmp_path_factory: pytest.TempPathFactory) -> Publi
             snapshot.digest, packed, tar_size=snapshot.tar_size, files=snapshot.files, zst_sha256=snapshot.zst_sha256
         )
         packed.unlink()
-        return BlobRef(
-            digest=stored.digest.hex,
-            tar_size=stored.tar_size,
-            zst_size=stored.zst_size,
-            zst_sha256=stored.zst_sha256,
-            files=stored.files,
-        )
+        return BlobRef(**blob_figures(stored))
 
     return publish
 

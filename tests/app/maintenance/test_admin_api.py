@@ -12,10 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.db.models import MaintenanceRun, Role
 from app.maintenance.service import Maintenance
 from app.settings import AppSettings
-from storage.digest import Digest
-from storage.keys import blob_key
 from tests.support.api import Client
-from tests.support.blobs import put_orphan
+from tests.support.blobs import put_orphan, remove_object
 from tests.support.s3 import s3_client
 from tests.support.templates import import_template
 from tests.support.tenants import Caller
@@ -70,9 +68,7 @@ async def test_verify_over_http_names_the_missing_blob_and_refuses_bad_input(
 ) -> None:
     imported = await import_template(own_client, carol, origin, "watched", parameters=[])
     digest = imported["artifact"]["digest"]
-    s3_client(own_settings.s3_location()).delete_object(
-        Bucket=own_settings.s3_bucket, Key=blob_key(Digest.parse(digest))
-    )
+    remove_object(own_settings, digest)
 
     response = await own_client.post("/api/v1/admin/verify", json={"grace_seconds": 0}, headers=carol[Role.SYSTEM])
     assert response.status_code == 202, response.text

@@ -13,10 +13,8 @@ from pathlib import Path
 
 from app.maintenance.service import Maintenance
 from app.settings import AppSettings
-from storage.digest import Digest
-from storage.keys import blob_key
 from tests.support.api import Client
-from tests.support.blobs import put_orphan
+from tests.support.blobs import put_orphan, remove_object
 from tests.support.cli import ahop_on_server, server_command_env
 from tests.support.s3 import s3_client
 from tests.support.templates import import_template
@@ -54,9 +52,7 @@ async def test_verify_exits_0_when_all_is_well_1_on_a_problem_and_2_on_bad_input
     assert good.returncode == 0, good.stdout + good.stderr
     assert "ok 1, missing 0, corrupt 0" in good.stdout
 
-    s3_client(own_settings.s3_location()).delete_object(
-        Bucket=own_settings.s3_bucket, Key=blob_key(Digest.parse(digest))
-    )
+    remove_object(own_settings, digest)
     bad = await ahop_on_server(own_settings, "verify", "--digest", digest, "--grace", "0", "--json")
     assert bad.returncode == 1
     report = json.loads(bad.stdout)["report"]

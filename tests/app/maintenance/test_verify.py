@@ -19,10 +19,9 @@ from app.maintenance.verify import Verifier, VerifyOptions
 from app.settings import AppSettings
 from storage.blobstore import BlobStore
 from storage.digest import Digest
-from storage.keys import blob_key
 from storage.verify import Expected, Outcome, check_blob
 from tests.support.api import Client
-from tests.support.blobs import blob_rows, overwrite, put_orphan, put_unreferenced, row_without_object
+from tests.support.blobs import blob_rows, overwrite, put_orphan, put_unreferenced, remove_object, row_without_object
 from tests.support.repositories import git
 from tests.support.s3 import s3_client
 from tests.support.templates import import_template
@@ -88,9 +87,7 @@ async def test_overwritten_deleted_and_extra_objects_are_each_named(
     size = first["artifact"]["zst_size"]
     other = zstandard.ZstdCompressor().compress(b"not the template" * 64)
     overwrite(own_settings, corrupt, other.ljust(size, b"\0")[:size])  # same length, other bytes
-    s3_client(own_settings.s3_location()).delete_object(
-        Bucket=own_settings.s3_bucket, Key=blob_key(Digest.parse(missing))
-    )
+    remove_object(own_settings, missing)
     orphan = put_orphan(s3_client(own_settings.s3_location()), own_settings.s3_bucket)
 
     status, report = await verify(maintenance)
@@ -117,9 +114,7 @@ async def test_a_young_row_that_nothing_references_yet_is_in_flight_but_a_refere
 ) -> None:
     imported = await import_template(own_client, carol, origin, "fresh", parameters=[])
     referenced = imported["artifact"]["digest"]
-    s3_client(own_settings.s3_location()).delete_object(
-        Bucket=own_settings.s3_bucket, Key=blob_key(Digest.parse(referenced))
-    )
+    remove_object(own_settings, referenced)
     pending = await row_without_object(sessions)
 
     status, report = await verify(maintenance, grace=3600.0)
@@ -146,7 +141,7 @@ async def test_repair_packs_a_damaged_blob_again_from_its_commit(
     first, second = await two_templates(own_client, carol, origin)
     damaged, gone = first["artifact"]["digest"], second["artifact"]["digest"]
     overwrite(own_settings, damaged, b"garbage")
-    s3_client(own_settings.s3_location()).delete_object(Bucket=own_settings.s3_bucket, Key=blob_key(Digest.parse(gone)))
+    remove_object(own_settings, gone)
     async with sessions() as session, session.begin():  # a version whose source no mirror has: cannot be repaired
         await session.execute(
             update(TemplateVersion)

@@ -13,6 +13,7 @@ from app.scan.candidates import Candidate
 from app.scan.errors import ScanError
 from app.scan.gitsource import scan_git
 from tests.support import repositories
+from tests.support.original_system import CHOSE_DEPLOY_NGINX, SERVER_NAME_QUESTION
 from tests.support.repositories import commit_all
 
 DISK_CLEANUP = """\
@@ -291,23 +292,17 @@ def test_an_empty_repository_commit_has_no_candidates(tmp_path: Path) -> None:
     assert scan_by_path(root) == {}
 
 
-ORIGINAL_SURVEY = """\
-name: Nginx部署配置
-description: 部署和配置Nginx Web服务器
-spec:
-  - type: text
-    variable: server_name
-    question_name: 服务器域名
-    required: true
-    default: "example.com"
-    min_length: 3
-    max_length: 255
+ORIGINAL_SURVEY = (
+    "name: Nginx部署配置\ndescription: 部署和配置Nginx Web服务器\nspec:\n"
+    + SERVER_NAME_QUESTION
+    + """\
   - type: integer
     variable: listen_port
     default: 80
     min: 1
     max: 65535
 """
+)
 
 
 def test_the_original_systems_layouts_scan_as_it_scanned_them(tmp_path: Path) -> None:
@@ -332,13 +327,7 @@ def test_the_original_systems_layouts_scan_as_it_scanned_them(tmp_path: Path) ->
         "deploy_nginx.yml",
         "Nginx部署配置",
     )
-    assert [(p.file, p.message) for p in nginx.problems] == [
-        (
-            "test/playbooks/deploy_nginx.yml",
-            "no playbook.yml/main.yml/site.yml/deploy.yml; chose deploy_nginx.yml, the first *.yml/*.yaml by name "
-            "that holds plays (others: test_realtime.yml)",
-        )
-    ]
+    assert [(p.file, p.message) for p in nginx.problems] == [CHOSE_DEPLOY_NGINX]
     server_name = nginx.parameters[0].validation
     assert (server_name.min_length, server_name.max_length) == (3, 255)
     site = found["ansible/site.yml"]
