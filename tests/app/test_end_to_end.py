@@ -38,8 +38,6 @@ from tests.support.tasks import create_task, log_lines, output, wait_task
 from tests.support.tenants import Caller
 from worker.protocol import queue_name
 
-FINAL = {"success", "failed", "timeout", "cancelled", "lost"}
-
 SHOW_SH = """#!/bin/bash
 echo "args: $*"
 echo "env: name=$AHOP_PARAM_NAME count=$AHOP_PARAM_COUNT colors=$AHOP_PARAM_COLORS loud=$AHOP_PARAM_LOUD"

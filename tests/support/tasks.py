@@ -14,33 +14,7 @@ from tests.support.tenants import Caller
 from worker.protocol import TaskJob, deserialize, job_id, queue_name
 
 FINAL = {"success", "failed", "timeout", "cancelled", "lost"}
-
-
-async def wait_task(
-    client: Client, caller: Caller, task_id: str, *, until: set[str] = FINAL, bound: float = 60
-) -> dict[str, Any]:
-    """The task once it has reached one of the statuses `until`."""
-
-    async def reached() -> dict[str, Any] | None:
-        response = await client.get(f"/api/v1/tasks/{task_id}", headers=caller[Role.VIEWER])
-        assert response.status_code == 200, response.text
-        task = dict(response.json())
-        return task if task["status"] in until else None
-
-    result: dict[str, Any] = await waiting.until(reached, f"task {task_id} to reach {sorted(until)}", bound)
-    return result
-
-
-async def log_lines(client: Client, caller: Caller, task_id: str) -> list[dict[str, Any]]:
-    """The task's output lines as the API lists them."""
-    response = await client.get(f"/api/v1/tasks/{task_id}/logs", headers=caller[Role.VIEWER])
-    assert response.status_code == 200, response.text
-    return list(response.json()["items"])
-
-
-def output(lines: list[dict[str, Any]]) -> str:
-    """The lines' text, one per line, as a terminal shows it."""
-    return "\n".join(item["line"] for item in lines)
+"""The statuses a task ends in."""
 
 
 async def create_task(client: Client, caller: Caller, template_id: int, **fields: Any) -> dict[str, Any]:
@@ -57,6 +31,19 @@ async def show(client: Client, caller: Caller, task_id: str) -> dict[str, Any]:
     response = await client.get(f"/api/v1/tasks/{task_id}", headers=caller[Role.VIEWER])
     assert response.status_code == 200, response.text
     return dict(response.json())
+
+
+async def wait_task(
+    client: Client, caller: Caller, task_id: str, *, until: set[str] = FINAL, bound: float = 60
+) -> dict[str, Any]:
+    """The task once it has reached one of the statuses `until`."""
+
+    async def reached() -> dict[str, Any] | None:
+        task = await show(client, caller, task_id)
+        return task if task["status"] in until else None
+
+    result: dict[str, Any] = await waiting.until(reached, f"task {task_id} to reach {sorted(until)}", bound)
+    return result
 
 
 async def task_in(client: Client, caller: Caller, task_id: str, status: str, **expected: Any) -> dict[str, Any]:
@@ -76,3 +63,15 @@ async def queued_job(redis: Redis, task_id: str, attempt: int = 1, pool: str = "
     if info is None or info.score is None:
         return None
     return TaskJob.from_wire(info.args[0])
+
+
+async def log_lines(client: Client, caller: Caller, task_id: str) -> list[dict[str, Any]]:
+    """The task's output lines as the API lists them."""
+    response = await client.get(f"/api/v1/tasks/{task_id}/logs", headers=caller[Role.VIEWER])
+    assert response.status_code == 200, response.text
+    return list(response.json()["items"])
+
+
+def output(lines: list[dict[str, Any]]) -> str:
+    """The lines' text, one per line, as a terminal shows it."""
+    return "\n".join(item["line"] for item in lines)
