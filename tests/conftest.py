@@ -1,4 +1,5 @@
-"""Shared fixtures: one stack of real services per test session, a fresh migrated database, isolation per test.
+"""Shared fixtures: one stack of real services per test session, a fresh migrated database, isolation per test;
+the API in-process, tenants with tokens of each role, and a Git repository of scripts to import from.
 
 The services come from the same launcher `ahop dev` uses, unless the environment names existing ones
 (AHOP_DATABASE_URL, AHOP_REDIS_URL, AHOP_S3_ENDPOINT_URL with AHOP_S3_ACCESS_KEY_ID/AHOP_S3_SECRET_ACCESS_KEY).
@@ -6,22 +7,25 @@ The services come from the same launcher `ahop dev` uses, unless the environment
 
 from __future__ import annotations
 
-import asyncio
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import asyncpg
 import pytest
+from cryptography.fernet import Fernet
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
-from app.db import migrate
-from app.devstack.postgres import ensure_database
 from app.devstack.stack import LocalStack
+from app.main import create_app
 from app.settings import AppSettings
-from tests.fleet import Fleet
+from tests.support.database import new_database
+from tests.support.fleet import Fleet
+from tests.support.repositories import commit_all
+from tests.support.tenants import Caller, make_tenant
 
 SERVICE_KEYS = (
     "AHOP_DATABASE_URL",
@@ -31,12 +35,6 @@ SERVICE_KEYS = (
     "AHOP_S3_SECRET_ACCESS_KEY",
     "AHOP_S3_REGION",
 )
-
-
-def with_database(url: str, name: str) -> str:
-    """The same server URL, naming another database."""
-    base, _, _ = url.rpartition("/")
-    return f"{base}/{name}"
 
 
 @pytest.fixture(scope="session")
@@ -51,21 +49,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
 @pytest.fixture(scope="session")
 def database_url(stack: LocalStack) -> Iterator[str]:
     """A database of our own for this session, built by running the migrations; dropped afterwards."""
-    name = f"ahop_test_{secrets.token_hex(6)}"
-    server_url = stack.env["AHOP_DATABASE_URL"]
-    ensure_database(server_url, name)
-    url = with_database(server_url, name)
-    migrate.upgrade(url)
-    yield url
-    asyncio.run(drop_database(server_url, name))
-
-
-async def drop_database(server_url: str, name: str) -> None:
-    connection = await asyncpg.connect(server_url.replace("+asyncpg", ""))
-    try:
-        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await connection.close()
+    with new_database(stack, "ahop_test", migrated=True) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -121,3 +106,46 @@ def fleet(worker_env: dict[str, str], tmp_path: Path) -> Iterator[Fleet]:
     workers = Fleet(worker_env, tmp_path / "worker-logs")
     yield workers
     workers.stop_all()
+
+
+@pytest.fixture
+def api_settings(app_settings: AppSettings, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> AppSettings:
+    return app_settings.model_copy(
+        update={
+            "git_allowed_schemes": "https,ssh,file",
+            # Local repositories live in the tests' temp dirs; the data dir inside them stays refused.
+            "git_file_roots": str(tmp_path_factory.getbasetemp()),
+            "secret_keys": SecretStr(Fernet.generate_key().decode()),
+            "data_dir": tmp_path / "server-data",
+        }
+    )
+
+
+@pytest.fixture
+async def client(api_settings: AppSettings) -> AsyncIterator[AsyncTestClient[Litestar]]:
+    async with AsyncTestClient(create_app(api_settings)) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+async def alice(database_url: str) -> Caller:
+    return await make_tenant(database_url)
+
+
+@pytest.fixture
+async def bob(database_url: str) -> Caller:
+    return await make_tenant(database_url)
+
+
+@pytest.fixture
+def origin(tmp_path: Path) -> Path:
+    """A Git repository with a script directory, as an ops team keeps it."""
+    repo = tmp_path / "origin"
+    (repo / "scripts" / "disk_cleanup").mkdir(parents=True)
+    script = repo / "scripts" / "disk_cleanup" / "cleanup.sh"
+    script.write_text("#!/bin/bash\n# Name: Disk cleanup\n# @param days integer Keep files newer than this\necho ok\n")
+    script.chmod(0o755)
+    # Unique content per test: the database (and its tree → digest cache) is shared by the whole session.
+    (repo / "scripts" / "disk_cleanup" / "README.md").write_text(f"cleans disks ({secrets.token_hex(8)})\n")
+    commit_all(repo, message="first")
+    return repo

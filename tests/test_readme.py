@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.dev_runs import clean_env, remove_root_database, running_dev
+from tests.support.dev_runs import clean_env, remove_root_database, running_dev
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 REPOSITORY_PLACEHOLDER = "/path/to/your/ops-scripts"

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis as AsyncRedis
 
@@ -29,15 +28,15 @@ from app.main import create_app
 from app.settings import AppSettings
 from storage.digest import Digest
 from storage.keys import blob_key
-from tests import waiting
-from tests.app.conftest import Caller, git
-from tests.app.test_templates import add_repository, s3_client
-from tests.database import sql
-from tests.fleet import Fleet
+from tests.support import waiting
+from tests.support.api import Client
+from tests.support.database import sql
+from tests.support.fleet import Fleet
+from tests.support.repositories import add_repository, commit_all
+from tests.support.s3 import s3_client
+from tests.support.tasks import create_task, log_lines, output, wait_task
+from tests.support.tenants import Caller
 from worker.protocol import queue_name
-
-Client = AsyncTestClient[Litestar]
-FINAL = {"success", "failed", "timeout", "cancelled", "lost"}
 
 SHOW_SH = """#!/bin/bash
 echo "args: $*"
@@ -109,9 +108,7 @@ def scripts_repo(root: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         (path.parent / "NOTES.md").write_text(f"{secrets.token_hex(8)}\n")
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "scripts")
+    commit_all(repo, message="scripts")
     return repo
 
 
@@ -191,35 +188,6 @@ def templates(server: Client, alice: Caller, tmp_path: Path) -> Templates:
     return Templates(server, alice, scripts_repo(tmp_path))
 
 
-async def run(client: Client, caller: Caller, template_id: int, **body: Any) -> dict[str, Any]:
-    response = await client.post(
-        "/api/v1/tasks", json={"template_id": template_id, **body}, headers=caller[Role.OPERATOR]
-    )
-    assert response.status_code == 201, response.text
-    return dict(response.json())
-
-
-async def wait_task(
-    client: Client, caller: Caller, task_id: str, *, until: set[str] = FINAL, bound: float = 60
-) -> dict[str, Any]:
-    """The task once it has reached one of the statuses `until`."""
-
-    async def reached() -> dict[str, Any] | None:
-        response = await client.get(f"/api/v1/tasks/{task_id}", headers=caller[Role.VIEWER])
-        assert response.status_code == 200, response.text
-        task = dict(response.json())
-        return task if task["status"] in until else None
-
-    result: dict[str, Any] = await waiting.until(reached, f"task {task_id} to reach {sorted(until)}", bound)
-    return result
-
-
-async def log_lines(client: Client, caller: Caller, task_id: str) -> list[dict[str, Any]]:
-    response = await client.get(f"/api/v1/tasks/{task_id}/logs", headers=caller[Role.VIEWER])
-    assert response.status_code == 200, response.text
-    return list(response.json()["items"])
-
-
 async def wait_log(client: Client, caller: Caller, task_id: str, text: str, bound: float = 60) -> list[str]:
     """The task's output lines once one of them contains `text`."""
 
@@ -231,17 +199,13 @@ async def wait_log(client: Client, caller: Caller, task_id: str, text: str, boun
     return result
 
 
-def output(lines: list[dict[str, Any]]) -> str:
-    return "\n".join(item["line"] for item in lines)
-
-
 async def test_a_shell_template_runs_with_every_parameter_channel_and_masked_password(
     server: Client, alice: Caller, templates: Templates, fleet: Fleet, tmp_path: Path
 ) -> None:
     fleet.start("w1")
     pwned = tmp_path / "pwned"
     hostile = f"it's $(touch {pwned}) ok"
-    task = await run(
+    task = await create_task(
         server,
         alice,
         await templates.id("show"),
@@ -274,7 +238,7 @@ async def test_a_failing_script_reports_its_exit_code(
     server: Client, alice: Caller, templates: Templates, fleet: Fleet
 ) -> None:
     fleet.start("w1")
-    task = await run(server, alice, await templates.id("show"), params={"name": "x", "code": "3"})
+    task = await create_task(server, alice, await templates.id("show"), params={"name": "x", "code": "3"})
     done = await wait_task(server, alice, task["id"])
     assert (done["status"], done["exit_code"]) == ("failed", 3)
 
@@ -283,8 +247,8 @@ async def test_python_and_ansible_templates_get_their_parameters(
     server: Client, alice: Caller, templates: Templates, fleet: Fleet
 ) -> None:
     fleet.start("w1")
-    python_task = await run(server, alice, await templates.id("pyshow"), params={"who": "ops", "n": "7"})
-    ansible_task = await run(server, alice, await templates.id("hello"), variables={"greeting": "hi there"})
+    python_task = await create_task(server, alice, await templates.id("pyshow"), params={"who": "ops", "n": "7"})
+    ansible_task = await create_task(server, alice, await templates.id("hello"), variables={"greeting": "hi there"})
     python_done = await wait_task(server, alice, python_task["id"])
     ansible_done = await wait_task(server, alice, ansible_task["id"], bound=120)
     assert python_done["status"] == "success", python_done
@@ -299,7 +263,7 @@ async def test_python_and_ansible_templates_get_their_parameters(
 async def test_timeout_stops_the_script(server: Client, alice: Caller, templates: Templates, fleet: Fleet) -> None:
     fleet.start("w1")
     # The timeout strikes a script that has started (and said so), however slowly a loaded machine starts it.
-    task = await run(server, alice, await templates.id("sleepy"), timeout=5)
+    task = await create_task(server, alice, await templates.id("sleepy"), timeout=5)
     done = await wait_task(server, alice, task["id"])
     assert done["status"] == "timeout", done
     assert "started" in output(await log_lines(server, alice, task["id"]))
@@ -309,7 +273,7 @@ async def test_cancel_a_running_task_and_a_queued_one(
     server: Client, alice: Caller, templates: Templates, fleet: Fleet, tmp_path: Path
 ) -> None:
     fleet.start("w1")
-    running = await run(server, alice, await templates.id("sleepy"))
+    running = await create_task(server, alice, await templates.id("sleepy"))
     await wait_log(server, alice, running["id"], "started")
     response = await server.post(f"/api/v1/tasks/{running['id']}/cancel", headers=alice[Role.OPERATOR])
     assert response.status_code in (200, 202), response.text
@@ -321,7 +285,7 @@ async def test_cancel_a_running_task_and_a_queued_one(
     put = await server.put(f"/api/v1/task-templates/{template_id}", json={"pool": "night"}, headers=alice[Role.ADMIN])
     assert put.status_code == 200, put.text
     marker = tmp_path / "queued-task-ran"
-    queued = await run(server, alice, template_id, params={"marker": str(marker)})
+    queued = await create_task(server, alice, template_id, params={"marker": str(marker)})
     assert (await wait_task(server, alice, queued["id"], until={"queued"}))["status"] == "queued"
     response = await server.post(f"/api/v1/tasks/{queued['id']}/cancel", headers=alice[Role.OPERATOR])
     assert response.status_code in (200, 202), response.text
@@ -349,7 +313,7 @@ async def test_a_worker_killed_mid_task_leaves_it_lost(
     server: Client, alice: Caller, templates: Templates, fleet: Fleet
 ) -> None:
     worker = fleet.start("doomed")
-    task = await run(server, alice, await templates.id("sleepy"))
+    task = await create_task(server, alice, await templates.id("sleepy"))
     lines = await wait_log(server, alice, task["id"], "started")
     script_pid = int(next(line for line in lines if line.startswith("pid=")).removeprefix("pid="))
     try:
@@ -374,7 +338,7 @@ async def test_two_workers_on_one_host_download_a_new_digest_once_and_keep_it(
     fleet.start("a", AHOP_WORKER_MAX_JOBS="1")
     fleet.start("b", AHOP_WORKER_MAX_JOBS="1")
     template_id = await templates.id("show")
-    first, second = [await run(server, alice, template_id, params={"name": f"n{i}"}) for i in range(2)]
+    first, second = [await create_task(server, alice, template_id, params={"name": f"n{i}"}) for i in range(2)]
     done = [await wait_task(server, alice, task["id"]) for task in (first, second)]
     assert [task["status"] for task in done] == ["success", "success"]
     ended = max(datetime.fromisoformat(task["finished_at"]) for task in done)
@@ -386,8 +350,8 @@ async def test_two_workers_on_one_host_download_a_new_digest_once_and_keep_it(
 
     # The blob leaves S3: the host's store still runs it.
     digest = await templates.digest("show")
-    s3_client(e2e_settings).delete_object(Bucket=e2e_settings.s3_bucket, Key=blob_key(Digest(digest)))
-    again = await run(server, alice, template_id, params={"name": "after delete"})
+    s3_client(e2e_settings.s3_location()).delete_object(Bucket=e2e_settings.s3_bucket, Key=blob_key(Digest(digest)))
+    again = await create_task(server, alice, template_id, params={"name": "after delete"})
     assert (await wait_task(server, alice, again["id"]))["status"] == "success"
 
 
@@ -396,13 +360,13 @@ async def test_a_corrupt_blob_fails_the_task_before_any_script_runs(
 ) -> None:
     template_id = await templates.id("show")
     digest = await templates.digest("show")
-    s3 = s3_client(e2e_settings)
+    s3 = s3_client(e2e_settings.s3_location())
     key = blob_key(Digest(digest))
     original = s3.get_object(Bucket=e2e_settings.s3_bucket, Key=key)["Body"].read()
     tampered = original[:-8] + bytes(8)
     s3.put_object(Bucket=e2e_settings.s3_bucket, Key=key, Body=tampered)
     fleet.start("w1")
-    task = await run(server, alice, template_id, params={"name": "x"})
+    task = await create_task(server, alice, template_id, params={"name": "x"})
     done = await wait_task(server, alice, task["id"])
     assert done["status"] == "failed", done
     assert done["exit_code"] is None
@@ -416,7 +380,7 @@ async def test_verify_removes_a_tampered_store_entry_and_the_next_run_fetches_ag
 ) -> None:
     fleet.start("w1")
     template_id = await templates.id("show")
-    first = await run(server, alice, template_id, params={"name": "one"})
+    first = await create_task(server, alice, template_id, params={"name": "one"})
     assert (await wait_task(server, alice, first["id"]))["status"] == "success"
     digest = await templates.digest("show")
     entry = Path(worker_env["AHOP_WORKER_ROOT"]) / "store" / "sha256" / digest
@@ -437,7 +401,7 @@ async def test_verify_removes_a_tampered_store_entry_and_the_next_run_fetches_ag
     assert digest in verify.stdout
     assert not entry.exists()
 
-    second = await run(server, alice, template_id, params={"name": "two"})
+    second = await create_task(server, alice, template_id, params={"name": "two"})
     assert (await wait_task(server, alice, second["id"]))["status"] == "success"
     assert "tampered" not in output(await log_lines(server, alice, second["id"]))
     beat = fleet.wait_heartbeat("w1", lambda beat: beat["downloads"] == 2, what="a second download")
@@ -451,7 +415,7 @@ async def test_scripts_find_no_worker_secrets(
     worker = fleet.start("w1")
     worker_environ = (await asyncio.to_thread(Path(f"/proc/{worker.pid}/environ").read_bytes)).split(b"\0")
     assert not any(item.startswith(b"AHOP_DATABASE_URL=") for item in worker_environ)
-    task = await run(server, alice, await templates.id("envdump"))
+    task = await create_task(server, alice, await templates.id("envdump"))
     assert (await wait_task(server, alice, task["id"]))["status"] == "success"
     text = output(await log_lines(server, alice, task["id"]))
     own_env = text.split("reading /proc/")[0]
@@ -477,7 +441,7 @@ async def test_with_a_run_as_user_scripts_cannot_read_credentials_through_proc(
         pytest.fail("this test needs root: a run-as user can only be set by a root worker")
     secret = worker_env["AHOP_S3_SECRET_ACCESS_KEY"]
     fleet.start("guarded", AHOP_WORKER_RUN_AS="nobody", AHOP_WORKER_ROOT=str(shared_root))
-    task = await run(server, alice, await templates.id("envdump"))
+    task = await create_task(server, alice, await templates.id("envdump"))
     done = await wait_task(server, alice, task["id"])
     assert done["status"] == "success", done
     text = output(await log_lines(server, alice, task["id"]))
@@ -505,7 +469,7 @@ async def test_prefetch_puts_the_digest_on_every_live_worker_before_any_task(
         return sorted(worker["id"] for worker in shown["workers"]) == ["p1", "p2"]
 
     await waiting.until(both_shown, "the template to show both workers as holders")
-    task = await run(server, alice, template_id, params={"name": "warm"})
+    task = await create_task(server, alice, template_id, params={"name": "warm"})
     assert (await wait_task(server, alice, task["id"]))["status"] == "success"
     beats = [fleet.heartbeat(name) for name in ("p1", "p2")]
     assert [beat["downloads"] for beat in beats if beat] == [1, 1]
@@ -523,7 +487,7 @@ async def test_a_task_created_while_redis_is_down_runs_when_it_returns(
             templates = Templates(client, alice, scripts_repo(tmp_path))
             template_id = await templates.id("show")
             redis_server.stop()
-            task = await run(client, alice, template_id, params={"name": "patient"})
+            task = await create_task(client, alice, template_id, params={"name": "patient"})
             assert task["status"] == "pending"
             redis_server = RedisServer.launch(tmp_path / "own-redis", durable=False, port=port)
             redis_server.wait_ready()
@@ -560,7 +524,7 @@ async def test_the_live_log_of_a_retried_task_shows_each_line_once_tagged_with_i
         for number in range(1, LINES + 1)
     ]
     for repetition in range(FOLLOWED_TASKS):
-        task = await run(server, alice, template_id, params={"lines": LINES, "pass_on": ATTEMPTS})
+        task = await create_task(server, alice, template_id, params={"lines": LINES, "pass_on": ATTEMPTS})
         events = await follow(server, alice, task["id"])
         where = f"repetition {repetition}, task {task['id']}"
         assert (events[-1][0], events[-1][2]) == ("end", {"status": "success", "exit_code": 0, "error": None}), where
@@ -579,7 +543,7 @@ async def test_no_task_starts_before_it_was_queued_or_ends_before_it_started(
     template_id = await templates.id("quick")
     fleet.start("w1")
     fleet.start("w2")
-    ids = [uuid.UUID((await run(server, alice, template_id))["id"]) for _ in range(QUICK_TASKS)]
+    ids = [uuid.UUID((await create_task(server, alice, template_id))["id"]) for _ in range(QUICK_TASKS)]
 
     async def all_finished() -> list[Any] | None:
         rows = await sql(database_url, "SELECT * FROM tasks WHERE id = ANY($1) AND finished_at IS NOT NULL", ids)

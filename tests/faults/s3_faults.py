@@ -20,14 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
 import httpx
 import pytest
 from pydantic import SecretStr
 
-from app.db import migrate
 from app.db.models import Role
-from app.devstack.postgres import ensure_database
 from app.devstack.processes import ManagedProcess, free_ports
 from app.devstack.seaweed import SeaweedS3
 from app.devstack.stack import LocalStack
@@ -35,11 +32,13 @@ from app.settings import AppSettings
 from storage.blobstore import BlobStore, S3Location
 from storage.digest import Digest
 from storage.keys import digest_from_key
-from tests import waiting
-from tests.app.conftest import Caller, git, make_tenant, server_env
-from tests.app.maintenance.test_commands import ahop
-from tests.conftest import drop_database, with_database
-from tests.database import sql
+from tests.support import waiting
+from tests.support.cli import ahop_on_server
+from tests.support.database import new_migrated_database, sql
+from tests.support.repositories import commit_all
+from tests.support.s3 import s3_client
+from tests.support.served import server_env
+from tests.support.tenants import Caller, make_tenant
 
 BOUND = 90.0
 """Every wait's bound: it only catches hangs. With the short S3 timeouts below, a request to a stopped S3 fails in
@@ -126,20 +125,18 @@ class PrivateS3:
 
     def store(self) -> BlobStore:
         """The project's own client of the bucket, as GC and verify see it."""
+        return BlobStore(self.location())
+
+    def location(self) -> S3Location:
+        """The bucket on the private server, with its credentials."""
         credentials = self.server.credentials
-        return BlobStore(
-            S3Location(self.server.endpoint_url, self.bucket, credentials.access_key_id, credentials.secret_access_key)
+        return S3Location(
+            self.server.endpoint_url, self.bucket, credentials.access_key_id, credentials.secret_access_key
         )
 
     def client(self) -> Any:
         """A plain boto3 client of the test's own, to look at the bucket as an operator's tools would."""
-        return boto3.client(
-            "s3",
-            endpoint_url=self.server.endpoint_url,
-            aws_access_key_id=self.server.credentials.access_key_id,
-            aws_secret_access_key=self.server.credentials.secret_access_key,
-            region_name="us-east-1",
-        )
+        return s3_client(self.location())
 
 
 @pytest.fixture
@@ -158,15 +155,10 @@ async def faults_settings(
     api_settings: AppSettings, stack: LocalStack, private_s3: PrivateS3, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[AppSettings]:
     """The API's settings over a database of the test's own and its private S3."""
-    name = f"ahop_s3f_{secrets.token_hex(5)}"
-    server_url = stack.env["AHOP_DATABASE_URL"]
-    await asyncio.to_thread(ensure_database, server_url, name)
-    url = with_database(server_url, name)
-    await asyncio.to_thread(migrate.upgrade, url)
-    yield api_settings.model_copy(
-        update={"database_url": url, "git_file_roots": str(tmp_path_factory.getbasetemp()), **private_s3.settings()}
-    )
-    await drop_database(server_url, name)
+    async with new_migrated_database(stack, "ahop_s3f") as url:
+        yield api_settings.model_copy(
+            update={"database_url": url, "git_file_roots": str(tmp_path_factory.getbasetemp()), **private_s3.settings()}
+        )
 
 
 @pytest.fixture
@@ -185,9 +177,7 @@ def big_origin(tmp_path_factory: pytest.TempPathFactory) -> Path:
         with open(repo / name / "payload.bin", "wb") as out:
             for _ in range(size >> 20):
                 out.write(os.urandom(1 << 20))
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "big")
+    commit_all(repo, message="big")
     return repo
 
 
@@ -403,7 +393,7 @@ async def blob_row(settings: AppSettings, digest: Digest) -> list[Any]:
 
 async def maintenance(settings: AppSettings, *args: str) -> dict[str, Any]:
     """`ahop gc|verify … --grace 0 --json` as an operator runs it; its report."""
-    done = await ahop(settings, *args, "--grace", "0", "--json")
+    done = await ahop_on_server(settings, *args, "--grace", "0", "--json")
     assert done.returncode in (0, 1), done.stdout + done.stderr
     report: dict[str, Any] = json.loads(done.stdout)["report"]
     return report

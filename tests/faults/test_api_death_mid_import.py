@@ -12,7 +12,6 @@ import pytest
 
 from app.db.models import Role
 from app.settings import AppSettings
-from tests.app.conftest import Caller
 from tests.faults.s3_faults import (
     BOUND,
     PrivateS3,
@@ -21,6 +20,7 @@ from tests.faults.s3_faults import (
     big_import_in_flight,
     template_rows,
 )
+from tests.support.tenants import Caller
 
 
 async def test_an_api_killed_mid_import_leaves_a_consistent_state_and_the_import_succeeds_after_a_restart(

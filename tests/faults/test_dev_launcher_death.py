@@ -19,8 +19,15 @@ from app.devstack.postgres import PostgresServer
 from app.devstack.processes import free_ports
 from app.devstack.redis import RedisServer, redis_server_binary
 from app.devstack.server import LocalServer
-from tests.dev_runs import UP_TIMEOUT, clean_env, remove_root_database, running_dev, stopped
-from tests.faults.test_dev_restarts import answers_ready, recorded_pid
+from tests.support.dev_runs import (
+    UP_TIMEOUT,
+    answers_ready,
+    clean_env,
+    recorded_pid,
+    remove_root_database,
+    running_dev,
+    stopped,
+)
 
 BOUND = 120.0  # generous: only catches a hang
 SERVERS = ("postgres", "redis", "s3", "api", "worker")

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import psutil
@@ -16,17 +14,10 @@ from arq import create_pool
 from arq.connections import RedisSettings
 
 from app.devstack.stack import LocalStack
-from tests.dev_runs import clean_env, running_dev
+from tests.support.dev_runs import answers_ready, clean_env, recorded_pid, running_dev
 from worker.protocol import DEFAULT_POOL, PING_JOB, deserialize, queue_name, serialize
 
 BOUND = 120.0  # generous: only catches a hang
-
-
-def recorded_pid(state_dir: Path, name: str) -> int | None:
-    try:
-        return int(json.loads((state_dir / "run" / f"{name}.pid").read_text())["pid"])
-    except (FileNotFoundError, ValueError, KeyError):
-        return None
 
 
 def kill_and_wait_for_another(process: subprocess.Popen[str], state_dir: Path, name: str) -> int:
@@ -52,14 +43,6 @@ async def ping(redis_url: str) -> str:
         return str(result["worker"])
     finally:
         await pool.aclose()
-
-
-def answers_ready(api_url: str) -> bool:
-    try:
-        with urllib.request.urlopen(api_url + "/health/ready", timeout=10) as response:  # noqa: S310  (our own server)
-            return bool(response.status == 200)
-    except OSError:  # not listening yet
-        return False
 
 
 def wait_ready(api_url: str) -> None:

@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -24,16 +25,23 @@ import pytest
 from app.db.models import Role
 from app.git.mirrorlock import MirrorLock
 from app.settings import AppSettings
-from tests.app.conftest import Caller, git, make_tenant
-from tests.faults.test_worker_death import alive
-from tests.metrics_text import parse_samples, value
-from tests.served import Served, serve
-from tests.waiting import until
+from tests.support.fleet import alive
+from tests.support.metrics_text import parse_samples, value
+from tests.support.repositories import commit_all
+from tests.support.served import Served, serve
+from tests.support.templates import bare_body
+from tests.support.tenants import Caller, make_tenant
+from tests.support.waiting import until
 
 BIG_BYTES = 16 << 20
 """Incompressible data in the large repository: its fetch runs long enough to be caught."""
 REQUEST_BOUND = 120.0
 """Seconds any request of these tests may take: only catches a hang."""
+
+
+def _ping_template(repository_id: int) -> dict[str, Any]:
+    """The import request of the repository's `scripts/ping`."""
+    return bare_body(repository_id, name="Ping", code="ping", entry_file="ping.sh", original_path="scripts/ping")
 
 
 @pytest.fixture
@@ -43,9 +51,7 @@ def big_origin(tmp_path: Path) -> Path:
     (repo / "scripts" / "report").mkdir(parents=True)
     (repo / "scripts" / "report" / "report.sh").write_text("#!/bin/bash\n# Name: Report\necho ok\n")
     (repo / "data.bin").write_bytes(os.urandom(BIG_BYTES))
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "large")
+    commit_all(repo, message="large")
     return repo
 
 
@@ -54,9 +60,7 @@ def small_origin(tmp_path: Path) -> Path:
     repo = tmp_path / "small-origin"
     (repo / "scripts" / "ping").mkdir(parents=True)
     (repo / "scripts" / "ping" / "ping.sh").write_text(f"#!/bin/bash\n# Name: Ping\necho {os.getpid()} {time.time()}\n")
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "small")
+    commit_all(repo, message="small")
     return repo
 
 
@@ -169,14 +173,7 @@ async def test_a_tenant_flooding_syncs_leaves_the_api_to_other_tenants(
                 imported = await client.post(
                     "/api/v1/task-templates",
                     headers=other[Role.ADMIN],
-                    json={
-                        "name": "Ping",
-                        "code": "ping",
-                        "script_type": "shell",
-                        "entry_file": "ping.sh",
-                        "repository_id": theirs,
-                        "original_path": "scripts/ping",
-                    },
+                    json=_ping_template(theirs),
                 )
                 templates = await client.get("/api/v1/task-templates", headers=other[Role.VIEWER])
                 ready.append(await client.get("/health/ready"))
@@ -237,14 +234,7 @@ async def test_a_hung_git_of_an_import_does_not_keep_the_api_from_stopping(
                 client.post(
                     "/api/v1/task-templates",
                     headers=alice[Role.ADMIN],
-                    json={
-                        "name": "Ping",
-                        "code": "ping",
-                        "script_type": "shell",
-                        "entry_file": "ping.sh",
-                        "repository_id": repository,
-                        "original_path": "scripts/ping",
-                    },
+                    json=_ping_template(repository),
                 )
             )
             try:

@@ -21,10 +21,11 @@ from app.db.models import Role
 from app.devstack.postgres import PostgresServer, ensure_database
 from app.main import create_app
 from app.settings import AppSettings
-from tests import waiting
-from tests.app.conftest import make_tenant
-from tests.faults.waiters import Client, Waiters, finished_events, ran_once, said_once
-from tests.fleet import Fleet
+from tests.faults.waiters import Waiters, finished_events, ran_once, said_once
+from tests.support import waiting
+from tests.support.api import Client
+from tests.support.fleet import Fleet
+from tests.support.tenants import make_tenant
 
 BOUND = 90.0
 """Every wait's bound: it only catches hangs (a loaded machine restarts PostgreSQL slowly)."""

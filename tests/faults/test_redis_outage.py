@@ -11,17 +11,15 @@ from arq.connections import RedisSettings, create_pool
 from redis.asyncio import Redis
 
 from app.devstack.redis import RedisServer
-from tests import waiting
-from tests.fleet import Fleet
-from tests.worker import conftest as worker_fixtures
-from tests.worker.conftest import Publish
-from tests.worker.test_worker_process import a_job, events_of, log_of, script_blob
+from tests.support import blob_fixtures, waiting
+from tests.support.fleet import Fleet
+from tests.support.jobs import Publish, a_job, events_of, log_of, script_blob
 from worker.protocol import RUN_JOB, TaskJob, job_id, queue_name, serialize
 
-# The worker tests' fixtures: the session bucket, and publishing a directory into it.
-s3_location = worker_fixtures.s3_location
-blobs = worker_fixtures.blobs
-publish = worker_fixtures.publish
+# The workers' fixtures: the session bucket, and publishing a directory into it.
+s3_location = blob_fixtures.s3_location
+blobs = blob_fixtures.blobs
+publish = blob_fixtures.publish
 
 OUTAGE = "is unavailable"
 RECOVERY = "is available again"

@@ -18,9 +18,10 @@ from litestar.testing import AsyncTestClient
 from app.devstack.redis import RedisServer
 from app.main import create_app
 from app.settings import AppSettings
-from tests.app.conftest import Caller
-from tests.faults.waiters import Client, Waiters, ran_once, said_once
-from tests.fleet import Fleet
+from tests.faults.waiters import Waiters, ran_once, said_once
+from tests.support.api import Client
+from tests.support.fleet import Fleet
+from tests.support.tenants import Caller
 
 BOUND = 90.0
 """Every wait's bound: it only catches hangs."""

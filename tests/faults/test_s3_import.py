@@ -11,9 +11,6 @@ import pytest
 
 from app.db.models import Role
 from app.settings import AppSettings
-from tests.app.conftest import Caller
-from tests.app.test_templates import body
-from tests.database import sql
 from tests.faults.s3_faults import (
     PrivateS3,
     ServedApi,
@@ -28,6 +25,9 @@ from tests.faults.s3_faults import (
     recover,
     template_rows,
 )
+from tests.support.database import sql
+from tests.support.templates import body
+from tests.support.tenants import Caller
 
 FAULTS = ["stopped", "killed"]
 

@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
-from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from app.db.models import Role
@@ -18,14 +17,14 @@ from app.main import create_app
 from app.settings import AppSettings
 from storage.digest import Digest
 from storage.keys import blob_key
-from tests import waiting
-from tests.app.conftest import Caller
-from tests.app.test_end_to_end import wait_task
-from tests.app.test_templates import add_repository
 from tests.faults.s3_faults import BIG_BYTES, S3_TIMEOUTS, PrivateS3, big_body, inject, recover, socket_buffers
-from tests.fleet import Fleet
+from tests.support import waiting
+from tests.support.api import Client
+from tests.support.fleet import Fleet
+from tests.support.repositories import add_repository
+from tests.support.tasks import wait_task
+from tests.support.tenants import Caller
 
-Client = AsyncTestClient[Litestar]
 OUTCOME_BOUND = 45.0
 """The bound on a task's end once its download stalls: with the worker's 5 s read timeout it ends within seconds;
 one that waits out a fixed 60 s of silence (as it did when the timeout was no setting) counts as hung."""

@@ -11,18 +11,17 @@ from typing import Any
 
 import psutil
 import pytest
-from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from app.db.models import Role
 from app.main import create_app
 from app.settings import AppSettings
-from tests import waiting
-from tests.app.conftest import Caller, git
-from tests.app.test_templates import add_repository
-from tests.fleet import Fleet
+from tests.support import waiting
+from tests.support.api import Client
+from tests.support.fleet import Fleet, alive
+from tests.support.repositories import add_repository, commit_all
+from tests.support.tenants import Caller
 
-Client = AsyncTestClient[Litestar]
 BOUND = 60.0
 """Every wait's bound: it only catches hangs."""
 
@@ -63,9 +62,7 @@ async def stubborn_template(client: Client, caller: Caller, root: Path) -> int:
     (repo / "stubborn").mkdir(parents=True)
     (repo / "stubborn" / "run.sh").write_text(STUBBORN_SH)
     (repo / "stubborn" / "NOTES.md").write_text(f"{secrets.token_hex(8)}\n")  # unique content per test
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "stubborn")
+    commit_all(repo, message="stubborn")
     repository_id = await add_repository(client, caller, repo, name="stubborn")
     body = {
         "name": "stubborn",
@@ -104,13 +101,6 @@ def attempt_processes(ledger: Path, attempt: int) -> list[psutil.Process]:
         if int(number) == attempt:
             processes.append(psutil.Process(int(pid)))
     return processes
-
-
-def alive(process: psutil.Process) -> bool:
-    try:
-        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 async def test_a_sigkilled_workers_scripts_die_with_it_before_the_retry_starts(

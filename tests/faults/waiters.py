@@ -7,17 +7,15 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from litestar import Litestar
-from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
 
 from app.db.models import Role
-from tests import waiting
-from tests.app.conftest import Caller, git
-from tests.app.test_templates import add_repository
+from tests.support import waiting
+from tests.support.api import Client
+from tests.support.repositories import add_repository, commit_all
+from tests.support.tenants import Caller
 from worker.protocol import EVENTS_STREAM, Event
 
-Client = AsyncTestClient[Litestar]
 UNFINISHED = {"pending", "queued", "running"}
 
 WAITER_SH = """#!/bin/bash
@@ -43,9 +41,7 @@ class Waiters:
         (repo / "waiter").mkdir(parents=True)
         (repo / "waiter" / "run.sh").write_text(WAITER_SH)
         (repo / "waiter" / "NOTES.md").write_text(f"{secrets.token_hex(8)}\n")  # unique content per test
-        git(repo, "init", "-q", "-b", "main")
-        git(repo, "add", "-A")
-        git(repo, "commit", "-q", "-m", "waiter")
+        commit_all(repo, message="waiter")
         repository_id = await add_repository(self.client, self.caller, repo, name="waiter")
         body = {
             "name": "waiter",

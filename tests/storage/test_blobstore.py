@@ -15,16 +15,15 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import boto3
 import pytest
 import zstandard
-from botocore.config import Config
 
 from app.devstack.stack import LocalStack
 from storage.blobstore import BlobInfo, BlobStore, MiB, S3Location
 from storage.digest import Digest
 from storage.errors import BlobNotFound, BucketNotFound, IntegrityError, StorageUnavailable
 from storage.keys import BLOB_PREFIX, blob_key
+from tests.support.s3 import fresh_bucket, s3_client
 
 
 @dataclass(frozen=True)
@@ -70,12 +69,6 @@ def fetched(store: BlobStore, digest: Digest) -> bytes:
         return reader.read()
 
 
-def fresh_bucket(stack: LocalStack) -> S3Location:
-    bucket = f"t-{secrets.token_hex(6)}"
-    stack.ensure_bucket(bucket)
-    return stack.s3_location(bucket)
-
-
 @pytest.fixture(scope="module")
 def shared_location(stack: LocalStack) -> S3Location:
     """A bucket for the tests that only look at their own random digests (creating a bucket takes ~1 s)."""
@@ -104,14 +97,7 @@ def empty_store(location: S3Location) -> Iterator[BlobStore]:
 def by_hand(stack: LocalStack) -> Iterator[Callable[[str, str, bytes], None]]:
     """Put an object into a bucket the way an operator would with an S3 tool: no metadata, any key."""
     location = stack.s3_location()
-    client = boto3.session.Session().client(
-        "s3",
-        endpoint_url=location.endpoint_url,
-        aws_access_key_id=location.access_key_id,
-        aws_secret_access_key=location.secret_access_key,
-        region_name=location.region,
-        config=Config(max_pool_connections=16),
-    )
+    client = s3_client(location, max_pool_connections=16)
 
     def put(bucket: str, key: str, data: bytes) -> None:
         client.put_object(Bucket=bucket, Key=key, Body=data)
@@ -291,17 +277,24 @@ def test_an_object_without_our_metadata_is_an_integrity_error(
             attempt(digest)
 
 
-def test_a_missing_bucket_is_named(stack: LocalStack, tmp_path: Path) -> None:
-    bucket = f"missing-{secrets.token_hex(6)}"
-    blob = compressed(b"tar", tmp_path / "a.tar.zst")
-    attempts: list[Callable[[BlobStore], object]] = [
+def calls_of(blob: Blob, *, delete: bool = False) -> list[Callable[[BlobStore], object]]:
+    """Each call of the store that reaches the bucket, on `blob`; its deletion too if `delete`."""
+    calls: list[Callable[[BlobStore], object]] = [
         BlobStore.check_bucket,
         lambda store: store.head(blob.digest),
         lambda store: store.get(blob.digest),
         lambda store: blob.put(store),
         lambda store: list(store.list_blobs()),
-        lambda store: store.delete([blob.digest]),
     ]
+    if delete:
+        calls.append(lambda store: store.delete([blob.digest]))
+    return calls
+
+
+def test_a_missing_bucket_is_named(stack: LocalStack, tmp_path: Path) -> None:
+    bucket = f"missing-{secrets.token_hex(6)}"
+    blob = compressed(b"tar", tmp_path / "a.tar.zst")
+    attempts = calls_of(blob, delete=True)
     with BlobStore(stack.s3_location(bucket)) as store:
         for attempt in attempts:
             with pytest.raises(BucketNotFound, match=f"bucket '{bucket}'"):
@@ -313,13 +306,7 @@ def test_wrong_credentials_are_refused_without_showing_the_secret(store: BlobSto
     blob = compressed(b"tar", tmp_path / "a.tar.zst")
     blob.put(store)
     secret = f"wrong-{secrets.token_hex(16)}"
-    attempts: list[Callable[[BlobStore], object]] = [
-        BlobStore.check_bucket,
-        lambda store: store.head(blob.digest),
-        lambda store: store.get(blob.digest),
-        lambda store: blob.put(store),
-        lambda store: list(store.list_blobs()),
-    ]
+    attempts = calls_of(blob)
     with BlobStore(replace(location, secret_access_key=secret)) as refused:
         for attempt in attempts:
             with pytest.raises(StorageUnavailable, match="refused our credentials") as caught:

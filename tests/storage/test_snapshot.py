@@ -7,8 +7,6 @@ import io
 import os
 import subprocess
 import tarfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import git
@@ -20,42 +18,8 @@ from storage.errors import LimitExceeded, SnapshotRefused
 from storage.snapshot import Snapshot, snapshot_directory, snapshot_git
 from storage.trees import locate_git_path
 from storage.unpack import unpack_file
-
-LONG_PATH = "deeply/nested/" + "d" * 60 + "/" + "f" * 40 + ".txt"  # > 100 bytes: needs a pax path record
-GOLDEN_DIGEST = "sha256:5f1f7f4dd22a07c5c02c76ab306f92d77d155bcdd9158daf0a4a77bd2a2d3ddc"
-
-
-def build_fixture_tree(root: Path) -> None:
-    """Executable and plain files, nested directories, an in-tree symlink, a non-ASCII name, an empty file and a
-    path longer than 100 bytes."""
-    (root / "lib" / "sub").mkdir(parents=True)
-    (root / Path(LONG_PATH).parent).mkdir(parents=True)
-    (root / "run.sh").write_text('#!/bin/bash\necho hello "$@"\n')
-    (root / "run.sh").chmod(0o755)
-    (root / "lib" / "common.sh").write_text("greet() { echo hi; }\n")
-    (root / "lib" / "sub" / "data.json").write_text('{"a": 1}\n')
-    (root / "empty").write_bytes(b"")
-    (root / "配置-été.txt").write_text("non-ascii name\n")
-    (root / LONG_PATH).write_text("long path\n")
-    (root / "current").symlink_to("lib/sub/data.json")
-
-
-def commit_all(repo_dir: Path, *, stage: bool = True) -> str:
-    def run(*args: str) -> str:
-        return subprocess.run(
-            ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
-            cwd=repo_dir,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-
-    if not (repo_dir / ".git").exists():
-        run("init", "-q", "-b", "main")
-    if stage:
-        run("add", "-A")
-    run("commit", "-q", "-m", "snapshot", "--allow-empty")
-    return run("rev-parse", "HEAD")
+from tests.support.repositories import commit_all
+from tests.support.trees import GOLDEN_DIGEST, build_fixture_tree, umask
 
 
 def reference_tar(root: Path) -> bytes:
@@ -87,15 +51,6 @@ def decompress(blob: bytes) -> bytes:
 def pack_dir(root: Path, level: int = 3) -> tuple[Snapshot, bytes]:
     out = io.BytesIO()
     return snapshot_directory(root, out, level=level), out.getvalue()
-
-
-@contextmanager
-def umask(mask: int) -> Iterator[None]:
-    previous = os.umask(mask)
-    try:
-        yield
-    finally:
-        os.umask(previous)
 
 
 @pytest.fixture

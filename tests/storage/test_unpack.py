@@ -16,8 +16,8 @@ import tarfile
 import tracemalloc
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zstandard
@@ -27,7 +27,7 @@ from storage.digest import Digest
 from storage.errors import IntegrityError, UnsafeArchive
 from storage.snapshot import Snapshot, snapshot_directory
 from storage.unpack import DEFAULT_LIMITS, UnpackLimits, UnpackResult, unpack_file
-from tests.storage.test_snapshot import LONG_PATH, build_fixture_tree
+from tests.support.trees import LONG_PATH, build_fixture_tree, umask
 
 MiB = 1 << 20
 REGULAR, SYMLINK = tarformat.REGULAR, tarformat.SYMLINK
@@ -109,15 +109,6 @@ def noise(size: int) -> bytes:
 
 
 @contextmanager
-def umask(mask: int) -> Iterator[None]:
-    previous = os.umask(mask)
-    try:
-        yield
-    finally:
-        os.umask(previous)
-
-
-@contextmanager
 def peak_memory() -> Iterator[list[int]]:
     """The peak of Python allocations inside the block, in bytes (read it after the block)."""
     peak: list[int] = []
@@ -141,25 +132,13 @@ def mentions(message: str, number: int) -> bool:
 # --- the scene: a blob beside an area holding the destination and a sentinel directory ----------------------------
 
 
-@dataclass(frozen=True)
 class Scene:
-    root: Path
-
-    @property
-    def blob(self) -> Path:
-        return self.root / "blob.tar.zst"
-
-    @property
-    def area(self) -> Path:
-        return self.root / "area"
-
-    @property
-    def dest(self) -> Path:
-        return self.area / "dest"
-
-    @property
-    def sentinel(self) -> Path:
-        return self.area / "sentinel"
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.blob = root / "blob.tar.zst"
+        self.area = root / "area"
+        self.dest = self.area / "dest"
+        self.sentinel = self.area / "sentinel"
 
     def unpack(
         self,
@@ -184,30 +163,11 @@ class Scene:
             limits=limits,
         )
 
-    def refuse(
-        self,
-        error: type[Exception],
-        tar: bytes,
-        *,
-        exact: bool = True,
-        blob: bytes | None = None,
-        expected: Digest | None = None,
-        tar_size: int | None = None,
-        zst_sha256: str | None = None,
-        zst_size: int | None = None,
-        limits: UnpackLimits = DEFAULT_LIMITS,
-    ) -> str:
-        """Unpack, expect `error` (exactly that class unless `exact` is off), check nothing is left; the message."""
+    def refuse(self, error: type[Exception], tar: bytes, *, exact: bool = True, **unpacking: Any) -> str:
+        """Unpack, expect `error` (exactly that class unless `exact` is off), check nothing is left; the message.
+        `unpacking` as `unpack` takes it."""
         with pytest.raises(error) as caught:
-            self.unpack(
-                tar,
-                blob=blob,
-                expected=expected,
-                tar_size=tar_size,
-                zst_sha256=zst_sha256,
-                zst_size=zst_size,
-                limits=limits,
-            )
+            self.unpack(tar, **unpacking)
         if exact:
             assert type(caught.value) is error, f"{type(caught.value).__name__}: {caught.value}"
         self.assert_nothing_left()

@@ -11,10 +11,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import boto3
 import pytest
 import zstandard
-from botocore.config import Config
 
 from app.devstack.stack import LocalStack
 from storage.blobstore import BlobStore, S3Location
@@ -23,6 +21,7 @@ from storage.errors import BucketNotFound, StorageUnavailable
 from storage.keys import blob_key
 from storage.snapshot import snapshot_directory
 from storage.verify import Check, Expected, Outcome, check_blob, check_blobs
+from tests.support.s3 import fresh_bucket, s3_client
 
 Overwrite = Callable[[Digest, bytes], None]
 
@@ -64,9 +63,7 @@ def put(store: BlobStore, blob: Stored, tmp_path: Path) -> Stored:
 
 @pytest.fixture(scope="module")
 def location(stack: LocalStack) -> S3Location:
-    bucket = f"verify-{secrets.token_hex(6)}"
-    stack.ensure_bucket(bucket)
-    return stack.s3_location(bucket)
+    return fresh_bucket(stack, "verify")
 
 
 @pytest.fixture
@@ -89,14 +86,7 @@ def make(store: BlobStore, tmp_path: Path) -> Callable[[], Stored]:
 @pytest.fixture
 def overwrite(location: S3Location) -> Iterator[Overwrite]:
     """Replace a blob's bytes the way a faulty disk or an operator's S3 tool would: same key, metadata kept."""
-    client = boto3.session.Session().client(
-        "s3",
-        endpoint_url=location.endpoint_url,
-        aws_access_key_id=location.access_key_id,
-        aws_secret_access_key=location.secret_access_key,
-        region_name=location.region,
-        config=Config(s3={"addressing_style": "path"}),
-    )
+    client = s3_client(location, s3={"addressing_style": "path"})
 
     def write(digest: Digest, data: bytes) -> None:
         key = blob_key(digest)
@@ -239,13 +229,7 @@ def test_a_blob_asking_for_a_window_over_128_mib_is_corrupt(
 
 def test_an_object_without_our_metadata_is_corrupt(store: BlobStore, location: S3Location) -> None:
     digest = Digest(secrets.token_hex(32))
-    client = boto3.session.Session().client(
-        "s3",
-        endpoint_url=location.endpoint_url,
-        aws_access_key_id=location.access_key_id,
-        aws_secret_access_key=location.secret_access_key,
-        region_name=location.region,
-    )
+    client = s3_client(location)
     client.put_object(Bucket=location.bucket, Key=blob_key(digest), Body=b"uploaded by hand")
     client.close()
 

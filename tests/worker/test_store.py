@@ -16,15 +16,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import boto3
 import pytest
-from botocore.config import Config
 
 from storage.blobstore import BlobStore, S3Location
 from storage.digest import Digest
 from storage.errors import BlobNotFound, IntegrityError
 from storage.keys import blob_key
-from tests.worker.conftest import Publish
+from tests.support import s3
+from tests.support.jobs import Publish
 from worker.protocol import BlobRef
 from worker.store import LocalStore, StoreStats
 from worker.store_verify import verify_store
@@ -91,13 +90,8 @@ def tree(tmp_path: Path) -> Callable[..., Path]:
 @pytest.fixture
 def s3_client(s3_location: S3Location) -> Iterator[S3Client]:
     """A plain boto3 client, to change objects behind the store's back as an operator (or a fault) would."""
-    client = boto3.session.Session().client(
-        "s3",
-        endpoint_url=s3_location.endpoint_url,
-        aws_access_key_id=s3_location.access_key_id,
-        aws_secret_access_key=s3_location.secret_access_key,
-        region_name=s3_location.region,
-        config=Config(request_checksum_calculation="when_required", response_checksum_validation="when_required"),
+    client = s3.s3_client(
+        s3_location, request_checksum_calculation="when_required", response_checksum_validation="when_required"
     )
     yield client
     client.close()

@@ -11,11 +11,10 @@ import pytest
 from arq.connections import ArqRedis
 from redis.asyncio import Redis
 
-from tests import waiting
-from tests.fleet import Fleet
-from tests.metrics_text import Samples, parse_samples, value
-from tests.worker.conftest import Publish
-from tests.worker.test_worker_process import a_job, enqueue, events_of, script_blob
+from tests.support import waiting
+from tests.support.fleet import Fleet
+from tests.support.jobs import Publish, a_job, enqueue, events_of, script_blob
+from tests.support.metrics_text import Samples, parse_samples, value
 
 
 @pytest.fixture

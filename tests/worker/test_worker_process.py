@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 import secrets
 import signal
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -18,22 +16,19 @@ from redis.asyncio import Redis
 
 from app.devstack.processes import free_ports
 from app.devstack.redis import RedisServer
-from tests import waiting
-from tests.fleet import Fleet
-from tests.worker.conftest import Publish
+from tests.support import waiting
+from tests.support.fleet import Fleet
+from tests.support.jobs import Publish, a_job, enqueue, events_of, log_of, script_blob
 from worker.protocol import (
     EVENTS_STREAM,
     PROTOCOL_VERSION,
-    RUN_JOB,
     BlobRef,
     Event,
     LogLine,
-    TaskJob,
     cancel_key,
     deserialize,
     job_id,
     legacy_log_stream,
-    log_stream,
     queue_name,
     serialize,
 )
@@ -48,60 +43,11 @@ def template(tmp_path: Path, publish: Publish) -> BlobRef:
     return publish(directory)
 
 
-def a_job(blob: BlobRef, **fields: Any) -> TaskJob:
-    values: dict[str, Any] = {
-        "task_id": str(uuid.uuid4()),
-        "attempt": 1,
-        "tenant_id": str(uuid.uuid4()),
-        "template_code": "hello",
-        "blob": blob,
-        "entry_file": "run.sh",
-        "script_type": "shell",
-        "params": {"who": "ops"},
-        **fields,
-    }
-    return TaskJob(**values)
-
-
-async def enqueue(queue: ArqRedis, job: TaskJob, wire: dict[str, Any] | None = None, *, suffix: str = "") -> None:
-    queued = await queue.enqueue_job(
-        RUN_JOB,
-        wire or job.to_wire(),
-        _job_id=job_id(job.task_id, job.attempt) + suffix,
-        _queue_name=queue_name("default"),
-    )
-    assert queued is not None
-
-
-async def events_of(redis: Redis, task_id: str, *, until: str = "finished", bound: float = 60) -> list[Event]:
-    """The task's events, once one of type `until` is among them."""
-
-    async def arrived() -> list[Event] | None:
-        events = [Event.from_fields(fields) for _, fields in await redis.xrange(EVENTS_STREAM)]
-        mine = [event for event in events if event.task_id == task_id]
-        return mine if any(event.type == until for event in mine) else None
-
-    result: list[Event] = await waiting.until(arrived, f"a {until} event of task {task_id}", bound)
-    return result
-
-
 async def wait_for_log(fleet: Fleet, name: str, text: str, bound: float = 30) -> None:
     async def logged() -> bool:
         return text in fleet.log(name)
 
     await waiting.until(logged, f"{text!r} in the log of worker {name}", bound)
-
-
-def script_blob(tmp_path: Path, publish: Publish, name: str, script: str) -> BlobRef:
-    """Publish a template holding one `run.sh` (unique content: the bucket lives for the whole session)."""
-    directory = tmp_path / name
-    directory.mkdir()
-    (directory / "run.sh").write_text(f"# {secrets.token_hex(8)}\n{script}")
-    return publish(directory)
-
-
-async def log_of(redis: Redis, task_id: str, attempt: int = 1) -> list[LogLine]:
-    return [LogLine.from_fields(fields) for _, fields in await redis.xrange(log_stream(task_id, attempt))]
 
 
 @pytest.fixture

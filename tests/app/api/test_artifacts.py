@@ -13,10 +13,11 @@ from app.db.models import Role
 from app.settings import AppSettings
 from storage.digest import Digest
 from storage.keys import blob_key
-from tests.app.conftest import Caller
-from tests.app.maintenance.test_verify import overwrite
-from tests.app.test_tasks import import_template
-from tests.app.test_templates import Client, s3_client
+from tests.support.api import Client
+from tests.support.blobs import overwrite
+from tests.support.s3 import s3_client
+from tests.support.templates import import_template
+from tests.support.tenants import Caller
 
 
 async def test_a_download_whose_object_fails_its_check_names_the_digest_and_the_repair(
@@ -34,7 +35,7 @@ async def test_a_download_whose_object_fails_its_check_names_the_digest_and_the_
     assert "run `ahop verify --repair`" in damaged.json()["detail"]
 
     # The right bytes, but stored by something else: without the figures this system records on its objects.
-    s3 = s3_client(api_settings)
+    s3 = s3_client(api_settings.s3_location())
     key = blob_key(Digest.parse(digest))
     await asyncio.to_thread(s3.put_object, Bucket=api_settings.s3_bucket, Key=key, Body=good.content)
     foreign = await client.get(url, headers=alice[Role.VIEWER])

@@ -31,8 +31,8 @@ from schemathesis.specs.openapi.checks import status_code_conformance
 from app.db.models import Role
 from app.main import create_app
 from app.settings import AppSettings
-from tests.app.conftest import Caller
-from tests.waiting import until
+from tests.support.tenants import Caller
+from tests.support.waiting import until
 
 EXAMPLES_PER_OPERATION = 25
 """Per operation and generation mode (valid, invalid): enough to reach every field, bounded for a 2-core machine."""

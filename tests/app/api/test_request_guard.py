@@ -9,9 +9,11 @@ from typing import Any
 import pytest
 
 from app.db.models import Role
-from tests.app.api.conftest import errors, rows
-from tests.app.conftest import Caller
-from tests.app.test_templates import Client, add_repository, body
+from tests.support.api import Client, errors
+from tests.support.database import rows
+from tests.support.repositories import add_repository
+from tests.support.templates import body
+from tests.support.tenants import Caller
 
 
 async def test_a_nul_in_any_body_string_is_refused_naming_its_place_and_nothing_is_written(

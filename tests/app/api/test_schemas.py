@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from app.db.models import Role
-from tests.app.api.conftest import errors, rows
-from tests.app.conftest import Caller
-from tests.app.test_templates import Client, add_repository, body
-from tests.database import sql
+from tests.support.api import Client, errors
+from tests.support.database import rows, sql
+from tests.support.repositories import add_repository
+from tests.support.templates import body
+from tests.support.tenants import Caller
 
 INT4_OVER = 2**31
 INT8_OVER = 2**63

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,29 +10,22 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from app.db import migrate
 from app.db.engine import create_engine, create_session_factory
-from app.devstack.postgres import ensure_database
 from app.devstack.stack import LocalStack
 from app.main import create_app
 from app.maintenance.start import Maintenance, build_maintenance
 from app.settings import AppSettings
 from storage.blobstore import BlobStore
-from tests.app.conftest import Caller, make_tenant
-from tests.conftest import drop_database, with_database
+from tests.support.database import new_migrated_database
+from tests.support.s3 import fresh_bucket
+from tests.support.tenants import Caller, make_tenant
 
 
 @pytest.fixture
 async def own_settings(api_settings: AppSettings, stack: LocalStack, tmp_path: Path) -> AsyncIterator[AppSettings]:
-    database = f"ahop_gc_{secrets.token_hex(5)}"
-    server_url = stack.env["AHOP_DATABASE_URL"]
-    await asyncio.to_thread(ensure_database, server_url, database)  # they run event loops of their own
-    url = with_database(server_url, database)
-    await asyncio.to_thread(migrate.upgrade, url)
-    bucket = f"ahop-gc-{secrets.token_hex(4)}"
-    stack.ensure_bucket(bucket)
-    yield api_settings.model_copy(update={"database_url": url, "s3_bucket": bucket, "data_dir": tmp_path / "own"})
-    await drop_database(server_url, database)
+    bucket = fresh_bucket(stack, "ahop-gc").bucket
+    async with new_migrated_database(stack, "ahop_gc") as url:
+        yield api_settings.model_copy(update={"database_url": url, "s3_bucket": bucket, "data_dir": tmp_path / "own"})
 
 
 @pytest.fixture

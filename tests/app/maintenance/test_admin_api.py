@@ -12,11 +12,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.db.models import MaintenanceRun, Role
 from app.maintenance.start import Maintenance
 from app.settings import AppSettings
-from storage.digest import Digest
-from storage.keys import blob_key
-from tests.app.conftest import Caller
-from tests.app.maintenance.helpers import Client, import_template, put_orphan, s3_client
-from tests.waiting import until
+from tests.support.api import Client
+from tests.support.blobs import put_orphan, remove_object
+from tests.support.s3 import s3_client
+from tests.support.templates import import_template
+from tests.support.tenants import Caller
+from tests.support.waiting import until
 
 
 async def finished_run(client: Client, caller: Caller, run_id: str) -> dict[str, Any]:
@@ -33,7 +34,7 @@ async def finished_run(client: Client, caller: Caller, run_id: str) -> dict[str,
 async def test_gc_over_http_answers_202_and_its_report_is_read_later(
     own_client: Client, carol: Caller, own_settings: AppSettings
 ) -> None:
-    orphan = put_orphan(s3_client(own_settings), own_settings.s3_bucket)
+    orphan = put_orphan(s3_client(own_settings.s3_location()), own_settings.s3_bucket)
 
     response = await own_client.post("/api/v1/admin/gc", json={"grace_seconds": 0}, headers=carol[Role.SYSTEM])
 
@@ -65,9 +66,9 @@ async def test_admin_routes_need_a_system_token_and_refuse_a_second_gc(
 async def test_verify_over_http_names_the_missing_blob_and_refuses_bad_input(
     own_client: Client, carol: Caller, origin: Path, own_settings: AppSettings
 ) -> None:
-    imported = await import_template(own_client, carol, origin, "watched")
+    imported = await import_template(own_client, carol, origin, "watched", parameters=[])
     digest = imported["artifact"]["digest"]
-    s3_client(own_settings).delete_object(Bucket=own_settings.s3_bucket, Key=blob_key(Digest.parse(digest)))
+    remove_object(own_settings, digest)
 
     response = await own_client.post("/api/v1/admin/verify", json={"grace_seconds": 0}, headers=carol[Role.SYSTEM])
     assert response.status_code == 202, response.text

@@ -17,18 +17,12 @@ from app.maintenance.start import Maintenance
 from app.settings import AppSettings
 from storage.blobstore import BlobStore, PendingUpload
 from storage.keys import blob_key
-from tests.app.conftest import Caller, git
-from tests.app.maintenance.helpers import (
-    Client,
-    blob_rows,
-    commit_new_content,
-    import_template,
-    listed,
-    put_orphan,
-    put_unreferenced,
-    s3_client,
-    stored,
-)
+from tests.support.api import Client
+from tests.support.blobs import blob_rows, listed, put_orphan, put_unreferenced, stored
+from tests.support.repositories import commit_new_content, git
+from tests.support.s3 import s3_client
+from tests.support.templates import import_template
+from tests.support.tenants import Caller
 
 
 async def gc(maintenance: Maintenance, *, grace: float = 0, dry_run: bool = False) -> dict[str, Any]:
@@ -47,15 +41,15 @@ async def test_gc_frees_what_nothing_references_and_keeps_the_rest(
     store: BlobStore,
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:
-    kept = await import_template(own_client, carol, origin, "kept", path="scripts/disk_cleanup")
+    kept = await import_template(own_client, carol, origin, "kept", original_path="scripts/disk_cleanup", parameters=[])
     (origin / "other").mkdir()
     (origin / "other" / "cleanup.sh").write_text("echo other\n")
     git(origin, "add", "-A")
     git(origin, "commit", "-q", "-m", "other")
-    gone = await import_template(own_client, carol, origin, "gone", path="other")
+    gone = await import_template(own_client, carol, origin, "gone", original_path="other", parameters=[])
     response = await own_client.delete(f"/api/v1/task-templates/{gone['id']}", headers=carol[Role.ADMIN])
     assert response.status_code == 204, response.text
-    orphan = put_orphan(s3_client(own_settings), own_settings.s3_bucket)
+    orphan = put_orphan(s3_client(own_settings.s3_location()), own_settings.s3_bucket)
 
     report = await gc(maintenance)
 
@@ -85,7 +79,7 @@ async def test_a_dry_run_changes_nothing_and_names_what_a_real_run_then_deletes(
     store: BlobStore,
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:
-    imported = await import_template(own_client, carol, origin, "svc")
+    imported = await import_template(own_client, carol, origin, "svc", parameters=[])
     digests = [imported["artifact"]["digest"]]
     for _ in range(3):  # versions 2..4; with AHOP_KEEP_VERSIONS=2 versions 1 and 2 are no longer retained
         commit_new_content(origin)
@@ -93,7 +87,7 @@ async def test_a_dry_run_changes_nothing_and_names_what_a_real_run_then_deletes(
         assert response.status_code in (200, 201), response.text
         detail = await own_client.get(f"/api/v1/task-templates/{imported['id']}", headers=carol[Role.VIEWER])
         digests.append(detail.json()["artifact"]["digest"])
-    orphan = put_orphan(s3_client(own_settings), own_settings.s3_bucket)
+    orphan = put_orphan(s3_client(own_settings.s3_location()), own_settings.s3_bucket)
     maintenance.policy = type(maintenance.policy)(**{**maintenance.policy.__dict__, "keep_versions": 2})
     rows_before = await blob_rows(sessions)
 
@@ -129,7 +123,7 @@ async def test_an_object_without_a_row_survives_within_the_grace_and_goes_after_
     own_settings: AppSettings, maintenance: Maintenance, store: BlobStore
 ) -> None:
     """What a crashed import leaves: an object without a row, or a multipart upload never finished."""
-    s3 = s3_client(own_settings)
+    s3 = s3_client(own_settings.s3_location())
     orphan = put_orphan(s3, own_settings.s3_bucket)
     key = blob_key(put_orphan(s3, own_settings.s3_bucket))  # the key a large blob's upload was writing to
     s3.delete_object(Bucket=own_settings.s3_bucket, Key=key)
@@ -190,7 +184,7 @@ async def test_a_gc_stopped_while_deleting_leaves_no_row_without_its_object_and_
 ) -> None:
     """A row whose object is gone would be handed out as a tree-cache hit; an object whose row is gone is only an
     orphan that a later GC removes. So a stopped sweep must never leave the first kind."""
-    created = await put_unreferenced(s3_client(own_settings), own_settings.s3_bucket, sessions, 1000)
+    created = await put_unreferenced(s3_client(own_settings.s3_location()), own_settings.s3_bucket, sessions, 1000)
     for _ in range(2):  # 1,000 rows, then what is left
         remaining = await blob_rows(sessions)
         started = await maintenance.start_gc(dry_run=False, grace=0, wait=False, started_by="test")

@@ -34,9 +34,10 @@ from app.maintenance.start import Maintenance, policy_of
 from app.settings import AppSettings
 from storage.blobstore import BlobStore
 from storage.verify import Expected, Outcome, check_blob
-from tests.app.conftest import Caller, git
-from tests.app.maintenance.helpers import Client, add_repository, commit_new_content
-from tests.app.test_templates import body
+from tests.support.api import Client
+from tests.support.repositories import add_repository, commit_new_content, git
+from tests.support.templates import body
+from tests.support.tenants import Caller
 
 ROUNDS = 200
 SAME_COPIES = 3

@@ -13,8 +13,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.db.models import MaintenanceRun, Role, RunStatus, Task, TaskLogLine
 from app.maintenance.start import Maintenance
 from storage.blobstore import BlobStore
-from tests.app.conftest import Caller
-from tests.app.maintenance.helpers import Client, commit_new_content, import_template, stored
+from tests.support.api import Client
+from tests.support.blobs import stored
+from tests.support.repositories import commit_new_content
+from tests.support.templates import import_template
+from tests.support.tenants import Caller
 
 
 async def collect(maintenance: Maintenance) -> dict[str, int]:
@@ -28,7 +31,7 @@ async def test_old_versions_go_unless_current_or_run_by_an_unfinished_task(
     own_client: Client, carol: Caller, origin: Path, maintenance: Maintenance, store: BlobStore
 ) -> None:
     maintenance.policy = dataclasses.replace(maintenance.policy, keep_versions=2)
-    imported = await import_template(own_client, carol, origin, "kept-history")
+    imported = await import_template(own_client, carol, origin, "kept-history", parameters=[])
     template_id, admin = imported["id"], carol[Role.ADMIN]
     digests = [imported["artifact"]["digest"]]
     for _ in range(3):
@@ -65,7 +68,7 @@ async def test_finished_tasks_and_reports_past_their_days_go_with_their_output(
     maintenance: Maintenance,
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:
-    imported = await import_template(own_client, carol, origin, "busy")
+    imported = await import_template(own_client, carol, origin, "busy", parameters=[])
     admin = carol[Role.ADMIN]
     ids = []
     for _ in range(3):

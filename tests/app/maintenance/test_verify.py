@@ -19,18 +19,13 @@ from app.maintenance.verify import Verifier, VerifyOptions
 from app.settings import AppSettings
 from storage.blobstore import BlobStore
 from storage.digest import Digest
-from storage.keys import blob_key
 from storage.verify import Expected, Outcome, check_blob
-from tests.app.conftest import Caller, git
-from tests.app.maintenance.helpers import (
-    Client,
-    blob_rows,
-    import_template,
-    put_orphan,
-    put_unreferenced,
-    row_without_object,
-    s3_client,
-)
+from tests.support.api import Client
+from tests.support.blobs import blob_rows, overwrite, put_orphan, put_unreferenced, remove_object, row_without_object
+from tests.support.repositories import git
+from tests.support.s3 import s3_client
+from tests.support.templates import import_template
+from tests.support.tenants import Caller
 
 
 async def verify(maintenance: Maintenance, **options: Any) -> tuple[RunStatus, dict[str, Any]]:
@@ -39,14 +34,6 @@ async def verify(maintenance: Maintenance, **options: Any) -> tuple[RunStatus, d
     result = await started.execute(None)
     assert result.error is None, result.error
     return result.status, result.report
-
-
-def overwrite(settings: AppSettings, digest: str, data: bytes) -> None:
-    """Other bytes under the blob's key, with the metadata it had: what a bad disk or a stray writer leaves."""
-    s3 = s3_client(settings)
-    key = blob_key(Digest.parse(digest))
-    metadata = s3.head_object(Bucket=settings.s3_bucket, Key=key)["Metadata"]
-    s3.put_object(Bucket=settings.s3_bucket, Key=key, Body=data, Metadata=metadata)
 
 
 async def outcome_on_row(sessions: async_sessionmaker[AsyncSession], digest: str) -> tuple[str | None, str | None]:
@@ -60,12 +47,12 @@ async def outcome_on_row(sessions: async_sessionmaker[AsyncSession], digest: str
 
 
 async def two_templates(client: Client, caller: Caller, origin: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    first = await import_template(client, caller, origin, "first")
+    first = await import_template(client, caller, origin, "first", parameters=[])
     (origin / "second").mkdir()
     (origin / "second" / "cleanup.sh").write_text("echo second\n")
     git(origin, "add", "-A")
     git(origin, "commit", "-q", "-m", "second")
-    second = await import_template(client, caller, origin, "second", path="second")
+    second = await import_template(client, caller, origin, "second", original_path="second", parameters=[])
     return first, second
 
 
@@ -100,8 +87,8 @@ async def test_overwritten_deleted_and_extra_objects_are_each_named(
     size = first["artifact"]["zst_size"]
     other = zstandard.ZstdCompressor().compress(b"not the template" * 64)
     overwrite(own_settings, corrupt, other.ljust(size, b"\0")[:size])  # same length, other bytes
-    s3_client(own_settings).delete_object(Bucket=own_settings.s3_bucket, Key=blob_key(Digest.parse(missing)))
-    orphan = put_orphan(s3_client(own_settings), own_settings.s3_bucket)
+    remove_object(own_settings, missing)
+    orphan = put_orphan(s3_client(own_settings.s3_location()), own_settings.s3_bucket)
 
     status, report = await verify(maintenance)
 
@@ -125,9 +112,9 @@ async def test_a_young_row_that_nothing_references_yet_is_in_flight_but_a_refere
     own_settings: AppSettings,
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:
-    imported = await import_template(own_client, carol, origin, "fresh")
+    imported = await import_template(own_client, carol, origin, "fresh", parameters=[])
     referenced = imported["artifact"]["digest"]
-    s3_client(own_settings).delete_object(Bucket=own_settings.s3_bucket, Key=blob_key(Digest.parse(referenced)))
+    remove_object(own_settings, referenced)
     pending = await row_without_object(sessions)
 
     status, report = await verify(maintenance, grace=3600.0)
@@ -154,7 +141,7 @@ async def test_repair_packs_a_damaged_blob_again_from_its_commit(
     first, second = await two_templates(own_client, carol, origin)
     damaged, gone = first["artifact"]["digest"], second["artifact"]["digest"]
     overwrite(own_settings, damaged, b"garbage")
-    s3_client(own_settings).delete_object(Bucket=own_settings.s3_bucket, Key=blob_key(Digest.parse(gone)))
+    remove_object(own_settings, gone)
     async with sessions() as session, session.begin():  # a version whose source no mirror has: cannot be repaired
         await session.execute(
             update(TemplateVersion)
@@ -200,7 +187,7 @@ async def test_a_cancelled_verify_stops_reading_before_it_returns(
     own_settings: AppSettings, store: BlobStore, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
     """Ctrl-C on `ahop verify`, or the server shutting down, must not leave checks running behind its back."""
-    await put_unreferenced(s3_client(own_settings), own_settings.s3_bucket, sessions, 1200)
+    await put_unreferenced(s3_client(own_settings.s3_location()), own_settings.s3_bucket, sessions, 1200)
     progress = CancelWhileChecking(after=100)
     verifier = Verifier(sessions, store, VerifyOptions(grace=0), progress=progress)
     progress.task = running = asyncio.create_task(verifier.run())
@@ -225,7 +212,7 @@ async def test_verify_beside_a_gc_reports_no_problem_that_gc_made_on_purpose(
 ) -> None:
     """GC deletes rows and objects while verify reads them: neither the deleted objects nor the rows read before
     their deletion are problems, and every blob is either checked ok or gone."""
-    await put_unreferenced(s3_client(own_settings), own_settings.s3_bucket, sessions, 1200)
+    await put_unreferenced(s3_client(own_settings.s3_location()), own_settings.s3_bucket, sessions, 1200)
     verifier = Verifier(sessions, store, VerifyOptions(grace=0))
     collector = GarbageCollector(sessions, store, GcOptions(grace=0, batch=100))
 

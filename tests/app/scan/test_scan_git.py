@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from pathlib import Path
 
 import git
@@ -13,6 +12,9 @@ import pytest
 from app.scan.candidates import Candidate
 from app.scan.errors import ScanError
 from app.scan.gitsource import scan_git
+from tests.support import repositories
+from tests.support.original_system import CHOSE_DEPLOY_NGINX, SERVER_NAME_QUESTION
+from tests.support.repositories import commit_all
 
 DISK_CLEANUP = """\
 #!/bin/bash
@@ -59,29 +61,11 @@ REDIS_SURVEY = {
 BROKEN_SURVEY = "name: broken\nspec:\n  - type: text\n    variable: a\n  - [unclosed\n"
 
 
-def run_git(repo_dir: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
-        cwd=repo_dir,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-
-
 def write(root: Path, path: str, text: str, *, executable: bool = False) -> None:
     target = root / path
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(text)
     target.chmod(0o755 if executable else 0o644)
-
-
-def commit_all(repo_dir: Path) -> str:
-    if not (repo_dir / ".git").exists():
-        run_git(repo_dir, "init", "-q", "-b", "main")
-    run_git(repo_dir, "add", "-A")
-    run_git(repo_dir, "commit", "-q", "-m", "scripts", "--allow-empty")
-    return run_git(repo_dir, "rev-parse", "HEAD")
 
 
 def build_ops_repository(root: Path) -> None:
@@ -125,7 +109,7 @@ def ops_repo(tmp_path: Path) -> Path:
     root = tmp_path / "ops"
     root.mkdir()
     build_ops_repository(root)
-    commit_all(root)
+    commit_all(root, message="scripts")
     return root
 
 
@@ -280,9 +264,9 @@ def test_the_object_database_is_read_not_the_work_tree_and_a_bare_mirror_scans_t
 
 
 def test_earlier_commits_and_unknown_revisions(ops_repo: Path) -> None:
-    first = run_git(ops_repo, "rev-parse", "HEAD")
+    first = repositories.git(ops_repo, "rev-parse", "HEAD")
     write(ops_repo, "scripts/disk_cleanup/second.sh", "# Name: second\n")
-    commit_all(ops_repo)
+    commit_all(ops_repo, message="scripts")
     assert scan_by_path(ops_repo)["scripts/disk_cleanup/disk_cleanup.sh"].original_path.endswith(".sh")
     assert scan_by_path(ops_repo, first)["scripts/disk_cleanup/disk_cleanup.sh"].original_path == "scripts/disk_cleanup"
     with git.Repo(ops_repo) as repo, pytest.raises(ScanError, match="revision 'nope' not found"):
@@ -293,9 +277,9 @@ def test_a_submodule_inside_a_candidate_is_a_problem(tmp_path: Path) -> None:
     root = tmp_path / "repo"
     root.mkdir()
     write(root, "jobs/sync/sync.sh", "#!/bin/sh\n", executable=True)
-    commit = commit_all(root)
-    run_git(root, "update-index", "--add", "--cacheinfo", f"160000,{commit},jobs/sync/vendor-tool")
-    run_git(root, "commit", "-q", "-m", "add a gitlink")
+    commit = commit_all(root, message="scripts")
+    repositories.git(root, "update-index", "--add", "--cacheinfo", f"160000,{commit},jobs/sync/vendor-tool")
+    repositories.git(root, "commit", "-q", "-m", "add a gitlink")
     candidate = scan_by_path(root)["jobs/sync/sync.sh"]
     assert candidate.file_count == 1
     assert [(p.file, "submodule" in p.message) for p in candidate.problems] == [("jobs/sync/vendor-tool", True)]
@@ -304,27 +288,21 @@ def test_a_submodule_inside_a_candidate_is_a_problem(tmp_path: Path) -> None:
 def test_an_empty_repository_commit_has_no_candidates(tmp_path: Path) -> None:
     root = tmp_path / "empty"
     root.mkdir()
-    commit_all(root)
+    commit_all(root, message="scripts")
     assert scan_by_path(root) == {}
 
 
-ORIGINAL_SURVEY = """\
-name: Nginx部署配置
-description: 部署和配置Nginx Web服务器
-spec:
-  - type: text
-    variable: server_name
-    question_name: 服务器域名
-    required: true
-    default: "example.com"
-    min_length: 3
-    max_length: 255
+ORIGINAL_SURVEY = (
+    "name: Nginx部署配置\ndescription: 部署和配置Nginx Web服务器\nspec:\n"
+    + SERVER_NAME_QUESTION
+    + """\
   - type: integer
     variable: listen_port
     default: 80
     min: 1
     max: 65535
 """
+)
 
 
 def test_the_original_systems_layouts_scan_as_it_scanned_them(tmp_path: Path) -> None:
@@ -340,7 +318,7 @@ def test_the_original_systems_layouts_scan_as_it_scanned_them(tmp_path: Path) ->
     write(root, "ansible/site.yml", "- hosts: all\n  roles: [web]\n")
     write(root, "ansible/roles/web/tasks/main.yml", "- name: reload\n  script: reload.sh\n")
     write(root, "ansible/roles/web/files/reload.sh", "#!/bin/sh\n# Name: reload\n", executable=True)
-    commit_all(root)
+    commit_all(root, message="scripts")
     found = scan_by_path(root)
     assert sorted(found) == ["ansible/site.yml", "test/playbooks", "test/scripts/system_info.sh"]
     nginx = found["test/playbooks"]
@@ -349,13 +327,7 @@ def test_the_original_systems_layouts_scan_as_it_scanned_them(tmp_path: Path) ->
         "deploy_nginx.yml",
         "Nginx部署配置",
     )
-    assert [(p.file, p.message) for p in nginx.problems] == [
-        (
-            "test/playbooks/deploy_nginx.yml",
-            "no playbook.yml/main.yml/site.yml/deploy.yml; chose deploy_nginx.yml, the first *.yml/*.yaml by name "
-            "that holds plays (others: test_realtime.yml)",
-        )
-    ]
+    assert [(p.file, p.message) for p in nginx.problems] == [CHOSE_DEPLOY_NGINX]
     server_name = nginx.parameters[0].validation
     assert (server_name.min_length, server_name.max_length) == (3, 255)
     site = found["ansible/site.yml"]

@@ -7,6 +7,7 @@ import json
 import yaml
 
 from app.scan.survey import parse_survey
+from tests.support.original_system import SERVER_NAME_QUESTION
 
 SURVEY_YAML = """\
 name: Nginx 部署
@@ -167,16 +168,10 @@ spec:
     ]
 
 
-ORIGINAL_SURVEY = """\
-name: Nginx部署配置
-spec:
-  - type: text
-    variable: server_name
-    question_name: 服务器域名
-    required: true
-    default: "example.com"
-    min_length: 3
-    max_length: 255
+ORIGINAL_SURVEY = (
+    "name: Nginx部署配置\nspec:\n"
+    + SERVER_NAME_QUESTION
+    + """\
   - type: textarea
     variable: motd
     max_length: 80
@@ -190,6 +185,7 @@ spec:
     min_length: 1
     max_length: 2
 """
+)
 
 
 def test_the_original_systems_min_length_and_max_length_are_kept() -> None:
