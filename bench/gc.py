@@ -58,7 +58,7 @@ from app.maintenance import references
 from app.maintenance.start import Maintenance, build_maintenance
 from bench import machine
 from bench.harness import RESULTS, code_under_test, cpu_seconds, progress, write_results
-from bench.services import app_settings, fresh_database_and_bucket, start_stack
+from bench.services import app_settings, fresh_database_and_bucket
 from storage.blobstore import CONTENT_TYPE, DELETE_BATCH, BlobInfo, BlobStore, ListedBlob, S3Location, _client
 from storage.digest import Digest
 from storage.keys import blob_key
@@ -488,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     with tempfile.TemporaryDirectory(prefix="ahop-bench-gc-") as work_dir:
         work = Path(work_dir)
-        stack = start_stack(work / "stack")
+        stack = LocalStack.scratch(work / "stack")
         try:
             runs = [one_run(stack, work, args, seed) for seed in range(args.runs)]
         finally:

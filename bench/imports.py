@@ -32,13 +32,14 @@ from typing import Any
 import git
 from litestar.testing import AsyncTestClient
 
+from app.devstack.stack import LocalStack
 from app.main import create_app
 from app.settings import AppSettings
 from bench import machine
 from bench.corpus import GIT_ENV, SPECS, TEMPLATE_PATH, generate
 from bench.harness import RESULTS, write_results
 from bench.presign import presigned_urls
-from bench.services import app_settings, fresh_database_and_bucket, start_stack, tenant_token
+from bench.services import app_settings, fresh_database_and_bucket, tenant_token
 from storage.blobstore import S3Location
 from storage.snapshot import snapshot_git
 
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(temp)
         print(f"generating the {args.corpus} corpus…", file=sys.stderr)
         corpus = generate(SPECS[args.corpus], work)
-        stack = start_stack(work / "stack")
+        stack = LocalStack.scratch(work / "stack")
         try:
             database_url, bucket = fresh_database_and_bucket(stack)
             location = stack.s3_location(bucket)

@@ -3,7 +3,6 @@ tests'; each run with a migrated database and a bucket of its own, and the serve
 
 from __future__ import annotations
 
-import os
 import secrets
 from pathlib import Path
 from typing import Any
@@ -18,22 +17,6 @@ from app.devstack.postgres import ensure_database
 from app.devstack.stack import LocalStack
 from app.services.tokens import create_tenant, issue_token
 from app.settings import AppSettings
-
-SERVICE_KEYS = (
-    "AHOP_DATABASE_URL",
-    "AHOP_REDIS_URL",
-    "AHOP_S3_ENDPOINT_URL",
-    "AHOP_S3_ACCESS_KEY_ID",
-    "AHOP_S3_SECRET_ACCESS_KEY",
-    "AHOP_S3_REGION",
-)
-"""The services a benchmark takes from the environment when they are set there."""
-
-
-def start_stack(directory: Path) -> LocalStack:
-    """The services of `SERVICE_KEYS` that the environment names, and the others started under `directory`."""
-    given = {key: os.environ[key] for key in SERVICE_KEYS if key in os.environ}
-    return LocalStack.start(directory, given, database="postgres", durable=False)
 
 
 def fresh_database_and_bucket(stack: LocalStack) -> tuple[str, str]:

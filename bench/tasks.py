@@ -65,7 +65,7 @@ from bench.harness import (
     write_results,
 )
 from bench.presign import presigned_urls
-from bench.services import app_settings, fresh_database_and_bucket, start_stack, tenant_token
+from bench.services import app_settings, fresh_database_and_bucket, tenant_token
 from storage.blobstore import BlobStore, S3Location
 from storage.digest import Digest
 from storage.keys import blob_key
@@ -404,7 +404,7 @@ def measure(args: argparse.Namespace, work: Path, scratch: Path, report: dict[st
     """Run the parts asked for against a fresh stack; fill `report` and return the printed tables."""
     tables: list[str] = []
     sync = machine.filesystem_type(args.dir) != "tmpfs"  # on disk, deletions settle outside the timed region
-    stack = start_stack(work / "stack")
+    stack = LocalStack.scratch(work / "stack")
     try:
         database_url, bucket = fresh_database_and_bucket(stack)
         location = stack.s3_location(bucket)

@@ -65,7 +65,7 @@ from bench import machine
 from bench.corpus import semi_compressible
 from bench.harness import RESULTS, code_under_test, cpu_seconds, fmt, progress, write_results
 from bench.presign import presigned_urls
-from bench.services import app_settings, fresh_database_and_bucket, start_stack
+from bench.services import app_settings, fresh_database_and_bucket
 from storage.blobstore import BlobStore, S3Location
 from storage.keys import blob_key
 from storage.snapshot import snapshot_directory
@@ -383,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         tempfile.TemporaryDirectory(prefix="ahop-bench-verify-", dir=args.scratch) as scratch_dir,
     ):
         work, scratch = Path(work_dir), Path(scratch_dir)
-        stack = start_stack(work / "stack")
+        stack = LocalStack.scratch(work / "stack")
         try:
             with asyncio.Runner() as runner, contextlib.ExitStack() as closing:
                 prepared = []

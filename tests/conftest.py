@@ -27,21 +27,11 @@ from tests.support.fleet import Fleet
 from tests.support.repositories import commit_all
 from tests.support.tenants import Caller, make_tenant
 
-SERVICE_KEYS = (
-    "AHOP_DATABASE_URL",
-    "AHOP_REDIS_URL",
-    "AHOP_S3_ENDPOINT_URL",
-    "AHOP_S3_ACCESS_KEY_ID",
-    "AHOP_S3_SECRET_ACCESS_KEY",
-    "AHOP_S3_REGION",
-)
-
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     """Real Postgres, Redis and S3 for the whole session: given by the environment, or started here."""
-    given = {key: os.environ[key] for key in SERVICE_KEYS if key in os.environ}
-    started = LocalStack.start(tmp_path_factory.mktemp("stack"), given, database="postgres", durable=False)
+    started = LocalStack.scratch(tmp_path_factory.mktemp("stack"))
     yield started
     started.stop()
 

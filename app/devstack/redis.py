@@ -32,6 +32,30 @@ def _answers_ping(port: int) -> bool:
         return False
 
 
+def redis_argv(port: int, data_dir: Path, *, durable: bool) -> list[str]:
+    """The command of a server on 127.0.0.1:`port` that snapshots nothing and keeps an append-only file in `data_dir`
+    when `durable`, in the foreground, with no Unix socket."""
+    return [
+        str(redis_server_binary()),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "yes" if durable else "no",
+        "--dir",
+        str(data_dir),
+        "--daemonize",
+        "no",
+        "--protected-mode",
+        "yes",
+        "--unixsocket",
+        "",
+    ]
+
+
 @dataclass
 class RedisServer(LocalServer):
     """A running redis-server."""
@@ -52,25 +76,7 @@ class RedisServer(LocalServer):
             (port,) = free_ports(1)
         process = ManagedProcess.start(
             "Redis",
-            [
-                str(redis_server_binary()),
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "yes" if durable else "no",
-                "--dir",
-                str(data_dir),
-                "--daemonize",
-                "no",
-                "--protected-mode",
-                "yes",
-                "--unixsocket",
-                "",
-            ],
+            redis_argv(port, data_dir, durable=durable),
             log_path=state_dir / "logs" / "redis.log",
             pid_file=state_dir / "run" / "redis.pid",
         )

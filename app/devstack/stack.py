@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,6 +16,16 @@ from app.devstack.seaweed import SeaweedS3
 from app.devstack.server import LocalServer
 from storage.blobstore import BlobStore, S3Location
 from storage.errors import StorageError
+
+SERVICE_KEYS = (
+    "AHOP_DATABASE_URL",
+    "AHOP_REDIS_URL",
+    "AHOP_S3_ENDPOINT_URL",
+    "AHOP_S3_ACCESS_KEY_ID",
+    "AHOP_S3_SECRET_ACCESS_KEY",
+    "AHOP_S3_REGION",
+)
+"""The settings that name a running service (and its S3 keys and region) for a scratch stack."""
 
 
 @dataclass
@@ -52,6 +63,13 @@ class LocalStack:
             stack.stop()
             raise
         return stack
+
+    @classmethod
+    def scratch(cls, state_dir: Path) -> LocalStack:
+        """A stack for a test session or a benchmark: the services the environment names (`SERVICE_KEYS`), and
+        servers of our own that keep nothing once stopped for the others, in the `postgres` database."""
+        given = {key: os.environ[key] for key in SERVICE_KEYS if key in os.environ}
+        return cls.start(state_dir, given, database="postgres", durable=False)
 
     def _fill_env(self, database: str) -> None:
         for server in self.servers:

@@ -17,7 +17,7 @@ import pytest
 
 from app.devstack.postgres import PostgresServer
 from app.devstack.processes import free_ports
-from app.devstack.redis import RedisServer, redis_server_binary
+from app.devstack.redis import RedisServer, redis_argv
 from app.devstack.server import LocalServer
 from tests.support.dev_runs import (
     UP_TIMEOUT,
@@ -106,21 +106,7 @@ def _redis_as_an_older_launcher_left_it(state_dir: Path) -> psutil.Process:
     """A redis-server in a session of its own that no parent-death signal ties to anyone, recorded in the pid file
     an `ahop dev` without that signal wrote before it was killed."""
     (port,) = free_ports(1)
-    argv = [
-        str(redis_server_binary()),
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "yes",
-        "--dir",
-        str(state_dir / "redis"),
-        "--daemonize",
-        "no",
-    ]
+    argv = redis_argv(port, state_dir / "redis", durable=True)
     launcher = subprocess.run(  # it starts the server and is gone, as a killed launcher is
         [sys.executable, "-c", OLDER_LAUNCHER, *argv], capture_output=True, text=True, timeout=BOUND, check=True
     )
