@@ -8,7 +8,7 @@ Layout under the root, which several worker processes on one host may share:
     store/locks/<hex>.fetch      held exclusively by the one process or thread fetching the digest
     store/evict.lock             one eviction at a time on the host
     templates/<tenant>/<code>    symlink to the store entry of the template's latest digest used here
-    runs/                        private working copies of running tasks (the runner's)
+    runs/                        private working copies of running tasks (`worker.rundir`'s)
     tmp/<random>/                one download, unpack or removal in progress, flocked by its owner
 
 Correctness never depends on the locks: an entry is only ever created by renaming a fully verified directory into

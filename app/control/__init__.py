@@ -4,5 +4,5 @@
 - `outcomes`   how an attempt ended: output moved to Postgres, a final status or the next attempt (retry policy)
 - `reconciler` pending tasks and queued tasks whose job vanished are enqueued (again)
 - `reaper`     running tasks whose worker stopped heartbeating become `lost`
-- `runner`     runs them side by side in a server process, and stops them
+- `loop`       runs them side by side in a server process, and stops them
 """
