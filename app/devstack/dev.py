@@ -209,6 +209,9 @@ def run_dev(options: DevOptions, environ: Mapping[str, str], out: TextIO) -> int
     interrupt stops the stack."""
     state_dir = options.state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
+    # SIGINT too: a background job of a non-interactive shell (a CI script, `make run &`) starts with SIGINT
+    # ignored, and Python then installs no handler of its own; "Press Ctrl-C to stop" must hold however we started.
+    signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     with _exclusive(state_dir):
         leftovers = _stop_leftovers(state_dir)

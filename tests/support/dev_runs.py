@@ -45,13 +45,20 @@ def clean_env() -> dict[str, str]:
 
 
 @contextmanager
-def running_dev(state_dir: Path, env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[str], dict[str, str]]]:
-    """Start `ahop dev`, wait until it has written dev.env, yield it; always stop it and wait for it."""
+def running_dev(
+    state_dir: Path, env: dict[str, str], *, sigint_ignored: bool = False
+) -> Iterator[tuple[subprocess.Popen[str], dict[str, str]]]:
+    """Start `ahop dev`, wait until it has written dev.env, yield it; always stop it and wait for it.
+
+    `sigint_ignored` starts it as a non-interactive shell starts a background job: with SIGINT ignored."""
     (port,) = free_ports(1)
     output = state_dir.parent / f"ahop-dev-{time.monotonic_ns()}.out"
+    argv = [sys.executable, "-m", "ahop", "dev", "--state-dir", str(state_dir), "--port", str(port)]
+    if sigint_ignored:
+        argv = ["sh", "-c", 'trap "" INT; exec "$@"', "sh", *argv]
     with open(output, "w") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "ahop", "dev", "--state-dir", str(state_dir), "--port", str(port)],
+            argv,
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -102,6 +102,12 @@ def test_dev_with_given_services_starts_none_of_its_own(
         assert stopped(process, state_dir, signal.SIGTERM) == 0
 
 
+def test_dev_started_with_sigint_ignored_still_stops_on_sigint(state_dir: Path) -> None:
+    """A background job of a non-interactive shell (a CI script, `make run &`) inherits SIGINT ignored."""
+    with running_dev(state_dir, clean_env(), sigint_ignored=True) as (process, _):
+        assert stopped(process, state_dir) == 0
+
+
 def test_dev_interrupted_while_starting_leaves_nothing_running(tmp_path: Path, state_dir: Path) -> None:
     (port,) = free_ports(1)
     with open(tmp_path / "out", "w") as out:
