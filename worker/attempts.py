@@ -102,16 +102,14 @@ class Attempts:
             outcome = RunOutcome(status="failed", exit_code=None, error=f"the worker could not run the task: {exc}")
         except asyncio.CancelledError:
             # The worker is stopping past its grace period: the runner has killed the script's process group.
-            await logs.close()
-            await self._report(
-                job.task_id,
-                job.attempt,
-                "finished",
-                status="failed",
-                error="the worker stopped before the task finished; the script was killed",
-                log_lines=logs.written,
-                log_truncated=logs.truncated,
-            )
+            # The stop waits for Redis to hear of it no longer than it waited for the script: with Redis away, the
+            # server marks the task lost once this worker's heartbeats stop, as for a worker that died.
+            try:
+                await asyncio.wait_for(self._report_killed(job, logs), self.settings.worker_shutdown_grace)
+            except TimeoutError:
+                log.warning(
+                    "stopping without reporting how task %s attempt %d ended: Redis is away", job.task_id, job.attempt
+                )
             raise
         await logs.close()
         await self._report(
@@ -125,6 +123,18 @@ class Attempts:
             log_truncated=logs.truncated,
         )
         return {"task_id": job.task_id, "status": outcome.status, "exit_code": outcome.exit_code}
+
+    async def _report_killed(self, job: TaskJob, logs: LogWriter) -> None:
+        await logs.close()
+        await self._report(
+            job.task_id,
+            job.attempt,
+            "finished",
+            status="failed",
+            error="the worker stopped before the task finished; the script was killed",
+            log_lines=logs.written,
+            log_truncated=logs.truncated,
+        )
 
     async def _report(self, task_id: str, attempt: int, kind: EventType, **outcome: Any) -> None:
         await report(self.redis, task_id, attempt, self.worker_id, kind, **outcome)

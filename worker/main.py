@@ -9,6 +9,7 @@ from typing import Any
 
 from arq.connections import RedisSettings
 from arq.worker import func
+from redis.exceptions import RedisError
 
 from storage.blobstore import BlobStore
 from worker import jobs
@@ -72,7 +73,10 @@ def build_worker(settings: WorkerSettings) -> OutlastingWorker:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if presence := ctx.get("presence"):
-            await presence.leave()
+            try:
+                await presence.leave()
+            except (RedisError, OSError) as exc:  # the server sees the heartbeat stop, as for a worker that died
+                log.warning("stopping without removing this worker's heartbeat: Redis is away (%s)", exc)
         for server in served:
             await asyncio.to_thread(server.stop)
 

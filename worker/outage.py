@@ -6,6 +6,11 @@ tries again, for as long as it takes, and picks up jobs as soon as Redis answers
 up after a few connection attempts, but a worker started before Redis (a host that boots before the queue does)
 waits for it. `RedisOutage` remembers whether
 Redis is away, so the outage and the recovery are each logged once however many loops run into it.
+
+A worker told to stop (SIGTERM) stops, Redis or not: what it would still tell Redis (a job's end, its leaving) is
+tried for as long as a stop waits for running jobs (`AHOP_WORKER_SHUTDOWN_GRACE`) and then given up. That leaves
+Redis as a killed worker leaves it: the job's in-progress mark expires and the server's reaper and reconciler take
+over, as they do for a worker that died.
 """
 
 from __future__ import annotations
@@ -132,13 +137,31 @@ class OutlastingWorker(Worker):
 
     async def _until_redis_takes(self, send: Callable[[], Awaitable[None]]) -> None:
         """A finished job's bookkeeping (its result, its removal from the queue) waits out an outage: dropped,
-        the job would stay marked in progress, and arq would deliver it again once that mark expires."""
+        the job would stay marked in progress, and arq would deliver it again once that mark expires. Once the
+        worker is stopping, it waits no longer than a stop waits for jobs."""
         delay = FIRST_DELAY
+        give_up_at: float | None = None
         while True:
             try:
                 await send()
                 return
             except (RedisError, OSError) as exc:
                 self.outage.noticed(exc)
+                if not self.allow_pick_jobs:  # stopping
+                    now = time.monotonic()
+                    give_up_at = give_up_at or now + self._job_completion_wait
+                    if now >= give_up_at:
+                        log.warning("stopping without recording a job's end: Redis is still away (%s)", exc)
+                        return
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_DELAY)
+
+    async def close(self) -> None:
+        """arq's close, whose first request (removing the health-check key) fails while Redis is away and would
+        end the stop there, before `on_shutdown`: the rest of the stop then runs without Redis."""
+        try:
+            await super().close()
+        except (RedisError, OSError) as exc:
+            self.outage.noticed(exc)
+            if self.on_shutdown:
+                await self.on_shutdown(self.ctx)
