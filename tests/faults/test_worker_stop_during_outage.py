@@ -12,9 +12,8 @@ import psutil
 from arq.connections import RedisSettings, create_pool
 from redis.asyncio import Redis
 
-from app.devstack.redis import RedisServer
 from tests.support import blob_fixtures, waiting
-from tests.support.fleet import Fleet
+from tests.support.fleet import fleet_on_own_redis
 from tests.support.jobs import Publish, a_job, enqueue, log_of, script_blob
 from worker.protocol import serialize
 
@@ -30,10 +29,8 @@ BOUND = 60.0
 async def test_a_busy_worker_stopped_while_redis_is_away_exits_and_leaves_no_script(
     worker_env: dict[str, str], tmp_path: Path, publish: Publish
 ) -> None:
-    server = RedisServer.start(tmp_path / "own-redis", durable=False)
-    fleet = Fleet({**worker_env, "AHOP_REDIS_URL": server.url()}, tmp_path / "own-logs")
     sleeps = script_blob(tmp_path, publish, "sleeps", "echo before\nsleep 600\n")
-    try:
+    with fleet_on_own_redis(worker_env, tmp_path, durable=False) as (server, fleet):
         worker = fleet.start("w1")
         job = a_job(sleeps, params={})
         queue = await create_pool(RedisSettings.from_dsn(server.url()), job_serializer=serialize)
@@ -68,6 +65,3 @@ async def test_a_busy_worker_stopped_while_redis_is_away_exits_and_leaves_no_scr
         _, alive = psutil.wait_procs(attempt, timeout=BOUND)
         assert [process.pid for process in alive] == []
         assert "stopping without reporting how task" in log.read_text(errors="replace")
-    finally:
-        fleet.stop_all()
-        server.stop()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -13,6 +15,7 @@ import psutil
 from redis import Redis
 
 from app.devstack.processes import ManagedProcess, tail
+from app.devstack.redis import RedisServer
 from worker.protocol import WORKERS_KEY
 from worker.runner import DEFAULT_PATH
 
@@ -95,3 +98,15 @@ def alive(process: psutil.Process) -> bool:
         return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+@contextmanager
+def fleet_on_own_redis(env: dict[str, str], directory: Path, *, durable: bool) -> Iterator[tuple[RedisServer, Fleet]]:
+    """Workers on a Redis of the test's own, which the test may kill and restart; both stopped at the end."""
+    server = RedisServer.start(directory / "own-redis", durable=durable)
+    fleet = Fleet({**env, "AHOP_REDIS_URL": server.url()}, directory / "own-logs")
+    try:
+        yield server, fleet
+    finally:
+        fleet.stop_all()
+        server.stop()
