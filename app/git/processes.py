@@ -7,6 +7,12 @@ see their pipes close and exit. The signal is tied to the thread that started th
 git pool (`app.git.pool`), alive until the server shuts down, and the shutdown kills every child first (`kill_all`).
 
 The request and its race (a server that dies before the child set its signal) are `app.parent_death`'s.
+
+GitPython reads mirrors through `git cat-file` processes of its own, which live as long as their `git.Repo`. Every
+`git.Repo` of the server is opened in a `with` block on the git thread that reads it, so those processes end there,
+with the work. A `git.Repo` merely dropped sits in a reference cycle: the garbage collector ends its processes later,
+on whichever thread it happens to run, the event loop's included, where GitPython's wait for a hung one blocked every
+request and the shutdown. Those still running at shutdown are killed by `app.serve`.
 """
 
 from __future__ import annotations

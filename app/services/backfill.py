@@ -158,14 +158,17 @@ class Backfiller:
             where = normalize_repo_path(path)
         except SnapshotRefused as exc:
             raise InvalidInput(str(exc)) from None
-        tree = git.Repo(self.importer.mirrors.path(tenant_id, repository_id)).commit(commit).tree
-        try:
-            found = tree / where if where else tree
-        except KeyError:
-            raise InvalidInput(f"path {where!r} no longer exists at the branch head ({commit[:12]})") from None
-        if found.type == "blob":
+        with git.Repo(self.importer.mirrors.path(tenant_id, repository_id)) as repo:
+            tree = repo.commit(commit).tree
+            try:
+                found = tree / where if where else tree
+            except KeyError:
+                raise InvalidInput(f"path {where!r} no longer exists at the branch head ({commit[:12]})") from None
+            kind = found.type
+            names = {item.name for item in found.blobs} if kind == "tree" else set()
+        if kind == "blob":
             return PurePosixPath(where).name
-        if found.type != "tree":
+        if kind != "tree":
             raise InvalidInput(f"{where!r} is a Git submodule; submodules cannot be imported")
         try:
             entry = normalize_repo_path(legacy_entry)
@@ -177,7 +180,6 @@ class Backfiller:
             relative = entry[len(where) + 1 :]
         if relative:
             return relative
-        names = {item.name for item in found.blobs}
         playbook = next((name for name in PLAYBOOKS if name in names), None)
         if script_type == "ansible" and playbook is not None:
             return playbook

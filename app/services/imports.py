@@ -93,8 +93,9 @@ class Source:
     tenant_id: uuid.UUID
     """Whose mirror it is: reading it is that tenant's git work (`app.git.pool`)."""
 
-    def tree(self) -> GitTree:
-        return GitTree(git.Repo(self.mirror), self.snapshot_info["commit_sha"], self.snapshot_info["original_path"])
+    def tree(self, repo: git.Repo) -> GitTree:
+        """The content in `repo`, this source's mirror opened by the caller (who closes it: `app.git.processes`)."""
+        return GitTree(repo, self.snapshot_info["commit_sha"], self.snapshot_info["original_path"])
 
     def read_schema(self, script_type: str, entry_file: str) -> ScannedSchema:
         """The parameter schema a scan shows for this content with this entry (blocking: call it in a thread)."""
@@ -189,7 +190,8 @@ class Importer:
         """Where `path` is at `commit`, with the entry file checked; one `git ls-tree`, no listing of the tree."""
         mirror = self.mirrors.path(tenant_id, repository["id"])
         try:
-            located = locate_git_path(git.Repo(mirror), commit, path, entry_file)
+            with git.Repo(mirror) as repo:
+                located = locate_git_path(repo, commit, path, entry_file)
         except SnapshotRefused as exc:
             field = "original_path" if exc.missing_member is None else "entry_file"
             raise InvalidInput(str(exc), {field: str(exc)}) from exc
@@ -212,7 +214,9 @@ class Importer:
         spooled = tempfile.SpooledTemporaryFile(max_size=self.store.multipart_threshold, dir=str(self.work_dir))  # noqa: SIM115 -- closed by store_content once uploaded
         out = cast("BinaryIO", spooled)
         try:
-            snapshot = pack(source.tree(), out, what=source.snapshot_info["original_path"] or ".", limits=self.limits)
+            with git.Repo(source.mirror) as repo:
+                what = source.snapshot_info["original_path"] or "."
+                snapshot = pack(source.tree(repo), out, what=what, limits=self.limits)
         except BaseException:
             out.close()
             raise

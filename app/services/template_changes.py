@@ -112,7 +112,8 @@ class TemplateChanger:
     def _check_entry_file(self, tenant_id: uuid.UUID, source: dict[str, Any], entry_file: str) -> None:
         mirror = self.importer.mirrors.path(tenant_id, int(source["repository_id"]))
         try:
-            paths = {e.path for e in GitTree(git.Repo(mirror), source["commit_sha"], source["original_path"]).entries()}
+            with git.Repo(mirror) as repo:
+                paths = {e.path for e in GitTree(repo, source["commit_sha"], source["original_path"]).entries()}
         except (git.NoSuchPathError, git.InvalidGitRepositoryError, SnapshotRefused) as exc:
             raise InvalidInput(
                 "cannot check entry_file: the repository this version came from is gone; sync or re-import instead",

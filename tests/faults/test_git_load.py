@@ -92,13 +92,11 @@ def _git_processes(server: int) -> list[psutil.Process]:
 
 
 class Hang:
-    """Stops every `git fetch` (or `git <what>`) of a tenant's mirrors that the server starts, from `start` until
-    `release`."""
+    """Stops every `git fetch` of a tenant's mirrors that the server starts, from `start` until `release`."""
 
-    def __init__(self, server: int, tenant_id: str, what: str = "fetch") -> None:
+    def __init__(self, server: int, tenant_id: str) -> None:
         self.server = server
         self.tenant_id = tenant_id
-        self.what = what
         self.stopped: dict[int, psutil.Process] = {}
         self._stopping: asyncio.Task[None] | None = None
 
@@ -107,7 +105,7 @@ class Hang:
 
     async def _stop_fetches(self) -> None:
         while True:
-            for fetch in _gits_of(self.server, self.tenant_id, self.what):
+            for fetch in _gits_of(self.server, self.tenant_id):
                 if fetch.pid not in self.stopped:
                     try:
                         fetch.suspend()
@@ -220,27 +218,38 @@ async def test_no_git_process_outlives_the_api(
             await _stops_leaving_no_git(served, sync, gits, how, shutdown_timeout)
 
 
+HANGING_CAT_FILE = """#!/bin/sh
+# git as GitPython runs it, but a `git cat-file` stops itself before it reads anything: a read of the mirror that hangs.
+case "$1" in cat-file) kill -STOP $$ ;; esac
+exec git "$@"
+"""
+
+
 async def test_a_hung_git_of_an_import_does_not_keep_the_api_from_stopping(
     app_settings: AppSettings, tmp_path: Path, alice: Caller, small_origin: Path
 ) -> None:
-    """Reading the mirror (GitPython's `cat-file`, for the scan, the resolve and the pack) hangs, not the fetch."""
+    """Reading the mirror (GitPython's `cat-file`, for the resolve, the scan and the pack) hangs, not the fetch."""
+    hanging_git = tmp_path / "hanging" / "git"
+    hanging_git.parent.mkdir()
+    hanging_git.write_text(HANGING_CAT_FILE)
+    hanging_git.chmod(0o755)
     shutdown_timeout = 2
-    with serve(app_settings, tmp_path, AHOP_SHUTDOWN_TIMEOUT=str(shutdown_timeout)) as served:
+    overrides = {"AHOP_SHUTDOWN_TIMEOUT": str(shutdown_timeout), "GIT_PYTHON_GIT_EXECUTABLE": str(hanging_git)}
+    with serve(app_settings, tmp_path, **overrides) as served:
         async with httpx.AsyncClient(base_url=served.url, timeout=REQUEST_BOUND) as client:
             repository = await _add(client, alice, small_origin, "small")
-            hang = Hang(served.process.pid, alice.tenant_id, what="cat-file")
-            hang.start()
             imported = asyncio.create_task(
-                client.post(
-                    "/api/v1/task-templates",
-                    headers=alice[Role.ADMIN],
-                    json=_ping_template(repository),
-                )
+                client.post("/api/v1/task-templates", headers=alice[Role.ADMIN], json=_ping_template(repository))
             )
-            try:
-                await until(lambda: _at_least(hang.hung, 1), "a git cat-file of the import to hang", bound=60)
-            finally:
-                hang.stop_watching()
+
+            async def hung() -> bool:
+                return any(
+                    process.status() == psutil.STATUS_STOPPED
+                    for process in _gits_of(served.process.pid, alice.tenant_id, "cat-file")
+                    if alive(process)
+                )
+
+            await until(hung, "a git cat-file of the import to hang", bound=60)
             await _stops_leaving_no_git(
                 served, imported, _git_processes(served.process.pid), "SIGTERM", shutdown_timeout
             )
@@ -312,3 +321,32 @@ async def test_a_sync_whose_client_left_while_it_waited_fetches_nothing(
                 "head_commit"
             ] is None
     assert not mirror.exists(), "nothing was fetched for a client that had gone"
+
+
+async def test_the_api_leaves_no_git_process_running_once_a_request_is_answered(
+    app_settings: AppSettings, tmp_path: Path, alice: Caller, small_origin: Path
+) -> None:
+    """GitPython's `cat-file` processes end with the request's git work, on its git thread. Left to the garbage
+    collector, they pile up under the API, and may be ended on the event loop's thread, whose wait for a hung one
+    then blocks every request and the shutdown."""
+    (small_origin / "scripts" / "ping" / "pong.sh").write_text("#!/bin/bash\necho pong\n")
+    commit_all(small_origin, message="a second entry")
+    with serve(app_settings, tmp_path) as served:
+        async with httpx.AsyncClient(base_url=served.url, timeout=REQUEST_BOUND) as client:
+            repository = await _add(client, alice, small_origin, "small")
+            imported = await client.post(
+                "/api/v1/task-templates", headers=alice[Role.ADMIN], json=_ping_template(repository)
+            )
+            assert imported.status_code == 201, imported.text
+            after = {"import (resolve, scan, pack)": _git_processes(served.process.pid)}
+            template = imported.json()["id"]
+            changed = await client.put(
+                f"/api/v1/task-templates/{template}", headers=alice[Role.ADMIN], json={"entry_file": "pong.sh"}
+            )
+            assert changed.status_code == 200, changed.text
+            after["change of entry_file (checked in the snapshot)"] = _git_processes(served.process.pid)
+            synced = await client.post(f"/api/v1/task-templates/{template}/sync", headers=alice[Role.ADMIN])
+            assert synced.status_code == 201, synced.text
+            after["sync"] = _git_processes(served.process.pid)
+    left = {request: [process.cmdline() for process in gits if alive(process)] for request, gits in after.items()}
+    assert left == {request: [] for request in after}, left
