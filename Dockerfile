@@ -7,6 +7,7 @@ COPY ahop ./ahop
 COPY app ./app
 COPY worker ./worker
 COPY storage ./storage
+COPY targets ./targets
 COPY migrations ./migrations
 RUN python -m venv /opt/ahop && /opt/ahop/bin/pip install --no-cache-dir .
 
