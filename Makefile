@@ -4,8 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-# Commands the tests run that no wheel ships, as command:Debian-package pairs.
-SYSTEM_PACKAGES := zstd:zstd curl:curl
+# Commands the tests run that no wheel ships, as command:Debian-package pairs. A command given by its path is
+# looked for there: sshd lives in /usr/sbin, which a non-root PATH often lacks.
+SYSTEM_PACKAGES := zstd:zstd curl:curl /usr/sbin/sshd:openssh-server ssh:openssh-client ssh-keygen:openssh-client \
+	ssh-keyscan:openssh-client
 
 .PHONY: venv run test lint format bench clean system-packages
 
@@ -27,7 +29,9 @@ test: venv system-packages
 # Installs what is missing with apt-get when run as root (as CI is); otherwise names the command to run.
 system-packages:
 	@missing=""; for pair in $(SYSTEM_PACKAGES); do \
-		command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; \
+		program="$${pair%%:*}"; package="$${pair#*:}"; \
+		case "$$program" in /*) test -x "$$program" ;; *) command -v "$$program" >/dev/null 2>&1 ;; esac \
+			|| case "$$missing " in *" $$package "*) ;; *) missing="$$missing $$package" ;; esac; \
 	done; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
