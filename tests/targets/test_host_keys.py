@@ -1,0 +1,325 @@
+"""Host keys: read from real OpenSSH servers, parsed from the lines operators paste, written for OpenSSH to check.
+
+OpenSSH's own tools are the independent reference: `ssh-keygen -lf` for fingerprints, `ssh-keyscan` for what a
+server shows, `ssh` with StrictHostKeyChecking=yes for the known_hosts lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from targets.host_keys import (
+    HostKey,
+    HostKeyRefused,
+    ScanFailed,
+    known_hosts_line,
+    parse_host_key,
+    parse_host_keys,
+    scan_host_keys,
+)
+from tests.support.ssh_hosts import TargetHost, target_hosts
+
+SCAN_TIMEOUT = 30.0
+"""Bound for scans that should succeed: only catches hangs."""
+SHORT_TIMEOUT = 2.0
+"""The timeout a scan of a host that does not answer is given (the message must name it)."""
+
+
+def keyscan(host: TargetHost) -> str:
+    """`ssh-keyscan -p PORT ADDRESS` output: the host's keys as OpenSSH reads them."""
+    result = subprocess.run(
+        ["ssh-keyscan", "-T", "30", "-p", str(host.port), host.address],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return result.stdout
+
+
+def fingerprint_by_ssh_keygen(pub_file: Path) -> str:
+    """The fingerprint `ssh-keygen -lf` prints (`BITS SHA256:… COMMENT (TYPE)`)."""
+    return subprocess.run(
+        ["ssh-keygen", "-lf", str(pub_file)], capture_output=True, text=True, check=True
+    ).stdout.split()[1]
+
+
+async def test_a_scan_returns_exactly_the_host_keys_of_that_sshd(hosts: list[TargetHost]) -> None:
+    for host in hosts:
+        keys = await scan_host_keys(host.address, host.port, timeout=SCAN_TIMEOUT)
+
+        assert [key.public for key in keys] == host.host_keys
+        assert [key.algorithm for key in keys] == ["ssh-ed25519", "ssh-rsa"]
+    assert len({key for host in hosts for key in host.host_keys}) == 2 * len(hosts)  # each host has keys of its own
+
+
+async def test_fingerprints_are_those_ssh_keygen_prints(hosts: list[TargetHost]) -> None:
+    host = hosts[0]
+    keys = await scan_host_keys(host.address, host.port, timeout=SCAN_TIMEOUT)
+
+    assert [key.fingerprint for key in keys] == [fingerprint_by_ssh_keygen(path) for path in host.host_key_files]
+    assert all(key.fingerprint.startswith("SHA256:") and not key.fingerprint.endswith("=") for key in keys)
+
+
+async def test_a_scan_shows_what_ssh_keyscan_shows(hosts: list[TargetHost]) -> None:
+    host = hosts[1]
+    scanned = await scan_host_keys(host.address, host.port, timeout=SCAN_TIMEOUT)
+    output = keyscan(host)
+
+    assert all(line.startswith(f"[{host.address}]:{host.port} ") for line in output.splitlines())
+    assert sorted(parse_host_keys(output), key=str) == sorted(scanned, key=str)
+    assert sorted((parse_host_key(line) for line in output.splitlines()), key=str) == sorted(scanned, key=str)
+
+
+@pytest.mark.parametrize(
+    ("kinds", "algorithms"),
+    [
+        (("ecdsa256", "ecdsa384", "ecdsa521"), ["ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521"]),
+        (("ed25519",), ["ssh-ed25519"]),
+        (("rsa", "ecdsa384"), ["ecdsa-sha2-nistp384", "ssh-rsa"]),
+    ],
+)
+async def test_a_scan_finds_every_key_type_the_host_has_and_skips_those_it_lacks(
+    tmp_path: Path, kinds: tuple[str, ...], algorithms: list[str]
+) -> None:
+    with target_hosts(tmp_path, 1, host_key_kinds=kinds) as (host,):
+        keys = await scan_host_keys(host.address, host.port, timeout=SCAN_TIMEOUT)
+        shown_by_openssh = parse_host_keys(keyscan(host))
+
+    assert [key.algorithm for key in keys] == algorithms  # in HOST_KEY_TYPES order, whatever the server's
+    assert sorted(key.public for key in keys) == sorted(host.host_keys)
+    # ssh-keyscan asks for one ECDSA key of whichever size the server picks; the scan asks for each size.
+    assert set(shown_by_openssh) <= set(keys)
+    assert {key.algorithm for key in shown_by_openssh} >= {"ssh-ed25519", "ssh-rsa"} & set(algorithms)
+
+
+def test_a_pub_file_and_a_known_hosts_line_give_the_same_key(hosts: list[TargetHost]) -> None:
+    host = hosts[0]
+    pub_text = host.host_key_files[0].read_text()  # `ssh-ed25519 BASE64 host-1-host-key\n`
+    known_hosts = f"[{host.address}]:{host.port},other.example {host.host_keys[0]}"
+
+    from_pub = parse_host_key(pub_text)
+
+    assert from_pub == HostKey("ssh-ed25519", host.host_keys[0])
+    assert parse_host_key(known_hosts) == from_pub
+    assert parse_host_key(f"  {host.host_keys[0]}  ") == from_pub
+
+
+def test_a_hashed_known_hosts_line_is_read(hosts: list[TargetHost], tmp_path: Path) -> None:
+    host = hosts[0]
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text(known_hosts_line(host.address, host.port, [parse_host_key(line) for line in host.host_keys]))
+    subprocess.run(["ssh-keygen", "-q", "-H", "-f", str(known_hosts)], capture_output=True, check=True)
+    hashed = known_hosts.read_text()
+
+    assert hashed.startswith("|1|")
+    assert host.address not in hashed
+    assert [key.public for key in parse_host_keys(hashed)] == host.host_keys
+
+
+def _ed25519_line(hosts: list[TargetHost]) -> str:
+    return hosts[0].host_keys[0]
+
+
+def _rsa_data(hosts: list[TargetHost]) -> str:
+    return hosts[0].host_keys[1].split()[1]
+
+
+REFUSED: list[tuple[str, Callable[[list[TargetHost]], str], str]] = [
+    ("garbage", lambda hosts: "not a key at all", "no SSH host key type in 'not a key at all'"),
+    ("empty", lambda hosts: "  \n", "no host key given (empty text)"),
+    (
+        "unknown type",
+        lambda hosts: "ssh-foo " + _ed25519_line(hosts).split()[1],
+        "no SSH host key type in 'ssh-foo AAAA",
+    ),
+    ("type without data", lambda hosts: "host.example ssh-ed25519", "has no key data after its type ssh-ed25519"),
+    ("base64 cut short", lambda hosts: _ed25519_line(hosts)[:-3], "is not valid base64 (cut short or damaged?)"),
+    ("key cut short", lambda hosts: _ed25519_line(hosts)[:-8], "is not a valid key (cut short or damaged?)"),
+    ("not base64", lambda hosts: "ssh-ed25519 AAAA$$$$", "is not valid base64"),
+    (
+        "type of another key",
+        lambda hosts: "ssh-ed25519 " + _rsa_data(hosts),
+        "says ssh-ed25519 but its key data is a ssh-rsa key",
+    ),
+    ("two lines", lambda hosts: "\n".join(hosts[0].host_keys), "one host key is one line, got 2 lines"),
+    (
+        "certificate authority",
+        lambda hosts: "@cert-authority *.example " + _ed25519_line(hosts),
+        "@cert-authority lines of known_hosts mark certificate authorities",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("given", "reason"), [(make, reason) for _, make, reason in REFUSED], ids=[r[0] for r in REFUSED]
+)
+def test_text_that_is_no_host_key_is_refused_saying_what_was_wrong_and_what_is_expected(
+    hosts: list[TargetHost], given: Callable[[list[TargetHost]], str], reason: str
+) -> None:
+    with pytest.raises(HostKeyRefused) as refused:
+        parse_host_key(given(hosts))
+
+    message = str(refused.value)
+    assert reason in message
+    assert "expected an OpenSSH public key line `TYPE BASE64 [COMMENT]`" in message
+    assert "known_hosts / ssh-keyscan line `HOSTS TYPE BASE64`" in message
+    assert isinstance(refused.value, ValueError)
+
+
+def test_a_bad_line_among_many_is_named_by_its_number(hosts: list[TargetHost]) -> None:
+    text = f"# {hosts[0].address} SSH-2.0-OpenSSH\n{hosts[0].host_keys[0]}\n\nhost.example ssh-rsa AAAA!\n"
+
+    with pytest.raises(
+        HostKeyRefused, match=r"^line 4: the key data of the ssh-rsa key in 'host.example ssh-rsa AAAA!'"
+    ):
+        parse_host_keys(text)
+    with pytest.raises(HostKeyRefused, match="no host key in the text given"):
+        parse_host_keys("# only a comment\n\n")
+
+
+def test_known_hosts_lines_name_the_port_unless_it_is_22(hosts: list[TargetHost]) -> None:
+    key = parse_host_key(hosts[0].host_keys[0])
+
+    assert known_hosts_line("10.0.0.5", 22, [key]) == f"10.0.0.5 {key.public}\n"
+    assert known_hosts_line("10.0.0.5", 2222, [key]) == f"[10.0.0.5]:2222 {key.public}\n"
+    assert known_hosts_line("fd00::5", 2222, [key]) == f"[fd00::5]:2222 {key.public}\n"
+
+
+def ssh_with_known_hosts(host: TargetHost, known_hosts: Path) -> subprocess.CompletedProcess[str]:
+    """OpenSSH's `ssh` as Ansible would run it: strict host key checking against `known_hosts`, no prompts."""
+    return subprocess.run(
+        [
+            "ssh",
+            "-F",
+            "/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            f"UserKnownHostsFile={known_hosts}",
+            "-o",
+            "GlobalKnownHostsFile=/dev/null",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-i",
+            str(host.client_key),
+            "-p",
+            str(host.port),
+            f"{host.user}@{host.address}",
+            "id -un",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+async def test_openssh_accepts_the_host_by_its_scanned_known_hosts_lines_and_refuses_another_hosts(
+    hosts: list[TargetHost], tmp_path: Path
+) -> None:
+    host, other = hosts[0], hosts[2]
+    pinned = tmp_path / "known_hosts"
+    pinned.write_text(
+        known_hosts_line(host.address, host.port, await scan_host_keys(host.address, host.port, timeout=SCAN_TIMEOUT))
+    )
+    wrong = tmp_path / "known_hosts_of_another"
+    wrong.write_text(
+        known_hosts_line(host.address, host.port, await scan_host_keys(other.address, other.port, timeout=SCAN_TIMEOUT))
+    )
+
+    accepted = ssh_with_known_hosts(host, pinned)
+    refused = ssh_with_known_hosts(host, wrong)
+
+    assert accepted.returncode == 0, accepted.stderr
+    assert accepted.stdout.strip() == host.user
+    assert refused.returncode == 255
+    assert "Host key verification failed" in refused.stderr
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A port on 127.0.0.1 that is bound (so nobody else takes it) but does not listen: connections are refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+async def test_a_port_where_nothing_listens_fails_the_scan_as_refused(closed_port: int) -> None:
+    with pytest.raises(ScanFailed) as failed:
+        await scan_host_keys("127.0.0.1", closed_port, timeout=SCAN_TIMEOUT)
+
+    assert str(failed.value) == f"127.0.0.1:{closed_port}: connection refused (nothing listens there)"
+
+
+async def test_a_stopped_host_fails_the_scan_as_refused(lone_host: TargetHost) -> None:
+    lone_host.stop()
+
+    with pytest.raises(ScanFailed, match="connection refused") as failed:
+        await scan_host_keys(lone_host.address, lone_host.port, timeout=SCAN_TIMEOUT)
+    assert f"{lone_host.address}:{lone_host.port}" in str(failed.value)
+
+
+@asynccontextmanager
+async def hello_server(*, then_close: bool) -> AsyncIterator[int]:
+    """A TCP server that greets with `hello` instead of an SSH version, then hangs up or stays silent."""
+    handlers: set[asyncio.Task[None]] = set()
+
+    async def greet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            writer.write(b"hello\r\n")
+            await writer.drain()
+            if not then_close:
+                await reader.read()  # until the client goes
+        finally:
+            writer.close()
+
+    def track(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.create_task(greet(reader, writer))
+        handlers.add(task)
+        task.add_done_callback(handlers.discard)
+
+    server = await asyncio.start_server(track, "127.0.0.1", 0)
+    async with server:
+        yield server.sockets[0].getsockname()[1]
+        for task in list(handlers):
+            task.cancel()
+
+
+@pytest.mark.parametrize("then_close", [True, False], ids=["then-closes", "then-stays-silent"])
+async def test_a_server_that_is_not_ssh_fails_the_scan_saying_so(then_close: bool) -> None:
+    async with hello_server(then_close=then_close) as port:
+        with pytest.raises(ScanFailed) as failed:
+            await scan_host_keys("127.0.0.1", port, timeout=SHORT_TIMEOUT)
+
+    message = str(failed.value)
+    assert message.startswith(f"127.0.0.1:{port}: ")
+    assert "not an SSH server" in message
+    assert "it sent 'hello'" in message
+    if not then_close:
+        assert f"timed out after {SHORT_TIMEOUT:g} s" in message
+
+
+async def test_a_paused_host_fails_the_scan_when_the_timeout_is_over(lone_host: TargetHost) -> None:
+    lone_host.pause()
+    try:
+        with pytest.raises(ScanFailed) as failed:
+            await scan_host_keys(lone_host.address, lone_host.port, timeout=SHORT_TIMEOUT)
+    finally:
+        lone_host.resume()
+
+    assert str(failed.value) == (
+        f"{lone_host.address}:{lone_host.port}: timed out after 2 s waiting for the server's SSH version line "
+        "(it accepted the connection but sent nothing)"
+    )
+    assert [key.public for key in await scan_host_keys(lone_host.address, lone_host.port, timeout=SCAN_TIMEOUT)] == (
+        lone_host.host_keys
+    )  # the same host, answering again, scans fine
