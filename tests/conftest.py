@@ -1,5 +1,6 @@
 """Shared fixtures: one stack of real services per test session, a fresh migrated database, isolation per test;
-the API in-process, tenants with tokens of each role, and a Git repository of scripts to import from.
+the API in-process, tenants with tokens of each role, a Git repository of scripts to import from, and real OpenSSH
+servers as the hosts an operator manages.
 
 The services come from the same launcher `ahop dev` uses, unless the environment names existing ones
 (AHOP_DATABASE_URL, AHOP_REDIS_URL, AHOP_S3_ENDPOINT_URL with AHOP_S3_ACCESS_KEY_ID/AHOP_S3_SECRET_ACCESS_KEY).
@@ -25,6 +26,7 @@ from app.settings import AppSettings
 from tests.support.database import new_database
 from tests.support.fleet import Fleet
 from tests.support.repositories import commit_all
+from tests.support.ssh_hosts import TargetHost, target_hosts
 from tests.support.tenants import Caller, make_tenant
 
 
@@ -139,3 +141,18 @@ def origin(tmp_path: Path) -> Path:
     (repo / "scripts" / "disk_cleanup" / "README.md").write_text(f"cleans disks ({secrets.token_hex(8)})\n")
     commit_all(repo, message="first")
     return repo
+
+
+@pytest.fixture(scope="module")
+def ssh_hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[TargetHost]]:
+    """Three running OpenSSH hosts shared by the tests of one module, which leave them as found (running, not
+    paused); a test that pauses or stops a host takes `ssh_host`."""
+    with target_hosts(tmp_path_factory.mktemp("ssh-hosts"), 3) as started:
+        yield started
+
+
+@pytest.fixture
+def ssh_host(tmp_path: Path) -> Iterator[TargetHost]:
+    """A running OpenSSH host of the test's own, which it may pause or stop."""
+    with target_hosts(tmp_path / "ssh-host", 1) as started:
+        yield started[0]

@@ -50,25 +50,27 @@ def fingerprint_by_ssh_keygen(pub_file: Path) -> str:
     ).stdout.split()[1]
 
 
-async def test_a_scan_returns_exactly_the_host_keys_of_that_sshd(hosts: list[TargetHost]) -> None:
-    for host in hosts:
+async def test_a_scan_returns_exactly_the_host_keys_of_that_sshd(ssh_hosts: list[TargetHost]) -> None:
+    for host in ssh_hosts:
         keys = await scan_host_keys(host.address, host.port, timeout=SCAN_TIMEOUT)
 
         assert [key.public for key in keys] == host.host_keys
         assert [key.algorithm for key in keys] == ["ssh-ed25519", "ssh-rsa"]
-    assert len({key for host in hosts for key in host.host_keys}) == 2 * len(hosts)  # each host has keys of its own
+    assert len({key for host in ssh_hosts for key in host.host_keys}) == 2 * len(
+        ssh_hosts
+    )  # each host has keys of its own
 
 
-async def test_fingerprints_are_those_ssh_keygen_prints(hosts: list[TargetHost]) -> None:
-    host = hosts[0]
+async def test_fingerprints_are_those_ssh_keygen_prints(ssh_hosts: list[TargetHost]) -> None:
+    host = ssh_hosts[0]
     keys = await scan_host_keys(host.address, host.port, timeout=SCAN_TIMEOUT)
 
     assert [key.fingerprint for key in keys] == [fingerprint_by_ssh_keygen(path) for path in host.host_key_files]
     assert all(key.fingerprint.startswith("SHA256:") and not key.fingerprint.endswith("=") for key in keys)
 
 
-async def test_a_scan_shows_what_ssh_keyscan_shows(hosts: list[TargetHost]) -> None:
-    host = hosts[1]
+async def test_a_scan_shows_what_ssh_keyscan_shows(ssh_hosts: list[TargetHost]) -> None:
+    host = ssh_hosts[1]
     scanned = await scan_host_keys(host.address, host.port, timeout=SCAN_TIMEOUT)
     output = keyscan(host)
 
@@ -99,8 +101,8 @@ async def test_a_scan_finds_every_key_type_the_host_has_and_skips_those_it_lacks
     assert {key.algorithm for key in shown_by_openssh} >= {"ssh-ed25519", "ssh-rsa"} & set(algorithms)
 
 
-def test_a_pub_file_and_a_known_hosts_line_give_the_same_key(hosts: list[TargetHost]) -> None:
-    host = hosts[0]
+def test_a_pub_file_and_a_known_hosts_line_give_the_same_key(ssh_hosts: list[TargetHost]) -> None:
+    host = ssh_hosts[0]
     pub_text = host.host_key_files[0].read_text()  # `ssh-ed25519 BASE64 host-1-host-key\n`
     known_hosts = f"[{host.address}]:{host.port},other.example {host.host_keys[0]}"
 
@@ -111,8 +113,8 @@ def test_a_pub_file_and_a_known_hosts_line_give_the_same_key(hosts: list[TargetH
     assert parse_host_key(f"  {host.host_keys[0]}  ") == from_pub
 
 
-def test_a_hashed_known_hosts_line_is_read(hosts: list[TargetHost], tmp_path: Path) -> None:
-    host = hosts[0]
+def test_a_hashed_known_hosts_line_is_read(ssh_hosts: list[TargetHost], tmp_path: Path) -> None:
+    host = ssh_hosts[0]
     known_hosts = tmp_path / "known_hosts"
     known_hosts.write_text(known_hosts_line(host.address, host.port, [parse_host_key(line) for line in host.host_keys]))
     subprocess.run(["ssh-keygen", "-q", "-H", "-f", str(known_hosts)], capture_output=True, check=True)
@@ -123,35 +125,39 @@ def test_a_hashed_known_hosts_line_is_read(hosts: list[TargetHost], tmp_path: Pa
     assert [key.public for key in parse_host_keys(hashed)] == host.host_keys
 
 
-def _ed25519_line(hosts: list[TargetHost]) -> str:
-    return hosts[0].host_keys[0]
+def _ed25519_line(ssh_hosts: list[TargetHost]) -> str:
+    return ssh_hosts[0].host_keys[0]
 
 
-def _rsa_data(hosts: list[TargetHost]) -> str:
-    return hosts[0].host_keys[1].split()[1]
+def _rsa_data(ssh_hosts: list[TargetHost]) -> str:
+    return ssh_hosts[0].host_keys[1].split()[1]
 
 
 REFUSED: list[tuple[str, Callable[[list[TargetHost]], str], str]] = [
-    ("garbage", lambda hosts: "not a key at all", "no SSH host key type in 'not a key at all'"),
-    ("empty", lambda hosts: "  \n", "no host key given (empty text)"),
+    ("garbage", lambda ssh_hosts: "not a key at all", "no SSH host key type in 'not a key at all'"),
+    ("empty", lambda ssh_hosts: "  \n", "no host key given (empty text)"),
     (
         "unknown type",
-        lambda hosts: "ssh-foo " + _ed25519_line(hosts).split()[1],
+        lambda ssh_hosts: "ssh-foo " + _ed25519_line(ssh_hosts).split()[1],
         "no SSH host key type in 'ssh-foo AAAA",
     ),
-    ("type without data", lambda hosts: "host.example ssh-ed25519", "has no key data after its type ssh-ed25519"),
-    ("base64 cut short", lambda hosts: _ed25519_line(hosts)[:-3], "is not valid base64 (cut short or damaged?)"),
-    ("key cut short", lambda hosts: _ed25519_line(hosts)[:-8], "is not a valid key (cut short or damaged?)"),
-    ("not base64", lambda hosts: "ssh-ed25519 AAAA$$$$", "is not valid base64"),
+    ("type without data", lambda ssh_hosts: "host.example ssh-ed25519", "has no key data after its type ssh-ed25519"),
+    (
+        "base64 cut short",
+        lambda ssh_hosts: _ed25519_line(ssh_hosts)[:-3],
+        "is not valid base64 (cut short or damaged?)",
+    ),
+    ("key cut short", lambda ssh_hosts: _ed25519_line(ssh_hosts)[:-8], "is not a valid key (cut short or damaged?)"),
+    ("not base64", lambda ssh_hosts: "ssh-ed25519 AAAA$$$$", "is not valid base64"),
     (
         "type of another key",
-        lambda hosts: "ssh-ed25519 " + _rsa_data(hosts),
+        lambda ssh_hosts: "ssh-ed25519 " + _rsa_data(ssh_hosts),
         "says ssh-ed25519 but its key data is a ssh-rsa key",
     ),
-    ("two lines", lambda hosts: "\n".join(hosts[0].host_keys), "one host key is one line, got 2 lines"),
+    ("two lines", lambda ssh_hosts: "\n".join(ssh_hosts[0].host_keys), "one host key is one line, got 2 lines"),
     (
         "certificate authority",
-        lambda hosts: "@cert-authority *.example " + _ed25519_line(hosts),
+        lambda ssh_hosts: "@cert-authority *.example " + _ed25519_line(ssh_hosts),
         "@cert-authority lines of known_hosts mark certificate authorities",
     ),
 ]
@@ -161,10 +167,10 @@ REFUSED: list[tuple[str, Callable[[list[TargetHost]], str], str]] = [
     ("given", "reason"), [(make, reason) for _, make, reason in REFUSED], ids=[r[0] for r in REFUSED]
 )
 def test_text_that_is_no_host_key_is_refused_saying_what_was_wrong_and_what_is_expected(
-    hosts: list[TargetHost], given: Callable[[list[TargetHost]], str], reason: str
+    ssh_hosts: list[TargetHost], given: Callable[[list[TargetHost]], str], reason: str
 ) -> None:
     with pytest.raises(HostKeyRefused) as refused:
-        parse_host_key(given(hosts))
+        parse_host_key(given(ssh_hosts))
 
     message = str(refused.value)
     assert reason in message
@@ -173,8 +179,8 @@ def test_text_that_is_no_host_key_is_refused_saying_what_was_wrong_and_what_is_e
     assert isinstance(refused.value, ValueError)
 
 
-def test_a_bad_line_among_many_is_named_by_its_number(hosts: list[TargetHost]) -> None:
-    text = f"# {hosts[0].address} SSH-2.0-OpenSSH\n{hosts[0].host_keys[0]}\n\nhost.example ssh-rsa AAAA!\n"
+def test_a_bad_line_among_many_is_named_by_its_number(ssh_hosts: list[TargetHost]) -> None:
+    text = f"# {ssh_hosts[0].address} SSH-2.0-OpenSSH\n{ssh_hosts[0].host_keys[0]}\n\nhost.example ssh-rsa AAAA!\n"
 
     with pytest.raises(
         HostKeyRefused, match=r"^line 4: the key data of the ssh-rsa key in 'host.example ssh-rsa AAAA!'"
@@ -184,8 +190,8 @@ def test_a_bad_line_among_many_is_named_by_its_number(hosts: list[TargetHost]) -
         parse_host_keys("# only a comment\n\n")
 
 
-def test_known_hosts_lines_name_the_port_unless_it_is_22(hosts: list[TargetHost]) -> None:
-    key = parse_host_key(hosts[0].host_keys[0])
+def test_known_hosts_lines_name_the_port_unless_it_is_22(ssh_hosts: list[TargetHost]) -> None:
+    key = parse_host_key(ssh_hosts[0].host_keys[0])
 
     assert known_hosts_line("10.0.0.5", 22, [key]) == f"10.0.0.5 {key.public}\n"
     assert known_hosts_line("10.0.0.5", 2222, [key]) == f"[10.0.0.5]:2222 {key.public}\n"
@@ -224,9 +230,9 @@ def ssh_with_known_hosts(host: TargetHost, known_hosts: Path) -> subprocess.Comp
 
 
 async def test_openssh_accepts_the_host_by_its_scanned_known_hosts_lines_and_refuses_another_hosts(
-    hosts: list[TargetHost], tmp_path: Path
+    ssh_hosts: list[TargetHost], tmp_path: Path
 ) -> None:
-    host, other = hosts[0], hosts[2]
+    host, other = ssh_hosts[0], ssh_hosts[2]
     pinned = tmp_path / "known_hosts"
     pinned.write_text(
         known_hosts_line(host.address, host.port, await scan_host_keys(host.address, host.port, timeout=SCAN_TIMEOUT))
@@ -260,12 +266,12 @@ async def test_a_port_where_nothing_listens_fails_the_scan_as_refused(closed_por
     assert str(failed.value) == f"127.0.0.1:{closed_port}: connection refused (nothing listens there)"
 
 
-async def test_a_stopped_host_fails_the_scan_as_refused(lone_host: TargetHost) -> None:
-    lone_host.stop()
+async def test_a_stopped_host_fails_the_scan_as_refused(ssh_host: TargetHost) -> None:
+    ssh_host.stop()
 
     with pytest.raises(ScanFailed, match="connection refused") as failed:
-        await scan_host_keys(lone_host.address, lone_host.port, timeout=SCAN_TIMEOUT)
-    assert f"{lone_host.address}:{lone_host.port}" in str(failed.value)
+        await scan_host_keys(ssh_host.address, ssh_host.port, timeout=SCAN_TIMEOUT)
+    assert f"{ssh_host.address}:{ssh_host.port}" in str(failed.value)
 
 
 @asynccontextmanager
@@ -308,18 +314,18 @@ async def test_a_server_that_is_not_ssh_fails_the_scan_saying_so(then_close: boo
         assert f"timed out after {SHORT_TIMEOUT:g} s" in message
 
 
-async def test_a_paused_host_fails_the_scan_when_the_timeout_is_over(lone_host: TargetHost) -> None:
-    lone_host.pause()
+async def test_a_paused_host_fails_the_scan_when_the_timeout_is_over(ssh_host: TargetHost) -> None:
+    ssh_host.pause()
     try:
         with pytest.raises(ScanFailed) as failed:
-            await scan_host_keys(lone_host.address, lone_host.port, timeout=SHORT_TIMEOUT)
+            await scan_host_keys(ssh_host.address, ssh_host.port, timeout=SHORT_TIMEOUT)
     finally:
-        lone_host.resume()
+        ssh_host.resume()
 
     assert str(failed.value) == (
-        f"{lone_host.address}:{lone_host.port}: timed out after 2 s waiting for the server's SSH version line "
+        f"{ssh_host.address}:{ssh_host.port}: timed out after 2 s waiting for the server's SSH version line "
         "(it accepted the connection but sent nothing)"
     )
-    assert [key.public for key in await scan_host_keys(lone_host.address, lone_host.port, timeout=SCAN_TIMEOUT)] == (
-        lone_host.host_keys
+    assert [key.public for key in await scan_host_keys(ssh_host.address, ssh_host.port, timeout=SCAN_TIMEOUT)] == (
+        ssh_host.host_keys
     )  # the same host, answering again, scans fine

@@ -49,21 +49,21 @@ async def output(connection: asyncssh.SSHClientConnection, command: str) -> str:
     return result.stdout.strip()
 
 
-async def test_each_host_is_its_own_address_user_and_home(hosts: list[TargetHost]) -> None:
-    for host in hosts:
+async def test_each_host_is_its_own_address_user_and_home(ssh_hosts: list[TargetHost]) -> None:
+    for host in ssh_hosts:
         async with connected(host) as connection:
             assert await output(connection, "id -un") == host.user
             assert await output(connection, "echo $HOME") == str(host.home)
             server_address, server_port = (await output(connection, "echo $SSH_CONNECTION")).split()[2:]
             assert (server_address, int(server_port)) == (host.address, host.port)
-    assert len({host.address for host in hosts}) == len(hosts)
+    assert len({host.address for host in ssh_hosts}) == len(ssh_hosts)
     if AS_ROOT:
-        assert len({host.user for host in hosts}) == len(hosts)
-        assert all(pwd.getpwnam(host.user).pw_dir == str(host.home) for host in hosts)
+        assert len({host.user for host in ssh_hosts}) == len(ssh_hosts)
+        assert all(pwd.getpwnam(host.user).pw_dir == str(host.home) for host in ssh_hosts)
 
 
-async def test_the_protected_client_key_logs_in_with_its_passphrase_only(hosts: list[TargetHost]) -> None:
-    host = hosts[1]
+async def test_the_protected_client_key_logs_in_with_its_passphrase_only(ssh_hosts: list[TargetHost]) -> None:
+    host = ssh_hosts[1]
     protected = [str(host.protected_client_key)]
 
     async with connected(host, client_keys=protected, passphrase=host.client_key_passphrase) as connection:
@@ -77,8 +77,8 @@ async def test_the_protected_client_key_logs_in_with_its_passphrase_only(hosts: 
 
 
 @pytest.mark.skipif(not AS_ROOT, reason="sshd checks passwords only as root (it must read /etc/shadow)")
-async def test_the_users_password_logs_in_and_another_is_refused(hosts: list[TargetHost]) -> None:
-    host = hosts[2]
+async def test_the_users_password_logs_in_and_another_is_refused(ssh_hosts: list[TargetHost]) -> None:
+    host = ssh_hosts[2]
     by_password: dict[str, Any] = {"client_keys": None, "preferred_auth": "password"}
 
     async with connected(host, password=host.password, **by_password) as connection:
@@ -88,16 +88,16 @@ async def test_the_users_password_logs_in_and_another_is_refused(hosts: list[Tar
             pass
 
 
-async def test_a_connection_that_pins_another_hosts_key_is_refused(hosts: list[TargetHost]) -> None:
-    host, other = hosts[0], hosts[1]
+async def test_a_connection_that_pins_another_hosts_key_is_refused(ssh_hosts: list[TargetHost]) -> None:
+    host, other = ssh_hosts[0], ssh_hosts[1]
 
     with pytest.raises(asyncssh.HostKeyNotVerifiable):
         async with connected(host, known_hosts=pinned(host, other.host_keys)):
             pass
 
 
-async def test_sftp_reaches_the_users_home(hosts: list[TargetHost]) -> None:
-    host = hosts[0]
+async def test_sftp_reaches_the_users_home(ssh_hosts: list[TargetHost]) -> None:
+    host = ssh_hosts[0]
     async with connected(host) as connection, connection.start_sftp_client() as sftp:
         async with sftp.open("sent-by-sftp.txt", "w") as remote:
             await remote.write("over sftp\n")
@@ -106,8 +106,8 @@ async def test_sftp_reaches_the_users_home(hosts: list[TargetHost]) -> None:
         await sftp.remove("sent-by-sftp.txt")
 
 
-async def test_no_process_is_left_below_the_sshd_once_a_session_closes(hosts: list[TargetHost]) -> None:
-    host = hosts[1]
+async def test_no_process_is_left_below_the_sshd_once_a_session_closes(ssh_hosts: list[TargetHost]) -> None:
+    host = ssh_hosts[1]
     async with connected(host) as connection:
         process = await connection.create_process("sleep 600")
         await until(_sessions_of(host), "the session's sleep below the sshd")
@@ -120,41 +120,41 @@ async def test_no_process_is_left_below_the_sshd_once_a_session_closes(hosts: li
     assert host.pid is not None  # the listening sshd itself stays
 
 
-async def test_a_paused_host_stops_its_sessions_too_and_resumes_them(lone_host: TargetHost) -> None:
-    async with connected(lone_host) as connection:
+async def test_a_paused_host_stops_its_sessions_too_and_resumes_them(ssh_host: TargetHost) -> None:
+    async with connected(ssh_host) as connection:
         await connection.create_process("sleep 600")
-        await until(_sessions_of(lone_host), "the session's processes")
-        below = lone_host.session_processes()
-        listener = psutil.Process(lone_host.pid)
+        await until(_sessions_of(ssh_host), "the session's processes")
+        below = ssh_host.session_processes()
+        listener = psutil.Process(ssh_host.pid)
 
-        lone_host.pause()
+        ssh_host.pause()
         assert {p.status() for p in [listener, *below]} == {psutil.STATUS_STOPPED}
-        lone_host.resume()
+        ssh_host.resume()
 
         assert psutil.STATUS_STOPPED not in {p.status() for p in [listener, *below]}
         assert await output(connection, "echo still here") == "still here"
 
 
 async def test_a_stopped_host_refuses_connections_and_ends_its_sessions_and_start_brings_it_back(
-    lone_host: TargetHost,
+    ssh_host: TargetHost,
 ) -> None:
-    async with connected(lone_host) as connection:
+    async with connected(ssh_host) as connection:
         await connection.create_process("sleep 600")
-        await until(_sessions_of(lone_host), "the session's processes")
-        below = lone_host.session_processes()
+        await until(_sessions_of(ssh_host), "the session's processes")
+        below = ssh_host.session_processes()
 
-        lone_host.stop()
+        ssh_host.stop()
 
-        assert lone_host.pid is None
+        assert ssh_host.pid is None
         assert all(exited(p) for p in below)
         await until(_closed(connection), "the client to see the connection end")
     with pytest.raises(ConnectionRefusedError):
-        async with connected(lone_host):
+        async with connected(ssh_host):
             pass
 
-    lone_host.start()
-    async with connected(lone_host) as connection:  # same address, port and host keys
-        assert await output(connection, "id -un") == lone_host.user
+    ssh_host.start()
+    async with connected(ssh_host) as connection:  # same address, port and host keys
+        assert await output(connection, "id -un") == ssh_host.user
 
 
 async def test_the_end_stops_every_sshd_and_session_and_removes_the_users(tmp_path: Path) -> None:
