@@ -154,7 +154,12 @@ async def scan_host_keys(address: str, port: int, *, timeout: float) -> list[Hos
     The server's KEXINIT says which key types it has; one handshake per type it has (concurrently) makes it show
     that key. The whole scan takes at most `timeout` seconds. ScanFailed names `address:port` and the cause: the
     connection refused or failing, a timeout and where it happened, a server that is not SSH, no usable key type.
+    A port outside 1-65535 or a timeout that is not above 0 raises ValueError.
     """
+    if not 0 < port < 65536:
+        raise ValueError(f"an SSH port is between 1 and 65535, not {port}")
+    if not timeout > 0:
+        raise ValueError(f"a scan's timeout is a number of seconds above 0, not {timeout}")
     progress = Progress()
     try:
         async with asyncio.timeout(timeout):

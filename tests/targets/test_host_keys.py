@@ -251,6 +251,21 @@ async def test_openssh_accepts_the_host_by_its_scanned_known_hosts_lines_and_ref
     assert "Host key verification failed" in refused.stderr
 
 
+@pytest.mark.parametrize(
+    ("port", "seconds", "message"),
+    [
+        (70000, SCAN_TIMEOUT, "an SSH port is between 1 and 65535, not 70000"),
+        (0, SCAN_TIMEOUT, "an SSH port is between 1 and 65535, not 0"),
+        (22, 0, "a scan's timeout is a number of seconds above 0, not 0"),
+    ],
+)
+async def test_a_port_or_timeout_out_of_range_is_refused_before_any_connection(
+    port: int, seconds: float, message: str
+) -> None:
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        await scan_host_keys("127.0.0.1", port, timeout=seconds)
+
+
 @pytest.fixture
 def closed_port() -> Iterator[int]:
     """A port on 127.0.0.1 that is bound (so nobody else takes it) but does not listen: connections are refused."""
