@@ -14,7 +14,8 @@ Not root, sshd runs as the current user, who is then every host's user (sshd can
 current user's home; sshd cannot check passwords without reading /etc/shadow, so `password` is empty and password
 logins are refused.
 
-At the end exactly the sshd processes started here (by pid) and everything below them are stopped.
+At the end exactly the sshd processes started here (by pid) are stopped, with everything below them and every
+process started through them that left their tree (`TargetHost.remote_processes`), then the users are removed.
 """
 
 from __future__ import annotations
@@ -122,16 +123,37 @@ class TargetHost:
         except psutil.NoSuchProcess:
             return []
 
+    def remote_processes(self) -> list[psutil.Process]:
+        """Every process started through this host's sshd that still runs, below it or not: OpenSSH leaves a
+        command running when its session closes (without a terminal nothing signals it), and a command may leave
+        with setsid. Each carries SSH_CONNECTION naming this host's address and port in its environment."""
+        mark = f" {self.address} {self.port}"
+        found = []
+        for process in psutil.process_iter():
+            try:
+                if process.environ().get("SSH_CONNECTION", "").endswith(mark):
+                    found.append(process)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        return found
+
+    def _everything(self) -> list[psutil.Process]:
+        """What runs below the sshd and what left it, once each."""
+        below = self.session_processes()
+        pids = {process.pid for process in below}
+        return below + [process for process in self.remote_processes() if process.pid not in pids]
+
     def pause(self) -> None:
-        """SIGSTOP the listening sshd and its sessions: a host that stops answering (TCP still connects)."""
+        """SIGSTOP the listening sshd, its sessions and what they started: a host that stops answering (TCP still
+        connects)."""
         if self._server is None or not self._server.running():
             return
         listener = psutil.Process(self._server.pid)
         listener.suspend()  # first, so that it forks no new session while those below it are stopped
         self._paused.append(listener)
         seen = {listener.pid}
-        while fresh := [process for process in self.session_processes() if process.pid not in seen]:
-            for process in fresh:  # a session may have forked before it was stopped: look again until none is new
+        while fresh := [process for process in self._everything() if process.pid not in seen]:
+            for process in fresh:  # a process may have forked before it was stopped: look again until none is new
                 seen.add(process.pid)
                 try:
                     process.suspend()
@@ -149,10 +171,11 @@ class TargetHost:
         self._paused.clear()
 
     def stop(self) -> None:
-        """The server is gone: the listening sshd and every session below it stopped (connections are refused)."""
+        """The host is gone: the listening sshd, its sessions and what they started are stopped (connections are
+        refused)."""
         if self._server is None:
             return
-        doomed = self.session_processes()
+        doomed = self._everything()
         self.resume()  # a stopped sshd would act on SIGTERM only once continued
         self._server.stop(STOP_WAIT)
         _terminate(doomed)

@@ -106,24 +106,41 @@ async def test_sftp_reaches_the_users_home(ssh_hosts: list[TargetHost]) -> None:
         await sftp.remove("sent-by-sftp.txt")
 
 
-async def test_no_process_is_left_below_the_sshd_once_a_session_closes(ssh_hosts: list[TargetHost]) -> None:
+async def test_a_session_whose_command_ends_leaves_no_process_behind(ssh_hosts: list[TargetHost]) -> None:
     host = ssh_hosts[1]
     async with connected(host) as connection:
+        process = await connection.create_process("cat")
+        await until(_running_below(host, "cat"), "the session's cat below the sshd")
+        process.stdin.write_eof()
+        assert (await process.wait(check=True)).exit_status == 0
+
+    async def nothing_left() -> bool:
+        return host.session_processes() == [] and host.remote_processes() == []
+
+    await until(nothing_left, "the session's processes to end")
+    assert host.pid is not None  # the listening sshd itself stays
+
+
+async def test_a_command_still_running_when_its_session_closes_goes_on_and_its_host_finds_it(
+    ssh_host: TargetHost,
+) -> None:
+    async with connected(ssh_host) as connection:
         process = await connection.create_process("sleep 600")
-        await until(_sessions_of(host), "the session's sleep below the sshd")
+        await until(_running_below(ssh_host, "sleep 600"), "the session's sleep below the sshd")
         process.close()
 
     async def none_below() -> bool:
-        return host.session_processes() == []
+        return ssh_host.session_processes() == []
 
     await until(none_below, "the sessions below the sshd to end")
-    assert host.pid is not None  # the listening sshd itself stays
+    # OpenSSH signals nothing when a session without a terminal closes: the command runs on, outside the sshd's tree.
+    assert [_cmdline(p) for p in ssh_host.remote_processes()] == ["sleep 600"]
 
 
 async def test_a_paused_host_stops_its_sessions_too_and_resumes_them(ssh_host: TargetHost) -> None:
     async with connected(ssh_host) as connection:
         await connection.create_process("sleep 600")
-        await until(_sessions_of(ssh_host), "the session's processes")
+        await until(_running_below(ssh_host, "sleep 600"), "the session's processes")
         below = ssh_host.session_processes()
         listener = psutil.Process(ssh_host.pid)
 
@@ -140,7 +157,7 @@ async def test_a_stopped_host_refuses_connections_and_ends_its_sessions_and_star
 ) -> None:
     async with connected(ssh_host) as connection:
         await connection.create_process("sleep 600")
-        await until(_sessions_of(ssh_host), "the session's processes")
+        await until(_running_below(ssh_host, "sleep 600"), "the session's processes")
         below = ssh_host.session_processes()
 
         ssh_host.stop()
@@ -169,17 +186,19 @@ async def test_the_end_stops_every_sshd_and_session_and_removes_the_users(tmp_pa
             agent_path=None,
         )
         await connection.create_process("sleep 600")
-        escaped = None
-        if AS_ROOT:  # a process of the host's user that left the sshd's tree: found by its user at the end
-            escaped = int(await output(connection, "setsid sleep 600 </dev/null >/dev/null 2>&1 & echo $!"))
-        await until(_sessions_of(started[0]), "the session's processes")
+        # A command that leaves the sshd's tree, and one that the user's session left running there.
+        escaped = int(await output(connection, "setsid sleep 601 </dev/null >/dev/null 2>&1 & echo $!"))
+        left = await connection.create_process("sleep 602")
+        await until(_running_below(started[0], "sleep 602"), "the session's sleep 602")
+        left.close()
+        await until(_running_below(started[0], "sleep 600"), "the session's processes")
         ours = [psutil.Process(host.pid) for host in started if host.pid is not None]
-        ours += [p for host in started for p in host.session_processes()]
-        if escaped is not None:
-            ours.append(psutil.Process(escaped))
+        ours += [p for host in started for p in host.session_processes() + host.remote_processes()]
+        assert escaped in [p.pid for p in started[0].remote_processes()]
+        assert {"sleep 600", "sleep 601", "sleep 602"} <= {_cmdline(p) for p in ours}
         users, homes = [host.user for host in started], [host.home for host in started]
 
-    assert len(ours) >= 4
+    assert len(ours) >= 5
     assert all(exited(p) for p in ours)
     connection.close()
     await connection.wait_closed()
@@ -190,11 +209,11 @@ async def test_the_end_stops_every_sshd_and_session_and_removes_the_users(tmp_pa
             assert not home.exists()
 
 
-def _sessions_of(host: TargetHost) -> Callable[[], Awaitable[bool]]:
-    """A check that the host's sshd has a session running a `sleep` below it."""
+def _running_below(host: TargetHost, command: str) -> Callable[[], Awaitable[bool]]:
+    """A check that a session of the host's sshd runs `command` below it."""
 
     async def check() -> bool:
-        return any("sleep" in _cmdline(p) for p in host.session_processes())
+        return command in [_cmdline(p) for p in host.session_processes()]
 
     return check
 
