@@ -121,7 +121,7 @@ def _host_key(key_type: str, data: str, line: str) -> HostKey:
         )
     try:
         key = asyncssh.import_public_key(f"{key_type} {data}")
-    except asyncssh.KeyImportError as exc:
+    except ValueError as exc:  # asyncssh's KeyImportError, or cryptography's for an EC point off its curve
         raise HostKeyRefused(
             f"the key data of the {key_type} key in {_shown(line)} is not a valid key (cut short or damaged?): "
             f"{exc}; expected {EXPECTED_FORMS}"

@@ -7,6 +7,7 @@ server shows, `ssh` with StrictHostKeyChecking=yes for the known_hosts lines.
 from __future__ import annotations
 
 import asyncio
+import base64
 import socket
 import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -177,6 +178,18 @@ def test_text_that_is_no_host_key_is_refused_saying_what_was_wrong_and_what_is_e
     assert "expected an OpenSSH public key line `TYPE BASE64 [COMMENT]`" in message
     assert "known_hosts / ssh-keyscan line `HOSTS TYPE BASE64`" in message
     assert isinstance(refused.value, ValueError)
+
+
+def test_an_ecdsa_key_whose_point_is_off_its_curve_is_refused(tmp_path: Path) -> None:
+    subprocess.run(["ssh-keygen", "-q", "-N", "", "-t", "ecdsa", "-f", str(tmp_path / "key")], check=True)
+    key_type, data, *_ = (tmp_path / "key.pub").read_text().split()
+    blob = bytearray(base64.b64decode(data))
+    blob[-5] ^= 0xFF  # a byte of the point's y coordinate: the length and type stay right
+    damaged = f"{key_type} {base64.b64encode(bytes(blob)).decode()}"
+
+    with pytest.raises(HostKeyRefused, match=r"^the key data of the ecdsa-sha2-nistp256 key in .* is not a valid key"):
+        parse_host_key(damaged)
+    assert parse_host_key(f"{key_type} {data}").algorithm == "ecdsa-sha2-nistp256"
 
 
 def test_a_bad_line_among_many_is_named_by_its_number(ssh_hosts: list[TargetHost]) -> None:
