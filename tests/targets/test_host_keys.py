@@ -303,16 +303,19 @@ async def test_a_stopped_host_fails_the_scan_as_refused(ssh_host: TargetHost) ->
 
 
 @asynccontextmanager
-async def hello_server(*, then_close: bool) -> AsyncIterator[int]:
-    """A TCP server that greets with `hello` instead of an SSH version, then hangs up or stays silent."""
+async def greeting_server(greeting: bytes, *, then_close: bool, after_reply: bool = False) -> AsyncIterator[int]:
+    """A TCP server that sends `greeting` to each client, then hangs up (once the client has sent a line, with
+    `after_reply`: what it sends unread would make the hang-up a reset) or stays silent until the client goes."""
     handlers: set[asyncio.Task[None]] = set()
 
     async def greet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            writer.write(b"hello\r\n")
+            writer.write(greeting)
             await writer.drain()
+            if after_reply:
+                await reader.readline()
             if not then_close:
-                await reader.read()  # until the client goes
+                await reader.read()
         finally:
             writer.close()
 
@@ -330,7 +333,7 @@ async def hello_server(*, then_close: bool) -> AsyncIterator[int]:
 
 @pytest.mark.parametrize("then_close", [True, False], ids=["then-closes", "then-stays-silent"])
 async def test_a_server_that_is_not_ssh_fails_the_scan_saying_so(then_close: bool) -> None:
-    async with hello_server(then_close=then_close) as port:
+    async with greeting_server(b"hello\r\n", then_close=then_close) as port:
         with pytest.raises(ScanFailed) as failed:
             await scan_host_keys("127.0.0.1", port, timeout=SHORT_TIMEOUT)
 
@@ -340,6 +343,23 @@ async def test_a_server_that_is_not_ssh_fails_the_scan_saying_so(then_close: boo
     assert "it sent 'hello'" in message
     if not then_close:
         assert f"timed out after {SHORT_TIMEOUT:g} s" in message
+
+
+@pytest.mark.parametrize(
+    ("greeting", "cause"),
+    [
+        (b"SSH-1.5-OldServer\r\n", "not an SSH-2 server: it announces 'SSH-1.5-OldServer'"),
+        (b"SSH-2.0-Gone\r\n", "the server (SSH-2.0-Gone) closed the connection before its key exchange offer"),
+        (b"SSH-2.0-Odd\r\n" + (10**6).to_bytes(4, "big") + b"\x04", "not an SSH server: a packet of impossible length"),
+    ],
+    ids=["ssh-1", "closes-after-version", "absurd-packet"],
+)
+async def test_a_server_that_breaks_off_the_handshake_fails_the_scan_naming_why(greeting: bytes, cause: str) -> None:
+    async with greeting_server(greeting, then_close=True, after_reply=greeting.startswith(b"SSH-2.0-")) as port:
+        with pytest.raises(ScanFailed) as failed:
+            await scan_host_keys("127.0.0.1", port, timeout=SCAN_TIMEOUT)
+
+    assert str(failed.value).startswith(f"127.0.0.1:{port}: {cause}")
 
 
 async def test_a_paused_host_fails_the_scan_when_the_timeout_is_over(ssh_host: TargetHost) -> None:
