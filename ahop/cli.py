@@ -18,6 +18,7 @@ from ahop.blob_commands import snapshot, unpack
 from ahop.client_commands import repo, template, worker_list
 from ahop.console import configure_logging, echo_json, fail, load_settings, run
 from ahop.exit_codes import EXIT_PROBLEMS, EXIT_UNAVAILABLE
+from ahop.inventory_commands import credential, host
 from ahop.legacy_commands import adopt_legacy, backfill
 from ahop.maintenance_commands import gc, verify
 from ahop.task_commands import task
@@ -158,6 +159,8 @@ cli.add_command(tenant)
 cli.add_command(token)
 cli.add_command(repo)
 cli.add_command(template)
+cli.add_command(host)
+cli.add_command(credential)
 cli.add_command(task)
 cli.add_command(gc)
 cli.add_command(verify)

@@ -20,9 +20,11 @@ from app.api.answer_log import log_error_answer
 from app.api.artifacts import ArtifactController
 from app.api.auth import provide_principal, provide_session
 from app.api.client_presence import client_presence
+from app.api.credentials import CredentialController
 from app.api.docs import SCHEMA_PATH, OfflineSwaggerPlugin
 from app.api.errors import EXCEPTION_HANDLERS
 from app.api.health import HealthController
+from app.api.hosts import HostController
 from app.api.metrics import MetricsController
 from app.api.openapi import document_answers
 from app.api.repositories import RepositoryController
@@ -40,8 +42,11 @@ from app.services.artifacts import Artifacts
 from app.services.credentials import CredentialBox
 from app.services.dispatch import Dispatcher, connect
 from app.services.health import HealthProbe
+from app.services.host_keys import HostKeyScanner
+from app.services.hosts import Hosts
 from app.services.imports import Importer
 from app.services.repositories import Repositories, remove_stale_mirrors
+from app.services.target_credentials import TargetCredentials
 from app.services.tasks import Tasks
 from app.services.template_changes import TemplateChanger
 from app.services.templates import Templates
@@ -91,6 +96,17 @@ def create_app(settings: AppSettings) -> Litestar:
 
     def provide_repositories(db_session: NamedDependency[AsyncSession]) -> Repositories:
         return Repositories(db_session, mirrors, box, limits)
+
+    def provide_target_credentials(db_session: NamedDependency[AsyncSession]) -> TargetCredentials:
+        return TargetCredentials(db_session, box)
+
+    def provide_hosts(
+        db_session: NamedDependency[AsyncSession], target_credentials: NamedDependency[TargetCredentials]
+    ) -> Hosts:
+        return Hosts(db_session, target_credentials)
+
+    def provide_host_key_scanner(hosts: NamedDependency[Hosts]) -> HostKeyScanner:
+        return HostKeyScanner(hosts)
 
     def provide_importer(db_session: NamedDependency[AsyncSession]) -> Importer:
         return Importer(db_session, mirrors, box, store, limits, settings.data_dir / "tmp", metrics=metrics)
@@ -143,6 +159,8 @@ def create_app(settings: AppSettings) -> Litestar:
             HealthController,
             MetricsController,
             RepositoryController,
+            CredentialController,
+            HostController,
             TemplateController,
             ArtifactController,
             WorkerController,
@@ -157,6 +175,9 @@ def create_app(settings: AppSettings) -> Litestar:
             "principal": Provide(provide_principal),
             "repositories": Provide(provide_repositories, sync_to_thread=False),
             "importer": Provide(provide_importer, sync_to_thread=False),
+            "target_credentials": Provide(provide_target_credentials, sync_to_thread=False),
+            "hosts": Provide(provide_hosts, sync_to_thread=False),
+            "host_key_scanner": Provide(provide_host_key_scanner, sync_to_thread=False),
             "templates": Provide(provide_templates, sync_to_thread=False),
             "artifacts": Provide(provide_artifacts, sync_to_thread=False),
             "changer": Provide(provide_changer, sync_to_thread=False),

@@ -43,6 +43,8 @@ Key = tuple[str, str]
 TEMPLATE = "/api/v1/task-templates/{template_id}"
 REPOSITORY = "/api/v1/git-repositories/{repository_id}"
 TASK = "/api/v1/tasks/{task_id}"
+CREDENTIAL = "/api/v1/credentials/{credential_id}"
+HOST = "/api/v1/hosts/{host_id}"
 
 RAISES: dict[Key, tuple[int, ...]] = {
     ("GET", "/health/live"): (),
@@ -54,6 +56,18 @@ RAISES: dict[Key, tuple[int, ...]] = {
     ("DELETE", REPOSITORY): (403,),
     ("POST", f"{REPOSITORY}/sync"): (403, 502),
     ("POST", f"{REPOSITORY}/scan-templates"): (403, 502),
+    ("GET", "/api/v1/credentials"): (),
+    ("POST", "/api/v1/credentials"): (403, 409),
+    ("GET", CREDENTIAL): (),
+    ("PUT", CREDENTIAL): (403, 409),
+    ("DELETE", CREDENTIAL): (403, 409),
+    ("GET", "/api/v1/hosts"): (),
+    ("POST", "/api/v1/hosts"): (403, 409),
+    ("POST", "/api/v1/hosts/import"): (403, 409),
+    ("GET", HOST): (),
+    ("PUT", HOST): (403, 409),
+    ("DELETE", HOST): (403,),
+    ("POST", f"{HOST}/scan-keys"): (403, 502),
     ("GET", "/api/v1/task-templates"): (),
     ("POST", "/api/v1/task-templates"): (403, 409, 502, 503),
     ("GET", TEMPLATE): (),
@@ -86,7 +100,7 @@ MEANING = {
     413: "The body is larger than the server accepts.",
     422: f"Some input is not valid: `extra.errors` names each field (the first {MAX_LISTED_PROBLEMS}) and what is "
     "expected, `extra.count` says how many there were. Nothing was written.",
-    502: "A Git remote failed; `detail` has its message.",
+    502: "A Git remote or a host failed; `detail` has its message.",
     503: "The database, Redis or S3 did not answer; nothing was written.",
 }
 

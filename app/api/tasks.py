@@ -38,6 +38,12 @@ class TaskIn(BaseModel):
     )
     timeout: int | None = Field(default=None, ge=1, le=7 * 86400, description="Seconds; default the template's.")
     name: str = Field(default="", max_length=200)
+    hosts: list[Annotated[int, Field(ge=1, le=INT8_MAX)] | Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        default_factory=list, max_length=10_000, description="Target hosts of the inventory, by id or name."
+    )
+    labels: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(
+        default_factory=list, max_length=100, description="Every host with one of these labels is a target."
+    )
 
 
 class TaskOut(Timestamped):
@@ -163,7 +169,13 @@ class TaskController(Controller):
     ) -> TaskCreated:
         principal.require(Role.OPERATOR)
         new = NewTask(
-            template_id=data.template_id, params=data.params, version=data.version, timeout=data.timeout, name=data.name
+            template_id=data.template_id,
+            params=data.params,
+            version=data.version,
+            timeout=data.timeout,
+            name=data.name,
+            hosts=data.hosts,
+            labels=data.labels,
         )
         task = await tasks.create(principal.tenant_id, new, principal.token_id)
         created = TaskCreated.of(task)

@@ -86,6 +86,47 @@ class GitRepository(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
+class TargetCredential(Base):
+    """How the workers log in to hosts: an SSH key (with its passphrase) or a password, and an optional become
+    (sudo) password, sealed with the server's keys as one value and never returned. The public half of a key is
+    kept in the clear, so an operator can tell which key it is."""
+
+    __tablename__ = "target_credentials"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(16))
+    """`ssh_key` or `password`."""
+    sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    public_key: Mapped[str | None] = mapped_column(Text)
+    has_passphrase: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    has_become_password: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Host(Base):
+    """A target host of the tenant's inventory: where and as whom to log in, and the SSH host keys it must show."""
+
+    __tablename__ = "hosts"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))
+    address: Mapped[str] = mapped_column(String(255))
+    port: Mapped[int] = mapped_column(Integer, server_default="22")
+    username: Mapped[str] = mapped_column(String(64))
+    labels: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default=text("'{}'::text[]"))
+    variables: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    """Host variables, for Ansible's inventory (never secrets: those belong in the credential)."""
+    credential_id: Mapped[int | None] = mapped_column(ForeignKey("target_credentials.id", ondelete="RESTRICT"))
+    host_keys: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default=text("'{}'::text[]"))
+    """The pinned SSH host keys (`TYPE BASE64`): a host that shows another key is refused."""
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
 class Blob(Base):
     """A stored blob: the link between versions and the object at `storage.keys.blob_key(digest)`."""
 

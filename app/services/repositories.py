@@ -8,17 +8,17 @@ from datetime import UTC, datetime
 
 import git
 from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError as DatabaseIntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db.models import GitRepository
-from app.errors import Conflict, NotFound, Upstream
+from app.errors import NotFound, Upstream
 from app.git.mirror import Mirrors, Remote, check_branch
 from app.git.urls import check_remote_url
 from app.scan.candidates import Candidate
 from app.scan.errors import ScanError
 from app.scan.gitsource import scan_git
 from app.services.credentials import CredentialBox, Credentials
+from app.services.named_rows import commit_named
 from storage.canonical import Limits
 
 
@@ -74,14 +74,7 @@ class Repositories:
             row.auth_kind, row.credentials = fields.credentials.kind, self.box.seal(fields.credentials)
 
     async def _commit(self, row: GitRepository) -> GitRepository:
-        name = row.name  # read now: after the rollback, reading an attribute of a stored row would query again
-        try:
-            await self.session.commit()
-        except DatabaseIntegrityError as exc:
-            await self.session.rollback()
-            raise Conflict(f"a repository named {name!r} already exists") from exc
-        await self.session.refresh(row)
-        return row
+        return await commit_named(self.session, row, "repository")
 
     async def _check_remote(
         self, tenant_id: uuid.UUID, url: str, branch: str | None, credentials: Credentials | None

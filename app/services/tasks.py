@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +43,10 @@ class NewTask:
     version: int | None = None
     timeout: int | None = None
     name: str = ""
+    hosts: Sequence[int | str] = ()
+    """Target hosts of the inventory, by id or name (the original system's `hosts`)."""
+    labels: Sequence[str] = ()
+    """Every host with one of these labels is a target."""
 
 
 @dataclass(frozen=True)
@@ -153,6 +157,13 @@ class Tasks:
             if template is None:
                 raise NotFound(f"no template {new.template_id}")
             version = await self._version(template, new.version)
+            if new.hosts or new.labels:
+                given = "hosts" if new.hosts else "labels"
+                raise InvalidInput(
+                    f"template {template.code!r} runs on the worker: {given} name target hosts, which it does not "
+                    "run on (a request's hosts are never dropped silently)",
+                    {given: "not for a template that runs on the worker"},
+                )
             params = validate_params(version.parameters, new.params)
             secrets = {name: params[name] for name in password_names(version.parameters) if name in params}
             task = Task(

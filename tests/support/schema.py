@@ -13,4 +13,6 @@ SCHEMA = {
     "tasks",
     "task_log_lines",
     "maintenance_runs",
+    "target_credentials",
+    "hosts",
 }

@@ -84,6 +84,20 @@ async def test_bad_input_answers_422_naming_every_field_and_writes_nothing(
     assert listed.json()["total"] == 0
 
 
+async def test_hosts_for_a_template_that_runs_on_the_worker_are_refused_not_dropped(
+    client: Client, alice: Caller, origin: Path
+) -> None:
+    """The original system's body (`template_id`, `hosts`, `variables`) named targets: they are never ignored."""
+    template = await import_template(client, alice, origin)
+    await client.post("/api/v1/hosts", json={"name": "web-01", "address": "10.0.0.1"}, headers=alice[Role.ADMIN])
+    original = {"template_id": template["id"], "hosts": ["web-01"], "variables": {"days": 1}}
+    refused = errors(await client.post("/api/v1/tasks", json=original, headers=alice[Role.OPERATOR]))
+    assert list(refused) == ["hosts"], refused
+    by_label = {"template_id": template["id"], "labels": ["web"], "params": {"days": 1}}
+    assert list(errors(await client.post("/api/v1/tasks", json=by_label, headers=alice[Role.OPERATOR]))) == ["labels"]
+    assert (await client.get("/api/v1/tasks", headers=alice[Role.VIEWER])).json()["total"] == 0
+
+
 async def test_a_version_is_picked_by_number_and_an_unknown_one_is_refused(
     client: Client, alice: Caller, origin: Path
 ) -> None:
