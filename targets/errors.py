@@ -5,7 +5,9 @@ TargetError
 ├── ScanFailed       a host whose keys could not be read: refused, timed out, not an SSH server, …
 ├── Unreachable      a host that could not be reached over SSH: refused, no route, unknown name, timed out, lost
 ├── HostKeyMismatch  a host with no pinned keys, or one that showed a key other than those pinned
-└── LoginRefused     a login that failed: the host refused it, or its private key could not be opened
+├── LoginRefused     a login that failed: the host refused it, or its private key could not be opened
+├── DeliveryFailed   content that could not be put into a host's cache (the copy that arrived is not the digest, …)
+└── NotCached        content asked of a host's cache that it does not hold intact
 """
 
 
@@ -33,3 +35,10 @@ class HostKeyMismatch(TargetError):
 class LoginRefused(TargetError):
     """The login failed; the message names `user@host` and the method, never the secret."""
 
+
+class DeliveryFailed(TargetError):
+    """Content could not be stored in the host's cache; nothing was put in place."""
+
+
+class NotCached(TargetError):
+    """The host's cache does not hold the content asked for, or holds a copy that is not its digest."""
