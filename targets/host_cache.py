@@ -112,7 +112,8 @@ async def ensure_content(
     the tar is sent and stored (replacing a copy with another sha256). A digest not of the form
     `sha256:<64 lowercase hex>` raises InvalidDigest, a root that is not absolute or `~/…` ValueError, both
     before any command runs. DeliveryFailed when what arrived is not the digest (the local tar's own sha256 is
-    named when that is the cause) or the host could not store it; nothing is left in place then.
+    named when that is the cause) or the host could not store it; nothing is left in place then. Unreachable
+    when the connection fails.
     """
     wanted = _digest(digest)
     root_word = _root_word(root)
@@ -127,7 +128,8 @@ async def ensure_content(
 async def private_copy(conn: asyncssh.SSHClientConnection, digest: str | Digest, *, root: str = DEFAULT_ROOT) -> str:
     """A new run directory `<root>/runs/<32 hex>` (0700) holding the cached tar of `digest`, extracted by the
     host's `tar`; its absolute path. The cached tar is checked first: NotCached when the host holds no copy, or
-    one that is not its digest (deliver it with `ensure_content` again); no run directory is left then."""
+    one that is not its digest (deliver it with `ensure_content` again); DeliveryFailed when the host's tar
+    fails (a full disk); no run directory is left then. Unreachable when the connection fails."""
     wanted = _digest(digest)
     root_word = _root_word(root)
     name = secrets.token_hex(16)

@@ -26,9 +26,10 @@ from storage.errors import InvalidDigest
 from storage.snapshot import pack
 from storage.trees import DirectoryTree
 from targets.connect import Login, Target, connect
-from targets.errors import DeliveryFailed, NotCached
+from targets.errors import DeliveryFailed, NotCached, Unreachable
 from targets.host_cache import Delivery, ensure_content, private_copy, remove_run
 from tests.support.ssh_hosts import TargetHost
+from tests.support.waiting import until
 
 TIMEOUT = 30.0
 
@@ -312,3 +313,20 @@ async def test_remove_run_removes_only_runs_even_ones_made_read_only(
 
         assert await names_in(connection, f"{seen_as}/runs") == []
         assert await names_in(connection, f"{seen_as}/sha256") == [template.digest.hex]
+
+
+async def test_a_host_gone_during_use_is_unreachable_named_by_its_inventory_name(
+    ssh_host: TargetHost, template: Template
+) -> None:
+    async with connected(ssh_host) as connection:
+        ssh_host.stop()
+        await until(lambda: _closed(connection), "the connection to the stopped host to close")
+
+        with pytest.raises(Unreachable, match="the connection failed checking its cached") as lost:
+            await ensure_content(connection, template.digest, template.tar)
+
+    assert f"{ssh_host.name} ({ssh_host.address}:{ssh_host.port})" in str(lost.value)
+
+
+async def _closed(connection: asyncssh.SSHClientConnection) -> bool:
+    return connection.is_closed()
