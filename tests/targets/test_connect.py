@@ -200,8 +200,9 @@ async def test_a_protected_key_with_a_wrong_or_no_passphrase_is_refused_without_
 async def test_neither_the_agent_nor_the_users_ssh_files_take_part(
     ssh_hosts: list[TargetHost], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An agent and ~/.ssh/id_ed25519 holding the authorized key do not log in for a wrong password, and
-    ~/.ssh/known_hosts trusting the host's real key does not let it past keys pinned for another host."""
+    """An agent and ~/.ssh/id_ed25519 holding the authorized key do not log in for a key the host refuses or a
+    wrong password, and ~/.ssh/known_hosts trusting the host's real key does not let it past keys pinned for
+    another host."""
     host, other = ssh_hosts[2], ssh_hosts[0]
     home = tmp_path / "home"
     (home / ".ssh").mkdir(parents=True, mode=0o700)
@@ -214,6 +215,9 @@ async def test_neither_the_agent_nor_the_users_ssh_files_take_part(
     with running_agent(tmp_path / "agent.sock", host.client_key) as socket_path:
         monkeypatch.setenv("SSH_AUTH_SOCK", str(socket_path))
 
+        stranger = asyncssh.generate_private_key("ssh-ed25519").export_private_key().decode()
+        with pytest.raises(LoginRefused):
+            await connect(target_of(host), Login(private_key=stranger), timeout=TIMEOUT)
         with pytest.raises(LoginRefused):
             await connect(target_of(host), Login(password=host.password + "-wrong"), timeout=TIMEOUT)
         with pytest.raises(HostKeyMismatch):
