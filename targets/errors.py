@@ -2,7 +2,8 @@
 
 TargetError
 ├── HostKeyRefused   text that is not an SSH host key (also a ValueError: it is bad input)
-└── ScanFailed       a host whose keys could not be read: refused, timed out, not an SSH server, …
+├── ScanFailed       a host whose keys could not be read: refused, timed out, not an SSH server, …
+└── CommandRefused   a remote run asked for in a form that cannot run (also a ValueError: it is bad input)
 """
 
 
@@ -16,3 +17,7 @@ class HostKeyRefused(TargetError, ValueError):
 
 class ScanFailed(TargetError):
     """A host's keys could not be read; the message names `address:port` and the cause."""
+
+
+class CommandRefused(TargetError, ValueError):
+    """A remote run's command or limits are not in a form that can run; the message says what and what is expected."""
