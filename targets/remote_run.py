@@ -255,7 +255,7 @@ class _RemoteRun:
     async def _run(self, directory: str, deadline: float, cancelled: asyncio.Event) -> _Result:
         mark = f"ahop-run-started:{secrets.token_hex(8)}"
         line = remote_scripts.run_command(
-            directory, self.command.workdir, self.command.argv, mark, self.kill_grace, self.sudo
+            directory, self.command.workdir, self.command.argv, mark, self._looks(self.kill_grace), self.sudo
         )
         session = self.session = _RunSession(mark, self.on_line, watch_refusal=self.password is not None)
         try:
@@ -327,12 +327,17 @@ class _RemoteRun:
             why += f"; still running on {self.host} after SIGKILL: {left}"
         return stop, session.exit_status, why
 
+    @staticmethod
+    def _looks(seconds: float) -> int:
+        """How many of the host's looks at a session (one each `POLL_SECONDS`) make `seconds`."""
+        return math.ceil(seconds / remote_scripts.POLL_SECONDS)
+
     async def _stop_session(self, directory: str, session_id: int) -> str:
         """SIGTERM, `kill_grace`, SIGKILL until the host finds none of the session; what it still finds, if any."""
-        looks = math.ceil(self.kill_grace / remote_scripts.POLL_SECONDS)
-        term = asyncio.ensure_future(
-            self._exec(remote_scripts.stop_command(directory, session_id, "TERM", looks, self.sudo), self.password)
+        term_command = remote_scripts.stop_command(
+            directory, session_id, "TERM", self._looks(self.kill_grace), self.sudo
         )
+        term = asyncio.ensure_future(self._exec(term_command, self.password))
         try:
             await asyncio.wait([term], timeout=self.kill_grace)
             if term.done() and term.result().exit_status == 0:
@@ -343,7 +348,7 @@ class _RemoteRun:
                         directory,
                         session_id,
                         "KILL",
-                        math.ceil(STOP_BOUND_SECONDS / 2 / remote_scripts.POLL_SECONDS),
+                        self._looks(STOP_BOUND_SECONDS / 2),
                         self.sudo,
                     )
                     killed = await self._exec(command, self.password)

@@ -12,9 +12,10 @@ How a run and its stop fit together:
   directory and starts the entry with `setsid` as the leader of a session of its own. That leader first prints
   the run's mark and its pid (the session id) on stdout, then execs the entry, so the first line of the run's
   stdout says that the entry started and which session to stop. `RUN` waits for the entry and exits with its
-  status, after killing whatever the entry left in its session. It also watches its stdin, which the client holds
-  open for the whole run: end of input means the connection is gone (OpenSSH does not signal a command without a
-  terminal when its session closes), and the session is stopped.
+  status, after killing whatever the entry left in its session, and removes the private directory. Signalled
+  itself (SIGHUP, SIGINT, SIGTERM), it stops the session first: SIGTERM, the grace, SIGKILL. It also watches its
+  stdin, which the client holds open for the whole run: the end of input means the connection is gone (OpenSSH
+  does not signal a command without a terminal when its session closes), and it stops the run as if signalled.
 - `STOP` signals every process group of the run's session (the entry may have made groups of its own), waits
   until no live process of the session is left, and with SIGKILL signals again at each look, so that a process
   forked between a look and a kill is caught too. What is still alive at the end of its bound is printed, one
@@ -34,8 +35,8 @@ STOP_LEFT_OVER = 3
 """`STOP`'s exit status when processes of the session are still alive at the end of its bound."""
 NOT_STARTED = 125
 """`RUN`'s exit status when the entry could not be started (the reason is on stderr)."""
-FINAL_KILL_POLLS = 600
-"""How many looks `RUN` takes, after the entry exited, for the rest of its session to be gone."""
+FINAL_KILL_LOOKS = 600
+"""How many looks `RUN` takes, after the entry ended, for the rest of its session to be gone under SIGKILL."""
 
 _SESSION_FUNCTIONS = r"""
 stat_fields() { state=$1 pgrp=$3 session=$4; }
@@ -80,48 +81,65 @@ rm -rf -- "$1"
 _RUN = (
     _SESSION_FUNCTIONS
     + r"""
-dir=$1 workdir=$2 grace=$3 mark=$4
+dir=$1 workdir=$2 grace_looks=$3 mark=$4
 shift 4
+entry=
+kill_session() {
+	looks=0
+	while session_alive "$entry" && [ "$looks" -lt @FINAL_KILL_LOOKS@ ]; do
+		signal_session KILL "$entry"
+		sleep @POLL_SECONDS@
+		looks=$((looks + 1))
+	done
+}
+stop_run() {
+	trap '' HUP INT TERM
+	if [ -n "$entry" ]; then
+		signal_session TERM "$entry"
+		looks=0
+		while session_alive "$entry" && [ "$looks" -lt "$grace_looks" ]; do
+			sleep @POLL_SECONDS@
+			looks=$((looks + 1))
+		done
+		kill_session
+	fi
+	exit "$1"
+}
 trap 'rm -rf -- "$dir"' EXIT
+trap 'stop_run 129' HUP
+trap 'stop_run 130' INT
+trap 'stop_run 143' TERM
 if [ ! -r "$dir/environment" ]; then
 	echo "ahop: the run's environment file $dir/environment is missing on this host" >&2
-	exit 125
+	exit @NOT_STARTED@
 fi
 . "$dir/environment"
 rm -f -- "$dir/environment"
 export AHOP_FILES_DIR="$dir/files"
 if ! cd -- "$workdir" 2>/dev/null; then
 	echo "ahop: cannot enter the working directory $workdir on this host (missing, or not a directory it may enter)" >&2
-	exit 125
+	exit @NOT_STARTED@
 fi
 if ! command -v setsid >/dev/null 2>&1; then
 	echo "ahop: setsid is not installed on this host (it comes with util-linux or BusyBox)" >&2
-	exit 125
+	exit @NOT_STARTED@
 fi
 setsid /bin/sh -c 'printf "%s %s\n" "$1" "$$"; shift; exec "$@"' ahop-entry "$mark" "$@" </dev/null &
 entry=$!
 exec 3<&0
 (
 	while read -r _; do :; done
-	signal_session TERM "$entry"
-	sleep "$grace"
-	signal_session KILL "$entry"
+	kill -s HUP "$$"
 ) <&3 >/dev/null 2>&1 &
 watchdog=$!
-exec 3<&-
+# From here on the wrapper writes nothing to the run's output: a shell reports a child killed by a signal
+# ("Terminated") on stderr, which is not the entry's output, and once the connection is gone that write would
+# end the wrapper by SIGPIPE before it could stop the run.
+exec 3<&- >/dev/null 2>&1
 wait "$entry"
 status=$?
 kill "$watchdog" 2>/dev/null
-looks=0
-while session_alive "$entry" && [ "$looks" -lt """
-    + str(FINAL_KILL_POLLS)
-    + r""" ]; do
-	signal_session KILL "$entry"
-	sleep """
-    + str(POLL_SECONDS)
-    + r"""
-	looks=$((looks + 1))
-done
+kill_session
 exit "$status"
 """
 )
@@ -137,18 +155,27 @@ count=0
 while session_alive "$session"; do
 	if [ "$count" -ge "$looks" ]; then
 		session_members "$session"
-		exit """
-    + str(STOP_LEFT_OVER)
-    + r"""
+		exit @STOP_LEFT_OVER@
 	fi
-	sleep """
-    + str(POLL_SECONDS)
-    + r"""
+	sleep @POLL_SECONDS@
 	count=$((count + 1))
 	if [ "$signal" = KILL ]; then signal_session KILL "$session"; fi
 done
 """
 )
+
+_CONSTANTS = {
+    "@POLL_SECONDS@": str(POLL_SECONDS),
+    "@FINAL_KILL_LOOKS@": str(FINAL_KILL_LOOKS),
+    "@STOP_LEFT_OVER@": str(STOP_LEFT_OVER),
+    "@NOT_STARTED@": str(NOT_STARTED),
+}
+
+
+def _program(text: str) -> str:
+    for placeholder, value in _CONSTANTS.items():
+        text = text.replace(placeholder, value)
+    return text
 
 
 def _sh(program: str, name: str, arguments: Sequence[str], sudo: Sequence[str]) -> str:
@@ -171,15 +198,17 @@ def remove_command(directory: str) -> str:
     return _sh(_REMOVE, "ahop-remove", [directory], [])
 
 
-def run_command(directory: str, workdir: str, argv: Sequence[str], mark: str, grace: float, sudo: Sequence[str]) -> str:
-    """Runs `argv` in `workdir` as described in the module docstring; `grace` is the watchdog's seconds between
-    SIGTERM and SIGKILL once the connection is gone."""
-    return _sh(_RUN, "ahop-run", [directory, workdir, f"{grace:.3f}", mark, *argv], sudo)
+def run_command(
+    directory: str, workdir: str, argv: Sequence[str], mark: str, grace_looks: int, sudo: Sequence[str]
+) -> str:
+    """Runs `argv` in `workdir` as described in the module docstring; `grace_looks` is how many looks the wrapper
+    waits, when it stops the run itself, between SIGTERM and SIGKILL."""
+    return _sh(_program(_RUN), "ahop-run", [directory, workdir, str(grace_looks), mark, *argv], sudo)
 
 
 def stop_command(directory: str, session: int, signal: str, looks: int, sudo: Sequence[str]) -> str:
     """Sends `signal` (TERM or KILL) to the run's session and waits at most `looks` looks for it to be empty."""
-    return _sh(_STOP, "ahop-stop", [directory, str(session), signal, str(looks)], sudo)
+    return _sh(_program(_STOP), "ahop-stop", [directory, str(session), signal, str(looks)], sudo)
 
 
 def environment_file(environment: Mapping[str, str]) -> bytes:

@@ -27,10 +27,15 @@ HANG = 180.0
 """Bound of a whole run in these tests: it only catches hangs."""
 
 LEAVES_A_TREE = {
-    "run.sh": '#!/bin/sh\necho "session $$"\n./child.sh &\nwait\n',
+    "run.sh": '#!/bin/sh\necho "session $$"\necho "files $AHOP_FILES_DIR"\n./child.sh &\nwait\n',
     # The child and its own child both ignore SIGTERM: only SIGKILL ends them.
     "child.sh": "#!/bin/sh\ntrap '' TERM\nsleep 1000 &\necho \"grandchild $!\"\nwait\n",
 }
+"""An entry that ends on SIGTERM, with a child and a grandchild that do not."""
+IGNORES_SIGTERM = {
+    "run.sh": '#!/bin/sh\ntrap \'\' TERM\necho "session $$"\nsleep 1000 &\necho "grandchild $!"\nwait\n',
+}
+"""An entry that ignores SIGTERM, as its child does (ignored signals are inherited)."""
 
 
 @asynccontextmanager
@@ -79,6 +84,10 @@ class Output:
     def value(self, prefix: str) -> int:
         """The number after `prefix ` on the first stdout line that starts with it."""
         return next(int(line.split()[1]) for line in self.of("stdout") if line.startswith(prefix + " "))
+
+    def text(self, prefix: str) -> str:
+        """What follows `prefix ` on the first stdout line that starts with it."""
+        return next(line.split(" ", 1)[1] for line in self.of("stdout") if line.startswith(prefix + " "))
 
     async def saw(self, prefix: str) -> bool:
         return any(line.startswith(prefix) for _, line in self.lines)
@@ -244,12 +253,12 @@ async def test_a_secret_is_in_no_process_argv_while_the_entry_runs(ssh_hosts: li
 
 async def test_a_timeout_stops_the_entry_and_a_grandchild_that_ignores_sigterm(ssh_hosts: list[TargetHost]) -> None:
     async with connected(ssh_hosts[0]) as connection:
-        workdir = await template(connection, LEAVES_A_TREE)
+        workdir = await template(connection, IGNORES_SIGTERM)
         output = Output()
         ending = await run(connection, RemoteCommand(workdir, ["./run.sh"]), output, timeout=15, kill_grace=1)
 
     assert ending.status == "timeout"
-    assert ending.exit_code == 128 + 15  # the entry itself ended on SIGTERM
+    assert ending.exit_code == 128 + 9  # SIGTERM did not end the entry: SIGKILL did
     assert ending.error is not None and "timeout of 15 s" in ending.error
     session, grandchild = output.value("session"), output.value("grandchild")
     assert alive_in_session(session) == []
@@ -264,6 +273,7 @@ async def test_a_cancel_stops_every_process_of_the_run(ssh_hosts: list[TargetHos
 
     assert ending.status == "cancelled"
     assert ending.exit_code == 128 + 15
+    assert output.of("stderr") == []  # nothing but the entry's own output, not how its shell saw it end
     session, grandchild = output.value("session"), output.value("grandchild")
     assert alive_in_session(session) == []
     assert ended(grandchild)
@@ -355,15 +365,17 @@ async def test_a_missing_working_directory_fails_naming_it(ssh_hosts: list[Targe
 
 async def test_a_host_that_stops_mid_run_ends_it_unreachable(ssh_host: TargetHost) -> None:
     async with connected(ssh_host) as connection:
-        workdir = await template(connection, {"wait.sh": '#!/bin/sh\necho "session $$"\nexec sleep 1000\n'})
+        workdir = await template(connection, LEAVES_A_TREE)
         output = Output()
-        running = asyncio.create_task(run(connection, RemoteCommand(workdir, ["./wait.sh"]), output))
-        await until(lambda: output.saw("session "), "the entry's first line")
-        ssh_host.stop()
+        running = asyncio.create_task(run(connection, RemoteCommand(workdir, ["./run.sh"]), output, kill_grace=1))
+        await until(lambda: output.saw("grandchild "), "the entry's grandchild")
+        ssh_host.stop()  # SIGTERM to every process of the host's sessions, then SIGKILL to what is left
         ending = await running
 
     assert (ending.status, ending.exit_code) == ("unreachable", None)
     assert ending.error is not None and f"{ssh_host.address}:{ssh_host.port}" in ending.error
+    # The wrapper, signalled with the rest, stopped its run and removed the run's secrets on its way out.
+    assert not Path(output.text("files")).parent.exists()
 
 
 async def test_a_host_that_stops_answering_ends_it_unreachable_and_the_run_stops_there(ssh_host: TargetHost) -> None:
@@ -372,20 +384,23 @@ async def test_a_host_that_stops_answering_ends_it_unreachable_and_the_run_stops
         output = Output()
         running = asyncio.create_task(run(connection, RemoteCommand(workdir, ["./run.sh"]), output, kill_grace=1))
         await until(lambda: output.saw("grandchild "), "the entry's grandchild")
+        session, private = output.value("session"), Path(output.text("files")).parent
         ssh_host.pause()
         try:
             ending = await running
+            left_running = alive_in_session(session)  # stopped with the host: nothing but the host can end it now
         finally:
             ssh_host.resume()
 
     assert (ending.status, ending.exit_code) == ("unreachable", None)
-    session = output.value("session")
+    assert left_running != []
 
-    # Once its sshd runs again it sees the connection gone and closes the run's stdin: the wrapper stops the run.
-    async def run_stopped() -> bool:
-        return alive_in_session(session) == []
+    # Once its sshd runs again it sees the connection gone and ends the run's stdin: the wrapper stops the run
+    # (the grandchild ignores SIGTERM) and removes the run's private directory.
+    async def run_stopped_and_removed() -> bool:
+        return alive_in_session(session) == [] and not private.exists()
 
-    await until(run_stopped, "the run to stop on the host after its connection died", bound=60)
+    await until(run_stopped_and_removed, "the run to stop on the host after its connection died", bound=60)
 
 
 @pytest.mark.parametrize(
