@@ -24,7 +24,6 @@ import asyncio
 import math
 import re
 import secrets
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -33,14 +32,12 @@ import asyncssh
 
 from targets import remote_scripts
 from targets.errors import CommandRefused
-from targets.output_lines import LineSplitter
+from targets.run_channel import SUDO_REFUSALS, LineHandler, RunChannel
 from targets.server_offer import where
 
 __all__ = ["CommandRefused", "RemoteCommand", "RemoteEnding", "RemoteStatus", "run_remote"]
 
 RemoteStatus = Literal["success", "failed", "timeout", "cancelled", "unreachable"]
-LineHandler = Callable[[str, str], None]
-"""`on_line(stream, line)`: `stream` is `stdout` or `stderr`, `line` the text without its newline."""
 
 DRAIN_SECONDS = 5.0
 """After the run's exit status came: the most its output may take to end (a process that left its session may
@@ -51,14 +48,11 @@ STOP_BOUND_SECONDS = 60.0
 """The most the SIGKILL step of a stop may take, channel opening included (a bound for hangs only)."""
 CLEANUP_SECONDS = 15.0
 """The most the removal of the private directory may take once the run has ended."""
-MAX_LINES_BEFORE_START = 1000
-"""Lines the host writes before the entry starts (sudo's messages, a login script's) that are kept."""
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 _RESERVED_ENV = frozenset({"AHOP_FILES_DIR"})
 _SUDO_ASKING = "a password is required"
-_SUDO_REFUSED = ("Sorry, try again.", "incorrect password attempt")
 
 
 @dataclass(frozen=True)
@@ -138,6 +132,7 @@ async def run_remote(
     `timeout` seconds and `cancelled` once `cancelled` is set (both stop the whole run, see the module docstring),
     `unreachable` when the connection dies first. A timeout not above 0 or a negative `kill_grace` raises
     CommandRefused. When `on_line` raises, the run goes on without it, and the error is raised once it has ended.
+    When this coroutine is itself cancelled, the run's channel closes, and the wrapper on the host stops the run.
     """
     if not timeout > 0:
         raise CommandRefused(f"a remote run's timeout is a number of seconds above 0, not {timeout}")
@@ -178,7 +173,7 @@ class _RemoteRun:
         with_password = command.sudo and command.become_password is not None
         self.sudo = (["sudo", "-S", "-p", "", "--"] if with_password else ["sudo", "-n", "--"]) if command.sudo else []
         self.password = f"{command.become_password}\n".encode() if with_password else None
-        self.session: _RunSession | None = None
+        self.session: RunChannel | None = None
 
     async def execute(self, cancelled: asyncio.Event) -> _Result:
         loop = asyncio.get_running_loop()
@@ -215,7 +210,7 @@ class _RemoteRun:
                 process.stdin.write(stdin)
             process.stdin.write_eof()
             result = await process.wait()
-        except (asyncssh.Error, OSError, BrokenPipeError) as exc:
+        except (asyncssh.Error, OSError) as exc:
             raise _Lost(str(exc) or type(exc).__name__) from exc
         finally:
             process.close()
@@ -257,7 +252,7 @@ class _RemoteRun:
         line = remote_scripts.run_command(
             directory, self.command.workdir, self.command.argv, mark, self._looks(self.kill_grace), self.sudo
         )
-        session = self.session = _RunSession(mark, self.on_line, watch_refusal=self.password is not None)
+        session = self.session = RunChannel(mark, self.on_line, watch_refusal=self.password is not None)
         try:
             channel, _ = await self.conn.create_session(lambda: session, line, encoding=None)
         except (asyncssh.Error, OSError) as exc:
@@ -277,7 +272,7 @@ class _RemoteRun:
             cancel.cancel()
             channel.close()
 
-    async def _ending(self, session: _RunSession) -> _Result:
+    async def _ending(self, session: RunChannel) -> _Result:
         """The result of a run that ended by itself."""
         if session.password_refused and not session.session_id.done():
             return "failed", None, f"sudo on {self.host} refused the become password of its user"
@@ -293,18 +288,18 @@ class _RemoteRun:
         code = session.exit_status
         return ("success", 0, None) if code == 0 else ("failed", code, None)
 
-    def _not_started(self, session: _RunSession) -> str:
+    def _not_started(self, session: RunChannel) -> str:
         said = "\n".join(line for _, line in session.before_start).strip()
         if self.command.sudo and _SUDO_ASKING in said:
             return (
                 f"sudo on {self.host} needs a password for its user and none was given: set the become password "
                 "(become_password) of this host's credential, or let the user run sudo without one (NOPASSWD)"
             )
-        if self.command.sudo and any(refusal in said for refusal in _SUDO_REFUSED):
+        if self.command.sudo and any(refusal in said for refusal in SUDO_REFUSALS):
             return f"sudo on {self.host} refused the become password of its user"
         return f"the run did not start on {self.host} (exit status {session.exit_status}): {said or 'no message'}"
 
-    async def _stopped(self, directory: str, session: _RunSession, stop: Literal["timeout", "cancelled"]) -> _Result:
+    async def _stopped(self, directory: str, session: RunChannel, stop: Literal["timeout", "cancelled"]) -> _Result:
         """Stop a run on a timeout or cancel, and say how it ended."""
         why = (
             f"the run ran longer than its timeout of {self.timeout:g} s and was stopped"
@@ -372,84 +367,6 @@ class _RemoteRun:
 
 class _SetupFailed(Exception):
     """The host refused a step of the preparation; the message says which and why."""
-
-
-class _RunSession(asyncssh.SSHClientSession[bytes]):
-    """The run's channel: its lines to `on_line`, its mark, its exit status, its end."""
-
-    def __init__(self, mark: str, on_line: LineHandler, watch_refusal: bool) -> None:
-        loop = asyncio.get_running_loop()
-        self._mark = mark + " "
-        self._on_line = on_line
-        self._watch_refusal = watch_refusal
-        self._lines = {"stdout": LineSplitter(), "stderr": LineSplitter()}
-        self.session_id: asyncio.Future[int] = loop.create_future()
-        """The entry's session (and process group) id, once its first line came."""
-        self.ended: asyncio.Future[None] = loop.create_future()
-        """Done at the exit status, at the channel's end, or when sudo refuses the password."""
-        self.closed: asyncio.Future[None] = loop.create_future()
-        self.exit_status: int | None = None
-        self.exit_signal: str | None = None
-        self.lost: Exception | None = None
-        self.password_refused = False
-        self.before_start: list[tuple[str, str]] = []
-        self.failure: Exception | None = None
-
-    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
-        stream = "stderr" if datatype == asyncssh.EXTENDED_DATA_STDERR else "stdout"
-        for line in self._lines[stream].feed(data):
-            self._line(stream, line)
-
-    def eof_received(self) -> bool:
-        self._flush()
-        return True  # stay open: the exit status comes after the end of the output
-
-    def exit_status_received(self, status: int) -> None:
-        self.exit_status = status
-        self._end()
-
-    def exit_signal_received(self, signal: str, core_dumped: bool, msg: str, lang: str) -> None:
-        self.exit_signal = signal
-        self._end()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._flush()
-        self.lost = exc
-        if not self.closed.done():
-            self.closed.set_result(None)
-        self._end()
-
-    def _flush(self) -> None:
-        for stream, lines in self._lines.items():
-            for line in lines.finish():
-                self._line(stream, line)
-
-    def _end(self) -> None:
-        if not self.ended.done():
-            self.ended.set_result(None)
-
-    def _line(self, stream: str, line: str) -> None:
-        if self.session_id.done():
-            self._deliver(stream, line)
-            return
-        if stream == "stdout" and line.startswith(self._mark) and line[len(self._mark) :].isdigit():
-            self.session_id.set_result(int(line[len(self._mark) :]))
-            for earlier_stream, earlier in self.before_start:
-                self._deliver(earlier_stream, earlier)
-            self.before_start.clear()
-            return
-        if len(self.before_start) < MAX_LINES_BEFORE_START:
-            self.before_start.append((stream, line))
-        if self._watch_refusal and stream == "stderr" and any(refusal in line for refusal in _SUDO_REFUSED):
-            self.password_refused = True  # sudo would wait for another try on the stdin held open
-            self._end()
-
-    def _deliver(self, stream: str, line: str) -> None:
-        if self.failure is None:
-            try:
-                self._on_line(stream, line)
-            except Exception as exc:
-                self.failure = exc
 
 
 def _text(data: bytes | str | None) -> str:

@@ -98,12 +98,12 @@ async def run(
     command: RemoteCommand,
     output: Output,
     *,
-    timeout: float = 600,
+    run_timeout: float = 600,
     kill_grace: float = 5.0,
 ) -> RemoteEnding:
     async with asyncio.timeout(HANG):
         return await run_remote(
-            connection, command, timeout=timeout, cancelled=output.cancelled, on_line=output, kill_grace=kill_grace
+            connection, command, timeout=run_timeout, cancelled=output.cancelled, on_line=output, kill_grace=kill_grace
         )
 
 
@@ -255,11 +255,12 @@ async def test_a_timeout_stops_the_entry_and_a_grandchild_that_ignores_sigterm(s
     async with connected(ssh_hosts[0]) as connection:
         workdir = await template(connection, IGNORES_SIGTERM)
         output = Output()
-        ending = await run(connection, RemoteCommand(workdir, ["./run.sh"]), output, timeout=15, kill_grace=1)
+        ending = await run(connection, RemoteCommand(workdir, ["./run.sh"]), output, run_timeout=15, kill_grace=1)
 
     assert ending.status == "timeout"
     assert ending.exit_code == 128 + 9  # SIGTERM did not end the entry: SIGKILL did
-    assert ending.error is not None and "timeout of 15 s" in ending.error
+    assert ending.error is not None
+    assert "timeout of 15 s" in ending.error
     session, grandchild = output.value("session"), output.value("grandchild")
     assert alive_in_session(session) == []
     assert ended(grandchild)
@@ -346,9 +347,11 @@ async def test_sudo_that_needs_a_password_it_was_not_given_fails_clearly(
     assert (ending.status, ending.exit_code) == ("failed", None)
     assert ending.error is not None
     assert f"{host.address}:{host.port}" in ending.error
-    assert "needs a password" in ending.error and "become_password" in ending.error
+    assert "needs a password" in ending.error
+    assert "become_password" in ending.error
     assert (refused.status, refused.exit_code) == ("failed", None)
-    assert refused.error is not None and "refused the become password" in refused.error
+    assert refused.error is not None
+    assert "refused the become password" in refused.error
     assert ("stdout", "ran") not in output.lines + wrong.lines
     assert not any("not-the-password" in line for _, line in wrong.lines)
 
@@ -359,7 +362,8 @@ async def test_a_missing_working_directory_fails_naming_it(ssh_hosts: list[Targe
         ending = await run(connection, RemoteCommand("/nonexistent/template", ["./run.sh"]), output)
 
     assert (ending.status, ending.exit_code) == ("failed", None)
-    assert ending.error is not None and "/nonexistent/template" in ending.error
+    assert ending.error is not None
+    assert "/nonexistent/template" in ending.error
     assert output.lines == []
 
 
@@ -373,7 +377,8 @@ async def test_a_host_that_stops_mid_run_ends_it_unreachable(ssh_host: TargetHos
         ending = await running
 
     assert (ending.status, ending.exit_code) == ("unreachable", None)
-    assert ending.error is not None and f"{ssh_host.address}:{ssh_host.port}" in ending.error
+    assert ending.error is not None
+    assert f"{ssh_host.address}:{ssh_host.port}" in ending.error
     # The wrapper, signalled with the rest, stopped its run and removed the run's secrets on its way out.
     assert not Path(output.text("files")).parent.exists()
 
