@@ -221,8 +221,10 @@ class _RemoteRun:
     async def _prepare(self) -> str:
         environment = remote_scripts.environment_file(self.command.environment)
         made = await self._exec(remote_scripts.prepare_command(), environment)
-        directory = _text(made.stdout).strip()
-        if made.exit_status != 0 or not directory.startswith("/") or "\n" in directory:
+        _, marked, directory = _text(made.stdout).rpartition(remote_scripts.DIRECTORY_MARK)
+        directory = directory.strip()
+        # The mark comes last, once all went well; on any failure the program has removed what it made.
+        if made.exit_status != 0 or not marked or not directory.startswith("/"):
             raise _SetupFailed(
                 f"could not make a private directory for the run on {self.host} (mktemp in $TMPDIR or /tmp, "
                 f"exit status {made.exit_status}): {_text(made.stderr).strip() or 'no message'}"

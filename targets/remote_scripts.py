@@ -33,6 +33,8 @@ POLL_SECONDS = 0.05
 """How often the host looks whether a run's session is empty."""
 STOP_LEFT_OVER = 3
 """`STOP`'s exit status when processes of the session are still alive at the end of its bound."""
+DIRECTORY_MARK = "ahop-private-directory:"
+"""Before the path `prepare` prints: a login script may have printed text of its own before it."""
 NOT_STARTED = 125
 """`RUN`'s exit status when the entry could not be started (the reason is on stderr)."""
 FINAL_KILL_LOOKS = 600
@@ -66,7 +68,7 @@ _PREPARE = r"""
 umask 077
 dir=$(mktemp -d "${TMPDIR:-/tmp}/ahop-run.XXXXXXXXXX") || exit 1
 if ! mkdir -- "$dir/files" || ! cat >"$dir/environment"; then rm -rf -- "$dir"; exit 1; fi
-printf '%s\n' "$dir"
+printf '@DIRECTORY_MARK@%s\n' "$dir"
 """
 
 _WRITE_FILE = r"""
@@ -165,6 +167,7 @@ done
 )
 
 _CONSTANTS = {
+    "@DIRECTORY_MARK@": DIRECTORY_MARK,
     "@POLL_SECONDS@": str(POLL_SECONDS),
     "@FINAL_KILL_LOOKS@": str(FINAL_KILL_LOOKS),
     "@STOP_LEFT_OVER@": str(STOP_LEFT_OVER),
@@ -184,8 +187,8 @@ def _sh(program: str, name: str, arguments: Sequence[str], sudo: Sequence[str]) 
 
 def prepare_command() -> str:
     """Makes the run's private directory (mode 0700) with an empty `files/` in it, writes its stdin to the
-    environment file (mode 0600) and prints the directory's path."""
-    return _sh(_PREPARE, "ahop-prepare", [], [])
+    environment file (mode 0600) and prints the directory's path after `DIRECTORY_MARK`."""
+    return _sh(_program(_PREPARE), "ahop-prepare", [], [])
 
 
 def write_file_command(path: str) -> str:

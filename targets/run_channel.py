@@ -80,8 +80,12 @@ class RunChannel(asyncssh.SSHClientSession[bytes]):
         if self.session_id.done():
             self._deliver(stream, line)
             return
-        if stream == "stdout" and line.startswith(self._mark) and line[len(self._mark) :].isdigit():
-            self.session_id.set_result(int(line[len(self._mark) :]))
+        # A login script may have printed text without a newline just before the mark.
+        earlier_text, found, session_id = line.rpartition(self._mark)
+        if stream == "stdout" and found and session_id.isdigit():
+            if earlier_text:
+                self.before_start.append((stream, earlier_text))
+            self.session_id.set_result(int(session_id))
             for earlier_stream, earlier in self.before_start:
                 self._deliver(earlier_stream, earlier)
             self.before_start.clear()

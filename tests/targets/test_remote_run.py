@@ -434,3 +434,15 @@ async def test_a_timeout_not_above_zero_is_refused_before_anything_runs(ssh_host
             )
         after = str((await connection.run("ls -d ${TMPDIR:-/tmp}/ahop-run.* 2>/dev/null | wc -l")).stdout)
     assert after == before
+
+
+async def test_what_a_login_script_prints_comes_before_the_entrys_lines(ssh_host: TargetHost) -> None:
+    async with connected(ssh_host) as connection:
+        workdir = await template(connection, {"run.sh": "#!/bin/sh\necho from the entry\n"})
+        # bash reads ~/.bashrc for a command sshd runs; this one prints a last line without a newline.
+        await connection.run("cat > ~/.bashrc", input="printf 'welcome to this host'\n", check=True)
+        output = Output()
+        ending = await run(connection, RemoteCommand(workdir, ["./run.sh"]), output)
+
+    assert (ending.status, ending.exit_code) == ("success", 0), ending.error
+    assert output.lines == [("stdout", "welcome to this host"), ("stdout", "from the entry")]
