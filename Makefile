@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 # Commands the tests run that no wheel ships, as command:Debian-package pairs. A command given by its path is
 # looked for there: sshd lives in /usr/sbin, which a non-root PATH often lacks.
 SYSTEM_PACKAGES := zstd:zstd curl:curl /usr/sbin/sshd:openssh-server ssh:openssh-client ssh-keygen:openssh-client \
-	ssh-keyscan:openssh-client
+	ssh-keyscan:openssh-client sudo:sudo
 
 .PHONY: venv run test lint format bench clean system-packages
 

@@ -7,7 +7,8 @@ TargetError
 ├── HostKeyMismatch  a host with no pinned keys, or one that showed a key other than those pinned
 ├── LoginRefused     a login that failed: the host refused it, or its private key could not be opened
 ├── DeliveryFailed   content that could not be put into a host's cache (the copy that arrived is not the digest, …)
-└── NotCached        content asked of a host's cache that it does not hold intact
+├── NotCached        content asked of a host's cache that it does not hold intact
+└── CommandRefused   a remote run asked for in a form that cannot run (also a ValueError: it is bad input)
 """
 
 
@@ -42,3 +43,7 @@ class DeliveryFailed(TargetError):
 
 class NotCached(TargetError):
     """The host's cache does not hold the content asked for, or holds a copy that is not its digest."""
+
+
+class CommandRefused(TargetError, ValueError):
+    """A remote run's command or limits are not in a form that can run; the message says what and what is expected."""
