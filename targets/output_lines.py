@@ -23,21 +23,22 @@ class LineSplitter:
     def feed(self, data: bytes) -> list[str]:
         """The lines that `data` completes (and the full pieces of an overlong one), without their newlines."""
         *complete, self._pending = (self._pending + data).split(b"\n")
-        lines = [_text(piece) for line in complete for piece in _pieces(line)]
-        *full, self._pending = _pieces(self._pending)
-        return lines + [_text(piece) for piece in full]
+        lines = [line_text(piece) for line in complete for piece in line_pieces(line)]
+        *full, self._pending = line_pieces(self._pending)
+        return lines + [line_text(piece) for piece in full]
 
     def finish(self) -> list[str]:
         """What is left once the stream has ended: the last line when it had no newline, else nothing."""
         rest, self._pending = self._pending, b""
-        return [_text(rest)] if rest else []
+        return [line_text(rest)] if rest else []
 
 
-def _text(line: bytes) -> str:
+def line_text(line: bytes) -> str:
+    """A line's bytes as text, as every run's output shows it."""
     return line.decode("utf-8", errors="replace").removesuffix("\r").replace("\x00", "\ufffd")
 
 
-def _pieces(line: bytes) -> Iterator[bytes]:
+def line_pieces(line: bytes) -> Iterator[bytes]:
     """`line` cut into pieces of at most `MAX_LINE_BYTES`, never inside a UTF-8 character."""
     while len(line) > MAX_LINE_BYTES:
         cut = MAX_LINE_BYTES

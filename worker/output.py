@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable
 
-MAX_LINE_BYTES = 64 * 1024
-"""A longer line (or output without any newline) is passed on in pieces of at most this many bytes."""
+from targets.output_lines import MAX_LINE_BYTES, line_pieces, line_text
+
 MASK = "********"
 DRAIN_SECONDS = 0.5
 """After the script exits: how long its output may take to end before what is left of its group is killed, and
@@ -37,7 +37,7 @@ def line_emitter(stream: str, on_line: LineCallback, secrets: re.Pattern[str] | 
 
     async def emit(data: bytes) -> None:
         # NUL cannot be stored as text (PostgreSQL refuses it): binary output shows U+FFFD in its place.
-        text = data.decode("utf-8", errors="replace").removesuffix("\r").replace("\x00", "\ufffd")
+        text = line_text(data)
         await on_line(stream, secrets.sub(MASK, text) if secrets is not None else text)
 
     return emit
@@ -80,23 +80,12 @@ async def read_lines(reader: asyncio.StreamReader, emit: Emit, group_ended: asyn
             break
         *lines, pending = (pending + chunk).split(b"\n")
         for line in lines:
-            for piece in _pieces(line):
+            for piece in line_pieces(line):
                 await deliver(piece)
-        *full, pending = _pieces(pending)  # keep at most MAX_LINE_BYTES of an unfinished line
+        *full, pending = line_pieces(pending)  # keep at most MAX_LINE_BYTES of an unfinished line
         for piece in full:
             await deliver(piece)
     if pending:
         await deliver(pending)
     if failure is not None:
         raise failure
-
-
-def _pieces(line: bytes) -> Iterator[bytes]:
-    """`line` cut into pieces of at most `MAX_LINE_BYTES`, never inside a UTF-8 character."""
-    while len(line) > MAX_LINE_BYTES:
-        cut = MAX_LINE_BYTES
-        while cut > MAX_LINE_BYTES - 3 and line[cut] & 0xC0 == 0x80:  # a continuation byte: back to its start
-            cut -= 1
-        yield line[:cut]
-        line = line[cut:]
-    yield line

@@ -37,8 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
+from targets.output_lines import MAX_LINE_BYTES
 from worker import supervisor
-from worker.output import DRAIN_SECONDS, MAX_LINE_BYTES, LineCallback, line_emitter, read_lines, secret_pattern
+from worker.output import DRAIN_SECONDS, LineCallback, line_emitter, read_lines, secret_pattern
 from worker.protocol import FinalStatus
 from worker.rundir import (
     NotRunnable,

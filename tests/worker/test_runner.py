@@ -25,8 +25,9 @@ from typing import Any
 import pytest
 
 import worker.hardening
+from targets.output_lines import MAX_LINE_BYTES
 from worker.hardening import root_without_run_as_warning
-from worker.output import DRAIN_SECONDS, MASK, MAX_LINE_BYTES
+from worker.output import DRAIN_SECONDS, MASK
 from worker.runner import DEFAULT_PATH, RunOutcome, RunRequest, run_script
 
 HANG = 60.0
