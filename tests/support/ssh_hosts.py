@@ -34,8 +34,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+import pytest
 
 from app.devstack.processes import ManagedProcess, free_ports
+
+AS_ROOT = os.geteuid() == 0
+"""Hosts get users of their own, passwords and sudo rules only as root (as `make test` runs in CI)."""
+needs_root = pytest.mark.skipif(
+    not AS_ROOT,
+    reason="needs root (sshd checks passwords only as root, and only root makes users and sudo rules): "
+    "run make test as root, as CI does",
+)
 
 SSHD = Path("/usr/sbin/sshd")
 PRIVILEGE_SEPARATION_DIR = Path("/run/sshd")
@@ -345,7 +354,7 @@ def _prepare_host(
     reachable = users_dir / name
     reachable.mkdir(mode=0o711, parents=True, exist_ok=True)
     reachable.chmod(0o711)
-    if os.geteuid() == 0:
+    if AS_ROOT:
         user, home, password = f"ahop-h{index}-{secrets.token_hex(3)}", reachable / "home", secrets.token_urlsafe(12)
         _create_user(user, home, password)
         cleanup.callback(_remove_user, user)
@@ -386,7 +395,7 @@ def _require_sshd() -> None:
         raise RuntimeError(f"{SSHD} is missing: install it with `apt-get install -y openssh-server` (make test does)")
     if shutil.which("ssh-keygen") is None:
         raise RuntimeError("ssh-keygen is missing: install it with `apt-get install -y openssh-client`")
-    if os.geteuid() == 0:
+    if AS_ROOT:
         PRIVILEGE_SEPARATION_DIR.mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation chroot
 
 
@@ -402,7 +411,7 @@ def target_hosts(
         raise ValueError(f"host key kinds must be some of {', '.join(KEYGEN_ARGUMENTS)}, not {host_key_kinds}")
     _require_sshd()
     with ExitStack() as cleanup:
-        if os.geteuid() == 0:
+        if AS_ROOT:
             users_dir = Path(tempfile.mkdtemp(prefix="ahop-ssh-hosts-"))
             users_dir.chmod(0o711)
             cleanup.callback(shutil.rmtree, users_dir, ignore_errors=True)

@@ -37,6 +37,7 @@ def key_pair(directory: Path, name: str, *, kind: str = "ed25519", passphrase: s
 
 
 def ssh_keygen_fingerprint(public_file: Path) -> str:
+    """What `ssh-keygen -l` prints as the fingerprint of a key file (public, or private: of its public half)."""
     listed = subprocess.run(
         ["ssh-keygen", "-l", "-E", "sha256", "-f", str(public_file)], check=True, capture_output=True
     )

@@ -21,9 +21,9 @@ import pytest
 from targets.connect import Login, Target, connect
 from targets.errors import HostKeyMismatch, LoginRefused, TargetError, Unreachable
 from targets.host_keys import HostKeyRefused
-from tests.support.ssh_hosts import TargetHost
+from tests.support.ssh_hosts import TargetHost, needs_root
+from tests.support.ssh_keys import ssh_keygen_fingerprint
 
-AS_ROOT = os.geteuid() == 0
 TIMEOUT = 30.0
 """Bound for logins that should succeed: only catches hangs."""
 SHORT_TIMEOUT = 2.0
@@ -37,13 +37,6 @@ def target_of(host: TargetHost, host_keys: list[str] | None = None) -> Target:
 
 def by_key(host: TargetHost) -> Login:
     return Login(private_key=host.client_key.read_text())
-
-
-def fingerprint_by_ssh_keygen(key_file: Path) -> str:
-    """The fingerprint `ssh-keygen -lf` prints (`BITS SHA256:… COMMENT (TYPE)`) of a public or private key file."""
-    return subprocess.run(
-        ["ssh-keygen", "-lf", str(key_file)], capture_output=True, text=True, check=True
-    ).stdout.split()[1]
 
 
 async def logged_in_as(target: Target, login: Login) -> str:
@@ -66,7 +59,7 @@ async def test_a_protected_key_logs_in_with_its_passphrase(ssh_hosts: list[Targe
     assert await logged_in_as(target_of(host), login) == host.user
 
 
-@pytest.mark.skipif(not AS_ROOT, reason="sshd checks passwords only as root (it must read /etc/shadow)")
+@needs_root
 async def test_a_password_logs_in(ssh_hosts: list[TargetHost]) -> None:
     host = ssh_hosts[2]
 
@@ -93,8 +86,8 @@ async def test_a_host_showing_a_key_other_than_the_pinned_one_is_refused_naming_
 
     message = str(refused.value)
     assert f"{host.name} ({host.address}:{host.port})" in message
-    assert f"showed the ssh-ed25519 host key {fingerprint_by_ssh_keygen(host.host_key_files[0])}" in message
-    assert f"pinned: {fingerprint_by_ssh_keygen(other.host_key_files[0])} (ssh-ed25519)" in message
+    assert f"showed the ssh-ed25519 host key {ssh_keygen_fingerprint(host.host_key_files[0])}" in message
+    assert f"pinned: {ssh_keygen_fingerprint(other.host_key_files[0])} (ssh-ed25519)" in message
     assert f"ahop host scan-keys {host.name} --replace" in message
 
 
@@ -105,9 +98,9 @@ async def test_every_pinned_fingerprint_is_named_when_none_is_the_hosts(ssh_host
         await connect(target_of(host, other.host_keys), by_key(host), timeout=TIMEOUT)
 
     message = str(refused.value)
-    assert all(fingerprint_by_ssh_keygen(path) in message for path in other.host_key_files)
+    assert all(ssh_keygen_fingerprint(path) in message for path in other.host_key_files)
     assert any(f"showed the {kind}" in message for kind in ("ssh-ed25519", "ssh-rsa"))
-    assert not any(fingerprint_by_ssh_keygen(path) in message.split("pinned:")[1] for path in host.host_key_files)
+    assert not any(ssh_keygen_fingerprint(path) in message.split("pinned:")[1] for path in host.host_key_files)
 
 
 async def test_a_host_with_no_key_of_the_pinned_type_is_refused_naming_what_it_offers(
@@ -145,7 +138,7 @@ async def test_a_pinned_line_that_is_no_key_is_refused_as_bad_input(ssh_hosts: l
         await connect(target_of(host, ["not a key"]), by_key(host), timeout=TIMEOUT)
 
 
-@pytest.mark.skipif(not AS_ROOT, reason="sshd checks passwords only as root (it must read /etc/shadow)")
+@needs_root
 async def test_a_wrong_password_is_refused_naming_user_host_and_method_never_the_password(
     ssh_hosts: list[TargetHost],
 ) -> None:
@@ -176,7 +169,7 @@ async def test_a_key_the_host_does_not_authorize_is_refused_naming_its_fingerpri
 
     message = str(refused.value)
     assert f"{host.user}@{host.address}" in message
-    assert f"by public key {fingerprint_by_ssh_keygen(stranger)}" in message
+    assert f"by public key {ssh_keygen_fingerprint(stranger)}" in message
     body = "".join(key_text.splitlines()[1:-1])
     assert body[:40] not in message.replace("\n", "")
 
@@ -196,7 +189,7 @@ async def test_a_protected_key_with_a_wrong_or_no_passphrase_is_refused_without_
     assert host.client_key_passphrase not in str(wrong.value)
 
 
-@pytest.mark.skipif(not AS_ROOT, reason="sshd checks passwords only as root (it must read /etc/shadow)")
+@needs_root
 async def test_neither_the_agent_nor_the_users_ssh_files_take_part(
     ssh_hosts: list[TargetHost], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -26,6 +26,7 @@ from targets.host_keys import (
     scan_host_keys,
 )
 from tests.support.ssh_hosts import TargetHost, target_hosts
+from tests.support.ssh_keys import ssh_keygen_fingerprint
 
 SCAN_TIMEOUT = 30.0
 """Bound for scans that should succeed: only catches hangs."""
@@ -44,13 +45,6 @@ def keyscan(host: TargetHost) -> str:
     return result.stdout
 
 
-def fingerprint_by_ssh_keygen(pub_file: Path) -> str:
-    """The fingerprint `ssh-keygen -lf` prints (`BITS SHA256:… COMMENT (TYPE)`)."""
-    return subprocess.run(
-        ["ssh-keygen", "-lf", str(pub_file)], capture_output=True, text=True, check=True
-    ).stdout.split()[1]
-
-
 async def test_a_scan_returns_exactly_the_host_keys_of_that_sshd(ssh_hosts: list[TargetHost]) -> None:
     for host in ssh_hosts:
         keys = await scan_host_keys(host.address, host.port, timeout=SCAN_TIMEOUT)
@@ -66,7 +60,7 @@ async def test_fingerprints_are_those_ssh_keygen_prints(ssh_hosts: list[TargetHo
     host = ssh_hosts[0]
     keys = await scan_host_keys(host.address, host.port, timeout=SCAN_TIMEOUT)
 
-    assert [key.fingerprint for key in keys] == [fingerprint_by_ssh_keygen(path) for path in host.host_key_files]
+    assert [key.fingerprint for key in keys] == [ssh_keygen_fingerprint(path) for path in host.host_key_files]
     assert all(key.fingerprint.startswith("SHA256:") and not key.fingerprint.endswith("=") for key in keys)
 
 

@@ -5,7 +5,6 @@ become password, and a connection that dies under a run."""
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -18,11 +17,10 @@ import psutil
 import pytest
 
 from targets.remote_run import CommandRefused, RemoteCommand, RemoteEnding, run_remote
-from tests.support.ssh_hosts import TargetHost, exited
+from tests.support.ssh_hosts import AS_ROOT, TargetHost, exited, needs_root
 from tests.support.ssh_sudo import sudo_rules
 from tests.support.waiting import until
 
-AS_ROOT = os.geteuid() == 0
 HANG = 180.0
 """Bound of a whole run in these tests: it only catches hangs."""
 
@@ -146,7 +144,7 @@ def argv_holding(secret: str) -> list[str]:
 def sudo_hosts(ssh_hosts: list[TargetHost]) -> Iterator[tuple[TargetHost, TargetHost]]:
     """The second host's user may sudo without a password, the third's only with their own password."""
     if not AS_ROOT:
-        pytest.skip("sudo rules need root to write /etc/sudoers.d, and users of their own on each host")
+        pytest.skip(needs_root.kwargs["reason"])
     nopasswd, with_password = ssh_hosts[1], ssh_hosts[2]
     with sudo_rules({nopasswd.user: "nopasswd", with_password.user: "password"}):
         yield nopasswd, with_password

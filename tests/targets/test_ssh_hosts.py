@@ -6,7 +6,6 @@ Connections here pin keys with asyncssh's own known_hosts parser, independently 
 
 from __future__ import annotations
 
-import os
 import pwd
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -17,10 +16,8 @@ import asyncssh
 import psutil
 import pytest
 
-from tests.support.ssh_hosts import TargetHost, exited, target_hosts
+from tests.support.ssh_hosts import AS_ROOT, TargetHost, exited, needs_root, target_hosts
 from tests.support.waiting import until
-
-AS_ROOT = os.geteuid() == 0
 
 
 def pinned(host: TargetHost, keys: list[str]) -> asyncssh.SSHKnownHosts:
@@ -76,7 +73,7 @@ async def test_the_protected_client_key_logs_in_with_its_passphrase_only(ssh_hos
             pass
 
 
-@pytest.mark.skipif(not AS_ROOT, reason="sshd checks passwords only as root (it must read /etc/shadow)")
+@needs_root
 async def test_the_users_password_logs_in_and_another_is_refused(ssh_hosts: list[TargetHost]) -> None:
     host = ssh_hosts[2]
     by_password: dict[str, Any] = {"client_keys": None, "preferred_auth": "password"}
