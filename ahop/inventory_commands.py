@@ -141,7 +141,9 @@ def host_update(
 ) -> None:
     """Change host REFERENCE (its name or id); what is not given stays as it is."""
     payload: dict[str, Any] = {
-        key: value for key, value in (("name", name), ("address", address), ("port", port), ("user", user)) if value
+        key: value
+        for key, value in (("name", name), ("address", address), ("port", port), ("user", user))
+        if value is not None
     }
     if labels:
         payload["labels"] = list(labels)

@@ -17,6 +17,7 @@ from app.inventory.ansible import read_ansible_inventory
 from app.inventory.fields import HostFields
 from app.services.host_keys import HostKeyScanner, KeyComparison
 from app.services.hosts import KEEP, HostChange, Hosts, HostView, Imported
+from targets.host_keys import HostKey
 
 CredentialRef = Annotated[
     int | str | None, Field(description="The credential that logs in to the host: its id or its name.")
@@ -51,6 +52,10 @@ class HostKeyOut(BaseModel):
     public: str
     fingerprint: str
 
+    @classmethod
+    def all_of(cls, keys: list[HostKey]) -> list[Self]:
+        return [cls(algorithm=key.algorithm, public=key.public, fingerprint=key.fingerprint) for key in keys]
+
 
 class HostOut(Timestamped):
     id: int
@@ -79,9 +84,7 @@ class HostOut(Timestamped):
             variables=host.variables,
             credential_id=host.credential_id,
             credential=view.credential_name,
-            host_keys=[
-                HostKeyOut(algorithm=k.algorithm, public=k.public, fingerprint=k.fingerprint) for k in view.keys
-            ],
+            host_keys=HostKeyOut.all_of(view.keys),
             created_at=host.created_at,
             updated_at=host.updated_at,
         )
@@ -122,13 +125,10 @@ class ScanOut(BaseModel):
 
     @classmethod
     def of(cls, view: HostView, comparison: KeyComparison, pinned: bool) -> Self:
-        def out(keys: list[Any]) -> list[HostKeyOut]:
-            return [HostKeyOut(algorithm=k.algorithm, public=k.public, fingerprint=k.fingerprint) for k in keys]
-
         return cls(
             host=HostOut.of(view),
-            found=out(comparison.found),
-            pinned_before=out(comparison.before),
+            found=HostKeyOut.all_of(comparison.found),
+            pinned_before=HostKeyOut.all_of(comparison.before),
             changed=comparison.changed,
             pinned=pinned,
         )

@@ -9,6 +9,7 @@ its public half is kept in the clear, so an operator can tell which key a creden
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,12 +38,7 @@ class Secrets:
     become_password: str | None = None
 
     def sealable(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "secret": self.secret,
-            "passphrase": self.passphrase,
-            "become_password": self.become_password,
-        }
+        return dataclasses.asdict(self)
 
     @classmethod
     def of(cls, opened: dict[str, Any]) -> Secrets:
