@@ -28,9 +28,16 @@ def test_credentials_come_from_files_and_never_show(api_url: str, alice: Caller,
     become = tmp_path / "become"
     become.write_text("sudo-pw-42\n")
     added = ahop(
-        api_url, token, "credential", "add", "deploy", "--ssh-key-file", str(key.private_file),
-        "--become-password-file", str(become),
-    )  # fmt: skip
+        api_url,
+        token,
+        "credential",
+        "add",
+        "deploy",
+        "--ssh-key-file",
+        str(key.private_file),
+        "--become-password-file",
+        str(become),
+    )
     assert added.returncode == 0, added.stderr
     listed = ahop(api_url, token, "credential", "list")
     assert listed.returncode == 0, listed.stderr
@@ -61,10 +68,28 @@ def test_hosts_by_name_with_labels_and_pinned_keys(api_url: str, alice: Caller, 
     assert ahop(api_url, token, "credential", "add", "ops", "--password-file", str(password)).returncode == 0
     host_key = key_pair(tmp_path, "host")
     added = ahop(
-        api_url, token, "host", "add", "web-01", "10.0.0.11", "--user", "deploy", "--label", "web",
-        "--label", "prod", "--var", "http_port=8080", "--var", "tier=front", "--credential", "ops",
-        "--host-key-file", str(host_key.public_file), "--json",
-    )  # fmt: skip
+        api_url,
+        token,
+        "host",
+        "add",
+        "web-01",
+        "10.0.0.11",
+        "--user",
+        "deploy",
+        "--label",
+        "web",
+        "--label",
+        "prod",
+        "--var",
+        "http_port=8080",
+        "--var",
+        "tier=front",
+        "--credential",
+        "ops",
+        "--host-key-file",
+        str(host_key.public_file),
+        "--json",
+    )
     assert added.returncode == 0, added.stderr
     created = json.loads(added.stdout)
     assert (created["labels"], created["variables"]) == (["prod", "web"], {"http_port": 8080, "tier": "front"})
