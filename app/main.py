@@ -88,7 +88,9 @@ def create_app(settings: AppSettings) -> Litestar:
         forget_after=settings.worker_forget_after,
         prefetch_on_import=settings.prefetch_on_import,
     )
-    dispatcher = Dispatcher(connect(settings.redis_url, settings.redis_timeout), box, settings.task_log_limit)
+    dispatcher = Dispatcher(
+        connect(settings.redis_url, settings.redis_timeout), box, settings.task_log_limit, settings.worker_seal()
+    )
     metrics = ApiMetrics(session_factory, timeout=settings.health_timeout, git_load=mirrors.pool.load.figures)
     control = build_control_loop(settings, session_factory, dispatcher, workers, metrics=metrics)
     maintenance = build_maintenance(settings, engine, store)

@@ -10,9 +10,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from app.db.engine import asyncpg_url
 from app.git.mirror import GitOptions
 from storage.settings import S3Settings
+from worker.job_secrets import SealSettings
 
 
-class AppSettings(S3Settings, BaseSettings):
+class AppSettings(S3Settings, SealSettings, BaseSettings):
     """Everything the API server and its commands need to know about their surroundings."""
 
     model_config = SettingsConfigDict(env_prefix="AHOP_", extra="ignore")

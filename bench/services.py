@@ -18,6 +18,9 @@ from app.devstack.stack import LocalStack
 from app.services.tokens import create_tenant, issue_token
 from app.settings import AppSettings
 
+WORKER_SECRET_KEYS = Fernet.generate_key().decode()
+"""The seal shared by the benchmarks' server and workers (AHOP_WORKER_SECRET_KEYS)."""
+
 
 def fresh_database_and_bucket(stack: LocalStack) -> tuple[str, str]:
     """A migrated database and a bucket of this run's own on the stack's servers: their URL and name."""
@@ -58,6 +61,7 @@ def app_settings(
         git_allowed_schemes="https,ssh,file",
         git_file_roots="/",  # its own corpora
         secret_keys=SecretStr(Fernet.generate_key().decode()),
+        worker_secret_keys=SecretStr(WORKER_SECRET_KEYS),
     )
     if interval is not None:
         fields["control_interval"] = interval

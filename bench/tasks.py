@@ -65,7 +65,7 @@ from bench.harness import (
     write_results,
 )
 from bench.presign import presigned_urls
-from bench.services import app_settings, fresh_database_and_bucket, tenant_token
+from bench.services import WORKER_SECRET_KEYS, app_settings, fresh_database_and_bucket, tenant_token
 from storage.blobstore import BlobStore, S3Location
 from storage.digest import Digest
 from storage.keys import blob_key
@@ -239,6 +239,7 @@ def start_worker(stack: LocalStack, bucket: str, root: Path, logs: Path) -> Mana
         AHOP_S3_REGION=location.region,
         AHOP_WORKER_ROOT=str(root),
         AHOP_WORKER_ID=name,
+        AHOP_WORKER_SECRET_KEYS=WORKER_SECRET_KEYS,
     )
     process = ManagedProcess.start(
         name,

@@ -26,6 +26,7 @@ from app.settings import AppSettings
 from tests.support.database import new_database
 from tests.support.fleet import Fleet
 from tests.support.repositories import commit_all
+from tests.support.seal import WORKER_SECRET_KEYS
 from tests.support.ssh_hosts import TargetHost, target_hosts
 from tests.support.tenants import Caller, make_tenant
 
@@ -73,6 +74,7 @@ def app_settings(stack: LocalStack, database_url: str, redis_url: str, bucket: s
         s3_access_key_id=location.access_key_id,
         s3_secret_access_key=SecretStr(location.secret_access_key) if location.secret_access_key else None,
         data_dir=tmp_path / "data",
+        worker_secret_keys=SecretStr(WORKER_SECRET_KEYS),
     )
 
 
@@ -88,6 +90,7 @@ def worker_env(stack: LocalStack, redis_url: str, bucket: str, tmp_path: Path) -
         AHOP_S3_ACCESS_KEY_ID=location.access_key_id or "",
         AHOP_S3_SECRET_ACCESS_KEY=location.secret_access_key or "",
         AHOP_WORKER_ROOT=str(tmp_path / "worker"),
+        AHOP_WORKER_SECRET_KEYS=WORKER_SECRET_KEYS,
     )
     return env
 

@@ -24,6 +24,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from storage.errors import StorageError
+from worker.job_secrets import JobSecrets, SealError
 from worker.protocol import EventType, ProtocolError, TaskJob, cancel_key, claim_key
 from worker.reporting import LogWriter, report
 from worker.runner import RunOutcome, RunRequest, run_script
@@ -88,9 +89,12 @@ class Attempts:
     async def _fetch_and_run(self, job: TaskJob) -> dict[str, Any]:
         logs = LogWriter(self.redis, job.log_key(), job.attempt, job.log_limit)
         try:
+            secrets = self._open_secrets(job)
             async with entered_in_thread(self.store.use(job.blob)) as entry:
                 await asyncio.to_thread(self.store.link_template, job.tenant_id, job.template_code, job.blob.digest)
-                outcome = await run_script(self._request(job, entry), logs.write, self._cancel_check(job))
+                outcome = await run_script(self._request(job, entry, secrets), logs.write, self._cancel_check(job))
+        except SealError as exc:
+            outcome = RunOutcome(status="failed", exit_code=None, error=f"the script did not run: {exc}")
         except StorageError as exc:
             outcome = RunOutcome(
                 status="failed",
@@ -139,14 +143,20 @@ class Attempts:
     async def _report(self, task_id: str, attempt: int, kind: EventType, **outcome: Any) -> None:
         await report(self.redis, task_id, attempt, self.worker_id, kind, **outcome)
 
-    def _request(self, job: TaskJob, entry: Path) -> RunRequest:
+    def _open_secrets(self, job: TaskJob) -> JobSecrets:
+        """The job's sealed secrets, opened; `SealError` when this worker cannot (no keys, another key, expired)."""
+        return self.settings.worker_seal().open(job.sealed) if job.sealed is not None else JobSecrets()
+
+    def _request(self, job: TaskJob, entry: Path, secrets: JobSecrets) -> RunRequest:
+        # A version 3 job keeps each password's name in `params`, masked, where its sealed value goes back.
+        params = {name: secrets.params.get(name, value) for name, value in job.params.items()}
         return RunRequest(
             task_id=f"{job.task_id}-{job.attempt}",  # names the run directory: one per attempt, never shared
             source=entry,
             runs_dir=self.settings.worker_root / "runs",
             entry_file=job.entry_file,
             script_type=job.script_type,
-            params=job.params,
+            params=params,
             secret_params=list(job.secret_params),
             timeout=job.timeout,
             kill_grace=self.settings.worker_kill_grace,

@@ -18,9 +18,18 @@ Flow of one task attempt (DESIGN §4, §5):
    into `worker_digests_key(worker_id)`; the server reads both. The server asks one worker to act (prefetch) by
    pushing a `BlobRef` message onto `worker_inbox_key(worker_id)`.
 
+Targets (DESIGN §11): a job whose `execution` is `targets` carries a `TargetPlan`, the hosts of the task's inventory
+snapshot; the worker runs the template on each (at most `forks` at once) and reports each host's run with
+`host_started` and `host_finished` events; its output lines carry the host's name. The task's own `finished` event
+follows the last host's.
+
+Secrets never cross Redis in plaintext: a job's password parameters and the logins of its hosts travel in `sealed`,
+a token only the server and the workers can open (`worker.job_secrets`), with an expiry.
+
 Versions: a job carries `protocol`. Version 2 gave each attempt its own log stream and each line its attempt;
-version 1 jobs (from a server not upgraded yet) still run, writing to the task's one stream `legacy_log_stream`, as
-that server expects. A worker that only knows version 1 refuses version 2 jobs with a `finished` event saying so.
+version 3 moved password values out of `params` into `sealed` and added targets. Version 1 jobs (from a server not
+upgraded yet) still run, writing to the task's one stream `legacy_log_stream`, as that server expects. A worker
+refuses versions it does not know with a `finished` event saying so.
 """
 
 from __future__ import annotations
@@ -34,9 +43,9 @@ from typing import Any, Literal, Protocol, get_args
 
 from storage.digest import Digest
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 """Carried by every job the server sends; a worker refuses versions it does not know."""
-SUPPORTED_PROTOCOLS = (1, 2)
+SUPPORTED_PROTOCOLS = (1, 2, 3)
 """The job versions this worker runs: the current one and the one before it (see the module docstring)."""
 
 DEFAULT_POOL = "default"
@@ -62,6 +71,15 @@ FINAL_STATUSES: tuple[FinalStatus, ...] = get_args(FinalStatus)
 TaskStatusName = Literal["pending", "queued", "running", FinalStatus, "lost"]
 """Every status a task passes through (DESIGN §5); `lost` is the server's verdict on a worker that went silent."""
 TASK_STATUSES: tuple[TaskStatusName, ...] = get_args(TaskStatusName)
+Execution = Literal["worker", "targets"]
+"""Where a template runs: on the worker itself, or on the hosts a task names (over SSH; Ansible from the worker)."""
+EXECUTIONS: tuple[Execution, ...] = get_args(Execution)
+HostFinalStatus = Literal["success", "failed", "unreachable", "timeout", "cancelled"]
+"""How the run on one host ended, as its `host_finished` event says."""
+HOST_FINAL_STATUSES: tuple[HostFinalStatus, ...] = get_args(HostFinalStatus)
+HostStatusName = Literal["pending", "running", HostFinalStatus, "lost"]
+"""Every status of one host's run; `lost` when the worker that ran it went silent."""
+HOST_STATUSES: tuple[HostStatusName, ...] = get_args(HostStatusName)
 RetryOutcome = Literal["failed", "timeout", "lost"]
 """The endings after which a template may give a task another attempt."""
 RETRY_OUTCOMES: tuple[RetryOutcome, ...] = get_args(RetryOutcome)
@@ -179,6 +197,58 @@ class BlobRef:
 
 
 @dataclass(frozen=True)
+class JobHost:
+    """One host of a task's inventory snapshot, as a worker needs it to log in and run there."""
+
+    host_id: int
+    name: str
+    address: str
+    port: int
+    username: str
+    host_keys: list[str]
+    """The pinned host keys, OpenSSH lines `TYPE BASE64`: the only keys the host may show."""
+    login: str
+    """Which login of the job's sealed secrets (`JobSecrets.logins`) opens this host."""
+    variables: dict[str, Any] = field(default_factory=dict)
+    """The host's inventory variables (Ansible host vars)."""
+
+    @classmethod
+    def from_wire(cls, data: Any) -> JobHost:
+        if not isinstance(data, dict):
+            raise ProtocolError("a target host must be an object")
+        host = cls(**_pick(cls, data))
+        if not isinstance(host.host_keys, list) or not host.host_keys:
+            raise ProtocolError(f"target host {host.name!r} needs its pinned host keys")
+        return host
+
+
+@dataclass(frozen=True)
+class TargetPlan:
+    """The hosts one attempt runs on, and how: `forks` hosts at once; the task fails when more than
+    `max_fail_percentage` percent of its hosts did not succeed; the entry runs as root through sudo with
+    `require_sudo`."""
+
+    hosts: list[JobHost]
+    forks: int = 5
+    max_fail_percentage: int = 0
+    require_sudo: bool = False
+
+    @classmethod
+    def from_wire(cls, data: Any) -> TargetPlan:
+        if not isinstance(data, dict):
+            raise ProtocolError("a job's targets must be an object")
+        values = _pick(cls, data)
+        if not isinstance(values["hosts"], list) or not values["hosts"]:
+            raise ProtocolError("a job's targets need at least one host")
+        plan = cls(**{**values, "hosts": [JobHost.from_wire(host) for host in values["hosts"]]})
+        if not isinstance(plan.forks, int) or plan.forks < 1:
+            raise ProtocolError(f"a job's forks must be a positive integer, not {plan.forks!r}")
+        if not isinstance(plan.max_fail_percentage, int) or not 0 <= plan.max_fail_percentage <= 100:
+            raise ProtocolError(f"max_fail_percentage must be 0 to 100, not {plan.max_fail_percentage!r}")
+        return plan
+
+
+@dataclass(frozen=True)
 class TaskJob:
     """Everything a worker needs to run one attempt of a task (DESIGN §4). It never asks the database."""
 
@@ -190,9 +260,16 @@ class TaskJob:
     entry_file: str
     script_type: ScriptType
     params: dict[str, Any]
-    """Validated and coerced by the server; passed to the script as file, environment and arguments."""
+    """Validated and coerced by the server; passed to the script as file, environment and arguments. From version 3
+    without the values of `secret_params`, which are in `sealed`."""
     secret_params: list[str] = field(default_factory=list)
     """Names of password parameters: their values are masked in the task's output."""
+    sealed: str | None = None
+    """The job's secrets (`worker.job_secrets.JobSecrets`: password values, host logins) sealed for the workers;
+    None when it has none."""
+    execution: Execution = "worker"
+    targets: TargetPlan | None = None
+    """The hosts to run on when `execution` is `targets`."""
     timeout: int = 3600
     """Seconds the script may run before it is stopped (status `timeout`)."""
     log_limit: int = 10_000
@@ -218,7 +295,15 @@ class TaskJob:
         if not isinstance(blob, dict):
             raise ProtocolError("a job needs a blob object")
         values["blob"] = BlobRef.from_wire(blob)
+        if values.get("targets") is not None:
+            values["targets"] = TargetPlan.from_wire(values["targets"])
         job = cls(**values)
+        if job.execution not in EXECUTIONS:
+            raise ProtocolError(f"execution {job.execution!r}; expected one of {', '.join(EXECUTIONS)}")
+        if (job.execution == "targets") != (job.targets is not None):
+            raise ProtocolError("a job has targets exactly when its execution is 'targets'")
+        if job.sealed is not None and not isinstance(job.sealed, str):
+            raise ProtocolError("a job's sealed secrets must be a token (text)")
         if job.script_type not in SCRIPT_TYPES:
             raise ProtocolError(f"script type {job.script_type!r}; expected one of {', '.join(SCRIPT_TYPES)}")
         if not isinstance(job.params, dict):
@@ -226,7 +311,8 @@ class TaskJob:
         return job
 
 
-EventType = Literal["started", "finished"]
+EventType = Literal["started", "finished", "host_started", "host_finished"]
+EVENT_TYPES: tuple[EventType, ...] = get_args(EventType)
 
 
 @dataclass(frozen=True)
@@ -235,6 +321,9 @@ class Event:
 
     `finished` with status `failed` and `exit_code` None means the script never ran to an exit: `error` says why
     (an integrity error, a missing interpreter, a protocol version the worker does not know).
+
+    `host_started` and `host_finished` report the run on one target host (`host`, the snapshot's name): the latter
+    with a `HostFinalStatus`, the host's exit code and `digest`, the content the host checked before it ran.
     """
 
     type: EventType
@@ -249,6 +338,10 @@ class Event:
     log_lines: int = 0
     """Lines the script wrote in all (the stream keeps at most the job's `log_limit`)."""
     log_truncated: bool = False
+    host: str | None = None
+    """The target host of a `host_started` or `host_finished` event."""
+    digest: str | None = None
+    """`host_finished`: the 64 hex characters of the content the host verified and ran; None if it never got it."""
 
     def to_fields(self) -> dict[str, str]:
         """The fields of the stream entry (one JSON field keeps types intact)."""
@@ -260,26 +353,32 @@ class Event:
         if raw is None:
             raise ProtocolError("an event stream entry needs an 'event' field")
         event = cls(**_pick(cls, _json_object(raw, "an event")))
-        if event.type not in ("started", "finished"):
+        if event.type not in EVENT_TYPES:
             raise ProtocolError(f"unknown event type {event.type!r}")
         if event.type == "finished" and event.status not in FINAL_STATUSES:
             raise ProtocolError(f"a finished event needs a final status, got {event.status!r}")
+        if event.type.startswith("host_") and not (isinstance(event.host, str) and event.host):
+            raise ProtocolError(f"a {event.type} event needs its host")
+        if event.type == "host_finished" and event.status not in HOST_FINAL_STATUSES:
+            raise ProtocolError(f"a host_finished event needs a host's final status, got {event.status!r}")
         return event
 
 
 @dataclass(frozen=True)
 class LogLine:
     """One line of an attempt's output: `seq` counts from 1 within the attempt, `stream` is `stdout` or `stderr`,
-    `attempt` the attempt that wrote it (0: not said, a version 1 worker's line). The server shows lines numbered
-    over the whole task, with the same type."""
+    `attempt` the attempt that wrote it (0: not said, a version 1 worker's line), `host` the target host whose run
+    printed it ("" on the worker itself). The server shows lines numbered over the whole task, with the same type."""
 
     seq: int
     stream: Literal["stdout", "stderr"]
     line: str
     attempt: int = 0
+    host: str = ""
 
     def to_fields(self) -> dict[str, str]:
-        return {"seq": str(self.seq), "stream": self.stream, "line": self.line, "attempt": str(self.attempt)}
+        fields = {"seq": str(self.seq), "stream": self.stream, "line": self.line, "attempt": str(self.attempt)}
+        return {**fields, "host": self.host} if self.host else fields
 
     @classmethod
     def from_fields(cls, fields: dict[bytes, bytes] | dict[str, str]) -> LogLine:
@@ -293,6 +392,7 @@ class LogLine:
                 stream=stream,  # type: ignore[arg-type]
                 line=values["line"],
                 attempt=int(values.get("attempt", "0")),
+                host=values.get("host", ""),
             )
         except (KeyError, ValueError) as error:
             raise ProtocolError(f"a malformed log entry: {error}") from None

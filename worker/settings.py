@@ -10,11 +10,12 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from storage.settings import S3Settings
+from worker.job_secrets import SealSettings
 from worker.protocol import DEFAULT_POOL
 from worker.runner import DEFAULT_PATH
 
 
-class WorkerSettings(S3Settings, BaseSettings):
+class WorkerSettings(S3Settings, SealSettings, BaseSettings):
     """What a worker host needs: Redis, read access to S3 and a directory of its own. No database."""
 
     model_config = SettingsConfigDict(env_prefix="AHOP_", extra="ignore")

@@ -233,6 +233,8 @@ def run_dev(options: DevOptions, environ: Mapping[str, str], out: TextIO) -> int
             # ...but only from the user's own directories: never another tenant's mirror under the data dir.
             env.setdefault("AHOP_GIT_FILE_ROOTS", f"{Path.home()},{Path.cwd()}")
             env.setdefault("AHOP_SECRET_KEYS", _secret_key(state_dir / "secret-key"))
+            # The key the server seals a job's secrets with for the workers (AHOP_WORKER_*: the worker gets it too).
+            env.setdefault("AHOP_WORKER_SECRET_KEYS", _secret_key(state_dir / "worker-secret-key"))
             with _database_step(env["AHOP_DATABASE_URL"], "apply the migrations"):
                 migrate.upgrade(env["AHOP_DATABASE_URL"])
             stack.ensure_bucket()

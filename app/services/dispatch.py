@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.db.models import Blob, Task, TaskStatus, TemplateVersion
 from app.errors import InvalidInput
 from app.services.credentials import CredentialBox
+from worker.job_secrets import JobSecrets, SealError, WorkerSeal
 from worker.protocol import (
     RUN_JOB,
     BlobRef,
@@ -59,9 +60,15 @@ def connect(redis_url: str, timeout: float) -> ArqRedis:
 
 
 def build_job(
-    task: Task, version: TemplateVersion | None, blob: Blob | None, secrets: dict[str, Any], log_limit: int
+    task: Task,
+    version: TemplateVersion | None,
+    blob: Blob | None,
+    secrets: dict[str, Any],
+    log_limit: int,
+    seal: WorkerSeal,
 ) -> TaskJob:
-    """The job of the task's current attempt, with its password values (`secrets`) merged back into the params."""
+    """The job of the task's current attempt. Its password values (`secrets`) go sealed for the workers; `params`
+    keeps their names, masked as the task row has them, so that the order of the arguments holds."""
     if version is None:
         raise Undeliverable(f"version {task.version} of template {task.template_code!r} no longer exists")
     if blob is None:
@@ -69,7 +76,11 @@ def build_job(
     # In the schema's order (a JSONB column keeps its own): scripts get their `--name value` arguments in that order.
     order = {str(entry.get("name")): index for index, entry in enumerate(version.parameters)}
     names = sorted(task.params, key=lambda name: order.get(name, len(order)))
-    params = {name: secrets.get(name, task.params[name]) for name in names}
+    params = {name: task.params[name] for name in names}
+    try:
+        sealed = seal.seal(JobSecrets(params=secrets)) if secrets else None
+    except SealError as exc:
+        raise Undeliverable(str(exc)) from None
     return TaskJob(
         task_id=str(task.id),
         attempt=task.attempt,
@@ -80,6 +91,7 @@ def build_job(
         script_type=version.script_type,  # type: ignore[arg-type]
         params=params,
         secret_params=sorted(secrets),
+        sealed=sealed,
         timeout=task.timeout,
         log_limit=log_limit,
     )
@@ -88,10 +100,11 @@ def build_job(
 class Dispatcher:
     """Enqueues attempts, sets cancel keys and withdraws queued jobs, for the API and the control loop alike."""
 
-    def __init__(self, redis: ArqRedis, box: CredentialBox, log_limit: int) -> None:
+    def __init__(self, redis: ArqRedis, box: CredentialBox, log_limit: int, seal: WorkerSeal) -> None:
         self.redis = redis
         self.box = box
         self.log_limit = log_limit
+        self.seal = seal
 
     async def dispatch(self, session: AsyncSession, task_id: uuid.UUID) -> bool:
         """Enqueue the current attempt of a pending or queued task and mark it queued.
@@ -117,7 +130,7 @@ class Dispatcher:
         task, version, blob = row
         try:
             secrets = self.box.open_json(task.sealed_params) if task.sealed_params else {}
-            job = build_job(task, version, blob, secrets, self.log_limit)
+            job = build_job(task, version, blob, secrets, self.log_limit, self.seal)
         except (Undeliverable, InvalidInput) as exc:
             await self._fail(session, task, f"the task cannot be sent to a worker: {exc}")
             return False

@@ -218,6 +218,12 @@ class Tasks:
     def _seal(self, secrets: dict[str, Any]) -> bytes | None:
         if not secrets:
             return None
+        if not self.dispatcher.seal.has_keys:
+            raise InvalidInput(
+                "this server has no AHOP_WORKER_SECRET_KEYS, so it cannot send password parameters to the workers "
+                "sealed; leave them out or set the same AHOP_WORKER_SECRET_KEYS on the server and the workers",
+                {f"params.{name}": "a password value needs AHOP_WORKER_SECRET_KEYS" for name in secrets},
+            )
         try:
             return self.dispatcher.box.seal_json(secrets)
         except InvalidInput:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.fernet import Fernet
 from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis as AsyncRedis
 
@@ -43,6 +44,7 @@ echo "args: $*"
 echo "env: name=$AHOP_PARAM_NAME count=$AHOP_PARAM_COUNT colors=$AHOP_PARAM_COLORS loud=$AHOP_PARAM_LOUD"
 echo "file: $(cat "$AHOP_PARAMS_FILE")"
 echo "token: $AHOP_PARAM_TOKEN"
+echo "token length: ${#AHOP_PARAM_TOKEN}"
 echo "to stderr" >&2
 exit "$AHOP_PARAM_CODE"
 """
@@ -225,6 +227,7 @@ async def test_a_shell_template_runs_with_every_parameter_channel_and_masked_pas
     assert '"count": 2' in text or '"count":2' in text
     assert "hunter2-secret" not in text
     assert "token: ********" in text
+    assert "token length: 14" in text  # the script got the value itself, opened from the job's seal
     assert {"stream": "stderr", "line": "to stderr"}.items() <= next(
         item for item in lines if item["line"] == "to stderr"
     ).items()
@@ -232,6 +235,23 @@ async def test_a_shell_template_runs_with_every_parameter_channel_and_masked_pas
     assert not await asyncio.to_thread(pwned.exists)
     shown = await server.get(f"/api/v1/tasks/{task['id']}", headers=alice[Role.VIEWER])
     assert "hunter2-secret" not in shown.text
+
+
+async def test_a_worker_without_the_servers_seal_keys_runs_no_script_and_says_which_setting(
+    server: Client, alice: Caller, templates: Templates, fleet: Fleet, tmp_path: Path
+) -> None:
+    other = Fleet({**fleet.env, "AHOP_WORKER_SECRET_KEYS": Fernet.generate_key().decode()}, tmp_path / "other-logs")
+    try:
+        other.start("w-other")
+        task = await create_task(
+            server, alice, await templates.id("show"), params={"name": "x", "token": "hunter2-secret"}
+        )
+        done = await wait_task(server, alice, task["id"])
+    finally:
+        other.stop_all()
+    assert (done["status"], done["exit_code"]) == ("failed", None)
+    assert "AHOP_WORKER_SECRET_KEYS" in done["error"]
+    assert await log_lines(server, alice, task["id"]) == []  # the script never ran
 
 
 async def test_a_failing_script_reports_its_exit_code(

@@ -17,6 +17,7 @@ from cryptography.fernet import Fernet
 
 from app.devstack.processes import free_ports
 from app.settings import AppSettings
+from tests.support.seal import WORKER_SECRET_KEYS
 from tests.support.waiting import until
 
 
@@ -84,4 +85,5 @@ def server_env(settings: AppSettings, tmp_path: Path) -> dict[str, str]:
         "AHOP_GIT_ALLOWED_SCHEMES": "https,ssh,file",
         "AHOP_GIT_FILE_ROOTS": str(tmp_path),
         "AHOP_SECRET_KEYS": Fernet.generate_key().decode(),
+        "AHOP_WORKER_SECRET_KEYS": WORKER_SECRET_KEYS,
     }

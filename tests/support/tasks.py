@@ -10,7 +10,9 @@ from redis.asyncio import Redis
 from app.db.models import Role
 from tests.support import waiting
 from tests.support.api import Client
+from tests.support.seal import WORKER_SECRET_KEYS
 from tests.support.tenants import Caller
+from worker.job_secrets import WorkerSeal
 from worker.protocol import TaskJob, deserialize, job_id, queue_name
 
 FINAL = {"success", "failed", "timeout", "cancelled", "lost"}
@@ -63,6 +65,12 @@ async def queued_job(redis: Redis, task_id: str, attempt: int = 1, pool: str = "
     if info is None or info.score is None:
         return None
     return TaskJob.from_wire(info.args[0])
+
+
+def sealed_params(job: TaskJob) -> dict[str, object]:
+    """The password values a job carries sealed, opened as a worker of the test session opens them."""
+    assert job.sealed is not None, "the job carries no sealed secrets"
+    return WorkerSeal.from_setting(WORKER_SECRET_KEYS).open(job.sealed).params
 
 
 async def log_lines(client: Client, caller: Caller, task_id: str) -> list[dict[str, Any]]:

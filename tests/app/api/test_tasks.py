@@ -6,6 +6,7 @@ import socket
 import uuid
 from pathlib import Path
 
+from arq.constants import job_key_prefix
 from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
 
@@ -15,12 +16,12 @@ from app.settings import AppSettings
 from tests.support.api import Client, errors
 from tests.support.database import sql
 from tests.support.task_fixtures import fast_api_settings, redis_client  # noqa: F401  (fixtures)
-from tests.support.tasks import create_task, queued_job, show, task_in
+from tests.support.tasks import create_task, queued_job, sealed_params, show, task_in
 from tests.support.templates import import_template
 from tests.support.tenants import Caller
 from tests.support.waiting import until
 from tests.support.workers import beat
-from worker.protocol import TASK_STATUSES, WORKERS_KEY, cancel_key
+from worker.protocol import TASK_STATUSES, WORKERS_KEY, cancel_key, job_id
 
 
 async def test_a_task_is_queued_with_coerced_parameters_and_its_password_only_in_the_job(
@@ -40,8 +41,12 @@ async def test_a_task_is_queued_with_coerced_parameters_and_its_password_only_in
 
     job = await queued_job(redis, task["id"])
     assert job is not None
-    assert job.params == {"days": 7, "mode": "safe", "token": "hunter2", "verbose": False}
+    # The password travels sealed for the workers: Redis holds no plaintext of it, a worker's seal opens it.
+    assert job.params == {"days": 7, "mode": "safe", "token": "********", "verbose": False}
     assert job.secret_params == ["token"]
+    assert job.sealed is not None
+    assert sealed_params(job) == {"token": "hunter2"}
+    assert b"hunter2" not in await redis.get(job_key_prefix + job_id(task["id"], 1))
     assert (job.entry_file, job.script_type, job.timeout, job.attempt) == ("cleanup.sh", "shell", 600, 1)
     assert (job.tenant_id, job.template_code) == (alice.tenant_id, "disk_cleanup")
     assert str(job.blob.digest) == template["artifact"]["digest"]
@@ -130,6 +135,12 @@ async def test_password_values_need_server_keys(api_settings: AppSettings, alice
         assert "s3cret" not in refused.text
         accepted = await create_task(client, alice, template["id"], params={"days": 1})
         assert accepted["status"] == "queued"
+    unsealed = api_settings.model_copy(update={"worker_secret_keys": None, "control_loop": False})
+    async with AsyncTestClient(create_app(unsealed)) as client:
+        refused = await client.post("/api/v1/tasks", json=secret, headers=alice[Role.OPERATOR])
+        assert refused.status_code == 422, refused.text
+        assert "AHOP_WORKER_SECRET_KEYS" in errors(refused)["params.token"]
+        assert "s3cret" not in refused.text
 
 
 async def test_tenants_and_roles(client: Client, alice: Caller, bob: Caller, origin: Path) -> None:
@@ -225,7 +236,7 @@ async def test_with_redis_down_a_task_stays_pending_until_the_reconciler_queues_
         assert queued["queued_at"] is not None
         job = await queued_job(redis, waiting["id"])
         assert job is not None
-        assert job.params["token"] == "pw"
+        assert (job.params["token"], sealed_params(job)) == ("********", {"token": "pw"})
         assert await queued_job(redis, dropped["id"]) is None
         assert (await show(client, alice, dropped["id"]))["status"] == "cancelled"
 
