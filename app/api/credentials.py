@@ -11,7 +11,7 @@ from litestar.params import JSONBody, QueryParameter
 from pydantic import BaseModel, Field
 
 from app.api.auth import Principal
-from app.api.schemas import IdPath, Page, PageNumber, PageSize, Timestamped
+from app.api.schemas import IdPath, Page, PageNumber, PageSize, Timestamped, read_fields
 from app.db.models import Role, TargetCredential
 from app.services.target_credentials import CredentialChange, Secrets, TargetCredentials, fingerprint
 
@@ -51,18 +51,7 @@ class CredentialOut(Timestamped):
 
     @classmethod
     def of(cls, row: TargetCredential, hosts: int) -> Self:
-        return cls(
-            id=row.id,
-            name=row.name,
-            kind=row.kind,
-            public_key=row.public_key,
-            fingerprint=fingerprint(row.public_key) if row.public_key else None,
-            has_passphrase=row.has_passphrase,
-            has_become_password=row.has_become_password,
-            hosts=hosts,
-            created_at=row.created_at,
-            updated_at=row.updated_at,
-        )
+        return read_fields(cls, row, fingerprint=fingerprint(row.public_key) if row.public_key else None, hosts=hosts)
 
 
 class CredentialController(Controller):
