@@ -54,6 +54,11 @@ class CredentialOut(Timestamped):
         return read_fields(cls, row, fingerprint=fingerprint(row.public_key) if row.public_key else None, hosts=hosts)
 
 
+async def _answer(target_credentials: TargetCredentials, row: TargetCredential) -> CredentialOut:
+    """One credential with the count of hosts that log in with it."""
+    return CredentialOut.of(row, await target_credentials.hosts_using(row.id))
+
+
 class CredentialController(Controller):
     path = "/api/v1/credentials"
     tags = ["credentials"]  # noqa: RUF012  (Litestar reads this class attribute)
@@ -96,8 +101,7 @@ class CredentialController(Controller):
         principal: NamedDependency[Principal],
         target_credentials: NamedDependency[TargetCredentials],
     ) -> CredentialOut:
-        row = await target_credentials.get(principal.tenant_id, credential_id)
-        return CredentialOut.of(row, await target_credentials.hosts_using(row.id))
+        return await _answer(target_credentials, await target_credentials.get(principal.tenant_id, credential_id))
 
     @put("/{credential_id:int}", summary="Rename a credential or replace its secrets")
     async def update(
@@ -110,7 +114,7 @@ class CredentialController(Controller):
         principal.require(Role.ADMIN)
         change = CredentialChange(**data.model_dump())
         row = await target_credentials.change(principal.tenant_id, credential_id, change)
-        return CredentialOut.of(row, await target_credentials.hosts_using(row.id))
+        return await _answer(target_credentials, row)
 
     @delete("/{credential_id:int}", summary="Delete a credential no host uses")
     async def remove(
