@@ -11,7 +11,7 @@ from litestar.response import Stream
 from pydantic import BaseModel
 
 from app.api.auth import Principal
-from app.api.schemas import Timestamped
+from app.api.schemas import Timestamped, read_fields
 from app.services.artifacts import Artifacts, parse_digest
 
 
@@ -43,18 +43,7 @@ class ArtifactController(Controller):
         self, digest: FromPath[str], principal: NamedDependency[Principal], artifacts: NamedDependency[Artifacts]
     ) -> ArtifactOut:
         view = await artifacts.get(principal.tenant_id, parse_digest(digest))
-        blob = view.blob
-        return ArtifactOut(
-            digest=str(blob.digest),
-            tar_size=blob.tar_size,
-            zst_size=blob.zst_size,
-            zst_sha256=blob.zst_sha256,
-            files=blob.files,
-            state=blob.state,
-            verified_at=blob.verified_at,
-            created_at=blob.created_at,
-            used_by=[UsageOut(**usage.__dict__) for usage in view.used_by],
-        )
+        return read_fields(ArtifactOut, view.blob, digest=str(view.blob.digest), used_by=view.used_by)
 
     @get("/{digest:str}/blob", summary="The .tar.zst itself (zstd -dc | sha256sum prints the digest)")
     async def blob(

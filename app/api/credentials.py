@@ -11,7 +11,7 @@ from litestar.params import JSONBody, QueryParameter
 from pydantic import BaseModel, Field
 
 from app.api.auth import Principal
-from app.api.schemas import IdPath, Page, PageNumber, PageSize, Timestamped
+from app.api.schemas import IdPath, Page, PageNumber, PageSize, Timestamped, read_fields
 from app.db.models import Role, TargetCredential
 from app.services.target_credentials import CredentialChange, Secrets, TargetCredentials, fingerprint
 
@@ -51,18 +51,12 @@ class CredentialOut(Timestamped):
 
     @classmethod
     def of(cls, row: TargetCredential, hosts: int) -> Self:
-        return cls(
-            id=row.id,
-            name=row.name,
-            kind=row.kind,
-            public_key=row.public_key,
-            fingerprint=fingerprint(row.public_key) if row.public_key else None,
-            has_passphrase=row.has_passphrase,
-            has_become_password=row.has_become_password,
-            hosts=hosts,
-            created_at=row.created_at,
-            updated_at=row.updated_at,
-        )
+        return read_fields(cls, row, fingerprint=fingerprint(row.public_key) if row.public_key else None, hosts=hosts)
+
+
+async def _answer(target_credentials: TargetCredentials, row: TargetCredential) -> CredentialOut:
+    """One credential with the count of hosts that log in with it."""
+    return CredentialOut.of(row, await target_credentials.hosts_using(row.id))
 
 
 class CredentialController(Controller):
@@ -107,8 +101,7 @@ class CredentialController(Controller):
         principal: NamedDependency[Principal],
         target_credentials: NamedDependency[TargetCredentials],
     ) -> CredentialOut:
-        row = await target_credentials.get(principal.tenant_id, credential_id)
-        return CredentialOut.of(row, await target_credentials.hosts_using(row.id))
+        return await _answer(target_credentials, await target_credentials.get(principal.tenant_id, credential_id))
 
     @put("/{credential_id:int}", summary="Rename a credential or replace its secrets")
     async def update(
@@ -121,7 +114,7 @@ class CredentialController(Controller):
         principal.require(Role.ADMIN)
         change = CredentialChange(**data.model_dump())
         row = await target_credentials.change(principal.tenant_id, credential_id, change)
-        return CredentialOut.of(row, await target_credentials.hosts_using(row.id))
+        return await _answer(target_credentials, row)
 
     @delete("/{credential_id:int}", summary="Delete a credential no host uses")
     async def remove(

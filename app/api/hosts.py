@@ -11,7 +11,7 @@ from litestar.params import JSONBody, QueryParameter
 from pydantic import BaseModel, Field
 
 from app.api.auth import Principal
-from app.api.schemas import IdPath, Page, PageNumber, PageSize, Timestamped
+from app.api.schemas import IdPath, Page, PageNumber, PageSize, Timestamped, read_fields
 from app.db.models import Role
 from app.inventory.ansible import read_ansible_inventory
 from app.inventory.fields import HostFields
@@ -73,20 +73,8 @@ class HostOut(Timestamped):
 
     @classmethod
     def of(cls, view: HostView) -> Self:
-        host = view.host
-        return cls(
-            id=host.id,
-            name=host.name,
-            address=host.address,
-            port=host.port,
-            user=host.username,
-            labels=host.labels,
-            variables=host.variables,
-            credential_id=host.credential_id,
-            credential=view.credential_name,
-            host_keys=HostKeyOut.all_of(view.keys),
-            created_at=host.created_at,
-            updated_at=host.updated_at,
+        return read_fields(
+            cls, view.host, user=view.host.username, credential=view.credential_name, host_keys=view.keys
         )
 
 

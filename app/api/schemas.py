@@ -15,6 +15,7 @@ from litestar.params import PathParameter, QueryParameter
 from pydantic import BaseModel, Field, field_serializer
 
 ItemT = TypeVar("ItemT")
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 class Page(BaseModel, Generic[ItemT]):
@@ -52,9 +53,19 @@ class Timestamped(BaseModel):
         return value
 
 
+def read_fields(model: type[ModelT], source: object, **given: object) -> ModelT:
+    """`model` with each field read off `source`'s attribute of the same name, but for the fields `given`.
+
+    An answer mostly repeats a row or a record; naming only what it renames, computes or adds keeps the two from
+    drifting apart field by field. Nested answers are read off attributes too.
+    """
+    read = {name: getattr(source, name) for name in model.model_fields if name not in given}
+    return model.model_validate({**read, **given}, from_attributes=True)
+
+
 class RowOut(Timestamped):
     """An answer that is one database row: each field is the row's column of the same name."""
 
     @classmethod
     def of(cls, row: object) -> Self:
-        return cls.model_validate(row, from_attributes=True)
+        return read_fields(cls, row)

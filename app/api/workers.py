@@ -9,7 +9,7 @@ from litestar.di import NamedDependency
 from pydantic import BaseModel, Field
 
 from app.api.auth import Principal
-from app.api.schemas import Timestamped
+from app.api.schemas import Timestamped, read_fields
 from app.services.workers import Workers, WorkerState
 
 
@@ -31,21 +31,13 @@ class WorkerOut(Timestamped):
 
     @classmethod
     def of(cls, state: WorkerState) -> WorkerOut:
-        beat = state.heartbeat
-        return cls(
-            id=beat.id,
-            host=beat.host,
-            pid=beat.pid,
-            pools=list(beat.pools),
+        return read_fields(
+            cls,
+            state.heartbeat,
             live=state.live,
             last_seen=state.last_seen,
             age_seconds=round(state.age_seconds, 3),
-            running=len(beat.running),
-            cache_bytes=beat.cache_bytes,
-            cache_entries=beat.cache_entries,
-            downloads=beat.downloads,
-            version=beat.version,
-            protocol=beat.protocol,
+            running=len(state.heartbeat.running),
             started_at=state.started_at,
         )
 

@@ -94,20 +94,17 @@ class GcReport:
         return asdict(self)
 
 
+@dataclass(eq=False)
 class GarbageCollector:
-    def __init__(
-        self,
-        sessions: async_sessionmaker[AsyncSession],
-        store: BlobStore,
-        options: GcOptions,
-        progress: Progress | None = None,
-    ) -> None:
-        self.sessions = sessions
-        self.store = store
-        self.options = options
-        self.progress = progress or Silent()
-        self.report = GcReport(dry_run=options.dry_run, grace_seconds=options.grace)
-        """Filled in as the run goes: what it did so far when it fails or is stopped."""
+    sessions: async_sessionmaker[AsyncSession]
+    store: BlobStore
+    options: GcOptions
+    progress: Progress = field(default_factory=Silent)
+    report: GcReport = field(init=False)
+    """Filled in as the run goes: what it did so far when it fails or is stopped."""
+
+    def __post_init__(self) -> None:
+        self.report = GcReport(dry_run=self.options.dry_run, grace_seconds=self.options.grace)
 
     async def run(self) -> GcReport:
         """One collection (a collector runs once). The caller holds the GC lock (`app.maintenance.runs.GcLock`)."""

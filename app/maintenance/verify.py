@@ -104,24 +104,20 @@ class Standing(enum.Enum):
     """Touched within the grace and referenced by nothing yet: an import between its row and its upload."""
 
 
+@dataclass(eq=False)
 class Verifier:
-    def __init__(
-        self,
-        sessions: async_sessionmaker[AsyncSession],
-        store: BlobStore,
-        options: VerifyOptions,
-        repairer: Repairer | None = None,
-        progress: Progress | None = None,
-    ) -> None:
-        self.sessions = sessions
-        self.store = store
-        self.options = options
-        self.repairer = repairer
-        self.progress = progress or Silent()
-        self.report = VerifyReport(scope=options.scope)
-        """Filled in as the run goes: what it found so far when it fails or is stopped."""
-        self._created: dict[Digest, datetime] = {}
-        """`created_at` of each row read and not yet settled: tells a row from one written again since."""
+    sessions: async_sessionmaker[AsyncSession]
+    store: BlobStore
+    options: VerifyOptions
+    repairer: Repairer | None = None
+    progress: Progress = field(default_factory=Silent)
+    report: VerifyReport = field(init=False)
+    """Filled in as the run goes: what it found so far when it fails or is stopped."""
+    _created: dict[Digest, datetime] = field(init=False, default_factory=dict)
+    """`created_at` of each row read and not yet settled: tells a row from one written again since."""
+
+    def __post_init__(self) -> None:
+        self.report = VerifyReport(scope=self.options.scope)
 
     async def run(self) -> VerifyReport:
         """One verification (a verifier runs once)."""

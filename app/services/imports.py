@@ -11,7 +11,7 @@ import logging
 import tempfile
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar, cast
@@ -110,27 +110,18 @@ class Source:
             )
 
 
+@dataclass(eq=False)
 class Importer:
     """Imports templates and their new versions; counts them into `metrics` when given."""
 
-    def __init__(
-        self,
-        session: AsyncSession,
-        mirrors: Mirrors,
-        box: CredentialBox,
-        store: BlobStore,
-        limits: Limits,
-        work_dir: Path,
-        *,
-        metrics: ApiMetrics | None = None,
-    ) -> None:
-        self.session = session
-        self.mirrors = mirrors
-        self.box = box
-        self.store = store
-        self.limits = limits
-        self.work_dir = work_dir
-        self.metrics = metrics
+    session: AsyncSession
+    mirrors: Mirrors
+    box: CredentialBox
+    store: BlobStore
+    limits: Limits
+    work_dir: Path
+    _: KW_ONLY
+    metrics: ApiMetrics | None = None
 
     async def import_template(self, tenant_id: uuid.UUID, spec: TemplateSpec, created_by: uuid.UUID | None) -> Imported:
         taken = await self.session.scalar(

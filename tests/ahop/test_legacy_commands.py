@@ -24,7 +24,7 @@ from app.settings import AppSettings
 from storage.digest import Digest
 from storage.keys import blob_key
 from tests.support.database import new_database
-from tests.support.repositories import commit_all, git
+from tests.support.repositories import git, repository_of
 from tests.support.s3 import s3_client
 from tests.support.schema import SCHEMA
 
@@ -50,14 +50,6 @@ DAYS = [{"name": "days", "type": "string", "label": "保留天数", "required": 
 def legacy_database(stack: LocalStack) -> Iterator[str]:
     with new_database(stack, "ahop_legacy") as url:
         yield url
-
-
-def _repository(root: Path, files: dict[str, str]) -> Path:
-    for path, content in files.items():
-        (root / path).parent.mkdir(parents=True, exist_ok=True)
-        (root / path).write_text(content)
-    commit_all(root, message="first")
-    return root
 
 
 async def _sql(url: str, statement: str, *args: Any) -> list[asyncpg.Record]:
@@ -165,7 +157,7 @@ def test_adopt_a_legacy_database_then_backfill_its_templates(
     legacy_database: str, api_settings: AppSettings, tmp_path: Path
 ) -> None:
     nonce = secrets.token_hex(8)  # fresh content per run: the bucket is shared by the session
-    ops = _repository(
+    ops = repository_of(
         tmp_path / "ops",
         {
             "scripts/disk_cleanup.sh": f"#!/bin/bash\n# {nonce}\nfind /tmp -mtime +$1 -delete\n",
@@ -176,7 +168,7 @@ def test_adopt_a_legacy_database_then_backfill_its_templates(
             "playbooks/nginx/templates/nginx.conf": "events {}\n",
         },
     )
-    tools = _repository(tmp_path / "tools", {"tools/vacuum.py": f"print('vacuum {nonce}')\n"})
+    tools = repository_of(tmp_path / "tools", {"tools/vacuum.py": f"print('vacuum {nonce}')\n"})
     _build_legacy(legacy_database, ops, tools)
 
     adopted = ahop(api_settings, legacy_database, "db", "adopt-legacy", "--json")

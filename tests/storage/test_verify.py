@@ -27,15 +27,10 @@ Overwrite = Callable[[Digest, bytes], None]
 
 
 @dataclass(frozen=True)
-class Stored:
-    """A blob put into the store, its compressed bytes, and the record the database would hold for it."""
+class Stored(Expected):
+    """A blob put into the store: the record the database would hold for it, and its compressed bytes."""
 
-    expected: Expected
     data: bytes
-
-    @property
-    def digest(self) -> Digest:
-        return self.expected.digest
 
 
 def tree(root: Path, seed: int, size: int = 300_000) -> Path:
@@ -49,15 +44,13 @@ def tree(root: Path, seed: int, size: int = 300_000) -> Path:
 def packed(root: Path) -> Stored:
     out = io.BytesIO()
     snap = snapshot_directory(root, out)
-    return Stored(Expected(snap.digest, snap.zst_size, snap.zst_sha256, snap.tar_size), out.getvalue())
+    return Stored(snap.digest, snap.zst_size, snap.zst_sha256, snap.tar_size, out.getvalue())
 
 
 def put(store: BlobStore, blob: Stored, tmp_path: Path) -> Stored:
     path = tmp_path / f"{blob.digest.hex}.tar.zst"
     path.write_bytes(blob.data)
-    store.put_if_absent(
-        blob.digest, path, tar_size=blob.expected.tar_size, files=2, zst_sha256=blob.expected.zst_sha256
-    )
+    store.put_if_absent(blob.digest, path, tar_size=blob.tar_size, files=2, zst_sha256=blob.zst_sha256)
     return blob
 
 
@@ -100,14 +93,14 @@ def overwrite(location: S3Location) -> Iterator[Overwrite]:
 def test_an_intact_blob_is_ok(store: BlobStore, make: Callable[[], Stored]) -> None:
     blob = make()
 
-    assert check_blob(store, blob.expected) == Check(blob.digest, Outcome.OK, "", blob.expected.zst_size)
+    assert check_blob(store, blob) == Check(blob.digest, Outcome.OK, "", blob.zst_size)
 
 
 def test_a_deleted_object_is_missing(store: BlobStore, make: Callable[[], Stored]) -> None:
     blob = make()
     store.delete([blob.digest])
 
-    found = check_blob(store, blob.expected)
+    found = check_blob(store, blob)
 
     assert (found.outcome, found.zst_bytes) == (Outcome.MISSING, 0)
     assert str(blob.digest) in found.detail
@@ -122,13 +115,13 @@ def test_another_valid_blob_of_the_same_length_in_its_place_is_corrupt(
     assert len(other.data) == len(blob.data) != 0
     overwrite(blob.digest, other.data)
 
-    found = check_blob(store, blob.expected)
+    found = check_blob(store, blob)
 
     assert found.outcome is Outcome.CORRUPT
     assert found.zst_bytes == len(blob.data)
     assert str(blob.digest) in found.detail
-    assert other.expected.zst_sha256 in found.detail
-    assert blob.expected.zst_sha256 in found.detail
+    assert other.zst_sha256 in found.detail
+    assert blob.zst_sha256 in found.detail
 
 
 def test_a_record_matching_the_compressed_bytes_of_another_tar_is_corrupt(
@@ -138,7 +131,7 @@ def test_a_record_matching_the_compressed_bytes_of_another_tar_is_corrupt(
     other = packed(tree(tmp_path / "other", seed=-2))
     overwrite(blob.digest, other.data)
     # As if the bytes had been replaced when the blob was written: the compressed figures agree, the tar does not.
-    record = replace(other.expected, digest=blob.digest)
+    record = replace(other, digest=blob.digest)
 
     found = check_blob(store, record)
 
@@ -154,7 +147,7 @@ def test_another_valid_blob_of_another_length_in_its_place_is_a_size_mismatch(
     other = packed(tree(tmp_path / "other", seed=-3, size=200_000))
     overwrite(blob.digest, other.data)
 
-    found = check_blob(store, blob.expected)
+    found = check_blob(store, blob)
 
     assert found.outcome is Outcome.SIZE_MISMATCH
     assert str(blob.digest) in found.detail
@@ -167,7 +160,7 @@ def test_a_tar_of_another_length_than_recorded_is_a_size_mismatch(
     store: BlobStore, make: Callable[[], Stored], change: int
 ) -> None:
     blob = make()
-    record = replace(blob.expected, tar_size=blob.expected.tar_size + change)
+    record = replace(blob, tar_size=blob.tar_size + change)
 
     found = check_blob(store, record)
 
@@ -183,7 +176,7 @@ def test_bytes_that_are_not_zstd_are_corrupt_even_when_their_checksum_matches(
     blob = make()
     garbage = random.randbytes(len(blob.data))
     overwrite(blob.digest, garbage)
-    record = replace(blob.expected, zst_sha256=hashlib.sha256(garbage).hexdigest())
+    record = replace(blob, zst_sha256=hashlib.sha256(garbage).hexdigest())
 
     found = check_blob(store, record)
 
@@ -199,7 +192,7 @@ def test_a_stream_cut_before_its_checksum_is_corrupt(
     blob = make()
     cut = blob.data[:-4]
     overwrite(blob.digest, cut)
-    record = replace(blob.expected, zst_size=len(cut), zst_sha256=hashlib.sha256(cut).hexdigest())
+    record = replace(blob, zst_size=len(cut), zst_sha256=hashlib.sha256(cut).hexdigest())
 
     found = check_blob(store, record)
 
@@ -219,7 +212,7 @@ def test_a_blob_asking_for_a_window_over_128_mib_is_corrupt(
     wide = compressor.compress(tar.getvalue()) + compressor.flush()
     assert zstandard.get_frame_parameters(wide).window_size == 1 << 28
     overwrite(blob.digest, wide)
-    record = replace(blob.expected, zst_size=len(wide), zst_sha256=hashlib.sha256(wide).hexdigest())
+    record = replace(blob, zst_size=len(wide), zst_sha256=hashlib.sha256(wide).hexdigest())
 
     found = check_blob(store, record)
 
@@ -249,7 +242,7 @@ def test_many_blobs_get_one_check_each(
     replaced = [make() for _ in range(2)]
     for blob in replaced:
         overwrite(blob.digest, random.randbytes(len(blob.data)))
-    wrong_tar = [replace(make().expected, tar_size=1) for _ in range(2)]
+    wrong_tar = [replace(make(), tar_size=1) for _ in range(2)]
     never_stored = [Expected(Digest(secrets.token_hex(32)), 10, "0" * 64, 20) for _ in range(3)]
     wanted = {
         **{blob.digest: Outcome.OK for blob in intact},
@@ -258,7 +251,7 @@ def test_many_blobs_get_one_check_each(
         **{record.digest: Outcome.SIZE_MISMATCH for record in wrong_tar},
         **{record.digest: Outcome.MISSING for record in never_stored},
     }
-    records = [blob.expected for blob in intact + deleted + replaced] + wrong_tar + never_stored
+    records = [*intact, *deleted, *replaced, *wrong_tar, *never_stored]
     random.shuffle(records)
 
     found = list(check_blobs(store, iter(records), concurrency=concurrency))
@@ -292,7 +285,7 @@ def test_leaving_the_loop_early_leaves_no_thread_behind(store: BlobStore, make: 
     blobs = [make() for _ in range(8)]
     before = set(threading.enumerate())
 
-    for check in check_blobs(store, [blob.expected for blob in blobs], concurrency=4):
+    for check in check_blobs(store, blobs, concurrency=4):
         assert check.outcome is Outcome.OK
         break
 
@@ -305,9 +298,9 @@ def test_a_store_that_cannot_be_asked_is_an_error_not_an_outcome(
     blob = make()
     with BlobStore(replace(location, secret_access_key="wrong")) as refused:
         with pytest.raises(StorageUnavailable, match="refused our credentials"):
-            check_blob(refused, blob.expected)
+            check_blob(refused, blob)
         with pytest.raises(StorageUnavailable, match="refused our credentials"):
-            list(check_blobs(refused, [blob.expected] * 5, concurrency=2))
+            list(check_blobs(refused, [blob] * 5, concurrency=2))
     missing = stack.s3_location(f"missing-{secrets.token_hex(6)}")
     with BlobStore(missing) as nowhere, pytest.raises(BucketNotFound):
-        check_blob(nowhere, blob.expected)
+        check_blob(nowhere, blob)

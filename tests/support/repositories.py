@@ -33,6 +33,15 @@ def commit_all(repo: Path, *, message: str = "snapshot", branch: str = "main", s
     return git(repo, "rev-parse", "HEAD")
 
 
+def repository_of(root: Path, files: dict[str, str], *, message: str = "first") -> Path:
+    """A Git repository at `root` whose one commit holds `files` (path: text); `root`."""
+    for path, text in files.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(text)
+    commit_all(root, message=message)
+    return root
+
+
 def commit_new_content(origin: Path, path: str = "scripts/disk_cleanup") -> None:
     """A new commit that changes the directory's content (so its next import packs a new digest)."""
     (origin / path / "changes.txt").write_text(secrets.token_hex(16))

@@ -19,7 +19,7 @@ from app.settings import AppSettings
 from tests.support.api import Client
 from tests.support.database import sql
 from tests.support.metrics_text import parse_samples, value
-from tests.support.repositories import commit_all, git
+from tests.support.repositories import commit_all, git, repository_of
 from tests.support.tenants import Caller
 from tests.support.waiting import until
 
@@ -343,13 +343,6 @@ async def test_database_down_answers_503(api_settings: AppSettings, alice: Calle
     assert "database is unavailable" in response.json()["detail"]
 
 
-def _commit_tree(repo: Path, files: dict[str, str]) -> None:
-    for path, text in files.items():
-        (repo / path).parent.mkdir(parents=True, exist_ok=True)
-        (repo / path).write_text(text)
-    commit_all(repo, message="layout")
-
-
 async def _scan(client: Client, caller: Caller, repo: Path) -> tuple[object, dict[str, dict[str, Any]]]:
     """Add `repo`, scan it: its id and its candidates by path."""
     created = await _add(client, caller, repo)
@@ -363,9 +356,8 @@ async def _scan(client: Client, caller: Caller, repo: Path) -> tuple[object, dic
 async def test_a_scan_marks_candidates_over_the_servers_import_limits(
     api_settings: AppSettings, alice: Caller, tmp_path: Path
 ) -> None:
-    repo = tmp_path / "limits"
-    _commit_tree(
-        repo,
+    repo = repository_of(
+        tmp_path / "limits",
         {
             "big/big.sh": "# Name: big\n" + "#" * 30_000,
             "many/many.sh": "# Name: many\n",
@@ -394,9 +386,8 @@ async def test_a_scan_marks_candidates_over_the_servers_import_limits(
 async def test_the_original_systems_playbooks_scan_import_and_keep_their_length_limits(
     client: Client, alice: Caller, tmp_path: Path
 ) -> None:
-    repo = tmp_path / "original"
-    _commit_tree(
-        repo,
+    repo = repository_of(
+        tmp_path / "original",
         {
             "test/playbooks/survey.yml": "name: Nginx部署配置\nspec:\n"
             "  - {type: text, variable: server_name, required: true, min_length: 3, max_length: 255}\n",

@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -17,8 +16,9 @@ from app.maintenance.start import Maintenance, build_maintenance
 from app.settings import AppSettings
 from storage.blobstore import BlobStore
 from tests.support.database import new_migrated_database
+from tests.support.deployment import Deployment
 from tests.support.s3 import fresh_bucket
-from tests.support.tenants import Caller, make_tenant
+from tests.support.tenants import make_tenant
 
 
 @pytest.fixture
@@ -26,17 +26,6 @@ async def own_settings(api_settings: AppSettings, stack: LocalStack, tmp_path: P
     bucket = fresh_bucket(stack, "ahop-gc").bucket
     async with new_migrated_database(stack, "ahop_gc") as url:
         yield api_settings.model_copy(update={"database_url": url, "s3_bucket": bucket, "data_dir": tmp_path / "own"})
-
-
-@pytest.fixture
-async def own_client(own_settings: AppSettings) -> AsyncIterator[AsyncTestClient[Litestar]]:
-    async with AsyncTestClient(create_app(own_settings)) as test_client:
-        yield test_client
-
-
-@pytest.fixture
-async def carol(own_settings: AppSettings) -> Caller:
-    return await make_tenant(own_settings.database_url)
 
 
 @pytest.fixture
@@ -60,3 +49,16 @@ def store(own_settings: AppSettings) -> BlobStore:
 def maintenance(engine: AsyncEngine, store: BlobStore, own_settings: AppSettings) -> Maintenance:
     """Maintenance as `ahop gc|verify` builds it, over this test's database, bucket and the API's Git mirrors."""
     return build_maintenance(own_settings, engine, store)
+
+
+@pytest.fixture
+async def own(
+    own_settings: AppSettings,
+    maintenance: Maintenance,
+    store: BlobStore,
+    sessions: async_sessionmaker[AsyncSession],
+) -> AsyncIterator[Deployment]:
+    """The API over this test's database and bucket, serving a tenant of its own, beside its maintenance."""
+    caller = await make_tenant(own_settings.database_url)
+    async with AsyncTestClient(create_app(own_settings)) as client:
+        yield Deployment(client, caller, own_settings, maintenance, store, sessions)

@@ -7,13 +7,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-
 from app.db.models import MaintenanceRun, Role
-from app.maintenance.start import Maintenance
-from app.settings import AppSettings
 from tests.support.api import Client
 from tests.support.blobs import put_orphan, remove_object
+from tests.support.deployment import Deployment
 from tests.support.s3 import s3_client
 from tests.support.templates import import_template
 from tests.support.tenants import Caller
@@ -31,66 +28,58 @@ async def finished_run(client: Client, caller: Caller, run_id: str) -> dict[str,
     return run
 
 
-async def test_gc_over_http_answers_202_and_its_report_is_read_later(
-    own_client: Client, carol: Caller, own_settings: AppSettings
-) -> None:
-    orphan = put_orphan(s3_client(own_settings.s3_location()), own_settings.s3_bucket)
+async def test_gc_over_http_answers_202_and_its_report_is_read_later(own: Deployment) -> None:
+    orphan = put_orphan(s3_client(own.settings.s3_location()), own.settings.s3_bucket)
 
-    response = await own_client.post("/api/v1/admin/gc", json={"grace_seconds": 0}, headers=carol[Role.SYSTEM])
+    response = await own.client.post("/api/v1/admin/gc", json={"grace_seconds": 0}, headers=own.carol[Role.SYSTEM])
 
     assert response.status_code == 202, response.text
     started = response.json()
     assert started["report_url"] == f"/api/v1/admin/runs/{started['run_id']}"
-    run = await finished_run(own_client, carol, started["run_id"])
+    run = await finished_run(own.client, own.carol, started["run_id"])
     assert run["status"] == "succeeded"
     assert run["kind"] == "gc"
     assert run["report"]["orphan_digests"] == [str(orphan)]
     assert run["started_by"].startswith("token ")
-    listed = await own_client.get("/api/v1/admin/runs?kind=gc", headers=carol[Role.SYSTEM])
+    listed = await own.client.get("/api/v1/admin/runs?kind=gc", headers=own.carol[Role.SYSTEM])
     assert [item["id"] for item in listed.json()["items"]] == [started["run_id"]]
 
 
-async def test_admin_routes_need_a_system_token_and_refuse_a_second_gc(
-    own_client: Client, carol: Caller, maintenance: Maintenance
-) -> None:
+async def test_admin_routes_need_a_system_token_and_refuse_a_second_gc(own: Deployment) -> None:
     for role in (Role.VIEWER, Role.OPERATOR, Role.ADMIN):
-        response = await own_client.post("/api/v1/admin/gc", json={}, headers=carol[role])
+        response = await own.client.post("/api/v1/admin/gc", json={}, headers=own.carol[role])
         assert response.status_code == 403, response.text
-    held = await maintenance.start_gc(dry_run=True, grace=0, wait=False, started_by="cli")
-    busy = await own_client.post("/api/v1/admin/gc", json={}, headers=carol[Role.SYSTEM])
+    held = await own.maintenance.start_gc(dry_run=True, grace=0, wait=False, started_by="cli")
+    busy = await own.client.post("/api/v1/admin/gc", json={}, headers=own.carol[Role.SYSTEM])
     assert busy.status_code == 409
     assert f"already running (run {held.run_id}" in busy.json()["detail"]
     await held.execute(None)
 
 
-async def test_verify_over_http_names_the_missing_blob_and_refuses_bad_input(
-    own_client: Client, carol: Caller, origin: Path, own_settings: AppSettings
-) -> None:
-    imported = await import_template(own_client, carol, origin, "watched", parameters=[])
+async def test_verify_over_http_names_the_missing_blob_and_refuses_bad_input(own: Deployment, origin: Path) -> None:
+    imported = await import_template(own.client, own.carol, origin, "watched", parameters=[])
     digest = imported["artifact"]["digest"]
-    remove_object(own_settings, digest)
+    remove_object(own.settings, digest)
 
-    response = await own_client.post("/api/v1/admin/verify", json={"grace_seconds": 0}, headers=carol[Role.SYSTEM])
+    response = await own.client.post("/api/v1/admin/verify", json={"grace_seconds": 0}, headers=own.carol[Role.SYSTEM])
     assert response.status_code == 202, response.text
-    run = await finished_run(own_client, carol, response.json()["run_id"])
+    run = await finished_run(own.client, own.carol, response.json()["run_id"])
     assert run["status"] == "problems"
     assert run["report"]["problems"][0]["digest"] == digest
     assert run["report"]["problems"][0]["outcome"] == "missing"
 
-    bad = await own_client.post("/api/v1/admin/verify", json={"digest": "md5:abc"}, headers=carol[Role.SYSTEM])
+    bad = await own.client.post("/api/v1/admin/verify", json={"digest": "md5:abc"}, headers=own.carol[Role.SYSTEM])
     assert bad.status_code == 422
     assert bad.json()["extra"]["errors"][0]["field"] == "digest"
-    unknown = await own_client.post(
-        "/api/v1/admin/verify", json={"digest": "sha256:" + "a" * 64}, headers=carol[Role.SYSTEM]
+    unknown = await own.client.post(
+        "/api/v1/admin/verify", json={"digest": "sha256:" + "a" * 64}, headers=own.carol[Role.SYSTEM]
     )
     assert unknown.status_code == 404
 
 
-async def test_a_run_whose_process_died_reads_as_failed(
-    own_client: Client, carol: Caller, sessions: async_sessionmaker[AsyncSession]
-) -> None:
+async def test_a_run_whose_process_died_reads_as_failed(own: Deployment) -> None:
     run_id, listed_id = uuid.uuid4(), uuid.uuid4()
-    async with sessions() as session, session.begin():  # what a crashed `ahop gc` leaves behind
+    async with own.sessions() as session, session.begin():  # what a crashed `ahop gc` leaves behind
         for crashed in (run_id, listed_id):
             session.add(
                 MaintenanceRun(
@@ -98,18 +87,18 @@ async def test_a_run_whose_process_died_reads_as_failed(
                 )
             )
 
-    response = await own_client.get(f"/api/v1/admin/runs/{run_id}", headers=carol[Role.SYSTEM])
+    response = await own.client.get(f"/api/v1/admin/runs/{run_id}", headers=own.carol[Role.SYSTEM])
 
     assert response.status_code == 200, response.text
     assert response.json()["status"] == "failed"
     assert "stopped reporting" in response.json()["error"]
-    listed = await own_client.get("/api/v1/admin/runs?kind=gc", headers=carol[Role.SYSTEM])
+    listed = await own.client.get("/api/v1/admin/runs?kind=gc", headers=own.carol[Role.SYSTEM])
     assert {item["id"]: item["status"] for item in listed.json()["items"]} == {
         str(run_id): "failed",
         str(listed_id): "failed",
     }
-    bad_kind = await own_client.get("/api/v1/admin/runs?kind=backup", headers=carol[Role.SYSTEM])
+    bad_kind = await own.client.get("/api/v1/admin/runs?kind=backup", headers=own.carol[Role.SYSTEM])
     assert bad_kind.status_code == 422, bad_kind.text
     assert bad_kind.json()["extra"]["errors"][0]["field"] == "kind"
-    missing = await own_client.get(f"/api/v1/admin/runs/{uuid.uuid4()}", headers=carol[Role.SYSTEM])
+    missing = await own.client.get(f"/api/v1/admin/runs/{uuid.uuid4()}", headers=own.carol[Role.SYSTEM])
     assert missing.status_code == 404

@@ -17,12 +17,11 @@ from app.maintenance.start import Maintenance
 from app.settings import AppSettings
 from storage.blobstore import BlobStore, PendingUpload
 from storage.keys import blob_key
-from tests.support.api import Client
 from tests.support.blobs import blob_rows, listed, put_orphan, put_unreferenced, stored
+from tests.support.deployment import Deployment
 from tests.support.repositories import commit_new_content, git
 from tests.support.s3 import s3_client
 from tests.support.templates import import_template
-from tests.support.tenants import Caller
 
 
 async def gc(maintenance: Maintenance, *, grace: float = 0, dry_run: bool = False) -> dict[str, Any]:
@@ -32,26 +31,20 @@ async def gc(maintenance: Maintenance, *, grace: float = 0, dry_run: bool = Fals
     return result.report
 
 
-async def test_gc_frees_what_nothing_references_and_keeps_the_rest(
-    own_client: Client,
-    carol: Caller,
-    origin: Path,
-    own_settings: AppSettings,
-    maintenance: Maintenance,
-    store: BlobStore,
-    sessions: async_sessionmaker[AsyncSession],
-) -> None:
-    kept = await import_template(own_client, carol, origin, "kept", original_path="scripts/disk_cleanup", parameters=[])
+async def test_gc_frees_what_nothing_references_and_keeps_the_rest(own: Deployment, origin: Path) -> None:
+    kept = await import_template(
+        own.client, own.carol, origin, "kept", original_path="scripts/disk_cleanup", parameters=[]
+    )
     (origin / "other").mkdir()
     (origin / "other" / "cleanup.sh").write_text("echo other\n")
     git(origin, "add", "-A")
     git(origin, "commit", "-q", "-m", "other")
-    gone = await import_template(own_client, carol, origin, "gone", original_path="other", parameters=[])
-    response = await own_client.delete(f"/api/v1/task-templates/{gone['id']}", headers=carol[Role.ADMIN])
+    gone = await import_template(own.client, own.carol, origin, "gone", original_path="other", parameters=[])
+    response = await own.client.delete(f"/api/v1/task-templates/{gone['id']}", headers=own.carol[Role.ADMIN])
     assert response.status_code == 204, response.text
-    orphan = put_orphan(s3_client(own_settings.s3_location()), own_settings.s3_bucket)
+    orphan = put_orphan(s3_client(own.settings.s3_location()), own.settings.s3_bucket)
 
-    report = await gc(maintenance)
+    report = await gc(own.maintenance)
 
     kept_digest, gone_digest = kept["artifact"]["digest"], gone["artifact"]["digest"]
     assert report["candidates"] == 1
@@ -61,61 +54,53 @@ async def test_gc_frees_what_nothing_references_and_keeps_the_rest(
     assert report["orphans_removed"] == 1
     assert report["orphan_digests"] == [str(orphan)]
     assert report["blobs_examined"] == 2
-    assert stored(store, kept_digest)
-    assert not stored(store, gone_digest)
-    assert not stored(store, orphan)
-    assert await blob_rows(sessions) == {kept_digest}
+    assert stored(own.store, kept_digest)
+    assert not stored(own.store, gone_digest)
+    assert not stored(own.store, orphan)
+    assert await blob_rows(own.sessions) == {kept_digest}
     # What stays still runs: the kept template's content verifies.
-    response = await own_client.get(f"/api/v1/task-templates/{kept['id']}", headers=carol[Role.VIEWER])
+    response = await own.client.get(f"/api/v1/task-templates/{kept['id']}", headers=own.carol[Role.VIEWER])
     assert response.json()["artifact"]["digest"] == kept_digest
 
 
-async def test_a_dry_run_changes_nothing_and_names_what_a_real_run_then_deletes(
-    own_client: Client,
-    carol: Caller,
-    origin: Path,
-    own_settings: AppSettings,
-    maintenance: Maintenance,
-    store: BlobStore,
-    sessions: async_sessionmaker[AsyncSession],
-) -> None:
-    imported = await import_template(own_client, carol, origin, "svc", parameters=[])
+async def test_a_dry_run_changes_nothing_and_names_what_a_real_run_then_deletes(own: Deployment, origin: Path) -> None:
+    imported = await import_template(own.client, own.carol, origin, "svc", parameters=[])
     digests = [imported["artifact"]["digest"]]
     for _ in range(3):  # versions 2..4; with AHOP_KEEP_VERSIONS=2 versions 1 and 2 are no longer retained
         commit_new_content(origin)
-        response = await own_client.post(f"/api/v1/task-templates/{imported['id']}/sync", headers=carol[Role.ADMIN])
+        response = await own.client.post(f"/api/v1/task-templates/{imported['id']}/sync", headers=own.carol[Role.ADMIN])
         assert response.status_code in (200, 201), response.text
-        detail = await own_client.get(f"/api/v1/task-templates/{imported['id']}", headers=carol[Role.VIEWER])
+        detail = await own.client.get(f"/api/v1/task-templates/{imported['id']}", headers=own.carol[Role.VIEWER])
         digests.append(detail.json()["artifact"]["digest"])
-    orphan = put_orphan(s3_client(own_settings.s3_location()), own_settings.s3_bucket)
-    maintenance.policy = type(maintenance.policy)(**{**maintenance.policy.__dict__, "keep_versions": 2})
-    rows_before = await blob_rows(sessions)
+    orphan = put_orphan(s3_client(own.settings.s3_location()), own.settings.s3_bucket)
+    own.maintenance.policy = type(own.maintenance.policy)(**{**own.maintenance.policy.__dict__, "keep_versions": 2})
+    rows_before = await blob_rows(own.sessions)
 
-    dry = await gc(maintenance, dry_run=True)
+    dry = await gc(own.maintenance, dry_run=True)
 
     assert dry["dry_run"] is True
     assert sorted(dry["candidate_digests"]) == sorted(digests[:2])
     assert dry["versions_pruned"] == 2
     assert dry["orphans_found"] == 1
     assert dry["orphan_digests"] == [str(orphan)]
-    assert dry["orphan_bytes"] == store.head(orphan).zst_size
+    assert dry["orphan_bytes"] == own.store.head(orphan).zst_size
     assert dry["deleted"] == 0
     assert dry["orphans_removed"] == 0
-    assert await blob_rows(sessions) == rows_before
-    assert all(stored(store, digest) for digest in digests)
-    assert stored(store, orphan)
-    versions = await own_client.get(f"/api/v1/task-templates/{imported['id']}/versions", headers=carol[Role.VIEWER])
+    assert await blob_rows(own.sessions) == rows_before
+    assert all(stored(own.store, digest) for digest in digests)
+    assert stored(own.store, orphan)
+    versions = await own.client.get(f"/api/v1/task-templates/{imported['id']}/versions", headers=own.carol[Role.VIEWER])
     assert len(versions.json()) == 4
 
-    real = await gc(maintenance)
+    real = await gc(own.maintenance)
 
     assert sorted(real["deleted_digests"]) == sorted(dry["candidate_digests"])
     assert real["bytes_freed"] == dry["candidate_bytes"]
     assert real["orphan_digests"] == dry["orphan_digests"]
     assert real["orphan_bytes_freed"] == real["orphan_bytes"] == dry["orphan_bytes"]
-    assert await blob_rows(sessions) == set(digests[2:])
-    assert [stored(store, digest) for digest in digests] == [False, False, True, True]
-    versions = await own_client.get(f"/api/v1/task-templates/{imported['id']}/versions", headers=carol[Role.VIEWER])
+    assert await blob_rows(own.sessions) == set(digests[2:])
+    assert [stored(own.store, digest) for digest in digests] == [False, False, True, True]
+    versions = await own.client.get(f"/api/v1/task-templates/{imported['id']}/versions", headers=own.carol[Role.VIEWER])
     assert sorted(entry["version"] for entry in versions.json()) == [3, 4]
 
 

@@ -34,10 +34,9 @@ from app.maintenance.start import Maintenance, policy_of
 from app.settings import AppSettings
 from storage.blobstore import BlobStore
 from storage.verify import Expected, Outcome, check_blob
-from tests.support.api import Client
+from tests.support.deployment import Deployment
 from tests.support.repositories import add_repository, commit_new_content, git
 from tests.support.templates import body
-from tests.support.tenants import Caller
 
 ROUNDS = 200
 SAME_COPIES = 3
@@ -111,24 +110,17 @@ async def assert_everything_referenced_is_stored(
 
 
 @pytest.mark.timeout(1800)  # a few hundred rounds take minutes on a small machine
-async def test_gc_in_a_loop_never_loses_a_referenced_blob(
-    own_client: Client,
-    carol: Caller,
-    origin: Path,
-    own_settings: AppSettings,
-    store: BlobStore,
-    sessions: async_sessionmaker[AsyncSession],
-) -> None:
+async def test_gc_in_a_loop_never_loses_a_referenced_blob(own: Deployment, origin: Path) -> None:
     (origin / "fresh").mkdir()
     (origin / "fresh" / "cleanup.sh").write_text("echo fresh\n")
     git(origin, "add", "-A")
     git(origin, "commit", "-q", "-m", "fresh")
-    repository_id = await add_repository(client=own_client, caller=carol, origin=origin)
-    admin = carol[Role.ADMIN]
+    repository_id = await add_repository(client=own.client, caller=own.carol, origin=origin)
+    admin = own.carol[Role.ADMIN]
     refused: list[str] = []
 
     async def try_import(code: str, path: str) -> int | None:
-        response = await own_client.post(
+        response = await own.client.post(
             "/api/v1/task-templates",
             json=body(repository_id, code=code, original_path=path, parameters=[]),
             headers=admin,
@@ -144,14 +136,14 @@ async def test_gc_in_a_loop_never_loses_a_referenced_blob(
         if template_id is None:
             return
         if task_id is not None:
-            response = await own_client.post(f"/api/v1/tasks/{task_id}/cancel", headers=admin)
+            response = await own.client.post(f"/api/v1/tasks/{task_id}/cancel", headers=admin)
             assert response.status_code in (200, 202, 409), response.text
-        response = await own_client.delete(f"/api/v1/task-templates/{template_id}", headers=admin)
+        response = await own.client.delete(f"/api/v1/task-templates/{template_id}", headers=admin)
         assert response.status_code in (204, 409), response.text
 
     previous: list[int | None] = []
     previous_task: str | None = None
-    with GcLoop(own_settings) as collector:
+    with GcLoop(own.settings) as collector:
         for round_number in range(ROUNDS):
             commit_new_content(origin, "fresh")
             # The shared content loses its last template; the GC loop marks it as garbage; several templates
@@ -167,12 +159,12 @@ async def test_gc_in_a_loop_never_loses_a_referenced_blob(
             )
             previous_task = None
             if imported[0] is not None:
-                response = await own_client.post("/api/v1/tasks", json={"template_id": imported[0]}, headers=admin)
+                response = await own.client.post("/api/v1/tasks", json={"template_id": imported[0]}, headers=admin)
                 assert response.status_code == 201, response.text
                 previous_task = response.json()["id"]
             previous = list(imported)
             assert collector.failure is None, collector.failure
-            await assert_everything_referenced_is_stored(sessions, store, round_number)
+            await assert_everything_referenced_is_stored(own.sessions, own.store, round_number)
     runs = collector.reports
     assert len(runs) >= 10, f"only {len(runs)} GC runs overlapped the rounds"
     # The race was exercised: the shared content was freed again and again while it was being re-imported.

@@ -22,6 +22,7 @@ from storage.digest import Digest
 from storage.verify import Expected, Outcome, check_blob
 from tests.support.api import Client
 from tests.support.blobs import blob_rows, overwrite, put_orphan, put_unreferenced, remove_object, row_without_object
+from tests.support.deployment import Deployment
 from tests.support.repositories import git
 from tests.support.s3 import s3_client
 from tests.support.templates import import_template
@@ -56,41 +57,28 @@ async def two_templates(client: Client, caller: Caller, origin: Path) -> tuple[d
     return first, second
 
 
-async def test_all_good_is_ok_and_recorded_on_each_row(
-    own_client: Client,
-    carol: Caller,
-    origin: Path,
-    maintenance: Maintenance,
-    sessions: async_sessionmaker[AsyncSession],
-) -> None:
-    first, second = await two_templates(own_client, carol, origin)
+async def test_all_good_is_ok_and_recorded_on_each_row(own: Deployment, origin: Path) -> None:
+    first, second = await two_templates(own.client, own.carol, origin)
 
-    status, report = await verify(maintenance)
+    status, report = await verify(own.maintenance)
 
     assert status is RunStatus.SUCCEEDED
     assert report["all_ok"] is True
     assert (report["examined"], report["ok"], report["orphans"], report["problems"]) == (2, 2, 0, [])
     assert report["bytes_read"] == first["artifact"]["zst_size"] + second["artifact"]["zst_size"]
-    assert await outcome_on_row(sessions, first["artifact"]["digest"]) == ("ok", None)
+    assert await outcome_on_row(own.sessions, first["artifact"]["digest"]) == ("ok", None)
 
 
-async def test_overwritten_deleted_and_extra_objects_are_each_named(
-    own_client: Client,
-    carol: Caller,
-    origin: Path,
-    maintenance: Maintenance,
-    own_settings: AppSettings,
-    sessions: async_sessionmaker[AsyncSession],
-) -> None:
-    first, second = await two_templates(own_client, carol, origin)
+async def test_overwritten_deleted_and_extra_objects_are_each_named(own: Deployment, origin: Path) -> None:
+    first, second = await two_templates(own.client, own.carol, origin)
     corrupt, missing = first["artifact"]["digest"], second["artifact"]["digest"]
     size = first["artifact"]["zst_size"]
     other = zstandard.ZstdCompressor().compress(b"not the template" * 64)
-    overwrite(own_settings, corrupt, other.ljust(size, b"\0")[:size])  # same length, other bytes
-    remove_object(own_settings, missing)
-    orphan = put_orphan(s3_client(own_settings.s3_location()), own_settings.s3_bucket)
+    overwrite(own.settings, corrupt, other.ljust(size, b"\0")[:size])  # same length, other bytes
+    remove_object(own.settings, missing)
+    orphan = put_orphan(s3_client(own.settings.s3_location()), own.settings.s3_bucket)
 
-    status, report = await verify(maintenance)
+    status, report = await verify(own.maintenance)
 
     assert status is RunStatus.PROBLEMS
     assert report["all_ok"] is False
@@ -100,56 +88,43 @@ async def test_overwritten_deleted_and_extra_objects_are_each_named(
     assert by_digest[missing]["outcome"] == "missing"
     assert (report["corrupt"], report["missing"], report["orphans"]) == (1, 1, 1)
     assert report["orphan_digests"] == [str(orphan)]
-    assert (await outcome_on_row(sessions, corrupt))[0] == "corrupt"
-    assert (await outcome_on_row(sessions, missing))[0] == "missing"
+    assert (await outcome_on_row(own.sessions, corrupt))[0] == "corrupt"
+    assert (await outcome_on_row(own.sessions, missing))[0] == "missing"
 
 
 async def test_a_young_row_that_nothing_references_yet_is_in_flight_but_a_referenced_one_is_missing(
-    own_client: Client,
-    carol: Caller,
-    origin: Path,
-    maintenance: Maintenance,
-    own_settings: AppSettings,
-    sessions: async_sessionmaker[AsyncSession],
+    own: Deployment, origin: Path
 ) -> None:
-    imported = await import_template(own_client, carol, origin, "fresh", parameters=[])
+    imported = await import_template(own.client, own.carol, origin, "fresh", parameters=[])
     referenced = imported["artifact"]["digest"]
-    remove_object(own_settings, referenced)
-    pending = await row_without_object(sessions)
+    remove_object(own.settings, referenced)
+    pending = await row_without_object(own.sessions)
 
-    status, report = await verify(maintenance, grace=3600.0)
+    status, report = await verify(own.maintenance, grace=3600.0)
     assert status is RunStatus.PROBLEMS
     assert (report["examined"], report["in_flight"], report["missing"]) == (2, 1, 1)
     assert [problem["digest"] for problem in report["problems"]] == [referenced]
-    assert (await outcome_on_row(sessions, pending))[0] is None
-    assert (await outcome_on_row(sessions, referenced))[0] == "missing"
+    assert (await outcome_on_row(own.sessions, pending))[0] is None
+    assert (await outcome_on_row(own.sessions, referenced))[0] == "missing"
 
-    status, report = await verify(maintenance, digest=Digest.parse(pending), grace=0.0)
+    status, report = await verify(own.maintenance, digest=Digest.parse(pending), grace=0.0)
     assert status is RunStatus.PROBLEMS
     assert (report["examined"], report["missing"], report["in_flight"]) == (1, 1, 0)
 
 
-async def test_repair_packs_a_damaged_blob_again_from_its_commit(
-    own_client: Client,
-    carol: Caller,
-    origin: Path,
-    maintenance: Maintenance,
-    own_settings: AppSettings,
-    store: BlobStore,
-    sessions: async_sessionmaker[AsyncSession],
-) -> None:
-    first, second = await two_templates(own_client, carol, origin)
+async def test_repair_packs_a_damaged_blob_again_from_its_commit(own: Deployment, origin: Path) -> None:
+    first, second = await two_templates(own.client, own.carol, origin)
     damaged, gone = first["artifact"]["digest"], second["artifact"]["digest"]
-    overwrite(own_settings, damaged, b"garbage")
-    remove_object(own_settings, gone)
-    async with sessions() as session, session.begin():  # a version whose source no mirror has: cannot be repaired
+    overwrite(own.settings, damaged, b"garbage")
+    remove_object(own.settings, gone)
+    async with own.sessions() as session, session.begin():  # a version whose source no mirror has: cannot be repaired
         await session.execute(
             update(TemplateVersion)
             .where(TemplateVersion.digest == Digest.parse(gone))
             .values(source={"repository_id": 999999, "commit_sha": "0" * 40, "original_path": "second"})
         )
 
-    status, report = await verify(maintenance, repair=True)
+    status, report = await verify(own.maintenance, repair=True)
 
     by_digest = {problem["digest"]: problem for problem in report["problems"]}
     assert by_digest[damaged]["outcome"] == "size-mismatch"
@@ -158,12 +133,12 @@ async def test_repair_packs_a_damaged_blob_again_from_its_commit(
     assert "no mirror" in by_digest[gone]["repair"]
     assert (report["repaired"], report["not_repaired"]) == (1, 1)
     assert status is RunStatus.PROBLEMS
-    async with sessions() as session:
+    async with own.sessions() as session:
         row = await session.get(Blob, Digest.parse(damaged))
     assert row is not None
-    check = check_blob(store, Expected(row.digest, row.zst_size, row.zst_sha256, row.tar_size))
+    check = check_blob(own.store, Expected(row.digest, row.zst_size, row.zst_sha256, row.tar_size))
     assert check.outcome is Outcome.OK, check.detail
-    assert (await outcome_on_row(sessions, damaged))[0] == "ok"
+    assert (await outcome_on_row(own.sessions, damaged))[0] == "ok"
 
 
 class CancelWhileChecking:

@@ -8,6 +8,7 @@ from app.scan.playbooks import PLAYBOOK_BYTES
 from app.scan.survey import SURVEY_BYTES
 from storage.canonical import Limits
 from storage.tarformat import archive_size
+from tests.support.candidates import where_and_what
 from tests.support.original_system import CHOSE_DEPLOY_NGINX
 
 
@@ -76,13 +77,8 @@ def test_an_ansible_repository_root_takes_in_every_script() -> None:
     ).scan()
     assert list(found) == [""]
     root = found[""]
-    assert (root.original_path, root.code, root.name, root.entry_file, root.file_count) == (
-        "",
-        "whole_site",
-        "Whole Site",
-        "site.yml",
-        3,
-    )
+    assert where_and_what(root) == ("", "site.yml", "whole_site", "Whole Site")
+    assert root.file_count == 3
 
 
 def test_several_surveys_in_one_directory_and_an_oversized_one() -> None:
@@ -182,14 +178,8 @@ def test_a_playbook_without_a_survey_is_a_candidate_without_parameters() -> None
         "ops/upgrade_db.yaml",
     ]
     web = found["ansible/web/site.yml"]
-    assert (web.original_path, web.entry_file, web.code, web.name, web.script_type) == (
-        "ansible/web",
-        "site.yml",
-        "web",
-        "web",
-        "ansible",
-    )
-    assert (web.parameters, web.problems, web.file_count) == ((), (), 3)
+    assert where_and_what(web) == ("ansible/web", "site.yml", "web", "web")
+    assert (web.script_type, web.parameters, web.problems, web.file_count) == ("ansible", (), (), 3)
     deploy, upgrade = found["ops/deploy_db.yml"], found["ops/upgrade_db.yaml"]
     # two playbooks of one directory share it, each with its own entry
     assert [(c.original_path, c.entry_file, c.code) for c in (deploy, upgrade)] == [

@@ -13,6 +13,7 @@ from app.scan.candidates import Candidate
 from app.scan.errors import ScanError
 from app.scan.gitsource import scan_git
 from tests.support import repositories
+from tests.support.candidates import where_and_what
 from tests.support.original_system import CHOSE_DEPLOY_NGINX, SERVER_NAME_QUESTION
 from tests.support.repositories import commit_all
 
@@ -174,12 +175,7 @@ def test_inference_in_a_real_header(ops_repo: Path) -> None:
 def test_two_scripts_in_one_directory_are_each_the_file_alone(ops_repo: Path) -> None:
     found = scan_by_path(ops_repo)
     backup, restore = found["scripts/db/backup.sh"], found["scripts/db/restore.sh"]
-    assert (backup.original_path, backup.entry_file, backup.code, backup.name) == (
-        "scripts/db/backup.sh",
-        "backup.sh",
-        "backup",
-        "DB backup",
-    )
+    assert where_and_what(backup) == ("scripts/db/backup.sh", "backup.sh", "backup", "DB backup")
     assert (backup.file_count, backup.size) == (1, tree_size(ops_repo, "scripts/db/backup.sh"))
     assert [(p.name, p.type, p.label) for p in backup.parameters] == [("db_name", "text", "数据库名")]
     assert (restore.original_path, restore.name, restore.parameters) == ("scripts/db/restore.sh", "restore", ())
@@ -212,12 +208,7 @@ def test_a_malformed_header_is_a_problem_with_its_line_and_the_scan_goes_on(ops_
 def test_ansible_directories_with_yml_and_json_surveys(ops_repo: Path) -> None:
     found = scan_by_path(ops_repo)
     nginx, redis = found["playbooks/nginx"], found["playbooks/redis"]
-    assert (nginx.original_path, nginx.entry_file, nginx.code, nginx.name) == (
-        "playbooks/nginx",
-        "playbook.yml",
-        "nginx",
-        "Nginx 部署",
-    )
+    assert where_and_what(nginx) == ("playbooks/nginx", "playbook.yml", "nginx", "Nginx 部署")
     assert (nginx.script_type, nginx.description, nginx.problems) == ("ansible", "安装并配置 nginx", ())
     assert [(p.name, p.type, p.required, p.options) for p in nginx.parameters] == [
         ("server_name", "text", True, ()),
