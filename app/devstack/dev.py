@@ -301,9 +301,11 @@ def run_dev(options: DevOptions, environ: Mapping[str, str], out: TextIO) -> int
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             dev_env_file.unlink(missing_ok=True)
-            demo.close()
-            for child in reversed(children):
-                child.stop(timeout=20)
-            if stack is not None:
-                stack.stop()
-            _stop_leftovers(state_dir)  # anything an interrupt caught between its start and our books
+            try:
+                demo.close()
+            finally:  # the servers stop even when a demo host's cleanup fails
+                for child in reversed(children):
+                    child.stop(timeout=20)
+                if stack is not None:
+                    stack.stop()
+                _stop_leftovers(state_dir)  # anything an interrupt caught between its start and our books
