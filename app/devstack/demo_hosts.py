@@ -38,6 +38,7 @@ def check_demo_hosts_possible() -> None:
 
 
 def demo_layout(state_dir: Path, count: int) -> HostsLayout:
+    """demo-1 … demo-`count`, their keys under `<state dir>/demo-hosts/`, which outlives the run."""
     directory = state_dir / "demo-hosts"
     return HostsLayout(
         directory=directory,
@@ -95,7 +96,8 @@ def banner(hosts: list[SshHost]) -> str:
     """The ready banner's lines on the demo hosts (none without hosts)."""
     if not hosts:
         return ""
-    lines = [f"  Demo hosts: label {DEMO_LABEL!r}, credential {CREDENTIAL_NAME!r}   (ahop host list --label demo)"]
+    listing = f"ahop host list --label {DEMO_LABEL}"
+    lines = [f"  Demo hosts: label {DEMO_LABEL!r}, credential {CREDENTIAL_NAME!r}   ({listing})"]
     width = max(len(host.name) for host in hosts)
     lines += [f"    {host.name:<{width}}  {host.user}@{host.address}:{host.port}  home {host.home}" for host in hosts]
     return "\n".join(lines) + "\n"
