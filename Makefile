@@ -20,8 +20,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[local,test,dev]'
 	touch $(STAMP)
 
+# `make run DEMO_HOSTS=3` also starts three local SSH hosts and adds them to the inventory (label demo).
 run: venv
-	$(BIN)/ahop dev
+	$(BIN)/ahop dev$(if $(DEMO_HOSTS), --demo-hosts $(DEMO_HOSTS))
 
 test: venv system-packages
 	$(BIN)/python -m pytest

@@ -41,7 +41,14 @@ def cli() -> None:
     help="Where the local servers keep their data, logs and pid files.",
 )
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="API port.")
-def dev(state_dir: Path, port: int) -> None:
+@click.option(
+    "--demo-hosts",
+    type=click.IntRange(0, 200),
+    default=0,
+    show_default=True,
+    help="Start this many local SSH hosts (OpenSSH sshd) and add them to the inventory, label 'demo'.",
+)
+def dev(state_dir: Path, port: int, demo_hosts: int) -> None:
     """Run the whole system locally: Postgres, Redis and S3 (unless AHOP_* URLs name them), API and a worker."""
     import os
 
@@ -49,7 +56,7 @@ def dev(state_dir: Path, port: int) -> None:
     from app.devstack.errors import StackError
 
     try:
-        code = run_dev(DevOptions(state_dir=state_dir, port=port), os.environ, sys.stdout)
+        code = run_dev(DevOptions(state_dir=state_dir, port=port, demo_hosts=demo_hosts), os.environ, sys.stdout)
     except StackError as exc:
         fail(str(exc), EXIT_UNAVAILABLE)
     sys.exit(code)

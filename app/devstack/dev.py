@@ -12,7 +12,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -26,6 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.db import migrate
 from app.db.engine import create_engine, create_session_factory
+from app.devstack import demo_hosts
 from app.devstack.errors import StackError
 from app.devstack.postgres import stop_leftover as stop_leftover_postgres
 from app.devstack.processes import ManagedProcess, clear_stale
@@ -53,6 +54,8 @@ class DevOptions:
     state_dir: Path
     port: int
     durable: bool = True
+    demo_hosts: int = 0
+    """How many local SSH hosts to start and add to the default tenant's inventory (`app.devstack.demo_hosts`)."""
 
 
 @contextmanager
@@ -207,6 +210,8 @@ def run_dev(options: DevOptions, environ: Mapping[str, str], out: TextIO) -> int
 
     Once up, an API or worker that exits is started again with backoff (`app.devstack.supervisor`); only an
     interrupt stops the stack."""
+    if options.demo_hosts:
+        demo_hosts.check_demo_hosts_possible()
     state_dir = options.state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     # SIGINT too: a background job of a non-interactive shell (a CI script, `make run &`) starts with SIGINT
@@ -222,6 +227,7 @@ def run_dev(options: DevOptions, environ: Mapping[str, str], out: TextIO) -> int
         dev_env_file.unlink(missing_ok=True)
         children: list[ManagedProcess] = []
         stack: LocalStack | None = None
+        demo = ExitStack()
         try:
             stack = LocalStack.start(state_dir, environ, durable=options.durable)
             env = dict(stack.env)
@@ -271,6 +277,8 @@ def run_dev(options: DevOptions, environ: Mapping[str, str], out: TextIO) -> int
                 where=f"pool {DEFAULT_POOL!r}",
                 timeout=READY_TIMEOUT,
             )
+            hosts = demo.enter_context(demo_hosts.demo_hosts(state_dir, options.demo_hosts))
+            demo_hosts.register(api_url, token, hosts)
             _write_private(dev_env_file, _dev_env_text(env, api_url, token, _aws_cli_config(state_dir)))
             out.write(
                 f"\nahop is running.\n"
@@ -279,6 +287,7 @@ def run_dev(options: DevOptions, environ: Mapping[str, str], out: TextIO) -> int
                 f"  Token:    {token}   (tenant {DEFAULT_TENANT!r}, role admin)\n"
                 f"  Env file: {dev_env_file}   (set -a; . {dev_env_file}; set +a)\n"
                 f"  Logs:     {logs}/\n"
+                f"{demo_hosts.banner(hosts)}"
                 f"Press Ctrl-C to stop.\n"
             )
             out.flush()
@@ -294,8 +303,11 @@ def run_dev(options: DevOptions, environ: Mapping[str, str], out: TextIO) -> int
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             dev_env_file.unlink(missing_ok=True)
-            for child in reversed(children):
-                child.stop(timeout=20)
-            if stack is not None:
-                stack.stop()
-            _stop_leftovers(state_dir)  # anything an interrupt caught between its start and our books
+            try:
+                demo.close()
+            finally:  # the servers stop even when a demo host's cleanup fails
+                for child in reversed(children):
+                    child.stop(timeout=20)
+                if stack is not None:
+                    stack.stop()
+                _stop_leftovers(state_dir)  # anything an interrupt caught between its start and our books

@@ -46,14 +46,15 @@ def clean_env() -> dict[str, str]:
 
 @contextmanager
 def running_dev(
-    state_dir: Path, env: dict[str, str], *, sigint_ignored: bool = False
+    state_dir: Path, env: dict[str, str], *, sigint_ignored: bool = False, options: tuple[str, ...] = ()
 ) -> Iterator[tuple[subprocess.Popen[str], dict[str, str]]]:
-    """Start `ahop dev`, wait until it has written dev.env, yield it; always stop it and wait for it.
+    """Start `ahop dev` (with `options` besides its state dir and port), wait until it has written dev.env, yield
+    it; always stop it and wait for it. What it prints goes to `state_dir.parent / "ahop-dev-<n>.out"`.
 
     `sigint_ignored` starts it as a non-interactive shell starts a background job: with SIGINT ignored."""
     (port,) = free_ports(1)
     output = state_dir.parent / f"ahop-dev-{time.monotonic_ns()}.out"
-    argv = [sys.executable, "-m", "ahop", "dev", "--state-dir", str(state_dir), "--port", str(port)]
+    argv = [sys.executable, "-m", "ahop", "dev", "--state-dir", str(state_dir), "--port", str(port), *options]
     if sigint_ignored:
         argv = ["sh", "-c", 'trap "" INT; exec "$@"', "sh", *argv]
     with open(output, "w") as out:
