@@ -55,6 +55,7 @@ bench: venv
 	$(BIN)/python -m bench.tasks
 	$(BIN)/python -m bench.gc
 	$(BIN)/python -m bench.verify
+	$(BIN)/python -m bench.targets
 
 format: venv
 	$(BIN)/ruff format .
