@@ -19,7 +19,7 @@ from click.decorators import FC
 from ahop.api_client import call_api, resolve_template
 from ahop.console import echo_json, fail, show, show_one
 from ahop.exit_codes import EXIT_BAD_INPUT
-from worker.protocol import RETRY_OUTCOMES, SCRIPT_TYPES
+from worker.protocol import EXECUTIONS, RETRY_OUTCOMES, SCRIPT_TYPES
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")
 
@@ -37,6 +37,51 @@ def parameters_option(help_text: str) -> Callable[[FC], FC]:
         type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
         help=help_text,
     )
+
+
+def execution_options(command: FC) -> FC:
+    """`--execution`, `--require-sudo/--no-require-sudo`, `--forks`, `--max-fail-percentage`: where and how a
+    template's tasks run; each None when not given (`execution_fields` keeps those given)."""
+    for option in reversed(
+        (
+            click.option(
+                "--execution",
+                type=click.Choice(EXECUTIONS),
+                default=None,
+                help="Where its tasks run: on the worker, or on the inventory hosts a task names "
+                "(default on import: targets for ansible, worker otherwise).",
+            ),
+            click.option(
+                "--require-sudo/--no-require-sudo",
+                default=None,
+                help="On targets: run the entry as root through sudo.",
+            ),
+            click.option(
+                "--forks", type=click.IntRange(1, 1000), default=None, help="On targets: hosts run at once (1-1000)."
+            ),
+            click.option(
+                "--max-fail-percentage",
+                type=click.IntRange(0, 100),
+                default=None,
+                help="On targets: percent of hosts that may fail while the task succeeds (0-100).",
+            ),
+        )
+    ):
+        command = option(command)
+    return command
+
+
+def execution_fields(
+    execution: str | None, require_sudo: bool | None, forks: int | None, max_fail_percentage: int | None
+) -> dict[str, Any]:
+    """The request fields of the `execution_options` given."""
+    given = {
+        "execution": execution,
+        "require_sudo": require_sudo,
+        "forks": forks,
+        "max_fail_percentage": max_fail_percentage,
+    }
+    return {key: value for key, value in given.items() if value is not None}
 
 
 @click.group()
@@ -196,6 +241,7 @@ TEMPLATE_COLUMNS = [
     "code",
     "name",
     "script_type",
+    "execution",
     "pool",
     "version",
     "artifact.digest",
@@ -215,6 +261,7 @@ TEMPLATE_COLUMNS = [
 @click.option("--pool", default="default", show_default=True, help="Worker pool that runs its tasks.")
 @click.option("--max-attempts", type=int, default=1, show_default=True, help="Attempts a task gets in all (1-10).")
 @retry_on_option("An outcome that starts another attempt (repeatable); none by default.")
+@execution_options
 @parameters_option("A JSON list of parameters to record instead of the scanned ones ('-': stdin).")
 @json_option
 def template_import(
@@ -229,6 +276,10 @@ def template_import(
     pool: str,
     max_attempts: int,
     retry_on: tuple[str, ...],
+    execution: str | None,
+    require_sudo: bool | None,
+    forks: int | None,
+    max_fail_percentage: int | None,
     parameters_file: Path | None,
     as_json: bool,
 ) -> None:
@@ -248,6 +299,7 @@ def template_import(
         "pool": pool,
         "max_attempts": max_attempts,
         "retry_on": list(retry_on),
+        **execution_fields(execution, require_sudo, forks, max_fail_percentage),
     }
     if parameters_file is not None:
         payload["parameters"] = read_parameters(parameters_file)

@@ -20,7 +20,7 @@ import click
 
 from ahop.api_client import auth_headers, call_api, check_answer, client_settings, resolve_task, resolve_template
 from ahop.client_commands import json_option
-from ahop.console import echo_json, fail, show, show_one
+from ahop.console import echo_json, echo_table, fail, show, show_one
 from ahop.exit_codes import (
     EXIT_BAD_INPUT,
     EXIT_INTERRUPTED,
@@ -32,6 +32,7 @@ from ahop.exit_codes import (
 from worker.protocol import TASK_STATUSES
 
 TASK_COLUMNS = ["id", "template_code", "version", "status", "attempt", "exit_code", "worker", "created_at"]
+HOST_RUN_COLUMNS = ["host", "address", "status", "exit_code", "error", "digest", "started_at", "finished_at"]
 RECONNECTS = 5
 """Times in a row a broken log stream is resumed (after the last line seen) before giving up."""
 
@@ -106,7 +107,7 @@ def parse_params(pairs: Iterable[str]) -> dict[str, str]:
     return params
 
 
-def follow(task_id: str, *, after: int = 0, echo: bool = True) -> Ending:
+def follow(task_id: str, *, after: int = 0, echo: bool = True, host: str | None = None) -> Ending:
     """Print a task's output as it comes (from line `after` + 1) until the task ends; how it ended.
 
     A stream that breaks is resumed after the last line printed, so no line is printed twice or skipped.
@@ -119,7 +120,7 @@ def follow(task_id: str, *, after: int = 0, echo: bool = True) -> Ending:
     timeout = httpx.Timeout(settings.client_timeout, connect=min(settings.client_timeout, 10.0))
     last, broken = after, 0
     while True:
-        params = {"follow": "true", **({"after": str(last)} if last else {})}
+        params = {"follow": "true", **({"after": str(last)} if last else {}), **({"host": host} if host else {})}
         try:
             with httpx.stream("GET", url, params=params, headers=auth_headers(settings), timeout=timeout) as answer:
                 if answer.status_code >= 400:
@@ -158,9 +159,9 @@ def _finish(task_id: str, ending: Ending, as_json: bool) -> None:
     raise SystemExit(exit_code_of(ending))
 
 
-def _follow_and_exit(task_id: str, *, after: int, as_json: bool) -> None:
+def _follow_and_exit(task_id: str, *, after: int, as_json: bool, host: str | None = None) -> None:
     try:
-        ending = follow(task_id, after=after, echo=not as_json)
+        ending = follow(task_id, after=after, echo=not as_json, host=host)
     except KeyboardInterrupt:
         click.echo(
             f"\nahop: stopped following task {task_id}; it goes on (`ahop task cancel {task_id}` stops it)", err=True
@@ -179,17 +180,31 @@ def task() -> None:
 @click.option("-p", "--param", "pairs", multiple=True, metavar="KEY=VALUE", help="A parameter (repeatable).")
 @click.option("--version", type=click.IntRange(min=1), help="Run this version (default: the current one).")
 @click.option("--timeout", type=click.IntRange(min=1), help="Seconds the script may run (default: the template's).")
+@click.option("--host", "hosts", multiple=True, metavar="NAME", help="A target host of the inventory (repeatable).")
+@click.option("--label", "labels", multiple=True, metavar="LABEL", help="Every host with this label (repeatable).")
 @click.option("--follow/--no-follow", default=True, show_default=True, help="Print the output until the task ends.")
 @json_option
 def task_run(
-    template_ref: str, pairs: tuple[str, ...], version: int | None, timeout: int | None, follow: bool, as_json: bool
+    template_ref: str,
+    pairs: tuple[str, ...],
+    version: int | None,
+    timeout: int | None,
+    hosts: tuple[str, ...],
+    labels: tuple[str, ...],
+    follow: bool,
+    as_json: bool,
 ) -> None:
-    """Run TEMPLATE (a code or an id) and, by default, print its output and exit with its exit code.
+    """Run TEMPLATE (a code or an id) and, by default, print its output and exit with its exit code. A template
+    that runs on targets runs on the hosts named by --host and --label.
 
     With --json nothing but JSON goes to stdout: the task as created (--no-follow) or as it ended.
     """
     params = parse_params(pairs)
     payload: dict[str, Any] = {"template_id": resolve_template(template_ref), "params": params}
+    if hosts:
+        payload["hosts"] = list(hosts)
+    if labels:
+        payload["labels"] = list(labels)
     if version is not None:
         payload["version"] = version
     if timeout is not None:
@@ -230,8 +245,20 @@ def task_list(status: str | None, template_ref: str | None, page: int, page_size
 @click.argument("task_ref", metavar="TASK")
 @json_option
 def task_show(task_ref: str, as_json: bool) -> None:
-    """Show one task (its id, or the start of it) as `key: value` lines."""
-    show_one(call_api("GET", f"/api/v1/tasks/{resolve_task(task_ref)}"), as_json)
+    """Show one task (its id, or the start of it) as `key: value` lines; for a task on targets, then a table of
+    its current attempt's runs on its hosts (`host_runs` in the JSON)."""
+    task_id = resolve_task(task_ref)
+    answer = call_api("GET", f"/api/v1/tasks/{task_id}")
+    if answer.get("execution") != "targets":
+        show_one(answer, as_json)
+        return
+    runs = call_api("GET", f"/api/v1/tasks/{task_id}/hosts")
+    if as_json:
+        echo_json({**answer, "host_runs": runs})
+        return
+    show_one({**answer, "targets": ", ".join(target["name"] for target in answer.get("targets") or [])}, False)
+    click.echo("")
+    echo_table(runs, HOST_RUN_COLUMNS)
 
 
 def cancel_outcome(answer: dict[str, Any]) -> str:
@@ -259,14 +286,15 @@ def task_cancel(task_ref: str, as_json: bool) -> None:
 @click.argument("task_ref", metavar="TASK")
 @click.option("--follow", is_flag=True, help="Keep printing until the task ends; then exit like `ahop task run`.")
 @click.option("--after", type=click.IntRange(min=0), default=0, show_default=True, help="Only lines after this seq.")
+@click.option("--host", default=None, metavar="NAME", help="Only the lines this target host's runs printed.")
 @json_option
-def task_logs(task_ref: str, follow: bool, after: int, as_json: bool) -> None:
+def task_logs(task_ref: str, follow: bool, after: int, host: str | None, as_json: bool) -> None:
     """Print a task's output (stdout lines to stdout, stderr lines to stderr)."""
     task_id = resolve_task(task_ref)
     if follow:
-        _follow_and_exit(str(task_id), after=after, as_json=as_json)
+        _follow_and_exit(str(task_id), after=after, as_json=as_json, host=host)
         return
-    query = urlencode({"after": after}) if after else ""
+    query = urlencode({**({"after": after} if after else {}), **({"host": host} if host else {})})
     logs = call_api("GET", f"/api/v1/tasks/{task_id}/logs" + (f"?{query}" if query else ""))
     if as_json:
         echo_json(logs)

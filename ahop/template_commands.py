@@ -1,6 +1,7 @@
 """`ahop template update | delete | versions | use`: change a template through the API (TEMPLATE: code or id).
 
-Name, description, timeout, pool and retry policy change in place; entry file, script type and parameters add a
+Name, description, timeout, pool, retry policy and where and how it runs (execution, sudo, forks,
+max_fail_percentage) change in place; entry file, script type and parameters add a
 version (the server decides, `PUT /api/v1/task-templates/{id}`). `use` makes an earlier version current again.
 """
 
@@ -12,7 +13,14 @@ from typing import Any
 import click
 
 from ahop.api_client import call_api, find_template, resolve_template
-from ahop.client_commands import json_option, parameters_option, read_parameters, retry_on_option
+from ahop.client_commands import (
+    execution_fields,
+    execution_options,
+    json_option,
+    parameters_option,
+    read_parameters,
+    retry_on_option,
+)
 from ahop.console import echo_json, echo_table, fail, show_one
 from ahop.exit_codes import EXIT_BAD_INPUT
 from worker.protocol import SCRIPT_TYPES
@@ -40,6 +48,7 @@ def _changed(template_id: int, payload: dict[str, Any], as_json: bool) -> None:
 @click.option("--pool", default=None, help="Worker pool that runs its tasks.")
 @click.option("--max-attempts", type=click.IntRange(1, 10), default=None, help="Attempts a task gets in all.")
 @retry_on_option("An outcome that starts another attempt (repeatable; 'none' retries nothing).", "none")
+@execution_options
 @click.option("--entry-file", default=None, help="Entry file, relative to the template's path (adds a version).")
 @click.option(
     "--script-type",
@@ -57,6 +66,10 @@ def template_update(
     pool: str | None,
     max_attempts: int | None,
     retry_on: tuple[str, ...],
+    execution: str | None,
+    require_sudo: bool | None,
+    forks: int | None,
+    max_fail_percentage: int | None,
     entry_file: str | None,
     script_type: str | None,
     parameters_file: Path | None,
@@ -75,6 +88,7 @@ def template_update(
         "script_type": script_type,
     }
     payload: dict[str, Any] = {key: value for key, value in given.items() if value is not None}
+    payload.update(execution_fields(execution, require_sudo, forks, max_fail_percentage))
     if retry_on:
         payload["retry_on"] = [] if retry_on == ("none",) else list(retry_on)
     if parameters_file is not None:

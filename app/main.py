@@ -125,7 +125,9 @@ def create_app(settings: AppSettings) -> Litestar:
         return Artifacts(db_session, store, settings.data_dir / "tmp")
 
     def provide_tasks(db_session: NamedDependency[AsyncSession]) -> Tasks:
-        return Tasks(db_session, dispatcher, session_factory, follow_block=min(1.0, settings.control_interval))
+        return Tasks(
+            db_session, dispatcher, session_factory, follow_block=min(1.0, settings.control_interval), metrics=metrics
+        )
 
     async def sweep_mirrors() -> None:
         try:

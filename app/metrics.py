@@ -29,6 +29,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db.models import Blob, MaintenanceRun, RunKind, RunStatus, Task, TaskStatus
+from worker.protocol import HOST_FINAL_STATUSES
 
 log = logging.getLogger("ahop.metrics")
 
@@ -38,6 +39,8 @@ CONTENT_TYPE = "text/plain; version=0.0.4"
 DISPATCH_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 """Seconds: a worker polling every 20 ms starts a task within tens of milliseconds; a busy pool within minutes."""
 VERIFY_OUTCOMES = ("ok", "missing", "corrupt", "size-mismatch")
+HOST_END_STATUSES = (*HOST_FINAL_STATUSES, "lost")
+"""How a run on a target host ends: as its worker reported, or lost with its worker."""
 UNVERIFIED = "unverified"
 GC_REPORT_FIGURES = (
     ("duration_seconds", "ahop_gc_last_duration_seconds", "Seconds the last completed GC run took."),
@@ -218,6 +221,14 @@ class ApiMetrics:
             buckets=DISPATCH_BUCKETS,
             registry=self.registry,
         )
+        self.host_runs = Counter(
+            "ahop_host_runs",
+            "Runs on target hosts that ended, as this process recorded their end, by the host's status.",
+            ["status"],
+            registry=self.registry,
+        )
+        for status in HOST_END_STATUSES:
+            self.host_runs.labels(status=status)
         if git_load is not None:
             git_work = Gauge(
                 "ahop_git_work",
@@ -241,6 +252,11 @@ class ApiMetrics:
     def dispatched(self, seconds: float) -> None:
         """A first attempt started `seconds` after its task was created (never negative: clocks may disagree)."""
         self.dispatch.observe(max(0.0, seconds))
+
+    def host_runs_ended(self, status: str, count: int = 1) -> None:
+        """`count` runs on target hosts ended with `status`."""
+        if count:
+            self.host_runs.labels(status=status).inc(count)
 
     async def exposition(self) -> bytes:
         """The text that `GET /metrics` answers."""

@@ -140,11 +140,11 @@ def test_the_readme_walkthrough_runs_as_written(project: Path, tmp_path: Path) -
         assert worker_store.stdout.startswith("1 entries ok in ")
         assert str(project / ".ahop" / "worker") in worker_store.stdout
 
-        # An Ansible template runs on the worker `make run` started, with no setting of its own.
+        # An Ansible template of localhost plays runs on the worker `make run` started, when its import says so.
         playbook = shell(
             project,
             load_env + ".venv/bin/ahop template import --repo 1 --path playbooks/hello "
-            "--entry playbook.yml --code hello --name Hello --type ansible && "
+            "--entry playbook.yml --code hello --name Hello --type ansible --execution worker && "
             ".venv/bin/ahop task run hello -p greeting=bonjour",
         )
         assert playbook.returncode == 0, (playbook.stdout, playbook.stderr)

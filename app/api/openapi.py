@@ -84,6 +84,7 @@ RAISES: dict[Key, tuple[int, ...]] = {
     ("GET", TASK): (),
     ("POST", f"{TASK}/cancel"): (403, 409, 503),
     ("GET", f"{TASK}/logs"): (503,),
+    ("GET", f"{TASK}/hosts"): (),
     ("POST", "/api/v1/admin/gc"): (403, 409),
     ("POST", "/api/v1/admin/verify"): (403, 404),
     ("GET", "/api/v1/admin/runs"): (403,),

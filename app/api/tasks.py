@@ -6,7 +6,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, Self, cast
 
 from litestar import Controller, get, post
 from litestar.di import NamedDependency
@@ -16,12 +16,12 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 from pydantic import AliasChoices, BaseModel, Field
 
 from app.api.auth import Principal
-from app.api.schemas import INT8_MAX, IdQuery, Page, PageNumber, PageSize, RowId, Timestamped, VersionNumber
-from app.db.models import Role, Task
+from app.api.schemas import INT4_MAX, INT8_MAX, IdQuery, Page, PageNumber, PageSize, RowId, Timestamped, VersionNumber
+from app.db.models import HostRun, Role, Task
 from app.errors import InvalidInput
 from app.services.tasks import Ending, KeepAlive, NewTask, Tasks
 from app.services.workers import Workers
-from worker.protocol import LogLine, TaskStatusName
+from worker.protocol import Execution, HostStatusName, LogLine, TaskStatusName
 
 EVENT_STREAM = "text/event-stream; charset=utf-8"
 
@@ -46,6 +46,23 @@ class TaskIn(BaseModel):
     )
 
 
+class TargetOut(BaseModel):
+    """A host of the task's inventory snapshot, as it was when the task was created (no credential)."""
+
+    host_id: int
+    name: str
+    address: str
+    port: int
+    user: str
+    fingerprints: list[str] = Field(description="SHA256 fingerprints of the host keys pinned then.")
+    labels: list[str]
+    variables: dict[str, Any]
+
+    @classmethod
+    def of(cls, entry: dict[str, Any]) -> TargetOut:
+        return cls.model_validate({name: entry.get(name) for name in cls.model_fields})
+
+
 class TaskOut(Timestamped):
     id: str
     status: str
@@ -60,6 +77,14 @@ class TaskOut(Timestamped):
     attempt: int
     max_attempts: int
     retry_on: list[str]
+    execution: Execution = Field(description="Where the task runs: on the worker, or on its `targets`.")
+    targets: list[TargetOut] | None = Field(
+        description="The hosts the task runs on, as the inventory had them when it was created: every attempt runs "
+        "on these. Null for a task that runs on the worker."
+    )
+    require_sudo: bool
+    forks: int
+    max_fail_percentage: int
     exit_code: int | None
     error: str | None
     worker: str | None
@@ -87,6 +112,11 @@ class TaskOut(Timestamped):
             attempt=task.attempt,
             max_attempts=task.max_attempts,
             retry_on=list(task.retry_on),
+            execution=cast(Execution, task.execution),
+            targets=None if task.targets is None else [TargetOut.of(entry) for entry in task.targets],
+            require_sudo=task.require_sudo,
+            forks=task.forks,
+            max_fail_percentage=task.max_fail_percentage,
             exit_code=task.exit_code,
             error=task.error,
             worker=task.worker_id,
@@ -109,6 +139,29 @@ class TaskCreated(TaskOut):
     )
 
 
+class HostRunOut(Timestamped):
+    """One host's run in one attempt of a task that runs on targets."""
+
+    host: str = Field(description="The host's name in the task's snapshot.")
+    host_id: int | None
+    address: str
+    attempt: int
+    status: HostStatusName = Field(
+        description="pending until the worker starts it, running, then how it ended; lost when its worker was."
+    )
+    exit_code: int | None
+    error: str | None
+    digest: str | None = Field(description="The content the host verified and ran (`sha256:…`); null if none.")
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, run: HostRun) -> HostRunOut:
+        columns = {name: getattr(run, name) for name in cls.model_fields if hasattr(run, name)}
+        digest = f"sha256:{run.digest}" if run.digest else None
+        return cls.model_validate({**columns, "host": run.host_name, "digest": digest})
+
+
 class LogLineOut(BaseModel):
     seq: int = Field(description="The line's number in the task's output, counted over all its attempts.")
     stream: Literal["stdout", "stderr"]
@@ -117,10 +170,11 @@ class LogLineOut(BaseModel):
         description="The attempt that wrote the line; null only for lines of a retried task stored before "
         "attempts were recorded."
     )
+    host: str = Field(description='The target host whose run printed the line; "" for the worker\'s own lines.')
 
     @classmethod
     def of(cls, line: LogLine) -> LogLineOut:
-        return cls(seq=line.seq, stream=line.stream, line=line.line, attempt=line.attempt or None)
+        return cls(seq=line.seq, stream=line.stream, line=line.line, attempt=line.attempt or None, host=line.host)
 
 
 class LogsOut(BaseModel):
@@ -144,8 +198,12 @@ def _resume_point(after: int, last_event_id: str | None) -> int:
     return max(after, seq)
 
 
-async def _events(tasks: Tasks, task_id: uuid.UUID, after: int) -> AsyncIterator[ServerSentEventMessage]:
+async def _events(
+    tasks: Tasks, task_id: uuid.UUID, after: int, host: str | None
+) -> AsyncIterator[ServerSentEventMessage]:
     async for item in tasks.follow(task_id, after):
+        if isinstance(item, LogLine) and host is not None and item.host != host:
+            continue
         if isinstance(item, KeepAlive):
             yield ServerSentEventMessage(data=None, comment="keep-alive")
         elif isinstance(item, Ending):
@@ -243,6 +301,14 @@ class TaskController(Controller):
         tasks: NamedDependency[Tasks],
         after: Annotated[int, QueryParameter(ge=0, le=INT8_MAX)] = 0,
         follow: Annotated[bool, QueryParameter()] = False,
+        host: Annotated[
+            str | None,
+            QueryParameter(
+                min_length=1,
+                max_length=200,
+                description="Only the lines that this target host's runs printed (its name in the task's snapshot).",
+            ),
+        ] = None,
         last_event_id: Annotated[str | None, HeaderParameter(name="Last-Event-ID")] = None,
     ) -> LogsOut | ServerSentEvent:
         after = _resume_point(after, last_event_id)
@@ -250,7 +316,22 @@ class TaskController(Controller):
             await tasks.get(principal.tenant_id, task_id)
             await tasks.session.rollback()  # hold no database connection while the stream is open
             # The route's JSON media type would win over the stream's own; the header keeps the stream's.
-            return ServerSentEvent(_events(tasks, task_id, after), headers={"Content-Type": EVENT_STREAM})
+            return ServerSentEvent(_events(tasks, task_id, after, host), headers={"Content-Type": EVENT_STREAM})
         page = await tasks.logs(principal.tenant_id, task_id, after)
-        items = [LogLineOut.of(line) for line in page.items]
+        items = [LogLineOut.of(line) for line in page.items if host is None or line.host == host]
         return LogsOut(items=items, truncated=page.truncated, status=page.status)
+
+    @get(
+        "/{task_id:uuid}/hosts",
+        summary="A task's runs on its target hosts, by host name (empty for a task that runs on the worker)",
+        description="Each host of the task's snapshot in one attempt (default the current one): its status, exit "
+        "code, error, the digest it verified and ran, and when it started and ended.",
+    )
+    async def hosts(
+        self,
+        task_id: FromPath[uuid.UUID],
+        principal: NamedDependency[Principal],
+        tasks: NamedDependency[Tasks],
+        attempt: Annotated[int | None, QueryParameter(ge=1, le=INT4_MAX)] = None,
+    ) -> list[HostRunOut]:
+        return [HostRunOut.of(run) for run in await tasks.hosts(principal.tenant_id, task_id, attempt)]

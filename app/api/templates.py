@@ -19,12 +19,24 @@ from app.services.imports import Importer, TemplateSpec
 from app.services.template_changes import Synced, TemplateChanger, TemplateChanges
 from app.services.templates import Templates, TemplateView
 from app.services.workers import Workers
-from worker.protocol import BlobRef, RetryOutcome, ScriptType
+from worker.protocol import BlobRef, Execution, RetryOutcome, ScriptType
 
 POOL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 POOL_DESCRIPTION = "The worker pool (queue) that runs the template's tasks."
 MAX_ATTEMPTS_DESCRIPTION = "Attempts a task gets in all: 1 runs it once, whatever happens."
 RETRY_ON_DESCRIPTION = "Outcomes that start another attempt while attempts remain; none by default."
+EXECUTION_DESCRIPTION = (
+    "Where its tasks run: `worker` (on the worker itself) or `targets` (on the inventory hosts each task names, "
+    "over SSH; Ansible from the worker with an inventory of them)."
+)
+REQUIRE_SUDO_DESCRIPTION = "On targets: the entry runs as root through sudo (`sudo -n`, or the become password)."
+FORKS_DESCRIPTION = "On targets: hosts a task runs on at once."
+MAX_FAIL_DESCRIPTION = (
+    "On targets: the percentage of a task's hosts that may fail while the task still succeeds; 0 fails the task "
+    "on any failed host."
+)
+Forks = Annotated[int, Field(ge=1, le=1000, description=FORKS_DESCRIPTION)]
+MaxFailPercentage = Annotated[int, Field(ge=0, le=100, description=MAX_FAIL_DESCRIPTION)]
 
 
 def _unique(outcomes: list[RetryOutcome] | None) -> list[RetryOutcome] | None:
@@ -71,13 +83,20 @@ class TemplateIn(BaseModel):
     )
     max_attempts: int = Field(default=1, ge=1, le=10, description=MAX_ATTEMPTS_DESCRIPTION)
     retry_on: list[RetryOutcome] = Field(default_factory=list, description=RETRY_ON_DESCRIPTION)
+    execution: Execution | None = Field(
+        default=None, description=EXECUTION_DESCRIPTION + " Default: `targets` for ansible, `worker` otherwise."
+    )
+    require_sudo: bool = Field(default=False, description=REQUIRE_SUDO_DESCRIPTION)
+    forks: Forks = 5
+    max_fail_percentage: MaxFailPercentage = 0
 
     _unique_retry_on = field_validator("retry_on")(_unique)
 
 
 class TemplateUpdate(BaseModel):
-    """Name, description, timeout, pool, max_attempts and retry_on change in place; entry file, script type and
-    parameters add a version; `version` makes an earlier version current again."""
+    """Name, description, timeout, pool, max_attempts, retry_on, execution, require_sudo, forks and
+    max_fail_percentage change in place; entry file, script type and parameters add a version; `version` makes an
+    earlier version current again."""
 
     name: str | None = Field(default=None, min_length=1, max_length=200)
     description: str | None = Field(default=None, max_length=10_000)
@@ -91,6 +110,10 @@ class TemplateUpdate(BaseModel):
     )
     max_attempts: int | None = Field(default=None, ge=1, le=10, description=MAX_ATTEMPTS_DESCRIPTION)
     retry_on: list[RetryOutcome] | None = Field(default=None, description=RETRY_ON_DESCRIPTION)
+    execution: Execution | None = Field(default=None, description=EXECUTION_DESCRIPTION)
+    require_sudo: bool | None = Field(default=None, description=REQUIRE_SUDO_DESCRIPTION)
+    forks: Forks | None = None
+    max_fail_percentage: MaxFailPercentage | None = None
 
     _unique_retry_on = field_validator("retry_on")(_unique)
 
@@ -153,6 +176,10 @@ class TemplateOut(Timestamped):
     pool: str
     max_attempts: int
     retry_on: list[str]
+    execution: Execution = Field(description=EXECUTION_DESCRIPTION)
+    require_sudo: bool = Field(description=REQUIRE_SUDO_DESCRIPTION)
+    forks: int = Field(description=FORKS_DESCRIPTION)
+    max_fail_percentage: int = Field(description=MAX_FAIL_DESCRIPTION)
     version: int | None
     import_state: str
     source_git_info: dict[str, Any] | None
@@ -176,6 +203,10 @@ class TemplateOut(Timestamped):
             pool=template.pool,
             max_attempts=template.max_attempts,
             retry_on=list(template.retry_on),
+            execution=cast(Execution, template.execution),
+            require_sudo=template.require_sudo,
+            forks=template.forks,
+            max_fail_percentage=template.max_fail_percentage,
             version=version.version if version else None,
             import_state=template.import_state,
             source_git_info=template.source_git_info,

@@ -11,6 +11,7 @@ idempotent, so an entry handled twice changes nothing the second time.
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -24,11 +25,15 @@ from app.control.outages import service_of
 from app.control.outcomes import Outcome, Outcomes
 from app.db.models import Task, TaskStatus
 from app.metrics import ApiMetrics
+from app.services.host_runs import host_finished, host_started
 from worker.protocol import EVENTS_GROUP, EVENTS_STREAM, Event, ProtocolError, parse_time
 
 log = logging.getLogger("ahop.control")
 
 BATCH = 100
+MAX_HOST_NAME = 200
+"""The longest host name the inventory holds (`hosts.name`)."""
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 Moment = DateTime(timezone=True)
 Entry = tuple[Any, Any]
 """A stream entry as redis-py returns it: (id, fields), fields None when the entry was deleted."""
@@ -59,6 +64,10 @@ def parse(fields: Any) -> tuple[Event, uuid.UUID]:
         raise ProtocolError(f"exit code {event.exit_code!r} is not an integer")
     if not isinstance(event.log_lines, int) or event.log_lines < 0:
         raise ProtocolError(f"log_lines {event.log_lines!r} is not a count")
+    if event.digest is not None and not (isinstance(event.digest, str) and _HEX64.fullmatch(event.digest)):
+        raise ProtocolError(f"digest {event.digest!r} is not 64 lowercase hex characters")
+    if event.host is not None and not (isinstance(event.host, str) and len(event.host) <= MAX_HOST_NAME):
+        raise ProtocolError(f"host {event.host!r} is not a host name of at most {MAX_HOST_NAME} characters")
     return event, task_id
 
 
@@ -140,6 +149,8 @@ class EventConsumer:
         else:
             if event.type == "started":
                 await self._started(event, task_id)
+            elif event.type in ("host_started", "host_finished"):
+                await self._host(event, task_id)
             else:
                 await self.outcomes.record(
                     task_id,
@@ -188,6 +199,27 @@ class EventConsumer:
         # Only the first attempt, and only when this pass recorded the start: an entry handled twice counts once.
         if self.metrics is not None and created_at is not None and event.attempt == 1:
             self.metrics.dispatched((started_at - created_at).total_seconds())
+
+    async def _host(self, event: Event, task_id: uuid.UUID) -> None:
+        """A host's run of the attempt the event names started or ended (once: a repeated event changes nothing)."""
+        host, at = str(event.host), event_time(event.at)
+        async with self.session_factory() as session, session.begin():
+            if event.type == "host_started":
+                await host_started(session, task_id, event.attempt, host, at)
+                return
+            ended = await host_finished(
+                session,
+                task_id,
+                event.attempt,
+                host,
+                status=str(event.status),
+                exit_code=event.exit_code,
+                error=event.error,
+                digest=event.digest,
+                at=at,
+            )
+        if ended and self.metrics is not None:
+            self.metrics.host_runs_ended(str(event.status))
 
     async def leave(self) -> None:
         """Remove this consumer from the group when it holds no unrecorded entries (a clean stop)."""

@@ -118,7 +118,7 @@ def build_control_loop(
     metrics: ApiMetrics | None = None,
 ) -> ControlLoop:
     """The event consumer, the reconciler and the reaper of one server process; the consumer counts into `metrics`."""
-    outcomes = Outcomes(session_factory, dispatcher, settings.task_log_limit)
+    outcomes = Outcomes(session_factory, dispatcher, settings.task_log_limit, metrics)
     consumer = EventConsumer(
         dispatcher.redis,
         session_factory,

@@ -17,7 +17,9 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db.models import Task, TaskLogLine, TaskStatus
+from app.metrics import ApiMetrics
 from app.services.dispatch import Dispatcher
+from app.services.host_runs import end_open_runs
 from app.services.tasks import UNFINISHED, read_stream
 from worker.protocol import LogLine, legacy_log_stream, log_stream
 
@@ -47,6 +49,8 @@ class Outcomes:
     session_factory: async_sessionmaker[AsyncSession]
     dispatcher: Dispatcher
     log_limit: int
+    metrics: ApiMetrics | None = None
+    """Counts the host runs that end with their attempt."""
 
     async def record(self, task_id: uuid.UUID, attempt: int, outcome: Outcome) -> str | None:
         """Record `outcome` for `attempt` of the task: the status it ends in (`pending` for a retry), or None when
@@ -63,6 +67,7 @@ class Outcomes:
                         await redis.delete(log_stream(str(task_id), attempt))
                     return None
                 lines = await read_stream(redis, task_id, attempt, legacy=True)
+                ended = ("", 0)  # (status, how many) of the host runs that end with the attempt
                 if task.status not in UNFINISHED:
                     if task.started_at is not None:
                         return None
@@ -72,11 +77,25 @@ class Outcomes:
                 else:
                     await self._store(session, task, lines, outcome)
                     status = self._conclude(task, outcome)
+                    ended = await self._end_host_runs(session, task_id, attempt, outcome)
+            if self.metrics is not None:  # counted once committed
+                self.metrics.host_runs_ended(ended[0], ended[1])
             await redis.delete(log_stream(str(task_id), attempt), legacy_log_stream(str(task_id)))
             if status == TaskStatus.PENDING:
                 log.info("task %s: attempt %d %s; attempt %d follows", task_id, attempt, outcome.status, attempt + 1)
                 await self.dispatcher.dispatch(session, task_id)
         return status
+
+    async def _end_host_runs(
+        self, session: AsyncSession, task_id: uuid.UUID, attempt: int, outcome: Outcome
+    ) -> tuple[str, int]:
+        """The attempt's host runs that have not ended end with it: `lost` with a lost worker, else `cancelled`
+        (the worker ended the attempt before it reported the host's end). Their status and how many."""
+        if outcome.status == TaskStatus.LOST:
+            status, error = "lost", outcome.error or "the worker that ran it was lost"
+        else:
+            status, error = "cancelled", f"the attempt ended ({outcome.status}) before this host's run did"
+        return status, await end_open_runs(session, task_id, attempt, status, error)
 
     async def _store(self, session: AsyncSession, task: Task, lines: list[LogLine], outcome: Outcome) -> None:
         """Keep the attempt's newest lines, numbered after the lines of the task's earlier attempts."""
@@ -90,6 +109,7 @@ class Outcomes:
                     "stream": line.stream,
                     "line": line.line,
                     "attempt": task.attempt,
+                    "host": line.host,
                 }
                 for line in kept[start : start + INSERT_BATCH]
             ]

@@ -165,6 +165,13 @@ class TaskTemplate(Base):
         ForeignKey("template_versions.id", ondelete="RESTRICT", use_alter=True)
     )
     import_state: Mapped[str] = mapped_column(String(16), server_default="imported")
+    execution: Mapped[str] = mapped_column(String(16), server_default="worker")
+    """`worker`: the template runs on the worker; `targets`: on the hosts each task names (over SSH)."""
+    require_sudo: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    forks: Mapped[int] = mapped_column(Integer, server_default="5")
+    """Hosts a task runs on at once."""
+    max_fail_percentage: Mapped[int] = mapped_column(SmallInteger, server_default="0")
+    """The share of hosts (percent) that may fail before the task does; 0: any failed host fails it."""
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
@@ -238,6 +245,16 @@ class Task(Base):
     max_attempts: Mapped[int] = mapped_column(Integer, server_default="1")
     retry_on: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default=text("'{}'::text[]"))
     timeout: Mapped[int] = mapped_column(Integer)
+    execution: Mapped[str] = mapped_column(String(16), server_default="worker")
+    """`worker`: the template runs on the worker; `targets`: on the hosts each task names (over SSH)."""
+    require_sudo: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    forks: Mapped[int] = mapped_column(Integer, server_default="5")
+    """Hosts a task runs on at once."""
+    max_fail_percentage: Mapped[int] = mapped_column(SmallInteger, server_default="0")
+    """The share of hosts (percent) that may fail before the task does; 0: any failed host fails it."""
+    targets: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONB)
+    """The inventory snapshot of a `targets` task (`app.services.target_snapshot`): the hosts as they were when
+    the task was created; every attempt runs on these."""
     exit_code: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
     worker_id: Mapped[str | None] = mapped_column(String(255))
@@ -263,6 +280,28 @@ class TaskLogLine(Base):
     line: Mapped[str] = mapped_column(Text)
     attempt: Mapped[int | None] = mapped_column(SmallInteger)
     """The attempt that wrote the line; None for lines stored before attempts were recorded (migration 0006)."""
+    host: Mapped[str] = mapped_column(String(200), server_default="")
+    """The target host whose run printed the line; "" for the worker's own lines."""
+
+
+class HostRun(Base):
+    """One host's run in one attempt of a `targets` task: pending when the attempt is sent, then as the worker
+    reports it. The host is named as the task's snapshot names it (its row may have changed or gone since)."""
+
+    __tablename__ = "host_runs"
+
+    task_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True)
+    attempt: Mapped[int] = mapped_column(Integer, primary_key=True)
+    host_name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    host_id: Mapped[int | None] = mapped_column(BigInteger)
+    address: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16), server_default="pending")
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    digest: Mapped[str | None] = mapped_column(String(64))
+    """The 64 hex characters of the content the host verified and ran; None until (or unless) it got it."""
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class RunKind(enum.StrEnum):

@@ -20,13 +20,17 @@ from redis.exceptions import RedisError
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db.models import Blob, Task, TaskStatus, TemplateVersion
+from app.db.models import Blob, TargetCredential, Task, TaskStatus, TemplateVersion
 from app.errors import InvalidInput
 from app.services.credentials import CredentialBox
-from worker.job_secrets import JobSecrets, SealError, WorkerSeal
+from app.services.host_runs import open_host_runs
+from app.services.target_credentials import Secrets
+from worker.job_secrets import JobSecrets, LoginSecret, SealError, WorkerSeal
 from worker.protocol import (
     RUN_JOB,
     BlobRef,
+    JobHost,
+    TargetPlan,
     TaskJob,
     cancel_key,
     deserialize,
@@ -59,6 +63,62 @@ def connect(redis_url: str, timeout: float) -> ArqRedis:
     return redis
 
 
+def target_plan(task: Task) -> TargetPlan | None:
+    """The hosts of a `targets` task's snapshot as its job carries them, each logging in with its credential's
+    login (`JobSecrets.logins`, by the credential's id)."""
+    if task.execution != "targets" or task.targets is None:
+        return None
+    hosts = [
+        JobHost(
+            host_id=entry["host_id"],
+            name=entry["name"],
+            address=entry["address"],
+            port=entry["port"],
+            username=entry["user"],
+            host_keys=list(entry["host_keys"]),
+            login=str(entry["credential_id"]),
+            variables=dict(entry.get("variables") or {}),
+        )
+        for entry in task.targets
+    ]
+    return TargetPlan(
+        hosts=hosts, forks=task.forks, max_fail_percentage=task.max_fail_percentage, require_sudo=task.require_sudo
+    )
+
+
+def login_of(credential: TargetCredential, box: CredentialBox) -> LoginSecret:
+    """How a worker logs in with a stored credential, opened with the server's keys."""
+    opened = Secrets.of(box.open_json(credential.sealed))
+    is_key = opened.kind == "ssh_key"
+    return LoginSecret(
+        private_key=opened.secret if is_key else None,
+        passphrase=opened.passphrase,
+        password=None if is_key else opened.secret,
+        become_password=opened.become_password,
+    )
+
+
+async def credentials_of(session: AsyncSession, task: Task) -> dict[int, TargetCredential]:
+    """The credentials that the hosts of a `targets` task's snapshot use, those that still exist, by id."""
+    wanted = sorted({int(entry["credential_id"]) for entry in task.targets or []})
+    if not wanted:
+        return {}
+    rows = await session.scalars(
+        select(TargetCredential).where(TargetCredential.tenant_id == task.tenant_id, TargetCredential.id.in_(wanted))
+    )
+    return {row.id: row for row in rows}
+
+
+def open_logins(task: Task, found: dict[int, TargetCredential], box: CredentialBox) -> dict[str, LoginSecret]:
+    """The logins of the credentials a `targets` task's hosts use (`found`: `credentials_of`), opened with the
+    server's keys; `Undeliverable` naming each host whose credential is gone."""
+    entries = task.targets or []
+    if gone := [entry for entry in entries if int(entry["credential_id"]) not in found]:
+        named = ", ".join(f"host {entry['name']!r} (credential {entry['credential_id']})" for entry in gone)
+        raise Undeliverable(f"the credential of {named} no longer exists; give the hosts a credential and run it again")
+    return {str(ident): login_of(row, box) for ident, row in found.items()}
+
+
 def build_job(
     task: Task,
     version: TemplateVersion | None,
@@ -66,9 +126,11 @@ def build_job(
     secrets: dict[str, Any],
     log_limit: int,
     seal: WorkerSeal,
+    logins: dict[str, LoginSecret] | None = None,
 ) -> TaskJob:
-    """The job of the task's current attempt. Its password values (`secrets`) go sealed for the workers; `params`
-    keeps their names, masked as the task row has them, so that the order of the arguments holds."""
+    """The job of the task's current attempt. Its password values (`secrets`) and its hosts' `logins` go sealed
+    for the workers; `params` keeps their names, masked as the task row has them, so that the order of the
+    arguments holds."""
     if version is None:
         raise Undeliverable(f"version {task.version} of template {task.template_code!r} no longer exists")
     if blob is None:
@@ -77,8 +139,9 @@ def build_job(
     order = {str(entry.get("name")): index for index, entry in enumerate(version.parameters)}
     names = sorted(task.params, key=lambda name: order.get(name, len(order)))
     params = {name: task.params[name] for name in names}
+    hidden = JobSecrets(params=secrets, logins=logins or {})
     try:
-        sealed = seal.seal(JobSecrets(params=secrets)) if secrets else None
+        sealed = seal.seal(hidden) if hidden else None
     except SealError as exc:
         raise Undeliverable(str(exc)) from None
     return TaskJob(
@@ -92,6 +155,8 @@ def build_job(
         params=params,
         secret_params=sorted(secrets),
         sealed=sealed,
+        execution=task.execution,  # type: ignore[arg-type]
+        targets=target_plan(task),
         timeout=task.timeout,
         log_limit=log_limit,
     )
@@ -125,15 +190,20 @@ class Dispatcher:
                     .execution_options(populate_existing=True)
                 )
             ).first()
+            credentials = await credentials_of(session, row[0]) if row is not None else {}
         if row is None or row[0].status not in SENDABLE:
             return False
         task, version, blob = row
         try:
             secrets = self.box.open_json(task.sealed_params) if task.sealed_params else {}
-            job = build_job(task, version, blob, secrets, self.log_limit, self.seal)
+            logins = open_logins(task, credentials, self.box) if task.targets else None
+            job = build_job(task, version, blob, secrets, self.log_limit, self.seal, logins)
         except (Undeliverable, InvalidInput) as exc:
             await self._fail(session, task, f"the task cannot be sent to a worker: {exc}")
             return False
+        if task.targets:
+            async with session.begin():  # before the job is out: the worker's host events find their rows
+                await open_host_runs(session, task)
         name, queue = job_id(str(task.id), task.attempt), queue_name(task.pool)
         try:
             await self.redis.enqueue_job(RUN_JOB, job.to_wire(), _job_id=name, _queue_name=queue, _expires=JOB_EXPIRES)

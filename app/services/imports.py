@@ -61,6 +61,16 @@ class TemplateSpec:
     pool: str = "default"
     max_attempts: int = 1
     retry_on: list[str] = field(default_factory=list)
+    execution: str | None = None
+    """None: `targets` for an Ansible template, `worker` for shell and python (`default_execution`)."""
+    require_sudo: bool = False
+    forks: int = 5
+    max_fail_percentage: int = 0
+
+
+def default_execution(script_type: str) -> str:
+    """Where a template runs unless its import says: a playbook addresses hosts, a script its own machine."""
+    return "targets" if script_type == "ansible" else "worker"
 
 
 @dataclass(frozen=True)
@@ -306,6 +316,10 @@ class Importer:
             pool=spec.pool,
             max_attempts=spec.max_attempts,
             retry_on=list(spec.retry_on),
+            execution=spec.execution or default_execution(spec.script_type),
+            require_sudo=spec.require_sudo,
+            forks=spec.forks,
+            max_fail_percentage=spec.max_fail_percentage,
             source_git_info=source.snapshot_info,
             import_state="pending",
         )

@@ -12,6 +12,7 @@ only for lines of a retried task stored before attempts were recorded).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -22,9 +23,20 @@ from redis.asyncio import Redis
 from sqlalchemy import String, cast, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.db.models import UNFINISHED_STATUSES, Task, TaskLogLine, TaskStatus, TaskTemplate, TemplateVersion
+from app.db.models import (
+    UNFINISHED_STATUSES,
+    HostRun,
+    Task,
+    TaskLogLine,
+    TaskStatus,
+    TaskTemplate,
+    TemplateVersion,
+)
 from app.errors import Conflict, InvalidInput, NotFound, Unavailable
+from app.metrics import ApiMetrics
 from app.services.dispatch import REDIS_ERRORS, Dispatcher
+from app.services.host_runs import end_open_runs, host_runs
+from app.services.target_snapshot import snapshot_targets
 from app.services.task_params import masked, password_names, validate_params
 from worker.protocol import LogLine, ProtocolError, legacy_log_stream, log_stream
 
@@ -101,7 +113,7 @@ def _lines(batch: list[tuple[Any, Any]], attempt: int) -> list[LogLine]:
         except ProtocolError:
             continue
         if line.attempt in (0, attempt):  # 0: a version 1 worker, which wrote only for the attempt it was sent
-            lines.append(LogLine(seq=line.seq, stream=line.stream, line=line.line, attempt=attempt))
+            lines.append(LogLine(seq=line.seq, stream=line.stream, line=line.line, attempt=attempt, host=line.host))
     return lines
 
 
@@ -111,7 +123,7 @@ def _text(value: bytes | str) -> str:
 
 def shifted(line: LogLine, offset: int) -> LogLine:
     """An attempt's line numbered in the task's output, after the `offset` lines of the earlier attempts."""
-    return LogLine(seq=line.seq + offset, stream=line.stream, line=line.line, attempt=line.attempt)
+    return dataclasses.replace(line, seq=line.seq + offset)
 
 
 async def stored_lines(session: AsyncSession, task: Task, after: int) -> list[LogLine]:
@@ -122,7 +134,7 @@ async def stored_lines(session: AsyncSession, task: Task, after: int) -> list[Lo
         select(TaskLogLine).where(TaskLogLine.task_id == task_id, TaskLogLine.seq > after).order_by(TaskLogLine.seq)
     )
     return [
-        LogLine(seq=row.seq, stream=row.stream, line=row.line, attempt=row.attempt or unrecorded)  # type: ignore[arg-type]
+        LogLine(seq=row.seq, stream=row.stream, line=row.line, attempt=row.attempt or unrecorded, host=row.host)  # type: ignore[arg-type]
         for row in rows
     ]
 
@@ -137,11 +149,13 @@ class Tasks:
         dispatcher: Dispatcher,
         session_factory: async_sessionmaker[AsyncSession],
         follow_block: float = 1.0,
+        metrics: ApiMetrics | None = None,
     ) -> None:
         self.session = session
         self.dispatcher = dispatcher
         self.session_factory = session_factory
         self.follow_block = follow_block
+        self.metrics = metrics
 
     async def create(self, tenant_id: uuid.UUID, new: NewTask, created_by: uuid.UUID | None) -> Task:
         """Validate, record the task (`pending`), then enqueue it; with Redis down it stays `pending` for the
@@ -157,13 +171,7 @@ class Tasks:
             if template is None:
                 raise NotFound(f"no template {new.template_id}")
             version = await self._version(template, new.version)
-            if new.hosts or new.labels:
-                given = "hosts" if new.hosts else "labels"
-                raise InvalidInput(
-                    f"template {template.code!r} runs on the worker: {given} name target hosts, which it does not "
-                    "run on (a request's hosts are never dropped silently)",
-                    {given: "not for a template that runs on the worker"},
-                )
+            targets = await self._targets(tenant_id, template, new)
             params = validate_params(version.parameters, new.params)
             secrets = {name: params[name] for name in password_names(version.parameters) if name in params}
             task = Task(
@@ -183,11 +191,40 @@ class Tasks:
                 max_attempts=template.max_attempts,
                 retry_on=list(template.retry_on),
                 timeout=new.timeout or template.timeout,
+                execution=template.execution,
+                targets=targets,
+                require_sudo=template.require_sudo,
+                forks=template.forks,
+                max_fail_percentage=template.max_fail_percentage,
                 created_by=created_by,
             )
             self.session.add(task)
         await self.dispatcher.dispatch(self.session, task.id)
         return await self.get(tenant_id, task.id)
+
+    async def _targets(self, tenant_id: uuid.UUID, template: TaskTemplate, new: NewTask) -> list[dict[str, Any]] | None:
+        """The inventory snapshot of a `targets` template's task (None for one that runs on the worker)."""
+        if template.execution != "targets":
+            if new.hosts or new.labels:
+                given = "hosts" if new.hosts else "labels"
+                raise InvalidInput(
+                    f"template {template.code!r} runs on the worker: {given} name target hosts, which it does not "
+                    "run on (a request's hosts are never dropped silently)",
+                    {given: "not for a template that runs on the worker"},
+                )
+            return None
+        if not (new.hosts or new.labels):
+            raise InvalidInput(
+                f"template {template.code!r} runs on targets: name its hosts (by id or name) or labels",
+                {"hosts": "at least one host or label, for a template that runs on targets"},
+            )
+        if not self.dispatcher.seal.has_keys:
+            raise InvalidInput(
+                "this server has no AHOP_WORKER_SECRET_KEYS, so it cannot send the hosts' logins to the workers "
+                "sealed; set the same AHOP_WORKER_SECRET_KEYS on the server and the workers",
+                {"hosts": "running on targets needs AHOP_WORKER_SECRET_KEYS"},
+            )
+        return await snapshot_targets(self.session, tenant_id, new.hosts, new.labels)
 
     async def _version(self, template: TaskTemplate, number: int | None) -> TemplateVersion:
         if number is None:
@@ -295,7 +332,13 @@ class Tasks:
                 error="cancelled before it started",
                 finished_at=func.now(),
             )
+            if waiting:
+                ended = await end_open_runs(
+                    self.session, task.id, task.attempt, "cancelled", "cancelled before it started"
+                )
             running = waiting or await self._set(task.id, [TaskStatus.RUNNING], cancel_requested=True)
+        if waiting and self.metrics is not None:
+            self.metrics.host_runs_ended("cancelled", ended)
         cancelled = await self.get(tenant_id, task_id)
         await self.session.commit()
         if not running and cancelled.status != TaskStatus.CANCELLED:  # it finished in the meantime
@@ -304,6 +347,11 @@ class Tasks:
         if waiting:
             await self.dispatcher.withdraw(cancelled)
         return cancelled
+
+    async def hosts(self, tenant_id: uuid.UUID, task_id: uuid.UUID, attempt: int | None = None) -> list[HostRun]:
+        """The task's runs on its hosts in `attempt` (default the current one); none for a task on the worker."""
+        task = await self.get(tenant_id, task_id)
+        return await host_runs(self.session, task, attempt)
 
     async def _set(self, task_id: uuid.UUID, statuses: list[TaskStatus], **values: Any) -> bool:
         result = await self.session.execute(

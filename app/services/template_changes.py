@@ -18,13 +18,25 @@ from storage.digest import Digest
 from storage.errors import SnapshotRefused
 from storage.trees import GitTree
 
-IN_PLACE = ("name", "description", "timeout", "pool", "max_attempts", "retry_on")
+IN_PLACE = (
+    "name",
+    "description",
+    "timeout",
+    "pool",
+    "max_attempts",
+    "retry_on",
+    "execution",
+    "require_sudo",
+    "forks",
+    "max_fail_percentage",
+)
 """Fields that change the template itself: they are not part of a version."""
 
 
 @dataclass(frozen=True)
 class TemplateChanges:
-    """None leaves a field as it is. Name, description, timeout, pool, max_attempts and retry_on change in place;
+    """None leaves a field as it is. Name, description, timeout, pool, max_attempts, retry_on and where and how
+    the template runs (execution, require_sudo, forks, max_fail_percentage) change in place;
     entry file, script type and parameters make a new version (DESIGN §3); `version` makes an earlier version
     current again."""
 
@@ -38,6 +50,10 @@ class TemplateChanges:
     pool: str | None = None
     max_attempts: int | None = None
     retry_on: list[str] | None = None
+    execution: str | None = None
+    require_sudo: bool | None = None
+    forks: int | None = None
+    max_fail_percentage: int | None = None
 
 
 @dataclass(frozen=True)

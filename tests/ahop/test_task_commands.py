@@ -3,6 +3,7 @@ to its end, a real worker)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -19,8 +20,10 @@ from app.db.models import Role
 from tests.support.cli import ahop, template_import
 from tests.support.fleet import Fleet
 from tests.support.shout import import_shout
+from tests.support.ssh_keys import key_pair
 from tests.support.tenants import Caller, token_of
-from worker.protocol import WORKERS_KEY, Heartbeat, worker_inbox_key
+from tests.support.waiting import until
+from worker.protocol import EVENTS_STREAM, WORKERS_KEY, Event, Heartbeat, LogLine, log_stream, worker_inbox_key
 
 
 def import_template(url: str, caller: Caller, origin: Path, code: str, repository_id: int | None = None) -> int:
@@ -262,3 +265,79 @@ def test_task_run_warns_when_no_live_worker_serves_the_pool_then_runs_once_one_s
     served = ahop(api_url, token_of(alice), "task", "run", "shout_ansible", "-p", "who=again")
     assert served.returncode == 0, served.stderr
     assert "warning" not in served.stderr
+
+
+def test_a_task_on_targets_names_its_hosts_and_shows_each_hosts_run_and_output(
+    api_url: str, alice: Caller, origin: Path, tmp_path: Path, redis_url: str
+) -> None:
+    admin, token = token_of(alice, Role.ADMIN), token_of(alice)
+    password, host_key = tmp_path / "password", key_pair(tmp_path, "host")
+    password.write_text("pw-1\n")
+    assert ahop(api_url, admin, "credential", "add", "ops", "--password-file", str(password)).returncode == 0
+    for name, label in (("web-01", "web"), ("db-01", "db"), ("db-02", "db")):
+        added = ahop(
+            api_url,
+            admin,
+            *("host", "add", name, f"{name}.example.org", "--label", label, "--credential", "ops"),
+            *("--host-key-file", str(host_key.public_file)),
+        )
+        assert added.returncode == 0, added.stderr
+    repository = ahop(api_url, admin, "repo", "add", "ops", str(origin), "--json")
+    assert repository.returncode == 0, repository.stderr
+    repository_id = json.loads(repository.stdout)["id"]
+    imported = ahop(api_url, admin, *template_import(repository_id, "fanout", "fanout"), "--execution", "targets")
+    assert imported.returncode == 0, imported.stderr
+
+    nowhere = ahop(api_url, token, "task", "run", "fanout", "-p", "days=1", "--no-follow")
+    assert nowhere.returncode == 2, nowhere.stderr
+    assert "hosts" in nowhere.stderr
+    created = ahop(
+        api_url,
+        token,
+        "task",
+        "run",
+        "fanout",
+        "-p",
+        "days=1",
+        "--host",
+        "web-01",
+        "--label",
+        "db",
+        "--no-follow",
+        "--json",
+    )
+    assert created.returncode == 0, created.stderr
+    task = json.loads(created.stdout)
+    assert [target["name"] for target in task["targets"]] == ["db-01", "db-02", "web-01"]
+
+    redis = Redis.from_url(redis_url)
+    try:
+        now = datetime.now(UTC).isoformat()
+        for event in (
+            Event("started", task["id"], 1, "w1", now),
+            Event("host_started", task["id"], 1, "w1", now, host="web-01"),
+            # (Event.status is typed as a task's final status; a host_finished event carries a host's.)
+            Event("host_finished", task["id"], 1, "w1", now, status="unreachable", error="refused", host="db-02"),  # type: ignore[arg-type]
+        ):
+            redis.xadd(EVENTS_STREAM, event.to_fields())  # type: ignore[arg-type]
+        redis.xadd(log_stream(task["id"], 1), LogLine(1, "stdout", "from web", 1, "web-01").to_fields())  # type: ignore[arg-type]
+        redis.xadd(log_stream(task["id"], 1), LogLine(2, "stdout", "from db", 1, "db-01").to_fields())  # type: ignore[arg-type]
+    finally:
+        redis.close()
+
+    async def shown_runs() -> str | None:
+        shown = ahop(api_url, token, "task", "show", task["id"][:8])
+        assert shown.returncode == 0, shown.stderr
+        return shown.stdout if "unreachable" in shown.stdout and "running" in shown.stdout else None
+
+    table = asyncio.run(until(shown_runs, "the host runs to show"))
+    assert "targets: db-01, db-02, web-01" in table
+    rows = {line.split("\t")[0]: line.split("\t") for line in table.splitlines() if "\t" in line}
+    assert (rows["db-01"][2], rows["db-02"][2], rows["web-01"][2]) == ("pending", "unreachable", "running")
+    assert rows["db-02"][4] == "refused"
+    as_json = json.loads(ahop(api_url, token, "task", "show", task["id"], "--json").stdout)
+    assert [run["host"] for run in as_json["host_runs"]] == ["db-01", "db-02", "web-01"]
+
+    web = ahop(api_url, token, "task", "logs", task["id"], "--host", "web-01")
+    assert web.returncode == 0, web.stderr
+    assert web.stdout == "from web\n"

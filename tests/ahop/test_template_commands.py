@@ -164,3 +164,39 @@ def test_an_unknown_code_or_id_is_bad_input_everywhere(api_url: str, alice: Call
             assert result.returncode == 2, (args, result.stderr)
             assert result.stderr.startswith(f"ahop: no template '{ref}'"), (args, result.stderr)
             assert result.stderr.count("ahop:") == 1, result.stderr
+
+
+def test_import_and_update_say_where_and_how_a_template_runs(api_url: str, alice: Caller, tmp_path: Path) -> None:
+    template = _import(api_url, alice, tmp_path, "fanout")
+    token = token_of(alice, Role.ADMIN)
+    repository_id = str(template["source_git_info"]["repository_id"])  # type: ignore[index]
+    imported = ahop(
+        api_url,
+        token,
+        *("template", "import", "--repo", repository_id, "--path", "cleanup", "--entry", "run.sh"),
+        *("--code", "playbook", "--name", "Playbook", "--type", "ansible", "--json"),
+    )
+    assert imported.returncode == 0, imported.stderr
+    playbook = json.loads(imported.stdout)
+    assert (playbook["execution"], playbook["forks"], playbook["max_fail_percentage"]) == ("targets", 5, 0)
+
+    updated = ahop(
+        api_url,
+        token,
+        *("template", "update", "fanout", "--execution", "targets", "--require-sudo"),
+        *("--forks", "20", "--max-fail-percentage", "10", "--json"),
+    )
+    assert updated.returncode == 0, updated.stderr
+    shown = json.loads(updated.stdout)
+    assert (shown["execution"], shown["require_sudo"], shown["forks"], shown["max_fail_percentage"]) == (
+        "targets",
+        True,
+        20,
+        10,
+    )
+    back = ahop(api_url, token, "template", "update", "fanout", "--no-require-sudo", "--execution", "worker", "--json")
+    assert back.returncode == 0, back.stderr
+    assert (json.loads(back.stdout)["require_sudo"], json.loads(back.stdout)["execution"]) == (False, "worker")
+    refused = ahop(api_url, token, "template", "update", "fanout", "--forks", "0")
+    assert refused.returncode == 2, refused.stderr
+    assert "--forks" in refused.stderr

@@ -121,7 +121,12 @@ TEMPLATES: dict[str, dict[str, Any]] = {
         "entry_file": "main.py",
         "parameters": [{"name": "who", "type": "text"}, {"name": "n", "type": "integer"}],
     },
-    "hello": {"script_type": "ansible", "entry_file": "site.yml", "parameters": [{"name": "greeting", "type": "text"}]},
+    "hello": {
+        "script_type": "ansible",
+        "entry_file": "site.yml",
+        "parameters": [{"name": "greeting", "type": "text"}],
+        "execution": "worker",  # a localhost playbook: it runs on the worker, not on targets
+    },
     "sleepy": {"script_type": "shell", "entry_file": "run.sh", "parameters": [{"name": "marker", "type": "text"}]},
     "envdump": {"script_type": "shell", "entry_file": "run.sh", "parameters": []},
     "quick": {"script_type": "shell", "entry_file": "run.sh", "parameters": []},

@@ -15,4 +15,5 @@ SCHEMA = {
     "maintenance_runs",
     "target_credentials",
     "hosts",
+    "host_runs",
 }

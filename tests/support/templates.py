@@ -61,3 +61,19 @@ async def import_template(
     response = await client.post("/api/v1/task-templates", json=payload, headers=caller[Role.ADMIN])
     assert response.status_code == 201, response.text
     return dict(response.json())
+
+
+async def assert_refused_on_import_and_update(
+    client: Client, caller: Caller, repository_id: int, url: str, cases: list[tuple[dict[str, Any], str]]
+) -> None:
+    """Each change of `cases`, in an import (as template `other`) and in an update of the template at `url`, is
+    a 422 naming its field (the one given, or one under it)."""
+    for change, field in cases:
+        for method, target, payload in (
+            ("POST", "/api/v1/task-templates", body(repository_id, code="other", **change)),
+            ("PUT", url, change),
+        ):
+            response = await client.request(method, target, json=payload, headers=caller[Role.ADMIN])
+            assert response.status_code == 422, (method, change, response.text)
+            fields = {error["field"] for error in response.json()["extra"]["errors"]}
+            assert any(name == field or name.startswith(field + ".") for name in fields), (method, change, fields)

@@ -17,7 +17,7 @@ from storage.keys import blob_key
 from tests.support.api import Client
 from tests.support.repositories import add_repository, git
 from tests.support.s3 import s3_client
-from tests.support.templates import body
+from tests.support.templates import assert_refused_on_import_and_update, body
 from tests.support.tenants import Caller
 
 
@@ -331,15 +331,7 @@ async def test_bad_pool_and_retry_policy_are_refused_naming_the_field(
         ({"retry_on": ["success"]}, "retry_on"),
         ({"retry_on": "failed"}, "retry_on"),
     ]
-    for change, field in cases:
-        for method, target, payload in (
-            ("POST", "/api/v1/task-templates", body(repository_id, code="other", **change)),
-            ("PUT", url, change),
-        ):
-            response = await client.request(method, target, json=payload, headers=alice[Role.ADMIN])
-            assert response.status_code == 422, (method, change, response.text)
-            fields = {error["field"] for error in response.json()["extra"]["errors"]}
-            assert any(name.startswith(field) for name in fields), (method, change, response.text)
+    await assert_refused_on_import_and_update(client, alice, repository_id, url, cases)
     shown = (await client.get(url, headers=alice[Role.VIEWER])).json()
     assert (shown["pool"], shown["max_attempts"], shown["retry_on"]) == ("default", 1, [])
     assert (await client.get("/api/v1/task-templates", headers=alice[Role.VIEWER])).json()["total"] == 1

@@ -32,60 +32,17 @@ from tests.support.task_fixtures import (  # noqa: F401  (fixtures of the tests 
 from tests.support.tasks import create_task, queued_job, show, task_in
 from tests.support.templates import import_template
 from tests.support.tenants import Caller
-from tests.support.waiting import until
+from tests.support.workers import iso, recorded, send, write
 from worker.protocol import (
     EVENTS_GROUP,
     EVENTS_STREAM,
     WORKERS_KEY,
     Event,
-    FinalStatus,
     Heartbeat,
     LogLine,
     cancel_key,
     log_stream,
 )
-
-
-def iso(moment: datetime | None = None) -> str:
-    return (moment or datetime.now(UTC)).isoformat()
-
-
-async def send(
-    redis: Redis,
-    kind: str,
-    task: dict[str, Any],
-    attempt: int = 1,
-    worker: str = "w1",
-    at: str | None = None,
-    status: FinalStatus | None = None,
-    **outcome: Any,
-) -> None:
-    event = Event(
-        type=kind,  # type: ignore[arg-type]
-        task_id=task["id"],
-        attempt=attempt,
-        worker=worker,
-        at=at or iso(),
-        status=status,
-        **outcome,
-    )
-    await redis.xadd(EVENTS_STREAM, event.to_fields())  # type: ignore[arg-type]
-
-
-async def write(redis: Redis, task: dict[str, Any], *lines: tuple[str, str], first: int = 1, attempt: int = 1) -> None:
-    """Append lines to an attempt's log stream as its worker does."""
-    for seq, (stream, text) in enumerate(lines, start=first):
-        line = LogLine(seq, stream, text, attempt)  # type: ignore[arg-type]
-        await redis.xadd(log_stream(task["id"], attempt), line.to_fields())  # type: ignore[arg-type]
-
-
-async def recorded(redis: Redis) -> None:
-    """Wait until the consumer has recorded every event sent so far (it deletes each one it has recorded)."""
-
-    async def drained() -> bool:
-        return int(await redis.xlen(EVENTS_STREAM)) == 0
-
-    await until(drained, "the events to be recorded")
 
 
 async def logs(client: Client, caller: Caller, task: dict[str, Any], query: str = "") -> dict[str, Any]:
