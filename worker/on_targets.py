@@ -180,8 +180,8 @@ class TargetsRun:
             await asyncio.gather(*runs)
         except asyncio.CancelledError:
             for run in runs:
-                run.cancel()
-            await asyncio.wait(runs)
+                run.cancel()  # each run's channel closes: its wrapper on the host stops the run (DESIGN §11)
+            await asyncio.wait(runs, timeout=self.settings.shutdown_grace)
             try:
                 await asyncio.wait_for(self._report_unfinished(), self.settings.shutdown_grace)
             except TimeoutError:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import secrets
+import signal
 import tarfile
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -509,3 +510,31 @@ async def test_a_targets_job_of_an_ansible_template_fails_saying_so_until_ansibl
     events = await run_to_end(queue, redis, job)
     assert [event.type for event in events] == ["started", "finished"]
     assert (events[-1].status, events[-1].error) == ("failed", "Ansible on targets is not available in this worker")
+
+
+async def test_a_worker_stopping_past_its_grace_stops_the_runs_and_reports_every_host(
+    fleet: Fleet, queue: ArqRedis, redis: Redis, tmp_path: Path, publish: Publish, ssh_hosts: list[TargetHost]
+) -> None:
+    worker = fleet.start("w1", **WORKER, AHOP_WORKER_SHUTDOWN_GRACE="1")
+    blob = gated_blob(tmp_path, publish, "echo started\nsleep 1000 &\nwait\n")
+    job = targets_job(blob, [job_host(host) for host in ssh_hosts], {"key": key_login(ssh_hosts[0])}, forks=1)
+    await enqueue(queue, job)
+
+    async def first_started() -> bool:
+        return any(line.line == "started" for line in await log_of(redis, job.task_id))
+
+    await waiting.until(first_started, "the run to start on the first host", HANG)
+    worker.popen.send_signal(signal.SIGTERM)
+    events = await events_of(redis, job.task_id, bound=HANG)
+    first, *rest = ssh_hosts
+    stopped = of_hosts(events)[first.name]
+    assert (stopped.status, stopped.error) == (
+        "failed",
+        "the worker stopped before this host's run finished; the run on the host was stopped",
+    )
+    assert [(of_hosts(events)[host.name].status, of_hosts(events)[host.name].error) for host in rest] == [
+        ("cancelled", "not started: the worker stopped")
+    ] * 2
+    assert (events[-1].type, events[-1].status) == ("finished", "failed")
+    assert events[-1].error == "the worker stopped before the task finished; the runs on its hosts were stopped"
+    await nothing_left_on(ssh_hosts)
