@@ -6,13 +6,15 @@ Order, and why:
 3. a cancel requested before the start means the script never runs;
 4. `started` is reported before the fetch, so the server knows which worker holds the attempt from then on;
 5. the store entry is held in use while the run copy is made, so eviction cannot remove it underneath;
-6. a blob that fails verification, or cannot be fetched, fails the attempt before any script runs.
+6. a blob that fails verification, or cannot be fetched, fails the attempt before any script runs;
+7. a `targets` job runs on its hosts (`worker.on_targets`): its hosts' events come between `started` and `finished`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractContextManager
@@ -25,6 +27,7 @@ from redis.exceptions import RedisError
 
 from storage.errors import StorageError
 from worker.job_secrets import JobSecrets, SealError
+from worker.on_targets import TargetsRun, TargetsSettings
 from worker.protocol import EventType, ProtocolError, TaskJob, cancel_key, claim_key
 from worker.reporting import LogWriter, report
 from worker.runner import RunOutcome, RunRequest, run_script
@@ -92,7 +95,10 @@ class Attempts:
             secrets = self._open_secrets(job)
             async with entered_in_thread(self.store.use(job.blob)) as entry:
                 await asyncio.to_thread(self.store.link_template, job.tenant_id, job.template_code, job.blob.digest)
-                outcome = await run_script(self._request(job, entry, secrets), logs.write, self._cancel_check(job))
+                if job.execution == "targets":
+                    outcome = await self._on_targets(job, entry, secrets, logs)
+                else:
+                    outcome = await run_script(self._request(job, entry, secrets), logs.write, self._cancel_check(job))
         except SealError as exc:
             outcome = RunOutcome(status="failed", exit_code=None, error=f"the script did not run: {exc}")
         except StorageError as exc:
@@ -128,19 +134,57 @@ class Attempts:
         )
         return {"task_id": job.task_id, "status": outcome.status, "exit_code": outcome.exit_code}
 
+    async def _on_targets(self, job: TaskJob, entry: Path, secrets: JobSecrets, logs: LogWriter) -> RunOutcome:
+        """Run a `targets` job on its hosts (`worker.on_targets`); the outcome's exit code is always None."""
+        if job.script_type == "ansible":
+            return RunOutcome("failed", None, "Ansible on targets is not available in this worker")
+        tar = await asyncio.to_thread(self.store.canonical_tar, job.blob.digest)
+        cancelled = asyncio.Event()
+        watcher = asyncio.create_task(self._watch_cancel(job, cancelled))
+        try:
+            run = TargetsRun(
+                job,
+                secrets,
+                entry,
+                tar,
+                logs=logs,
+                report=functools.partial(self._report, job.task_id, job.attempt),
+                cancelled=cancelled,
+                metrics=self.store.metrics,
+                settings=TargetsSettings(
+                    connect_timeout=self.settings.worker_connect_timeout,
+                    kill_grace=self.settings.worker_kill_grace,
+                    shutdown_grace=self.settings.worker_shutdown_grace,
+                ),
+            )
+            ended = await run.run()
+        finally:
+            watcher.cancel()
+        return RunOutcome(ended.status, None, ended.error)
+
+    async def _watch_cancel(self, job: TaskJob, cancelled: asyncio.Event) -> None:
+        """Set `cancelled` once a cancel of the task is requested, polling every `worker_cancel_poll` seconds."""
+        check = self._cancel_check(job)
+        while True:
+            if await check():
+                cancelled.set()
+                return
+            await asyncio.sleep(self.settings.worker_cancel_poll)
+
     async def _report_killed(self, job: TaskJob, logs: LogWriter) -> None:
         await logs.close()
+        stopped = "the runs on its hosts were stopped" if job.execution == "targets" else "the script was killed"
         await self._report(
             job.task_id,
             job.attempt,
             "finished",
             status="failed",
-            error="the worker stopped before the task finished; the script was killed",
+            error=f"the worker stopped before the task finished; {stopped}",
             log_lines=logs.written,
             log_truncated=logs.truncated,
         )
 
-    async def _report(self, task_id: str, attempt: int, kind: EventType, **outcome: Any) -> None:
+    async def _report(self, task_id: str, attempt: int, kind: EventType, /, **outcome: Any) -> None:
         await report(self.redis, task_id, attempt, self.worker_id, kind, **outcome)
 
     def _open_secrets(self, job: TaskJob) -> JobSecrets:
@@ -148,8 +192,7 @@ class Attempts:
         return self.settings.worker_seal().open(job.sealed) if job.sealed is not None else JobSecrets()
 
     def _request(self, job: TaskJob, entry: Path, secrets: JobSecrets) -> RunRequest:
-        # A version 3 job keeps each password's name in `params`, masked, where its sealed value goes back.
-        params = {name: secrets.params.get(name, value) for name, value in job.params.items()}
+        params = secrets.unmasked(job.params)
         return RunRequest(
             task_id=f"{job.task_id}-{job.attempt}",  # names the run directory: one per attempt, never shared
             source=entry,

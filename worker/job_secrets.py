@@ -48,6 +48,11 @@ class JobSecrets:
     def __bool__(self) -> bool:
         return bool(self.params or self.logins)
 
+    def unmasked(self, params: dict[str, Any]) -> dict[str, Any]:
+        """A job's `params` with each password's sealed value in place of its mask (version 3 keeps the name
+        there, masked), in the template's order."""
+        return {name: self.params.get(name, value) for name, value in params.items()}
+
 
 class SealSettings(BaseModel):
     """The settings of the seal, one set of fields for the server and the worker (each reads them with its own)."""

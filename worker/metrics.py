@@ -2,7 +2,8 @@
 
 The registry is the worker's own, never prometheus_client's global one. Cache hits and misses count the tasks that
 found, or did not find, their template in the local store; downloads count every fetch from S3 (prefetches too).
-The store's size is read when Prometheus scrapes, since several workers on one host may share the store.
+The store's size is read when Prometheus scrapes, since several workers on one host may share the store. Runs on
+target hosts count per host: how each ended, and whether the host's cache already held the content.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from storage.errors import BlobNotFound, IntegrityError, StorageUnavailable
+from worker.protocol import HOST_FINAL_STATUSES
 
 if TYPE_CHECKING:
     from worker.store import StoreStats
@@ -31,6 +33,7 @@ log = logging.getLogger("ahop.worker")
 UNPACK_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 """Seconds: a small script directory unpacks in milliseconds, a 200 MB template in about a second."""
 DOWNLOAD_RESULTS = ("ok", "missing", "corrupt", "unavailable", "error")
+HOST_CONTENT_RESULTS = ("reused", "sent", "replaced")
 
 
 def download_result(problem: BaseException | None) -> str:
@@ -95,6 +98,29 @@ class WorkerMetrics:
             "ahop_worker_unpack_seconds",
             "Seconds to verify and unpack one downloaded blob.",
             buckets=UNPACK_BUCKETS,
+            registry=self.registry,
+        )
+        self.host_runs = Counter(
+            "ahop_worker_host_runs",
+            "Runs of a template on a target host, by how each ended (success, failed, unreachable, timeout, "
+            "cancelled).",
+            ["status"],
+            registry=self.registry,
+        )
+        for status in HOST_FINAL_STATUSES:
+            self.host_runs.labels(status=status)
+        self.host_content = Counter(
+            "ahop_worker_host_content",
+            "Template content checked in a target host's cache before a run: reused (intact there, nothing sent), "
+            "sent (absent) or replaced (another sha256 there: tampered or damaged).",
+            ["result"],
+            registry=self.registry,
+        )
+        for result in HOST_CONTENT_RESULTS:
+            self.host_content.labels(result=result)
+        self.host_content_bytes = Counter(
+            "ahop_worker_host_content_bytes",
+            "Bytes of canonical tar sent to target hosts' caches.",
             registry=self.registry,
         )
         self.running_tasks = Gauge(

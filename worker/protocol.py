@@ -332,7 +332,8 @@ class Event:
     worker: str
     at: str
     """ISO 8601 UTC, the worker's clock."""
-    status: FinalStatus | None = None
+    status: FinalStatus | HostFinalStatus | None = None
+    """`finished`: a `FinalStatus`; `host_finished`: a `HostFinalStatus`."""
     exit_code: int | None = None
     error: str | None = None
     log_lines: int = 0

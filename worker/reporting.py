@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from worker.protocol import EVENTS_STREAM, Event, EventType, FinalStatus, LogLine
+from worker.protocol import EVENTS_STREAM, Event, EventType, FinalStatus, HostFinalStatus, LogLine
 
 log = logging.getLogger("ahop.worker")
 
@@ -33,13 +33,16 @@ async def report(
     worker_id: str,
     kind: EventType,
     *,
-    status: FinalStatus | None = None,
+    status: FinalStatus | HostFinalStatus | None = None,
     exit_code: int | None = None,
     error: str | None = None,
     log_lines: int = 0,
     log_truncated: bool = False,
+    host: str | None = None,
+    digest: str | None = None,
 ) -> None:
-    """Append one event of an attempt to the events stream; the server records it once, however often sent."""
+    """Append one event of an attempt to the events stream; the server records it once, however often sent.
+    `host` and `digest` belong to the events of one target host's run (`host_started`, `host_finished`)."""
     event = Event(
         type=kind,
         task_id=task_id,
@@ -51,6 +54,8 @@ async def report(
         error=error,
         log_lines=log_lines,
         log_truncated=log_truncated,
+        host=host,
+        digest=digest,
     )
     await _until_delivered(lambda: redis.xadd(EVENTS_STREAM, event.to_fields()), f"{kind} event of task {task_id}")  # type: ignore[arg-type]
 
@@ -90,12 +95,28 @@ class LogWriter:
     def truncated(self) -> bool:
         return self.written > self._limit
 
-    async def write(self, stream: str, line: str) -> None:
-        self.written += 1
-        self._pending.append(LogLine(seq=self.written, stream=stream, line=line, attempt=self._attempt))  # type: ignore[arg-type]
+    async def write(self, stream: str, line: str, host: str = "") -> None:
+        """Add one line of `stream` (printed by the run on target `host`, "" for the worker's own); a full batch is
+        appended before this returns, so a script that writes fast waits for Redis rather than filling memory."""
+        self._queue(stream, line, host)
         if len(self._pending) >= FLUSH_LINES:
             await self.flush()
-        elif self._flusher is None or self._flusher.done():
+        else:
+            self._flush_later()
+
+    def add(self, stream: str, line: str, host: str = "") -> None:
+        """Add one line without waiting, for callers that cannot await (a remote run's line handler): it is
+        appended within `FLUSH_INTERVAL`."""
+        self._queue(stream, line, host)
+        self._flush_later()
+
+    def _queue(self, stream: str, line: str, host: str) -> None:
+        self.written += 1
+        entry = LogLine(seq=self.written, stream=stream, line=line, attempt=self._attempt, host=host)  # type: ignore[arg-type]
+        self._pending.append(entry)
+
+    def _flush_later(self) -> None:
+        if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_soon())
 
     async def _flush_soon(self) -> None:

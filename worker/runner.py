@@ -163,7 +163,7 @@ def _plan(request: RunRequest) -> _Plan:
         )
     if not _TASK_ID.fullmatch(request.task_id):
         raise NotRunnable(f"task id {request.task_id!r} cannot name a run directory; expected letters, digits, . _ -")
-    entry = _entry_argument(request.source, request.entry_file)
+    entry = entry_argument(request.source, request.entry_file)
     user = run_as_user(request.run_as)
     try:
         request.runs_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
@@ -175,11 +175,9 @@ def _plan(request: RunRequest) -> _Plan:
     run_dir = runs_dir / request.task_id
     params_file = runs_dir / f"{request.task_id}.params.json"
 
-    texts = _param_texts(request.params)
-    if request.script_type == "ansible":
-        arguments = ["-e", f"@{params_file}", entry]
-    else:
-        arguments = [entry, *(part for param, text in texts.items() for part in (f"--{param}", text))]
+    texts = param_texts(request.params)
+    ansible = request.script_type == "ansible"
+    arguments = ["-e", f"@{params_file}", entry] if ansible else script_arguments(entry, texts)
     worker_user = user_name(os.geteuid()) if user is None else user.name
     env = {
         "PATH": request.search_path,
@@ -189,15 +187,14 @@ def _plan(request: RunRequest) -> _Plan:
         "LOGNAME": worker_user,
         **request.extra_env,
     }
-    for param, text in texts.items():
-        env["AHOP_PARAM_" + _NOT_ENV_NAME.sub("_", param.upper())] = text
+    env.update(param_environment(texts))
     env["AHOP_PARAMS_FILE"] = str(params_file)
 
     secrets = secret_pattern(texts.get(name, "") for name in request.secret_params)
     return _Plan(run_dir, params_file, [interpreter, *arguments], env, user, secrets)
 
 
-def _entry_argument(source: Path, entry_file: str) -> str:
+def entry_argument(source: Path, entry_file: str) -> str:
     """The entry file as the interpreter's argument: relative to the run copy, never mistaken for an option."""
     path = PurePosixPath(entry_file)
     if not entry_file or "\x00" in entry_file or path.is_absolute() or ".." in path.parts:
@@ -208,7 +205,18 @@ def _entry_argument(source: Path, entry_file: str) -> str:
     return f"./{path.as_posix()}"
 
 
-def _param_texts(params: Mapping[str, Any]) -> dict[str, str]:
+def script_arguments(entry: str, texts: Mapping[str, str]) -> list[str]:
+    """The arguments of a shell or python entry, as the original system passed them: the entry, then
+    `--name value` for each parameter in the template's order."""
+    return [entry, *(part for param, text in texts.items() for part in (f"--{param}", text))]
+
+
+def param_environment(texts: Mapping[str, str]) -> dict[str, str]:
+    """`AHOP_PARAM_<NAME>` for each parameter: the name upper-cased, any other character than A-Z, 0-9 and _ as _."""
+    return {"AHOP_PARAM_" + _NOT_ENV_NAME.sub("_", param.upper()): text for param, text in texts.items()}
+
+
+def param_texts(params: Mapping[str, Any]) -> dict[str, str]:
     """Each parameter as scripts see it in arguments and environment: true/false, lists joined with commas."""
     texts: dict[str, str] = {}
     for name, value in params.items():

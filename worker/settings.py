@@ -32,6 +32,9 @@ class WorkerSettings(S3Settings, SealSettings, BaseSettings):
     worker_heartbeat_interval: float = Field(default=5.0, gt=0, description="Seconds between heartbeats.")
     worker_kill_grace: float = Field(default=10.0, ge=0, description="Seconds between SIGTERM and SIGKILL.")
     worker_cancel_poll: float = Field(default=0.2, gt=0, description="Seconds between checks for a cancel.")
+    worker_connect_timeout: float = Field(
+        default=30.0, gt=0, description="Seconds a login to one target host may take before the host is unreachable."
+    )
     worker_shutdown_grace: float = Field(
         default=60.0, ge=0, description="On SIGTERM, seconds running tasks get to finish before they are killed."
     )

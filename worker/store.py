@@ -6,6 +6,7 @@ Layout under the root, which several worker processes on one host may share:
     store/meta/<hex>.json        its size: {"bytes": sum of file sizes, "files": regular files}
     store/locks/<hex>.lock       held shared (flock) while the entry is in use; its mtime is the entry's last use
     store/locks/<hex>.fetch      held exclusively by the one process or thread fetching the digest
+    store/tars/<hex>.tar         the entry's canonical tar, packed again for target hosts (`worker.store_tars`)
     store/evict.lock             one eviction at a time on the host
     templates/<tenant>/<code>    symlink to the store entry of the template's latest digest used here
     runs/                        private working copies of running tasks (`worker.rundir`'s)
@@ -37,6 +38,7 @@ from storage.unpack import unpack_file
 from worker.metrics import WorkerMetrics, download_result
 from worker.protocol import BlobRef
 from worker.store_files import lock, remove_tree, seal, touch, try_lock
+from worker.store_tars import pack_entry_tar
 
 ENTRY_NAME = re.compile(r"[0-9a-f]{64}")
 """The name of a store entry and the stem of its records: the 64 hex characters of its digest."""
@@ -82,6 +84,7 @@ class LocalStore:
         self.entries_dir = root / "store" / "sha256"
         self.meta_dir = root / "store" / "meta"
         self.locks_dir = root / "store" / "locks"
+        self.tars_dir = root / "store" / "tars"
         self.templates_dir = root / "templates"
         self.runs_dir = root / "runs"
         self.tmp_dir = root / "tmp"
@@ -89,6 +92,7 @@ class LocalStore:
             self.entries_dir,
             self.meta_dir,
             self.locks_dir,
+            self.tars_dir,
             self.templates_dir,
             self.runs_dir,
             self.tmp_dir,
@@ -104,6 +108,20 @@ class LocalStore:
     def use_lock(self, digest: Digest) -> Path:
         """The lock file held shared while the entry of `digest` is in use, and exclusively to remove it."""
         return self.locks_dir / f"{digest.hex}.lock"
+
+    def tar_file(self, digest: Digest) -> Path:
+        """Where the canonical tar of `digest` is kept once `canonical_tar` packed it (present or not)."""
+        return self.tars_dir / f"{digest.hex}.tar"
+
+    def canonical_tar(self, digest: Digest) -> Path:
+        """The canonical tar of the entry of `digest`, which the caller holds in use (inside `use`): what a target
+        host's cache receives. Packed from the entry the first time, checked against the digest, then kept until
+        the entry goes (eviction, verify). IntegrityError when the entry no longer packs to its digest."""
+        tar = self.tar_file(digest)
+        if not tar.is_file():
+            with self._work_dir() as work:
+                pack_entry_tar(self.entry(digest), digest, tar, work)
+        return tar
 
     def _fetch_lock(self, digest: Digest) -> Path:
         return self.locks_dir / f"{digest.hex}.fetch"
@@ -210,9 +228,10 @@ class LocalStore:
                 self.drop_records(digest)
 
     def drop_records(self, digest: Digest) -> None:
-        """The size record and lock files of a digest, unlinked by the holder of its exclusive use lock (nobody
-        uses or fetches the digest meanwhile)."""
+        """The size record, canonical tar and lock files of a digest, unlinked by the holder of its exclusive use
+        lock (nobody uses or fetches the digest meanwhile)."""
         self._meta_file(digest).unlink(missing_ok=True)
+        self.tar_file(digest).unlink(missing_ok=True)
         self._fetch_lock(digest).unlink(missing_ok=True)
         self.use_lock(digest).unlink(missing_ok=True)
 

@@ -3,7 +3,8 @@
 Every entry is packed again (hashing only, nothing written) and compared with the digest it is named after. An entry
 that no longer matches is removed, unless a task is using it: like eviction, verify never removes an entry in use, so
 it is reported and a later verify removes it. Stray files in the store, records of entries that are gone and work
-left under tmp/ by a process that died are removed as well.
+left under tmp/ by a process that died are removed as well, and so is a kept canonical tar (for target hosts)
+that is not its digest.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from storage.canonical import Limits
 from storage.digest import Digest
 from storage.errors import SnapshotRefused
 from storage.snapshot import snapshot_directory
-from storage.unpack import DEFAULT_LIMITS
+from storage.unpack import DEFAULT_LIMITS, file_sha256
 from worker.store import ENTRY_NAME, LocalStore
 from worker.store_files import lock, try_lock
 
@@ -70,6 +71,7 @@ def verify_store(store: LocalStore) -> VerifyReport:
                 ok.append(digest)
                 path.chmod(0o555)
                 store.entry_bytes(digest)  # rewrites a lost size record
+                junk += _damaged_tar(store, digest)
                 continue
             try:
                 fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -92,10 +94,22 @@ def _packs_to(path: Path, digest: Digest) -> bool:
         return False
 
 
+def _damaged_tar(store: LocalStore, digest: Digest) -> list[str]:
+    """The kept canonical tar of a sound entry, removed when it is not its digest (packed again at its next use)."""
+    tar = store.tar_file(digest)
+    try:
+        if file_sha256(tar)[0] == digest.hex:
+            return []
+    except FileNotFoundError:
+        return []
+    return store.remove_junk(tar)
+
+
 def _sweep_records(store: LocalStore) -> list[str]:
     """Size records and lock files of digests that have no entry (and that nobody is fetching), and strays."""
     junk: list[str] = []
-    for folder, suffixes in ((store.meta_dir, (".json",)), (store.locks_dir, (".lock", ".fetch"))):
+    folders = ((store.meta_dir, (".json",)), (store.tars_dir, (".tar",)), (store.locks_dir, (".lock", ".fetch")))
+    for folder, suffixes in folders:
         with os.scandir(folder) as listing:
             names = sorted(item.name for item in listing)
         for name in names:

@@ -22,6 +22,7 @@ from storage.blobstore import BlobStore, S3Location
 from storage.digest import Digest
 from storage.errors import BlobNotFound, IntegrityError
 from storage.keys import blob_key
+from storage.unpack import file_sha256
 from tests.support import s3
 from tests.support.jobs import Publish
 from worker.protocol import BlobRef
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 ROOT = Path(__file__).resolve().parents[2]
-SKELETON = {"store/sha256", "store/meta", "store/locks", "store/evict.lock"}
+SKELETON = {"store/sha256", "store/meta", "store/locks", "store/tars", "store/evict.lock"}
 WAIT = 60.0
 """Seconds to wait for a helper process: only catches hangs."""
 
@@ -488,3 +489,59 @@ def test_work_left_under_tmp_by_a_dead_process_is_swept_and_work_in_progress_is_
         os.close(live)
     assert verify_store(LocalStore(root, blobs)).junk == []  # young work is left alone whoever holds it
     assert verify_store(store).junk == ["tmp/live"]
+
+
+# --- canonical tars for target hosts --------------------------------------------------------------------------------
+
+
+def test_an_entrys_canonical_tar_is_its_digest_and_goes_with_the_entry(
+    tmp_path: Path, blobs: BlobStore, publish: Publish, tree: Callable[..., Path]
+) -> None:
+    ref = publish(tree(payload=bytes(5000)))
+    root = tmp_path / "worker"
+    store = LocalStore(root, blobs, max_bytes=0)
+    with store.use(ref):
+        tar = store.canonical_tar(ref.digest)
+        assert tar == root / "store" / "tars" / f"{ref.digest.hex}.tar"
+        assert file_sha256(tar) == (ref.digest.hex, ref.tar_size)
+        assert stat.S_IMODE(tar.stat().st_mode) == 0o444
+        assert store.canonical_tar(ref.digest) == tar  # kept: packed once
+    assert store.evict() == [ref.digest]
+    assert not tar.exists()
+    assert leftovers(root) == []
+
+
+def test_an_entry_that_no_longer_packs_to_its_digest_gives_no_tar(
+    tmp_path: Path, blobs: BlobStore, publish: Publish, tree: Callable[..., Path]
+) -> None:
+    ref = publish(tree())
+    root = tmp_path / "worker"
+    store = LocalStore(root, blobs)
+    with store.use(ref) as path:
+        tamper(path)
+        with pytest.raises(IntegrityError, match=f"packs to sha256:[0-9a-f]{{64}}, not to {ref.digest}"):
+            store.canonical_tar(ref.digest)
+    assert not store.tar_file(ref.digest).exists()
+    assert list((root / "tmp").iterdir()) == []
+
+
+def test_verify_removes_a_kept_tar_that_is_not_its_digest_and_keeps_a_sound_one(
+    tmp_path: Path, blobs: BlobStore, publish: Publish, tree: Callable[..., Path]
+) -> None:
+    sound, damaged = publish(tree()), publish(tree())
+    root = tmp_path / "worker"
+    store = LocalStore(root, blobs)
+    for ref in (sound, damaged):
+        with store.use(ref):
+            store.canonical_tar(ref.digest)
+    bad = store.tar_file(damaged.digest)
+    bad.chmod(0o644)
+    bad.write_bytes(bad.read_bytes().replace(b"ustar", b"USTAR", 1))
+    (root / "store" / "tars" / "notes.txt").write_text("stray")
+
+    report = verify_store(store)
+    assert report.ok == sorted([sound.digest, damaged.digest])
+    assert sorted(report.junk) == [f"store/tars/{damaged.digest.hex}.tar", "store/tars/notes.txt"]
+    assert store.tar_file(sound.digest).exists()
+    with store.use(damaged):
+        assert file_sha256(store.canonical_tar(damaged.digest))[0] == damaged.digest.hex  # packed again
