@@ -48,10 +48,10 @@ class HostResult:
 def host_results(path: Path, plan: TargetPlan) -> dict[str, HostResult]:
     """Each host's result from the callback plugin's lines at `path`, by host name, in the plan's order.
 
-    A host with unreachable tasks is `unreachable`, one with failed tasks `failed` (with the first message of
-    either), one the recap counts without either `success`; a host the playbook never processed (a play for other
-    hosts, a playbook that stopped early) is `failed` with the error "not reached by the playbook", unless it was
-    found unreachable before the playbook stopped.
+    A host with unreachable tasks (or whose first problem was its host key) is `unreachable`, one with failed tasks
+    `failed` (with the first message of either), one the recap counts without either `success`; a host the playbook
+    never processed (a play for other hosts, a playbook that stopped early) is `failed` with the error "not reached
+    by the playbook", unless it was found unreachable before the playbook stopped.
     """
     summaries: dict[str, dict[str, Any]] = {}
     first_problem: dict[str, tuple[str, str]] = {}
@@ -68,7 +68,7 @@ def _result(summary: dict[str, Any] | None, problem: tuple[str, str] | None) -> 
     kind, message = problem if problem is not None else ("", None)
     if summary is None:  # an unreachable host stays so in a run stopped before its recap
         return HostResult("unreachable", message) if kind == "unreachable" else HostResult("failed", NOT_REACHED)
-    if summary.get("unreachable", 0):
+    if summary.get("unreachable", 0) or kind == "unreachable":
         return HostResult("unreachable", message)
     if summary.get("failures", 0):
         return HostResult("failed", message)

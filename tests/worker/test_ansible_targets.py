@@ -198,6 +198,26 @@ async def test_a_host_showing_another_key_than_pinned_is_unreachable_and_the_oth
     )
 
 
+@needs_root
+async def test_a_host_with_a_password_login_showing_another_key_than_pinned_is_unreachable(
+    tmp_path: Path, ssh_hosts: list[TargetHost]
+) -> None:
+    first, impostor = ssh_hosts[:2]
+    hosts = [
+        job_host(first, "key"),
+        JobHost(**{**job_host(impostor, "password").__dict__, "host_keys": first.host_keys}),
+    ]
+    logins = {"key": key_login(first), "password": LoginSecret(password=impostor.password)}
+
+    result = await run(tmp_path, play(WHO_AM_I), TargetPlan(hosts), JobSecrets(logins=logins))
+
+    finished = result.finished()
+    assert finished[first.name]["status"] == "success"
+    assert finished[impostor.name]["status"] == "unreachable", finished[impostor.name]
+    assert "Host Key checking is enabled" in finished[impostor.name]["error"]
+    assert impostor.password not in finished[impostor.name]["error"]
+
+
 async def test_max_fail_percentage_lets_a_task_succeed_with_a_failed_host(
     tmp_path: Path, ssh_hosts: list[TargetHost]
 ) -> None:

@@ -6,7 +6,7 @@ Loaded by ansible-playbook, not by the worker: the worker points ANSIBLE_CALLBAC
 
 Lines, each a JSON object, flushed as they are written, so a run stopped half-way leaves what it saw:
 - `{"event": "failed" | "unreachable", "host": NAME, "message": TEXT}` when a task fails on a host (not one whose
-  errors are ignored) or cannot reach it;
+  errors are ignored) or cannot reach it (also when Ansible calls a refused host key a failed task);
 - `{"event": "summary", "host": NAME, "ok": N, "changed": N, "failures": N, "unreachable": N, "skipped": N,
   "rescued": N, "ignored": N}` per host the playbook processed, once it has ended.
 """
@@ -32,6 +32,9 @@ DOCUMENTATION = """
           - name: AHOP_HOST_RESULTS_FILE
 """
 
+HOST_KEY_REFUSED_FOR_A_LOGIN = "Using a SSH password instead of a key is not possible because Host Key checking"
+"""How Ansible's ssh plugin fails a task when a host with a password login shows a key not pinned: the host was not
+reached, as a key login's "Host key verification failed" is reported unreachable."""
 MESSAGE_CHARS = 2000
 """Most characters of one failure message kept: enough for Ansible's longest errors, bounded for a module's output."""
 
@@ -52,7 +55,9 @@ class CallbackModule(CallbackBase):  # type: ignore[misc]
 
     def v2_runner_on_failed(self, result: Any, ignore_errors: bool = False) -> None:
         if not ignore_errors:
-            self._write({"event": "failed", "host": result._host.get_name(), "message": _message(result)})
+            message = _message(result)
+            kind = "unreachable" if HOST_KEY_REFUSED_FOR_A_LOGIN in message else "failed"
+            self._write({"event": kind, "host": result._host.get_name(), "message": message})
 
     def v2_runner_on_unreachable(self, result: Any) -> None:
         self._write({"event": "unreachable", "host": result._host.get_name(), "message": _message(result)})
