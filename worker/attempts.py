@@ -26,6 +26,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from storage.errors import StorageError
+from worker.ansible_targets import run_playbook_on_targets
 from worker.job_secrets import JobSecrets, SealError
 from worker.on_targets import TargetsRun, TargetsSettings
 from worker.protocol import EventType, ProtocolError, TaskJob, cancel_key, claim_key
@@ -137,7 +138,7 @@ class Attempts:
     async def _on_targets(self, job: TaskJob, entry: Path, secrets: JobSecrets, logs: LogWriter) -> RunOutcome:
         """Run a `targets` job on its hosts (`worker.on_targets`); the outcome's exit code is always None."""
         if job.script_type == "ansible":
-            return RunOutcome("failed", None, "Ansible on targets is not available in this worker")
+            return await self._playbook_on_targets(job, entry, secrets, logs)
         tar = await asyncio.to_thread(self.store.canonical_tar, job.blob.digest)
         cancelled = asyncio.Event()
         watcher = asyncio.create_task(self._watch_cancel(job, cancelled))
@@ -161,6 +162,24 @@ class Attempts:
         finally:
             watcher.cancel()
         return RunOutcome(ended.status, None, ended.error)
+
+    async def _playbook_on_targets(self, job: TaskJob, entry: Path, secrets: JobSecrets, logs: LogWriter) -> RunOutcome:
+        """Run an Ansible `targets` job: one ansible-playbook on the worker over an inventory of its hosts."""
+        assert job.targets is not None
+
+        async def report_host(*, type: EventType, **fields: Any) -> None:
+            if type == "host_finished":
+                self.store.metrics.host_runs.labels(status=fields["status"]).inc()
+            await self._report(job.task_id, job.attempt, type, **fields)
+
+        return await run_playbook_on_targets(
+            self._request(job, entry, secrets),
+            job.targets,
+            secrets,
+            logs.write,
+            self._cancel_check(job),
+            report_host,
+        )
 
     async def _watch_cancel(self, job: TaskJob, cancelled: asyncio.Event) -> None:
         """Set `cancelled` once a cancel of the task is requested, polling every `worker_cancel_poll` seconds."""

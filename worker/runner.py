@@ -97,6 +97,8 @@ class RunRequest:
     run_as: str | None = None
     """User the script runs as (the worker must be root); None runs it as the worker's user."""
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    extra_args: Sequence[str] = ()
+    """More options for ansible-playbook, after the parameters' `-e` (an Ansible template only; never secrets)."""
     search_path: str = DEFAULT_PATH
     """PATH of the script, and where its interpreter is looked up."""
     own_bin: str | None = OWN_BIN
@@ -177,7 +179,7 @@ def _plan(request: RunRequest) -> _Plan:
 
     texts = param_texts(request.params)
     ansible = request.script_type == "ansible"
-    arguments = ["-e", f"@{params_file}", entry] if ansible else script_arguments(entry, texts)
+    arguments = ["-e", f"@{params_file}", *request.extra_args, entry] if ansible else script_arguments(entry, texts)
     worker_user = user_name(os.geteuid()) if user is None else user.name
     env = {
         "PATH": request.search_path,

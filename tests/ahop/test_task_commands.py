@@ -316,8 +316,7 @@ def test_a_task_on_targets_names_its_hosts_and_shows_each_hosts_run_and_output(
         for event in (
             Event("started", task["id"], 1, "w1", now),
             Event("host_started", task["id"], 1, "w1", now, host="web-01"),
-            # (Event.status is typed as a task's final status; a host_finished event carries a host's.)
-            Event("host_finished", task["id"], 1, "w1", now, status="unreachable", error="refused", host="db-02"),  # type: ignore[arg-type]
+            Event("host_finished", task["id"], 1, "w1", now, status="unreachable", error="refused", host="db-02"),
         ):
             redis.xadd(EVENTS_STREAM, event.to_fields())  # type: ignore[arg-type]
         redis.xadd(log_stream(task["id"], 1), LogLine(1, "stdout", "from web", 1, "web-01").to_fields())  # type: ignore[arg-type]

@@ -72,7 +72,7 @@ async def send(
         attempt=attempt,
         worker=worker,
         at=at or iso(),
-        status=status,  # type: ignore[arg-type]
+        status=status,
         **outcome,
     )
     await redis.xadd(EVENTS_STREAM, event.to_fields())  # type: ignore[arg-type]
