@@ -213,9 +213,8 @@ class Ours:
         wall = time.perf_counter() - t0
         if done["status"] != "success":
             raise SystemExit(f"FAIL: task {created['id']} ended {done['status']}: {done.get('error')}")
-        runs = answer(
-            await self.client.get(f"/api/v1/tasks/{created['id']}/hosts", headers=self.headers), 200, "host runs"
-        )["items"]
+        listed = await self.client.get(f"/api/v1/tasks/{created['id']}/hosts", headers=self.headers)
+        runs = listed.json()
         if len(runs) != self.hosts or any(run["status"] != "success" for run in runs):
             raise SystemExit(f"FAIL: task {created['id']}: host runs {runs}")
         return _seconds_between(done["started_at"], done["finished_at"]), wall
