@@ -502,14 +502,33 @@ async def test_secrets_are_in_no_argv_on_the_hosts_no_redis_key_and_no_output_li
     assert await redis_holding(redis, *secrets_of_job) == []
 
 
-async def test_a_targets_job_of_an_ansible_template_fails_saying_so_until_ansible_runs_here(
-    fleet: Fleet, queue: ArqRedis, redis: Redis, template: BlobRef, ssh_hosts: list[TargetHost]
+async def test_a_worker_runs_an_ansible_template_on_its_target_hosts_through_a_generated_inventory(
+    fleet: Fleet, queue: ArqRedis, redis: Redis, tmp_path: Path, publish: Publish, ssh_hosts: list[TargetHost]
 ) -> None:
     fleet.start("w1", **WORKER)
-    job = targets_job(template, [job_host(ssh_hosts[0])], {"key": key_login(ssh_hosts[0])}, script_type="ansible")
+    directory = tmp_path / "playbook"
+    directory.mkdir()
+    marker = f"ahop-ansible-{secrets.token_hex(6)}"
+    (directory / "site.yml").write_text(
+        "- hosts: all\n"
+        "  gather_facts: false\n"
+        "  tasks:\n"
+        "    - ansible.builtin.copy:\n"
+        f"        dest: \"{{{{ ansible_env.HOME | default('~') }}}}/{marker}\"\n"
+        '        content: "{{ inventory_hostname }}\\n"\n'
+    )
+    blob = publish(directory)
+    hosts = [job_host(host) for host in ssh_hosts]
+    job = targets_job(
+        blob, hosts, {"key": key_login(ssh_hosts[0])}, script_type="ansible", entry_file="site.yml", params={}
+    )
     events = await run_to_end(queue, redis, job)
-    assert [event.type for event in events] == ["started", "finished"]
-    assert (events[-1].status, events[-1].error) == ("failed", "Ansible on targets is not available in this worker")
+    assert (events[-1].type, events[-1].status) == ("finished", "success"), events[-1]
+    finished = of_hosts(events)
+    for host in ssh_hosts:
+        assert (finished[host.name].status, finished[host.name].digest) == ("success", blob.digest.hex)
+        written = host.home / marker
+        assert (await asyncio.to_thread(written.read_text)).strip() == host.name  # the playbook changed each host
 
 
 async def test_a_worker_stopping_past_its_grace_stops_the_runs_and_reports_every_host(
