@@ -1,6 +1,6 @@
 """One attempt of a `targets` job of a shell or python template: the template run on each host of its plan over SSH.
 
-Per host, at most `forks` hosts at once (DESIGN §4a, §10, §11, §12):
+Per host, at most `forks` hosts at once (docs/design.md §10, §11, §13):
 1. `host_started`, then a login with the host's pinned keys only (`targets.connect`), within the connect timeout;
 2. the template's canonical tar into the host's cache (`targets.host_cache.ensure_content`): one command when the
    host holds it intact, else sent and checked there with the host's own `sha256sum`;

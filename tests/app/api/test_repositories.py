@@ -405,7 +405,12 @@ async def test_the_original_systems_playbooks_scan_import_and_keep_their_length_
     fields = ("name", "code", "script_type", "entry_file", "original_path", "description", "parameters")
     template = await client.post(
         "/api/v1/task-templates",
-        json={**{key: candidate[key] for key in fields}, "repository_id": repository_id, "timeout": 600},
+        json={
+            **{key: candidate[key] for key in fields},
+            "repository_id": repository_id,
+            "timeout": 600,
+            "execution": "worker",
+        },
         headers=alice[Role.ADMIN],
     )
     assert template.status_code == 201, template.text
