@@ -276,21 +276,18 @@ async def compare(
             await ours.run()
             await plain_fanout(hosts, pinned, INLINE_SH)
             await asyncio.to_thread(ansible_script, inventory, script, args.forks, env)
-            for n in range(args.cold_runs):
-                clear_host_caches(hosts)
-                task, wall = await ours.run()
-                timings["ours_cold"].append(task)
-                timings["ours_cold_wall"].append(wall)
-                timings["plain"].append(await plain_fanout(hosts, pinned, INLINE_SH))
-                timings["ansible"].append(await asyncio.to_thread(ansible_script, inventory, script, args.forks, env))
-                progress(f"  cold run {n + 1}: ours {task * 1000:.0f} ms, plain {timings['plain'][-1] * 1000:.0f} ms")
-            for n in range(args.warm_runs):
-                task, wall = await ours.run()
-                timings["ours_warm"].append(task)
-                timings["ours_warm_wall"].append(wall)
-                timings["plain"].append(await plain_fanout(hosts, pinned, INLINE_SH))
-                timings["ansible"].append(await asyncio.to_thread(ansible_script, inventory, script, args.forks, env))
-                progress(f"  warm run {n + 1}: ours {task * 1000:.0f} ms, plain {timings['plain'][-1] * 1000:.0f} ms")
+            for kind, runs in (("cold", args.cold_runs), ("warm", args.warm_runs)):
+                for n in range(runs):
+                    if kind == "cold":
+                        clear_host_caches(hosts)
+                    task, wall = await ours.run()
+                    timings[f"ours_{kind}"].append(task)
+                    timings[f"ours_{kind}_wall"].append(wall)
+                    timings["plain"].append(await plain_fanout(hosts, pinned, INLINE_SH))
+                    ansible = await asyncio.to_thread(ansible_script, inventory, script, args.forks, env)
+                    timings["ansible"].append(ansible)
+                    plain_ms = timings["plain"][-1] * 1000
+                    progress(f"  {kind} run {n + 1}: ours {task * 1000:.0f} ms, plain {plain_ms:.0f} ms")
     finally:
         stop_ansible_masters(work / "ansible-cp")
     return timings

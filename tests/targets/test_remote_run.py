@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from targets.remote_run import CommandRefused, RemoteCommand, RemoteEnding, run_remote
-from tests.support.ssh_hosts import AS_ROOT, TargetHost, exited, needs_root
+from tests.support.ssh_hosts import TargetHost, exited, needs_root
 from tests.support.ssh_sudo import sudo_rules
 from tests.support.waiting import until
 
@@ -142,9 +142,8 @@ def argv_holding(secret: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def sudo_hosts(ssh_hosts: list[TargetHost]) -> Iterator[tuple[TargetHost, TargetHost]]:
-    """The second host's user may sudo without a password, the third's only with their own password."""
-    if not AS_ROOT:
-        pytest.skip(needs_root.kwargs["reason"])
+    """The second host's user may sudo without a password, the third's only with their own password (root only:
+    the tests that take it are marked `needs_root`)."""
     nopasswd, with_password = ssh_hosts[1], ssh_hosts[2]
     with sudo_rules({nopasswd.user: "nopasswd", with_password.user: "password"}):
         yield nopasswd, with_password
@@ -278,6 +277,7 @@ async def test_a_cancel_stops_every_process_of_the_run(ssh_hosts: list[TargetHos
     assert ended(grandchild)
 
 
+@needs_root
 async def test_sudo_without_a_password_runs_the_entry_as_root(sudo_hosts: tuple[TargetHost, TargetHost]) -> None:
     host, _ = sudo_hosts
     async with connected(host) as connection:
@@ -289,6 +289,7 @@ async def test_sudo_without_a_password_runs_the_entry_as_root(sudo_hosts: tuple[
     assert output.of("stdout") == ["0", workdir]
 
 
+@needs_root
 async def test_a_cancel_under_sudo_stops_the_roots_processes(sudo_hosts: tuple[TargetHost, TargetHost]) -> None:
     host, _ = sudo_hosts
     async with connected(host) as connection:
@@ -307,6 +308,7 @@ async def test_a_cancel_under_sudo_stops_the_roots_processes(sudo_hosts: tuple[T
     assert ended(grandchild)
 
 
+@needs_root
 async def test_the_become_password_lets_sudo_run_and_never_shows(sudo_hosts: tuple[TargetHost, TargetHost]) -> None:
     _, host = sudo_hosts
     script = '#!/bin/sh\nid -u\necho "session $$"\nexec sleep 1000\n'
@@ -329,6 +331,7 @@ async def test_the_become_password_lets_sudo_run_and_never_shows(sudo_hosts: tup
     assert host.password not in repr(command)
 
 
+@needs_root
 async def test_sudo_that_needs_a_password_it_was_not_given_fails_clearly(
     sudo_hosts: tuple[TargetHost, TargetHost],
 ) -> None:
